@@ -1,0 +1,332 @@
+//! `confide`: the command-line entry point for every role.
+
+mod bench;
+mod simulate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use confide_core::{JobConfig, Role};
+use confide_crypto::{SecretKey, SecretKeyJson};
+use confide_net::pki::{self, Credentials};
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "confide",
+    version,
+    about = "Federated training with Paillier-protected aggregation over mutual TLS",
+    long_about = "Confide trains one model across data owners who never share their data. \
+Roles run as separate processes (coordinator, keyholder, node) or all at once with `simulate`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole federation on this machine from a job file.
+    Simulate(simulate::SimulateArgs),
+    /// Manage a federation's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Paillier key management.
+    #[command(subcommand)]
+    Paillier(PaillierCommand),
+    /// Run the coordinator: rounds and FedAvg (never holds a decryption key).
+    Coordinator(CoordinatorArgs),
+    /// Run the Paillier key holder: decrypts only sums of at least min_owners signed updates.
+    Keyholder(KeyholderArgs),
+    /// Run a data owner's node: trains locally and sends protected updates.
+    Node(NodeArgs),
+    /// Benchmarks that print JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a federation CA (ca.crt, ca.key) in a directory.
+    Init {
+        /// Federation directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Federation name, written into the CA certificate.
+        #[arg(long, default_value = "confide")]
+        federation: String,
+    },
+    /// Issue a party's key and certificate (<name>.crt, <name>.key).
+    Issue {
+        /// Federation directory (holding ca.crt and ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Party name (a-z, 0-9, '-').
+        #[arg(long)]
+        name: String,
+        /// Role: coordinator, keyholder, node or model-owner.
+        #[arg(long)]
+        role: Role,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PaillierCommand {
+    /// Generate a Paillier secret key file (mode 0600) for the key holder.
+    Keygen {
+        /// Modulus size: 2048 or 3072.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RoleCommon {
+    /// Job file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+#[derive(clap::Args, Debug)]
+struct CoordinatorArgs {
+    #[command(flatten)]
+    common: RoleCommon,
+    /// This party's name in the federation directory.
+    #[arg(long, default_value = "coordinator")]
+    name: String,
+    /// The key holder's address (host:port), for the paillier scheme.
+    #[arg(long)]
+    keyholder: Option<String>,
+    /// Write the released model and the report here when the job ends.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seconds to keep serving after the job so the model owner can fetch the model.
+    #[arg(long, default_value_t = 60.0)]
+    linger_secs: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct KeyholderArgs {
+    #[command(flatten)]
+    common: RoleCommon,
+    /// This party's name in the federation directory.
+    #[arg(long, default_value = "keyholder")]
+    name: String,
+    /// Secret key file (from `confide paillier keygen`); by default a fresh key is generated.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// Federation directory with ca.crt and this owner's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// This owner's name (its certificate's name).
+    #[arg(long)]
+    name: String,
+    /// The coordinator's address (host:port).
+    #[arg(long)]
+    coordinator: String,
+    /// This owner's CSV file.
+    #[arg(long)]
+    data: PathBuf,
+    /// Chaos testing: exit abruptly after submitting this round, without withdrawing.
+    #[arg(long, hide = true)]
+    crash_after_round: Option<u32>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONFIDE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Ca(CaCommand::Init { dir, federation }) => {
+            pki::init_ca(&dir, &federation, time::OffsetDateTime::now_utc())?;
+            println!("created {}/ca.crt and ca.key", dir.display());
+            Ok(0)
+        }
+        Command::Ca(CaCommand::Issue { dir, name, role }) => {
+            pki::issue(&dir, &name, role, time::OffsetDateTime::now_utc())?;
+            println!("issued {}/{name}.crt ({role})", dir.display());
+            Ok(0)
+        }
+        Command::Paillier(PaillierCommand::Keygen { bits, out }) => {
+            let start = std::time::Instant::now();
+            let sk = SecretKey::generate(bits, &mut rand::rngs::OsRng)?;
+            write_secret_file(
+                &out,
+                &serde_json::to_string_pretty(&sk.to_json("confide key holder"))?,
+            )?;
+            println!(
+                "{bits}-bit Paillier key written to {} in {:.1} s (fingerprint {})",
+                out.display(),
+                start.elapsed().as_secs_f64(),
+                sk.public_key().fingerprint()
+            );
+            Ok(0)
+        }
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Keyholder(args) => keyholder(args).await,
+        Command::Node(args) => node(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+    }
+}
+
+fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// Loads the key holder's secret key from a file.
+pub fn load_secret_key(path: &Path) -> Result<SecretKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: SecretKeyJson = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a key file", path.display()))?;
+    Ok(SecretKey::from_json(&json, false)?)
+}
+
+async fn bind(addr: SocketAddr, role: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{role}: cannot listen on {addr}"))?;
+    // The first line on stdout is the bound address: `confide simulate` reads it.
+    println!("confide {role} listening on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
+    let config = JobConfig::load(&args.common.config)?;
+    let spec = config.spec();
+    let creds = Credentials::load(&args.common.fed, &args.name)?;
+    if creds.role != Role::Coordinator {
+        bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
+    }
+    let eval = match &config.evaluation {
+        Some(e) => Some(confide_net::node::load_job_data(&spec, &e.test)?),
+        None => None,
+    };
+    let listener = bind(args.common.listen, "coordinator").await?;
+    let (report, params) = confide_net::roles::run_coordinator(
+        listener,
+        confide_net::roles::CoordinatorRole {
+            creds,
+            spec: spec.clone(),
+            eval,
+            keyholder: args.keyholder,
+            linger: Duration::from_secs_f64(args.linger_secs.max(0.0)),
+        },
+    )
+    .await?;
+    if let Some(out) = &args.out {
+        simulate::export_release(out, &config, &spec, &params, &report)?;
+    }
+    if report.status == "finished" {
+        Ok(0)
+    } else {
+        eprintln!("job failed: {}", report.message);
+        Ok(2)
+    }
+}
+
+async fn keyholder(args: KeyholderArgs) -> Result<i32> {
+    let config = JobConfig::load(&args.common.config)?;
+    let spec = config.spec();
+    let creds = Credentials::load(&args.common.fed, &args.name)?;
+    if creds.role != Role::KeyHolder {
+        bail!("`{}` has role {}, not keyholder", creds.name, creds.role);
+    }
+    let key_file = args.key.or(config.paillier.key_file.clone());
+    let sk = match key_file {
+        Some(path) => load_secret_key(&path)?,
+        None => {
+            eprintln!(
+                "keyholder: generating a {}-bit Paillier key",
+                spec.modulus_bits
+            );
+            let bits = spec.modulus_bits;
+            tokio::task::spawn_blocking(move || SecretKey::generate(bits, &mut rand::rngs::OsRng))
+                .await??
+        }
+    };
+    let listener = bind(args.common.listen, "keyholder").await?;
+    confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(0)
+}
+
+async fn node(args: NodeArgs) -> Result<i32> {
+    let creds = Credentials::load(&args.fed, &args.name)?;
+    if creds.role != Role::Node {
+        bail!("`{}` has role {}, not node", creds.name, creds.role);
+    }
+    let summary = confide_net::node::run_node(confide_net::node::NodeOptions {
+        creds,
+        coordinator: args.coordinator,
+        data: args.data,
+        crash_after_round: args.crash_after_round,
+    })
+    .await?;
+    if summary.finished {
+        eprintln!(
+            "node `{}`: job finished after {} rounds",
+            args.name, summary.rounds
+        );
+        Ok(0)
+    } else {
+        eprintln!("node `{}`: job failed: {}", args.name, summary.message);
+        Ok(2)
+    }
+}

@@ -1,0 +1,658 @@
+//! `confide simulate`: the whole federation on one machine. It creates a federation CA and
+//! certificates, starts the key holder, the coordinator and one node per owner (as separate
+//! processes on loopback, or as tasks in this process over the same gRPC + mutual-TLS code),
+//! follows the job as the model owner with a progress bar, fetches the released model, exports
+//! it and writes a report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use confide_core::{JobConfig, JobSpec, Role, SchemeKind, SimulateMode, StandardizeSpec};
+use confide_ml::export::{ModelCard, export_model};
+use confide_ml::{ModelSpec, Standardizer};
+use confide_net::coordinator::{JobReport, model_spec};
+use confide_net::pb::{self, JobState};
+use confide_net::pki::{self, Credentials};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+/// How to start the roles.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeArg {
+    /// Each role is its own process on loopback.
+    Processes,
+    /// Each role is a task in this process (still gRPC over mutual TLS on loopback).
+    InProcess,
+}
+
+/// Scheme override.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemeArg {
+    /// No protection (baseline).
+    Plain,
+    /// Packed Paillier with a separate key holder.
+    Paillier,
+}
+
+/// `confide simulate` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Job file (TOML), for example examples/breast_homo.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Write the JSON report here (it is also written into the work directory).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Override the job's [simulate] mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Directory for certificates, logs, the model and the report (default: a new directory
+    /// under ./runs).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Override the job's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the job's scheme.
+    #[arg(long, value_enum)]
+    pub scheme: Option<SchemeArg>,
+    /// Override the number of rounds.
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Use this Paillier secret key file instead of generating a fresh key.
+    #[arg(long)]
+    pub paillier_key: Option<PathBuf>,
+    /// No progress bar or summary (the report is still written).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Chaos testing (processes mode): OWNER:ROUND makes that owner's node exit abruptly after
+    /// submitting ROUND.
+    #[arg(long, hide = true)]
+    pub crash: Vec<String>,
+}
+
+/// What a simulation produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The JSON report.
+    pub report: Value,
+    /// Whether the job finished.
+    pub finished: bool,
+}
+
+pub async fn run(args: SimulateArgs) -> Result<i32> {
+    let out = simulate(&args).await?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&out.report)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    if !args.quiet {
+        print_summary(&out.report);
+    }
+    Ok(if out.finished { 0 } else { 2 })
+}
+
+fn print_summary(r: &Value) {
+    let f = |k: &str| r.get(k).and_then(Value::as_f64);
+    println!();
+    println!(
+        "job `{}`: {}",
+        r["job_id"].as_str().unwrap_or(""),
+        r["status"].as_str().unwrap_or("")
+    );
+    if let Some(m) = r["message"].as_str().filter(|m| !m.is_empty()) {
+        println!("  reason:        {m}");
+    }
+    println!(
+        "  scheme:        {} ({} mode)",
+        r["scheme"].as_str().unwrap_or(""),
+        r["mode"].as_str().unwrap_or("")
+    );
+    println!("  parties:       {}", r["parties"]);
+    println!("  rounds:        {}", r["rounds"]);
+    if let (Some(a), Some(c), Some(n)) = (
+        f("test_accuracy"),
+        r["test_correct"].as_u64(),
+        r["test_rows"].as_u64(),
+    ) {
+        println!("  test accuracy: {a:.4} ({c}/{n})");
+    }
+    if let Some(a) = f("test_auc") {
+        println!("  test AUC:      {a:.4}");
+    }
+    if let Some(l) = f("test_log_loss") {
+        println!("  test log-loss: {l:.4}");
+    }
+    println!("  wall time:     {:.2} s", f("wall_seconds").unwrap_or(0.0));
+    if let Some(m) = r["model"]["safetensors"].as_str() {
+        println!("  model:         {m}");
+    }
+    println!("  work dir:      {}", r["work_dir"].as_str().unwrap_or(""));
+}
+
+/// Loads the job, applies overrides, and returns the config.
+fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
+    let mut config = JobConfig::load(&args.config)?;
+    if let Some(seed) = args.seed {
+        config.job.seed = seed;
+    }
+    if let Some(rounds) = args.rounds {
+        config.job.rounds = rounds;
+    }
+    if let Some(s) = args.scheme {
+        config.job.scheme = match s {
+            SchemeArg::Plain => SchemeKind::Plain,
+            SchemeArg::Paillier => SchemeKind::Paillier,
+        };
+    }
+    if let Some(m) = args.mode {
+        config.simulate.mode = match m {
+            ModeArg::Processes => SimulateMode::Processes,
+            ModeArg::InProcess => SimulateMode::InProcess,
+        };
+    }
+    config.spec().validate()?;
+    for p in &config.parties {
+        if !p.data.exists() {
+            bail!(
+                "party `{}`: data file {} does not exist",
+                p.name,
+                p.data.display()
+            );
+        }
+    }
+    Ok(config)
+}
+
+/// Runs a simulation (used by `simulate` and by the benchmarks).
+pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let config = effective_config(args)?;
+    let spec = config.spec();
+    let work = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            PathBuf::from("runs").join(format!("{}-{stamp}", spec.job.id))
+        }
+    };
+    let fed = work.join("fed");
+    if fed.exists() {
+        bail!("{} already exists; choose a new --work-dir", fed.display());
+    }
+    std::fs::create_dir_all(work.join("logs"))?;
+    let now = time::OffsetDateTime::now_utc();
+    pki::init_ca(&fed, &spec.job.id, now)?;
+    pki::issue(&fed, "coordinator", Role::Coordinator, now)?;
+    pki::issue(&fed, "keyholder", Role::KeyHolder, now)?;
+    pki::issue(&fed, "owner", Role::ModelOwner, now)?;
+    for p in &config.parties {
+        pki::issue(&fed, &p.name, Role::Node, now)?;
+    }
+    let job_file = work.join("job.toml");
+    std::fs::write(&job_file, toml::to_string(&config)?)?;
+
+    let quiet = args.quiet;
+    let spinner = |msg: &str| {
+        let pb = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    };
+    let paillier = spec.job.scheme == SchemeKind::Paillier;
+    let key_file = args
+        .paillier_key
+        .clone()
+        .or(config.paillier.key_file.clone());
+    let mode = config.simulate.mode;
+
+    let mut roles = Roles::default();
+    let result = async {
+        let keyholder_addr = if paillier {
+            let sp = spinner(if key_file.is_some() {
+                "starting the key holder"
+            } else {
+                "key holder: generating a fresh Paillier key (safe primes take a few seconds)"
+            });
+            let addr = roles
+                .start_keyholder(mode, &job_file, &fed, &config, key_file.as_deref(), &work)
+                .await?;
+            sp.finish_and_clear();
+            Some(addr)
+        } else {
+            None
+        };
+        let coord_addr = roles
+            .start_coordinator(
+                mode,
+                &job_file,
+                &fed,
+                &config,
+                keyholder_addr.as_deref(),
+                &work,
+            )
+            .await?;
+        for p in &config.parties {
+            let crash = args
+                .crash
+                .iter()
+                .find_map(|c| c.strip_prefix(&format!("{}:", p.name)))
+                .map(str::to_string);
+            roles
+                .start_node(mode, &fed, &p.name, &coord_addr, &p.data, crash, &work)
+                .await?;
+        }
+        follow(&fed, &coord_addr, &spec, quiet).await
+    }
+    .await;
+    roles.stop().await;
+    let (report, params) = result?;
+
+    let model_dir = work.join("model");
+    let (weights, card) = export_release(&model_dir, &config, &spec, &params, &report)?;
+    let last = report.history.last();
+    let mode_name = match mode {
+        SimulateMode::Processes => "processes",
+        SimulateMode::InProcess => "in-process",
+    };
+    let test_rows = config
+        .evaluation
+        .as_ref()
+        .and_then(|e| confide_net::node::load_job_data(&spec, &e.test).ok())
+        .map(|d| d.len());
+    let report_json = json!({
+        "job_id": report.job_id,
+        "status": report.status,
+        "message": report.message,
+        "scheme": report.scheme,
+        "mode": mode_name,
+        "parties": report.parties,
+        "rounds": report.rounds,
+        "rounds_planned": report.rounds_planned,
+        "test_accuracy": last.and_then(|r| r.test_accuracy),
+        "test_auc": last.and_then(|r| r.test_auc),
+        "test_log_loss": last.and_then(|r| r.test_log_loss),
+        "test_correct": last.and_then(|r| r.test_correct),
+        "test_rows": test_rows,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "mean_round_seconds": mean(report.history.iter().map(|r| r.seconds)),
+        "history": report.history,
+        "rejections": report.rejections,
+        "events": report.events,
+        "param_count": report.param_count,
+        "min_owners": spec.job.min_owners,
+        "keyholder_key": report.keyholder_key,
+        "seed": spec.job.seed,
+        "model": {
+            "safetensors": weights.display().to_string(),
+            "card": card.display().to_string(),
+        },
+        "work_dir": work.display().to_string(),
+    });
+    std::fs::write(
+        work.join("report.json"),
+        serde_json::to_string_pretty(&report_json)?,
+    )?;
+    Ok(Outcome {
+        finished: report.status == "finished",
+        report: report_json,
+    })
+}
+
+fn mean(it: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = it.collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Writes the released model (safetensors + JSON card) and the coordinator's report.
+pub fn export_release(
+    dir: &Path,
+    config: &JobConfig,
+    spec: &JobSpec,
+    params: &[f32],
+    report: &JobReport,
+) -> Result<(PathBuf, PathBuf)> {
+    let model: ModelSpec = model_spec(spec);
+    let names = if spec.data.features.is_empty() {
+        (0..spec.data.feature_count)
+            .map(|i| format!("f{i}"))
+            .collect()
+    } else {
+        spec.data.features.clone()
+    };
+    let standardization = match &spec.data.standardize {
+        StandardizeSpec::None => None,
+        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
+            mean: mean.clone(),
+            std: std.clone(),
+        }),
+    };
+    let provenance = HashMap::from([
+        ("job_id".to_string(), config.job.id.clone()),
+        ("scheme".to_string(), report.scheme.clone()),
+        ("rounds".to_string(), report.rounds.to_string()),
+        ("status".to_string(), report.status.clone()),
+    ]);
+    let card = ModelCard::new(&model, names, standardization, provenance);
+    if params.len() != model.param_count() {
+        bail!("the job released no model ({})", report.message);
+    }
+    let paths = export_model(dir, "model", params, &card)?;
+    std::fs::write(
+        dir.join("coordinator-report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    Ok(paths)
+}
+
+/// Follows the job as the model owner: one progress-bar step per round, then fetches the model.
+async fn follow(
+    fed: &Path,
+    coord: &str,
+    spec: &JobSpec,
+    quiet: bool,
+) -> Result<(JobReport, Vec<f32>)> {
+    let creds = Credentials::load(fed, "owner")?;
+    let channel = confide_net::transport::connect(coord, "coordinator", &creds).await?;
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(spec.job.rounds))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] round {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} ({})", spec.job.id, spec.job.scheme.as_str()));
+    bar.set_message("waiting for owners");
+    let mut stream = client.watch(pb::WatchRequest {}).await?.into_inner();
+    while let Some(p) = stream.message().await? {
+        match JobState::try_from(p.state).unwrap_or(JobState::Failed) {
+            JobState::Running => {
+                let rec: Value = serde_json::from_str(&p.record_json).unwrap_or(Value::Null);
+                let mut msg = format!(
+                    "contributors {}",
+                    rec["contributors"].as_array().map_or(0, Vec::len)
+                );
+                if let Some(a) = rec["test_accuracy"].as_f64() {
+                    msg.push_str(&format!(" acc {a:.4}"));
+                }
+                if let Some(a) = rec["test_auc"].as_f64() {
+                    msg.push_str(&format!(" auc {a:.4}"));
+                }
+                bar.set_message(msg);
+                bar.set_position(u64::from(p.round));
+            }
+            _ => break,
+        }
+    }
+    bar.finish();
+    let release = client
+        .fetch_model(pb::FetchModelRequest {})
+        .await?
+        .into_inner();
+    let report: JobReport =
+        serde_json::from_str(&release.report_json).context("coordinator report")?;
+    Ok((report, release.params))
+}
+
+/// The roles started by a simulation.
+#[derive(Default)]
+struct Roles {
+    children: Vec<(String, Child)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_keyholder: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Roles {
+    fn command(&self, role_args: &[&str], log: &Path) -> Result<Command> {
+        let exe = std::env::current_exe().context("cannot find the confide executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(role_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(log)?))
+            .env(
+                "CONFIDE_LOG",
+                std::env::var("CONFIDE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Spawns a role process and reads the address it prints.
+    async fn spawn(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        work: &Path,
+        wait: Duration,
+    ) -> Result<String> {
+        let log = work.join("logs").join(format!("{name}.log"));
+        let mut child = self
+            .command(args, &log)?
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout from {name}"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(wait, lines.next_line()).await;
+        let addr = match line {
+            Ok(Ok(Some(l))) => l.rsplit(' ').next().unwrap_or_default().to_string(),
+            _ => {
+                let _ = child.kill().await;
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!(
+                    "{name} did not start; its log ({}):\n{}",
+                    log.display(),
+                    tail_lines(&tail, 20)
+                );
+            }
+        };
+        self.children.push((name.to_string(), child));
+        Ok(addr)
+    }
+
+    async fn start_keyholder(
+        &mut self,
+        mode: SimulateMode,
+        job: &Path,
+        fed: &Path,
+        config: &JobConfig,
+        key: Option<&Path>,
+        work: &Path,
+    ) -> Result<String> {
+        match mode {
+            SimulateMode::Processes => {
+                let (j, f) = (job.display().to_string(), fed.display().to_string());
+                let mut args = vec!["keyholder", "--config", &j, "--fed", &f];
+                let k = key.map(|k| k.display().to_string());
+                if let Some(k) = &k {
+                    args.extend(["--key", k]);
+                }
+                self.spawn("keyholder", &args, work, Duration::from_secs(600))
+                    .await
+            }
+            SimulateMode::InProcess => {
+                let spec = config.spec();
+                let creds = Credentials::load(fed, "keyholder")?;
+                let sk = match key {
+                    Some(k) => crate::load_secret_key(k)?,
+                    None => {
+                        let bits = spec.modulus_bits;
+                        tokio::task::spawn_blocking(move || {
+                            confide_crypto::SecretKey::generate(bits, &mut rand::rngs::OsRng)
+                        })
+                        .await??
+                    }
+                };
+                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?.to_string();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.stop_keyholder = Some(tx);
+                self.tasks.push(tokio::spawn(async move {
+                    let shutdown = async {
+                        let _ = rx.await;
+                    };
+                    if let Err(e) =
+                        confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, shutdown)
+                            .await
+                    {
+                        eprintln!("keyholder: {e}");
+                    }
+                }));
+                Ok(addr)
+            }
+        }
+    }
+
+    async fn start_coordinator(
+        &mut self,
+        mode: SimulateMode,
+        job: &Path,
+        fed: &Path,
+        config: &JobConfig,
+        keyholder: Option<&str>,
+        work: &Path,
+    ) -> Result<String> {
+        match mode {
+            SimulateMode::Processes => {
+                let (j, f) = (job.display().to_string(), fed.display().to_string());
+                let mut args = vec!["coordinator", "--config", &j, "--fed", &f];
+                if let Some(k) = keyholder {
+                    args.extend(["--keyholder", k]);
+                }
+                self.spawn("coordinator", &args, work, Duration::from_secs(60))
+                    .await
+            }
+            SimulateMode::InProcess => {
+                let spec = config.spec();
+                let eval = match &config.evaluation {
+                    Some(e) => Some(confide_net::node::load_job_data(&spec, &e.test)?),
+                    None => None,
+                };
+                let creds = Credentials::load(fed, "coordinator")?;
+                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?.to_string();
+                let role = confide_net::roles::CoordinatorRole {
+                    creds,
+                    spec,
+                    eval,
+                    keyholder: keyholder.map(str::to_string),
+                    linger: Duration::from_secs(60),
+                };
+                self.tasks.push(tokio::spawn(async move {
+                    if let Err(e) = confide_net::roles::run_coordinator(listener, role).await {
+                        eprintln!("coordinator: {e}");
+                    }
+                }));
+                Ok(addr)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_node(
+        &mut self,
+        mode: SimulateMode,
+        fed: &Path,
+        name: &str,
+        coordinator: &str,
+        data: &Path,
+        crash: Option<String>,
+        work: &Path,
+    ) -> Result<()> {
+        match mode {
+            SimulateMode::Processes => {
+                let (f, d) = (fed.display().to_string(), data.display().to_string());
+                let mut args = vec![
+                    "node",
+                    "--fed",
+                    &f,
+                    "--name",
+                    name,
+                    "--coordinator",
+                    coordinator,
+                    "--data",
+                    &d,
+                ];
+                if let Some(c) = &crash {
+                    args.extend(["--crash-after-round", c]);
+                }
+                let log = work.join("logs").join(format!("node-{name}.log"));
+                let child = self
+                    .command(&args, &log)?
+                    .spawn()
+                    .with_context(|| format!("cannot start node {name}"))?;
+                self.children.push((format!("node-{name}"), child));
+                Ok(())
+            }
+            SimulateMode::InProcess => {
+                if crash.is_some() {
+                    bail!("--crash needs processes mode");
+                }
+                let opts = confide_net::node::NodeOptions {
+                    creds: Credentials::load(fed, name)?,
+                    coordinator: coordinator.to_string(),
+                    data: data.to_path_buf(),
+                    crash_after_round: None,
+                };
+                let name = name.to_string();
+                self.tasks.push(tokio::spawn(async move {
+                    if let Err(e) = confide_net::node::run_node(opts).await {
+                        eprintln!("node `{name}`: {e}");
+                    }
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets nodes and the coordinator finish, then stops the key holder.
+    async fn stop(&mut self) {
+        let grace = Duration::from_secs(10);
+        for (name, child) in &mut self.children {
+            if name == "keyholder" {
+                continue;
+            }
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.kill().await;
+        }
+        if let Some(tx) = self.stop_keyholder.take() {
+            let _ = tx.send(());
+        }
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(grace, t).await.is_err() {
+                // A role task that does not stop is abandoned with the runtime.
+            }
+        }
+    }
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

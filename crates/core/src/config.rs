@@ -1,0 +1,744 @@
+//! The job configuration: one TOML file that describes a federated training job.
+//!
+//! A [`JobConfig`] is what a person writes (`examples/breast_homo.toml`). It contains local,
+//! per-machine details (where each party's CSV lives, how the simulation starts its roles) and
+//! the shareable part, the [`JobSpec`], that every role must agree on: model, data schema,
+//! training hyper-parameters, encoding, aggregation scheme and participants. The spec has a
+//! digest ([`JobSpec::digest_input`]) that owners sign into every contribution, so a coordinator
+//! cannot reuse a contribution made for one job in another.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors found while reading or validating a job configuration. These are configuration
+/// mistakes: the person who wrote the file must fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read job config {path}: {source}")]
+    Read {
+        /// The path that failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("invalid job config {path}: {message}")]
+    Parse {
+        /// The path of the file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of its allowed range or inconsistent with another.
+    #[error("invalid job config: `{field}` {problem}")]
+    Invalid {
+        /// The dotted name of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// The aggregation scheme that protects owners' updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemeKind {
+    /// No protection: the coordinator sees every update. For tests and baselines only.
+    Plain,
+    /// Packed fixed-point Paillier; a separate key holder decrypts only the sum.
+    Paillier,
+}
+
+impl SchemeKind {
+    /// The name used in configuration files and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemeKind::Plain => "plain",
+            SchemeKind::Paillier => "paillier",
+        }
+    }
+}
+
+/// The model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Binary logistic regression (one output, sigmoid).
+    Logistic,
+    /// Multinomial logistic (softmax) regression.
+    Softmax,
+    /// Multi-layer perceptron with ReLU hidden layers and a softmax (or sigmoid) output.
+    Mlp,
+}
+
+/// A column of a CSV file, by header name or by zero-based index (for files without a header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnRef {
+    /// Zero-based column index.
+    Index(usize),
+    /// Header name.
+    Name(String),
+}
+
+impl std::fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnRef::Index(i) => write!(f, "column #{i}"),
+            ColumnRef::Name(n) => write!(f, "column `{n}`"),
+        }
+    }
+}
+
+/// The `[job]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// A name for the job; it appears in reports and in every signed contribution.
+    pub id: String,
+    /// Number of federated rounds.
+    pub rounds: u32,
+    /// Aggregation scheme.
+    pub scheme: SchemeKind,
+    /// The key holder decrypts (and the coordinator aggregates) only when at least this many
+    /// distinct authorised owners contributed to a round.
+    pub min_owners: usize,
+    /// Seed for model initialisation and local shuffling (not for any cryptographic randomness).
+    #[serde(default)]
+    pub seed: u64,
+    /// How long the coordinator waits for contributions in a round before it proceeds without
+    /// the missing owners (or fails the round when fewer than `min_owners` remain).
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_secs: f64,
+}
+
+fn default_round_timeout() -> f64 {
+    60.0
+}
+
+/// The `[model]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Model family.
+    pub kind: ModelKind,
+    /// Hidden layer widths (MLP only).
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Number of classes (2 for logistic regression).
+    pub classes: usize,
+}
+
+/// How features are standardised. Statistics are never fitted per node in a federated job,
+/// because owners standardising differently would make their updates incompatible (FedAvg
+/// averages weights that refer to differently scaled inputs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StandardizeSpec {
+    /// Use features as they are (breast_homo is already standardised upstream).
+    None,
+    /// Fixed statistics written into the job: `x' = (x - mean) / std`.
+    Fixed {
+        /// Per-feature mean.
+        mean: Vec<f64>,
+        /// Per-feature standard deviation (must be positive).
+        std: Vec<f64>,
+    },
+}
+
+/// The `[data]` section: the schema every owner's CSV must have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Whether the CSV files start with a header row.
+    #[serde(default = "yes")]
+    pub has_header: bool,
+    /// The label column.
+    pub label: ColumnRef,
+    /// Columns that are neither features nor label (such as a row id).
+    #[serde(default)]
+    pub exclude: Vec<ColumnRef>,
+    /// Number of feature columns.
+    pub feature_count: usize,
+    /// Expected feature names, in order (files with a header only). When given, every owner
+    /// checks that its header matches exactly.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Standardisation.
+    #[serde(default = "no_standardize")]
+    pub standardize: StandardizeSpec,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn no_standardize() -> StandardizeSpec {
+    StandardizeSpec::None
+}
+
+/// The `[training]` section: local training at every owner, and the server step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Local passes over the owner's data per round.
+    pub local_epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// SGD learning rate.
+    pub learning_rate: f64,
+    /// L2 penalty (weight decay) applied to weights, not biases.
+    #[serde(default)]
+    pub l2: f64,
+    /// Server learning rate applied to the averaged update (1.0 is plain FedAvg).
+    #[serde(default = "one")]
+    pub server_learning_rate: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The `[encoding]` section: how float updates become integers for secure aggregation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodingSection {
+    /// Fixed-point fractional bits: a value `v` is encoded as `round(v · 2^scale_bits)`.
+    #[serde(default = "default_scale_bits")]
+    pub scale_bits: u32,
+    /// Every update coordinate is clipped to `[-clip, clip]` before encoding.
+    #[serde(default = "default_clip")]
+    pub clip: f64,
+}
+
+fn default_scale_bits() -> u32 {
+    24
+}
+
+fn default_clip() -> f64 {
+    4.0
+}
+
+impl Default for EncodingSection {
+    fn default() -> Self {
+        Self {
+            scale_bits: default_scale_bits(),
+            clip: default_clip(),
+        }
+    }
+}
+
+/// The `[paillier]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaillierSection {
+    /// Modulus size in bits: 2048 (default) or 3072.
+    #[serde(default = "default_modulus_bits")]
+    pub modulus_bits: u32,
+    /// Key holder only: load the secret key from this file instead of generating one at start.
+    /// Local to the key holder; not part of the shared spec.
+    #[serde(default, skip_serializing)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_modulus_bits() -> u32 {
+    2048
+}
+
+impl Default for PaillierSection {
+    fn default() -> Self {
+        Self {
+            modulus_bits: default_modulus_bits(),
+            key_file: None,
+        }
+    }
+}
+
+/// One data owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartySection {
+    /// The owner's name; it is also the name in its certificate.
+    pub name: String,
+    /// Path of the owner's CSV (used by `confide simulate`; a standalone node takes `--data`).
+    pub data: PathBuf,
+}
+
+/// How `confide simulate` starts the roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimulateMode {
+    /// Every role is its own operating-system process on loopback.
+    #[default]
+    Processes,
+    /// Every role is a task in one process, still talking gRPC over mutual TLS on loopback.
+    InProcess,
+}
+
+/// The `[simulate]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateSection {
+    /// Processes (default) or in-process.
+    #[serde(default)]
+    pub mode: SimulateMode,
+}
+
+/// The `[evaluation]` section: the coordinator's held-out set, as in Intel's sample where the
+/// parameter server validates the global model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSection {
+    /// Test CSV, same schema as the owners' files.
+    pub test: PathBuf,
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest gRPC message any role accepts or sends, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+}
+
+fn default_max_message() -> usize {
+    256 * 1024 * 1024
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message(),
+        }
+    }
+}
+
+/// A whole job configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// `[job]`
+    pub job: JobSection,
+    /// `[model]`
+    pub model: ModelSection,
+    /// `[data]`
+    pub data: DataSection,
+    /// `[training]`
+    pub training: TrainingSection,
+    /// `[encoding]`
+    #[serde(default)]
+    pub encoding: EncodingSection,
+    /// `[paillier]`
+    #[serde(default)]
+    pub paillier: PaillierSection,
+    /// `[evaluation]`
+    #[serde(default)]
+    pub evaluation: Option<EvaluationSection>,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[simulate]`
+    #[serde(default)]
+    pub simulate: SimulateSection,
+    /// `[[parties]]`
+    pub parties: Vec<PartySection>,
+}
+
+/// The part of a job that every role must agree on. It carries no local paths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The authorised data owners, by name.
+    pub owners: Vec<String>,
+    /// Paillier modulus size.
+    pub modulus_bits: u32,
+    /// `[job]`
+    pub job: JobSection,
+    /// `[model]`
+    pub model: ModelSection,
+    /// `[data]`
+    pub data: DataSection,
+    /// `[training]`
+    pub training: TrainingSection,
+    /// `[encoding]`
+    pub encoding: EncodingSection,
+    /// `[limits]`
+    pub limits: LimitsSection,
+}
+
+impl JobConfig {
+    /// Reads, parses and validates a job file. Relative paths in it are resolved against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        // Absolute, so the resolved config means the same from any working directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let base = base.as_path();
+        for party in &mut config.parties {
+            party.data = resolve(base, &party.data);
+        }
+        if let Some(eval) = &mut config.evaluation {
+            eval.test = resolve(base, &eval.test);
+        }
+        if let Some(key) = &mut config.paillier.key_file {
+            *key = resolve(base, key);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: JobConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.spec().validate()?;
+        Ok(config)
+    }
+
+    /// The shareable part of this configuration.
+    pub fn spec(&self) -> JobSpec {
+        JobSpec {
+            job: self.job.clone(),
+            model: self.model.clone(),
+            data: self.data.clone(),
+            training: self.training.clone(),
+            encoding: self.encoding.clone(),
+            modulus_bits: self.paillier.modulus_bits,
+            limits: self.limits.clone(),
+            owners: self.parties.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Party names are also certificate names and file names: keep them simple.
+pub fn validate_party_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid party name (1-63 characters of a-z, 0-9 and '-', not starting with '-')"
+        ))
+    }
+}
+
+impl JobSpec {
+    /// Checks every range and cross-field rule. Each message names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let j = &self.job;
+        if j.id.is_empty() || j.id.len() > 128 {
+            return Err(invalid("job.id", "must have 1 to 128 characters"));
+        }
+        if j.rounds == 0 || j.rounds > 100_000 {
+            return Err(invalid("job.rounds", "must be between 1 and 100000"));
+        }
+        if self.owners.is_empty() {
+            return Err(invalid("parties", "at least one data owner is needed"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for name in &self.owners {
+            validate_party_name(name).map_err(|e| invalid("parties.name", e))?;
+            if ["coordinator", "keyholder", "owner"].contains(&name.as_str()) {
+                return Err(invalid(
+                    "parties.name",
+                    format!("`{name}` is reserved for a role"),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(invalid("parties.name", format!("`{name}` appears twice")));
+            }
+        }
+        if j.min_owners == 0 || j.min_owners > self.owners.len() {
+            return Err(invalid(
+                "job.min_owners",
+                format!(
+                    "must be between 1 and the number of parties ({})",
+                    self.owners.len()
+                ),
+            ));
+        }
+        if j.scheme == SchemeKind::Paillier && j.min_owners < 2 {
+            return Err(invalid(
+                "job.min_owners",
+                "must be at least 2 under `paillier`: with one owner the decrypted sum is that owner's update",
+            ));
+        }
+        if !(j.round_timeout_secs > 0.0 && j.round_timeout_secs <= 86_400.0) {
+            return Err(invalid("job.round_timeout_secs", "must be in (0, 86400]"));
+        }
+        let m = &self.model;
+        match m.kind {
+            ModelKind::Logistic if m.classes != 2 => {
+                return Err(invalid(
+                    "model.classes",
+                    "logistic regression needs exactly 2",
+                ));
+            }
+            ModelKind::Logistic | ModelKind::Softmax if !m.hidden.is_empty() => {
+                return Err(invalid("model.hidden", "only an MLP has hidden layers"));
+            }
+            ModelKind::Mlp if m.hidden.is_empty() => {
+                return Err(invalid(
+                    "model.hidden",
+                    "an MLP needs at least one hidden layer",
+                ));
+            }
+            _ => {}
+        }
+        if m.classes < 2 || m.classes > 100_000 {
+            return Err(invalid("model.classes", "must be between 2 and 100000"));
+        }
+        if m.hidden.iter().any(|&h| h == 0 || h > 1_000_000) {
+            return Err(invalid(
+                "model.hidden",
+                "widths must be between 1 and 1000000",
+            ));
+        }
+        let d = &self.data;
+        if d.feature_count == 0 {
+            return Err(invalid("data.feature_count", "must be positive"));
+        }
+        if !d.features.is_empty() && d.features.len() != d.feature_count {
+            return Err(invalid(
+                "data.features",
+                format!(
+                    "lists {} names but data.feature_count is {}",
+                    d.features.len(),
+                    d.feature_count
+                ),
+            ));
+        }
+        if !d.has_header
+            && (matches!(d.label, ColumnRef::Name(_))
+                || d.exclude.iter().any(|c| matches!(c, ColumnRef::Name(_))))
+        {
+            return Err(invalid(
+                "data.label",
+                "files without a header must name columns by index",
+            ));
+        }
+        if let StandardizeSpec::Fixed { mean, std } = &d.standardize {
+            if mean.len() != d.feature_count || std.len() != d.feature_count {
+                return Err(invalid(
+                    "data.standardize",
+                    "mean and std must each have data.feature_count entries",
+                ));
+            }
+            if std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+                || mean.iter().any(|m| !m.is_finite())
+            {
+                return Err(invalid(
+                    "data.standardize",
+                    "std must be positive and finite, mean finite",
+                ));
+            }
+        }
+        let t = &self.training;
+        if t.local_epochs == 0 || t.local_epochs > 10_000 {
+            return Err(invalid(
+                "training.local_epochs",
+                "must be between 1 and 10000",
+            ));
+        }
+        if t.batch_size == 0 {
+            return Err(invalid("training.batch_size", "must be positive"));
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            return Err(invalid(
+                "training.learning_rate",
+                "must be positive and finite",
+            ));
+        }
+        if !(t.l2 >= 0.0 && t.l2.is_finite()) {
+            return Err(invalid("training.l2", "must be non-negative and finite"));
+        }
+        if !(t.server_learning_rate > 0.0 && t.server_learning_rate.is_finite()) {
+            return Err(invalid(
+                "training.server_learning_rate",
+                "must be positive and finite",
+            ));
+        }
+        let e = &self.encoding;
+        if e.scale_bits == 0 || e.scale_bits > 40 {
+            return Err(invalid("encoding.scale_bits", "must be between 1 and 40"));
+        }
+        if !(e.clip > 0.0 && e.clip <= 1.0e6) {
+            return Err(invalid("encoding.clip", "must be in (0, 1e6]"));
+        }
+        if self.modulus_bits != 2048 && self.modulus_bits != 3072 {
+            return Err(invalid("paillier.modulus_bits", "must be 2048 or 3072"));
+        }
+        if self.limits.max_message_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bytes that identify this job in signatures: a fixed domain label followed by the
+    /// JSON serialisation of the spec (fields in declaration order, floats in shortest
+    /// round-trip form). Hash it before signing.
+    pub fn digest_input(&self) -> Vec<u8> {
+        let mut out = b"confide/job-spec/v1\n".to_vec();
+        // Serialising a plain struct of strings, numbers and vectors cannot fail.
+        let json = canonical_text(self);
+        out.extend_from_slice(json.as_bytes());
+        out
+    }
+
+    /// Serialises the spec for the wire (TOML text, parsed back with [`JobSpec::from_wire`]).
+    pub fn to_wire(&self) -> String {
+        canonical_text(self)
+    }
+
+    /// Parses a spec received from the coordinator and validates it.
+    pub fn from_wire(text: &str) -> Result<Self, ConfigError> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<wire>"),
+            message: e.to_string(),
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Number of input features of the model.
+    pub fn input_dim(&self) -> usize {
+        self.data.feature_count
+    }
+}
+
+/// Deterministic text form of a spec. TOML serialisation of a struct writes fields in
+/// declaration order and floats in Rust's shortest round-trip form, so equal specs give equal
+/// bytes on every machine.
+fn canonical_text(spec: &JobSpec) -> String {
+    match toml::to_string(spec) {
+        Ok(s) => s,
+        // The spec contains only strings, integers, finite floats (validated) and arrays of
+        // them; TOML serialisation of such a value does not fail.
+        Err(e) => unreachable!("a validated JobSpec always serialises: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[job]
+id = "t"
+rounds = 3
+scheme = "paillier"
+min_owners = 2
+
+[model]
+kind = "logistic"
+classes = 2
+
+[data]
+label = "y"
+exclude = ["id"]
+feature_count = 2
+
+[training]
+local_epochs = 1
+batch_size = 8
+learning_rate = 0.1
+
+[[parties]]
+name = "a"
+data = "a.csv"
+
+[[parties]]
+name = "b"
+data = "b.csv"
+"#;
+
+    #[test]
+    fn parses_minimal_config_with_defaults() {
+        let c = JobConfig::parse(MINIMAL).expect("valid");
+        assert_eq!(c.encoding.scale_bits, 24);
+        assert_eq!(c.paillier.modulus_bits, 2048);
+        assert_eq!(c.spec().owners, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn spec_round_trips_over_the_wire_with_identical_digest_input() {
+        let spec = JobConfig::parse(MINIMAL).expect("valid").spec();
+        let back = JobSpec::from_wire(&spec.to_wire()).expect("parses");
+        assert_eq!(spec, back);
+        assert_eq!(spec.digest_input(), back.digest_input());
+    }
+
+    #[test]
+    fn rejects_min_owners_above_party_count() {
+        let text = MINIMAL.replace("min_owners = 2", "min_owners = 3");
+        let err = JobConfig::parse(&text).expect_err("invalid");
+        assert!(err.to_string().contains("job.min_owners"), "{err}");
+    }
+
+    #[test]
+    fn rejects_single_owner_paillier() {
+        let text = MINIMAL.replace("min_owners = 2", "min_owners = 1");
+        let err = JobConfig::parse(&text).expect_err("invalid");
+        assert!(err.to_string().contains("at least 2"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_field_with_location() {
+        let text = MINIMAL.replace("rounds = 3", "rounds = 3\nround = 4");
+        let err = JobConfig::parse(&text).expect_err("invalid");
+        assert!(err.to_string().contains("round"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_modulus() {
+        let text = format!("{MINIMAL}\n[paillier]\nmodulus_bits = 1024\n");
+        let err = JobConfig::parse(&text).expect_err("invalid");
+        assert!(err.to_string().contains("paillier.modulus_bits"), "{err}");
+    }
+
+    #[test]
+    fn rejects_reserved_and_duplicate_names() {
+        let dup = MINIMAL.replace("name = \"b\"", "name = \"a\"");
+        assert!(JobConfig::parse(&dup).is_err());
+        let reserved = MINIMAL.replace("name = \"b\"", "name = \"keyholder\"");
+        assert!(JobConfig::parse(&reserved).is_err());
+    }
+}

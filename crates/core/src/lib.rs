@@ -1,0 +1,11 @@
+//! Confide's shared vocabulary: the job configuration every role reads, party roles, and the
+//! numbered validation rules. This crate does no I/O beyond reading a configuration file.
+
+pub mod config;
+pub mod role;
+
+pub use config::{
+    ColumnRef, ConfigError, JobConfig, JobSpec, ModelKind, SchemeKind, SimulateMode,
+    StandardizeSpec,
+};
+pub use role::Role;

@@ -1,0 +1,33 @@
+//! Confide's cryptographic building blocks. Everything here wraps a maintained library
+//! (fast-paillier for Paillier, ring for Ed25519 and SHA-256); Confide adds encodings and
+//! protocol glue, never ciphers or modular arithmetic of its own.
+//!
+//! - [`encoding`]: fixed-point encoding with clipping; packing of many coordinates into one
+//!   plaintext with overflow-free headroom computed from the number of owners.
+//! - [`paillier`]: keys, DJN short-exponent encryption, decryption, homomorphic addition.
+//! - [`sign`]: Ed25519 signatures.
+
+pub mod encoding;
+pub mod paillier;
+pub mod sign;
+
+pub use encoding::{EncodingError, FixedPoint, PackingLayout};
+pub use paillier::{Ciphertext, PaillierError, PublicKey, PublicKeyJson, SecretKey, SecretKeyJson};
+pub use sign::{SignatureError, SigningKey};
+
+/// SHA-256 (FIPS 180-4) through ring.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The name of the big-integer backend compiled in, for benchmark reports.
+pub fn bigint_backend() -> &'static str {
+    if cfg!(feature = "bigint-rust") {
+        "num-bigint (pure Rust)"
+    } else {
+        "GMP (rug)"
+    }
+}

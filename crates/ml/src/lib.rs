@@ -1,0 +1,22 @@
+//! Confide's machine-learning core, on burn 0.22 (pure-Rust `flex` CPU backend with autodiff).
+//!
+//! - [`dataset`]: CSV loading with label and excluded columns by name or index, schema checks,
+//!   stratified splits.
+//! - [`standardize`]: standardisation fitted on training data only.
+//! - [`model`]: logistic regression, softmax regression and an MLP as one burn module; the
+//!   parameter vector round trip.
+//! - [`train`]: mini-batch SGD, and accuracy, log-loss and AUC.
+//! - [`export`]: safetensors plus a JSON sidecar.
+//!
+//! burn lives only in this crate (ARCHITECTURE.md, "Layout").
+
+pub mod dataset;
+pub mod export;
+pub mod model;
+pub mod standardize;
+pub mod train;
+
+pub use dataset::{Column, CsvSpec, DataError, Dataset};
+pub use model::{ModelError, ModelKind, ModelSpec, Network};
+pub use standardize::Standardizer;
+pub use train::{Metrics, TrainConfig, TrainOutcome};

@@ -1,0 +1,772 @@
+//! `confide coordinator`: runs the rounds and FedAvg. It relays ciphertexts and never holds a
+//! decryption key.
+//!
+//! # Rules for bad input and failures
+//! - A contribution that breaks a UPD rule is refused with its code; the round goes on without
+//!   it, and the owner may resubmit a correct one before the deadline.
+//! - An owner that withdraws (for example, its CSV failed validation) or does not contribute by
+//!   the round deadline (`round_timeout_secs`; a node that disconnects mid-round ends up here)
+//!   is excluded for the rest of the job. The round proceeds with the others when at least
+//!   `min_owners` contributed; otherwise the round fails, the job stops with a clear error,
+//!   and the global model stays at the last completed round.
+//! - A key-holder refusal or error fails the round the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use confide_core::{JobSpec, Role, SchemeKind};
+use confide_crypto::{FixedPoint, PublicKey, PublicKeyJson};
+use confide_ml::{Dataset, ModelSpec};
+use confide_secagg::contribution::{self, Contribution};
+use confide_secagg::{
+    AggregateSum, AggregationServer, ExternalRequest, ExternalResult, PaillierServer, PlainServer,
+    Reject, Rejection, SchemeParams, StageResult,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::pb::{self, JobState};
+use crate::transport::{NetError, peer};
+
+/// One round's record in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Owners whose updates are in the round's sum.
+    pub contributors: Vec<String>,
+    /// Owners excluded in this round (withdrew or missed the deadline).
+    pub excluded: Vec<String>,
+    /// Test-set metrics of the global model after this round (when the coordinator has a test
+    /// set).
+    pub test_accuracy: Option<f64>,
+    /// Test AUC (binary tasks).
+    pub test_auc: Option<f64>,
+    /// Test log-loss.
+    pub test_log_loss: Option<f64>,
+    /// Test rows classified correctly.
+    pub test_correct: Option<usize>,
+    /// Wall time of the round, from opening to the new global model, in seconds.
+    pub seconds: f64,
+    /// Of which: closing the stage and aggregation (key holder included), in seconds.
+    pub aggregation_seconds: f64,
+}
+
+/// The coordinator's report of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// Job id.
+    pub job_id: String,
+    /// `finished` or `failed`.
+    pub status: String,
+    /// Why the job failed.
+    pub message: String,
+    /// Aggregation scheme.
+    pub scheme: String,
+    /// Authorised owners.
+    pub parties: Vec<String>,
+    /// Rounds completed.
+    pub rounds: u32,
+    /// Rounds planned.
+    pub rounds_planned: u32,
+    /// Per-round records.
+    pub history: Vec<RoundRecord>,
+    /// Rejected contributions by reason.
+    pub rejections: BTreeMap<String, u64>,
+    /// Notable events (withdrawals, exclusions), in order.
+    pub events: Vec<String>,
+    /// Fingerprint of the key holder's public key (paillier).
+    pub keyholder_key: Option<String>,
+    /// Model parameter count.
+    pub param_count: usize,
+}
+
+/// What the coordinator needs to run a job.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// The job.
+    pub spec: JobSpec,
+    /// Held-out evaluation data (already standardised like the owners' data).
+    pub eval: Option<Dataset>,
+    /// Where the key holder listens (paillier).
+    pub keyholder_endpoint: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Snapshot {
+    state: JobState,
+    round: u32,
+    params: Arc<Vec<f32>>,
+    message: String,
+}
+
+struct State {
+    joined: BTreeSet<String>,
+    alive: BTreeSet<String>,
+    server: Option<Box<dyn AggregationServer>>,
+    certs: BTreeMap<String, Vec<u8>>,
+    rejections: BTreeMap<String, u64>,
+    events: Vec<String>,
+    history: Vec<RoundRecord>,
+    report: Option<(JobReport, Arc<Vec<f32>>)>,
+}
+
+/// The coordinator's shared state, served by [`CoordinatorService`] and driven by
+/// [`Coordinator::run`].
+pub struct Coordinator {
+    spec: JobSpec,
+    spec_text: String,
+    digest: [u8; 32],
+    model: ModelSpec,
+    fixed: FixedPoint,
+    eval: Option<Dataset>,
+    keyholder_endpoint: String,
+    state: Mutex<State>,
+    changed: Notify,
+    fetched: Notify,
+    rounds: watch::Sender<Snapshot>,
+    progress: broadcast::Sender<pb::Progress>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Coordinator({})", self.spec.job.id)
+    }
+}
+
+/// The job digest: SHA-256 of the spec's digest input.
+pub fn job_digest(spec: &JobSpec) -> [u8; 32] {
+    confide_crypto::sha256(&spec.digest_input())
+}
+
+/// The model architecture of a job.
+pub fn model_spec(spec: &JobSpec) -> ModelSpec {
+    ModelSpec {
+        kind: spec.model.kind,
+        input_dim: spec.input_dim(),
+        hidden: spec.model.hidden.clone(),
+        classes: spec.model.classes,
+    }
+}
+
+/// The fixed-point encoding of a job.
+pub fn fixed_point(spec: &JobSpec) -> Result<FixedPoint, NetError> {
+    FixedPoint::new(spec.encoding.scale_bits, spec.encoding.clip)
+        .map_err(|e| crate::transport::transport_err("encoding", e))
+}
+
+/// Scheme parameters of a job.
+pub fn scheme_params(spec: &JobSpec, fixed: FixedPoint) -> SchemeParams {
+    SchemeParams {
+        fixed,
+        len: model_spec(spec).param_count(),
+        owners: spec.owners.len(),
+        min_owners: spec.job.min_owners,
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock is a bug; keep serving with the state as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Coordinator {
+    /// Prepares a job.
+    pub fn new(opts: CoordinatorOptions) -> Result<Arc<Self>, NetError> {
+        let fixed = fixed_point(&opts.spec)?;
+        let model = model_spec(&opts.spec);
+        let initial = Snapshot {
+            state: JobState::Waiting,
+            round: 0,
+            params: Arc::new(Vec::new()),
+            message: String::new(),
+        };
+        let (rounds, _) = watch::channel(initial);
+        let (progress, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            spec_text: opts.spec.to_wire(),
+            digest: job_digest(&opts.spec),
+            model,
+            fixed,
+            eval: opts.eval,
+            keyholder_endpoint: opts.keyholder_endpoint.unwrap_or_default(),
+            spec: opts.spec,
+            state: Mutex::new(State {
+                joined: BTreeSet::new(),
+                alive: BTreeSet::new(),
+                server: None,
+                certs: BTreeMap::new(),
+                rejections: BTreeMap::new(),
+                events: Vec::new(),
+                history: Vec::new(),
+                report: None,
+            }),
+            changed: Notify::new(),
+            fetched: Notify::new(),
+            rounds,
+            progress,
+        }))
+    }
+
+    /// Completes once the model owner has fetched the released model.
+    pub async fn fetched(&self) {
+        self.fetched.notified().await;
+    }
+
+    /// The job digest.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// The final report and parameters, once the job ended.
+    pub fn result(&self) -> Option<(JobReport, Arc<Vec<f32>>)> {
+        lock(&self.state).report.clone()
+    }
+
+    /// Waits until `done` holds for the state or the deadline passes.
+    async fn wait_until(&self, deadline: Instant, done: impl Fn(&State) -> bool) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&lock(&self.state)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(deadline - now) => {}
+            }
+        }
+    }
+
+    fn record_event(&self, event: String) {
+        tracing::info!("{event}");
+        lock(&self.state).events.push(event);
+    }
+
+    /// Runs the job to its end. `unseal` performs the key holder's part of a round (a gRPC call
+    /// in deployments); `paillier_key` is the key holder's public key under `paillier`.
+    pub async fn run<F, Fut>(
+        self: Arc<Self>,
+        paillier_key: Option<PublicKey>,
+        unseal: F,
+    ) -> JobReport
+    where
+        F: Fn(u32, Vec<(Contribution, Vec<u8>)>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
+    {
+        let timeout = Duration::from_secs_f64(self.spec.job.round_timeout_secs);
+        let owners = self.spec.owners.len();
+        let all_joined = self
+            .wait_until(Instant::now() + timeout, |s| s.joined.len() == owners)
+            .await;
+        let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
+        let outcome = if !all_joined && lock(&self.state).joined.len() < self.spec.job.min_owners {
+            Err(format!(
+                "only {} of {owners} owners joined within {:.0} s; the job needs {}",
+                lock(&self.state).joined.len(),
+                timeout.as_secs_f64(),
+                self.spec.job.min_owners
+            ))
+        } else {
+            if !all_joined {
+                let missing: Vec<String> = {
+                    let s = lock(&self.state);
+                    self.spec
+                        .owners
+                        .iter()
+                        .filter(|o| !s.joined.contains(*o))
+                        .cloned()
+                        .collect()
+                };
+                self.record_event(format!(
+                    "owners {missing:?} did not join in time; starting without them"
+                ));
+            }
+            self.rounds_loop(&mut params, paillier_key, &unseal, timeout)
+                .await
+        };
+        let (state, message) = match &outcome {
+            Ok(()) => (JobState::Finished, String::new()),
+            Err(m) => (JobState::Failed, m.clone()),
+        };
+        let report = {
+            let s = lock(&self.state);
+            JobReport {
+                job_id: self.spec.job.id.clone(),
+                status: if outcome.is_ok() {
+                    "finished"
+                } else {
+                    "failed"
+                }
+                .into(),
+                message: message.clone(),
+                scheme: self.spec.job.scheme.as_str().into(),
+                parties: self.spec.owners.clone(),
+                rounds: s.history.len() as u32,
+                rounds_planned: self.spec.job.rounds,
+                history: s.history.clone(),
+                rejections: s.rejections.clone(),
+                events: s.events.clone(),
+                keyholder_key: None,
+                param_count: self.model.param_count(),
+            }
+        };
+        lock(&self.state).report = Some((report.clone(), params.clone()));
+        let round = report.rounds;
+        self.rounds.send_replace(Snapshot {
+            state,
+            round: round + 1,
+            params,
+            message: message.clone(),
+        });
+        let _ = self.progress.send(pb::Progress {
+            state: state as i32,
+            round,
+            rounds: self.spec.job.rounds,
+            record_json: String::new(),
+            message,
+        });
+        report
+    }
+
+    async fn rounds_loop<F, Fut>(
+        &self,
+        params: &mut Arc<Vec<f32>>,
+        paillier_key: Option<PublicKey>,
+        unseal: &F,
+        timeout: Duration,
+    ) -> Result<(), String>
+    where
+        F: Fn(u32, Vec<(Contribution, Vec<u8>)>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
+    {
+        let sp = scheme_params(&self.spec, self.fixed);
+        for round in 1..=self.spec.job.rounds {
+            let started = Instant::now();
+            let server: Box<dyn AggregationServer> = match self.spec.job.scheme {
+                SchemeKind::Plain => Box::new(PlainServer::new(sp.clone(), round)),
+                SchemeKind::Paillier => {
+                    let pk = paillier_key
+                        .clone()
+                        .ok_or("paillier needs the key holder's public key")?;
+                    Box::new(PaillierServer::new(pk, sp.clone(), round).map_err(|e| e.to_string())?)
+                }
+            };
+            lock(&self.state).server = Some(server);
+            self.rounds.send_replace(Snapshot {
+                state: JobState::Running,
+                round,
+                params: params.clone(),
+                message: String::new(),
+            });
+            self.wait_until(started + timeout, |s| {
+                s.server
+                    .as_ref()
+                    .is_some_and(|srv| srv.accepted().is_superset(&s.alive))
+            })
+            .await;
+            let agg_started = Instant::now();
+            let (closing, excluded) = {
+                let mut s = lock(&self.state);
+                let accepted = s
+                    .server
+                    .as_ref()
+                    .map(|srv| srv.accepted())
+                    .unwrap_or_default();
+                let excluded: Vec<String> = s.alive.difference(&accepted).cloned().collect();
+                for o in &excluded {
+                    s.alive.remove(o);
+                    s.events.push(format!(
+                        "round {round}: `{o}` missed the deadline and is excluded"
+                    ));
+                }
+                let survivors = s.alive.clone();
+                let closing = match s.server.as_mut() {
+                    Some(srv) => srv.close_stage(&survivors),
+                    None => return Err("internal: no aggregation state".into()),
+                };
+                (closing, excluded)
+            };
+            let sum = match closing.map_err(|e| format!("round {round} failed: {e}"))? {
+                StageResult::Sum(sum) => sum,
+                StageResult::External(ExternalRequest::Unseal {
+                    round: r,
+                    contributions,
+                }) => {
+                    let relayed = {
+                        let s = lock(&self.state);
+                        contributions
+                            .into_iter()
+                            .map(|c| {
+                                let cert = s.certs.get(&c.owner).cloned().unwrap_or_default();
+                                (c, cert)
+                            })
+                            .collect()
+                    };
+                    let plaintexts = unseal(r, relayed).await.map_err(|e| {
+                        format!("round {round} failed: the key holder refused: {e}")
+                    })?;
+                    let mut s = lock(&self.state);
+                    let srv = s.server.as_mut().ok_or("internal: no aggregation state")?;
+                    srv.finish(ExternalResult::Unsealed(plaintexts))
+                        .map_err(|e| format!("round {round} failed: {e}"))?
+                }
+                StageResult::Broadcast { .. } => {
+                    return Err(
+                        "internal: multi-stage schemes are not wired into this coordinator".into(),
+                    );
+                }
+            };
+            *params = Arc::new(self.apply(params, &sum));
+            let aggregation_seconds = agg_started.elapsed().as_secs_f64();
+            let metrics = match &self.eval {
+                Some(d) => Some(
+                    confide_ml::train::evaluate(&self.model, params, d)
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+            let record = RoundRecord {
+                round,
+                contributors: sum.contributors.clone(),
+                excluded,
+                test_accuracy: metrics.map(|m| m.accuracy),
+                test_auc: metrics.and_then(|m| m.auc),
+                test_log_loss: metrics.map(|m| m.log_loss),
+                test_correct: metrics.map(|m| m.correct),
+                seconds: started.elapsed().as_secs_f64(),
+                aggregation_seconds,
+            };
+            let json = serde_json::to_string(&record).unwrap_or_default();
+            lock(&self.state).history.push(record);
+            let _ = self.progress.send(pb::Progress {
+                state: JobState::Running as i32,
+                round,
+                rounds: self.spec.job.rounds,
+                record_json: json,
+                message: String::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// FedAvg: the new global model is `w + η · mean(Δ)` over the contributors (uniform
+    /// weights; weighting by sample counts would reveal each owner's count).
+    fn apply(&self, params: &[f32], sum: &AggregateSum) -> Vec<f32> {
+        let k = sum.contributors.len().max(1) as f64;
+        let lr = self.spec.training.server_learning_rate;
+        params
+            .iter()
+            .zip(&sum.sums)
+            .map(|(w, s)| (f64::from(*w) + lr * self.fixed.decode(*s) / k) as f32)
+            .collect()
+    }
+
+    fn count_rejection(&self, reason: Reject) {
+        *lock(&self.state)
+            .rejections
+            .entry(reason.name().to_string())
+            .or_default() += 1;
+    }
+
+    fn submit(
+        &self,
+        peer_name: &str,
+        peer_key: &[u8],
+        cert: Vec<u8>,
+        c: Contribution,
+    ) -> Result<(), Rejection> {
+        let result = (|| {
+            if c.owner != peer_name {
+                return Err(Rejection::new(
+                    Reject::NotAnOwner,
+                    format!(
+                        "contribution names `{}` but the certificate is `{peer_name}`",
+                        c.owner
+                    ),
+                ));
+            }
+            if !self.spec.owners.contains(&c.owner) {
+                return Err(Rejection::new(
+                    Reject::NotAnOwner,
+                    format!("`{}` is not an owner of this job", c.owner),
+                ));
+            }
+            let max = self.spec.limits.max_message_bytes;
+            if c.payload.len() > max {
+                return Err(Rejection::new(
+                    Reject::Oversized,
+                    format!("{} bytes > {max}", c.payload.len()),
+                ));
+            }
+            let verified = contribution::verify(c, peer_key, &self.digest).map_err(|_| {
+                Rejection::new(
+                    Reject::BadSignature,
+                    "signature does not verify for this job and round",
+                )
+            })?;
+            let mut s = lock(&self.state);
+            if !s.alive.contains(peer_name) {
+                return Err(Rejection::new(
+                    Reject::StageClosed,
+                    format!("`{peer_name}` has withdrawn or was excluded from this job"),
+                ));
+            }
+            let srv = s
+                .server
+                .as_mut()
+                .ok_or_else(|| Rejection::new(Reject::StageClosed, "no round is open"))?;
+            srv.accept(verified)?;
+            s.certs.insert(peer_name.to_string(), cert);
+            Ok(())
+        })();
+        match &result {
+            Ok(()) => self.changed.notify_waiters(),
+            Err(r) => {
+                tracing::warn!("rejected a contribution from `{peer_name}`: {r}");
+                self.count_rejection(r.reason);
+            }
+        }
+        result
+    }
+}
+
+/// The gRPC face of a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorService(pub Arc<Coordinator>);
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::coordinator_server::Coordinator for CoordinatorService {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        let id = peer(&request, &[Role::Node])?;
+        let c = &self.0;
+        if !c.spec.owners.contains(&id.name) {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not an owner of this job",
+                id.name
+            )));
+        }
+        {
+            let mut s = lock(&c.state);
+            let excluded = s.joined.contains(&id.name) && !s.alive.contains(&id.name);
+            if excluded {
+                return Err(Status::failed_precondition(format!(
+                    "`{}` withdrew or was excluded from this job",
+                    id.name
+                )));
+            }
+            s.joined.insert(id.name.clone());
+            s.alive.insert(id.name.clone());
+        }
+        tracing::info!("`{}` joined", id.name);
+        c.changed.notify_waiters();
+        Ok(Response::new(pb::JoinReply {
+            job_spec: c.spec_text.clone(),
+            job_digest: c.digest.to_vec(),
+            keyholder_endpoint: c.keyholder_endpoint.clone(),
+        }))
+    }
+
+    async fn next_round(
+        &self,
+        request: Request<pb::NextRoundRequest>,
+    ) -> Result<Response<pb::RoundTask>, Status> {
+        peer(&request, &[Role::Node])?;
+        let after = request.get_ref().after_round;
+        let mut rx = self.0.rounds.subscribe();
+        let snap = rx
+            .wait_for(|s| {
+                s.round > after || matches!(s.state, JobState::Finished | JobState::Failed)
+            })
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .clone();
+        Ok(Response::new(pb::RoundTask {
+            state: snap.state as i32,
+            round: snap.round,
+            params: if snap.state == JobState::Running {
+                snap.params.to_vec()
+            } else {
+                Vec::new()
+            },
+            message: snap.message,
+        }))
+    }
+
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let id = peer(&request, &[Role::Node])?;
+        let cert = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|d| d.as_ref().to_vec()))
+            .unwrap_or_default();
+        let c = request
+            .into_inner()
+            .contribution
+            .ok_or_else(|| Status::invalid_argument("missing contribution"))?;
+        let c = Contribution {
+            owner: c.owner,
+            round: c.round,
+            stage: c.stage,
+            payload: c.payload,
+            signature: c.signature,
+        };
+        Ok(Response::new(
+            match self.0.submit(&id.name, &id.public_key, cert, c) {
+                Ok(()) => pb::SubmitReply {
+                    accepted: true,
+                    reject_code: 0,
+                    detail: String::new(),
+                },
+                Err(r) => pb::SubmitReply {
+                    accepted: false,
+                    reject_code: r.reason as u32,
+                    detail: r.to_string(),
+                },
+            },
+        ))
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawReply>, Status> {
+        let id = peer(&request, &[Role::Node])?;
+        let reason = request.into_inner().reason;
+        {
+            let mut s = lock(&self.0.state);
+            s.joined.insert(id.name.clone());
+            s.alive.remove(&id.name);
+        }
+        self.0
+            .record_event(format!("`{}` withdrew: {reason}", id.name));
+        self.0.changed.notify_waiters();
+        Ok(Response::new(pb::WithdrawReply {}))
+    }
+
+    type WatchStream = ProgressStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        peer(&request, &[Role::ModelOwner])?;
+        let c = self.0.clone();
+        let rx = c.progress.subscribe();
+        // Replay what already happened, then follow live events.
+        let (replay, done) = {
+            let s = lock(&c.state);
+            let replay: Vec<pb::Progress> = s
+                .history
+                .iter()
+                .map(|r| pb::Progress {
+                    state: JobState::Running as i32,
+                    round: r.round,
+                    rounds: c.spec.job.rounds,
+                    record_json: serde_json::to_string(r).unwrap_or_default(),
+                    message: String::new(),
+                })
+                .collect();
+            (replay, s.report.clone())
+        };
+        Ok(Response::new(progress_stream(
+            replay,
+            done,
+            c.spec.job.rounds,
+            rx,
+        )))
+    }
+
+    async fn fetch_model(
+        &self,
+        request: Request<pb::FetchModelRequest>,
+    ) -> Result<Response<pb::ModelRelease>, Status> {
+        peer(&request, &[Role::ModelOwner])?;
+        let (report, params) = self
+            .0
+            .result()
+            .ok_or_else(|| Status::failed_precondition("the job has not ended yet"))?;
+        self.0.fetched.notify_one();
+        Ok(Response::new(pb::ModelRelease {
+            params: params.to_vec(),
+            report_json: serde_json::to_string(&report)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+/// A progress stream: the replayed records, then live events from `live` (subscribed before
+/// the replay was read, so nothing is lost in between) until the job ends.
+fn progress_stream(
+    replay: Vec<pb::Progress>,
+    done: Option<(JobReport, Arc<Vec<f32>>)>,
+    rounds: u32,
+    mut live: broadcast::Receiver<pb::Progress>,
+) -> ProgressStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut last = 0;
+        for p in replay {
+            last = p.round;
+            if tx.send(Ok(p)).await.is_err() {
+                return;
+            }
+        }
+        if let Some((report, _)) = done {
+            let state = if report.status == "finished" {
+                JobState::Finished
+            } else {
+                JobState::Failed
+            };
+            let _ = tx
+                .send(Ok(pb::Progress {
+                    state: state as i32,
+                    round: report.rounds,
+                    rounds,
+                    record_json: String::new(),
+                    message: report.message,
+                }))
+                .await;
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(p) => {
+                    let running = p.state == JobState::Running as i32;
+                    if running && p.round <= last {
+                        continue;
+                    }
+                    if tx.send(Ok(p)).await.is_err() || !running {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Parses the key holder's public key reply.
+pub fn parse_public_key(json: &str) -> Result<PublicKey, String> {
+    let parsed: PublicKeyJson =
+        serde_json::from_str(json).map_err(|e| format!("public key JSON: {e}"))?;
+    PublicKey::from_json(&parsed).map_err(|e| e.to_string())
+}

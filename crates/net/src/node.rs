@@ -1,0 +1,254 @@
+//! `confide node`: a data owner. It loads its CSV, checks it against the job's schema, trains
+//! locally each round, encodes and protects its update with the job's scheme, signs it and
+//! sends it to the coordinator.
+
+use std::path::{Path, PathBuf};
+
+use confide_core::{ColumnRef, JobSpec, SchemeKind, StandardizeSpec};
+use confide_ml::{Column, CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
+use confide_secagg::{AggregationClient, PaillierClient, PlainClient, sign_contribution};
+use rand::RngCore;
+
+use crate::coordinator::{fixed_point, job_digest, model_spec, parse_public_key, scheme_params};
+use crate::pb::{self, JobState};
+use crate::pki::Credentials;
+use crate::transport::connect;
+
+/// Node failures.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The network or a peer failed.
+    #[error(transparent)]
+    Net(#[from] crate::transport::NetError),
+    /// A call was refused.
+    #[error("{0}")]
+    Refused(String),
+    /// The owner's data does not fit the job.
+    #[error("data rejected: {0}")]
+    Data(#[from] DataError),
+    /// The job or a reply is inconsistent.
+    #[error("{0}")]
+    Job(String),
+}
+
+fn column(c: &ColumnRef) -> Column {
+    match c {
+        ColumnRef::Index(i) => Column::Index(*i),
+        ColumnRef::Name(n) => Column::Name(n.clone()),
+    }
+}
+
+/// Loads a CSV with the job's schema, checks it, and applies the job's standardisation.
+pub fn load_job_data(spec: &JobSpec, path: &Path) -> Result<Dataset, DataError> {
+    let csv = CsvSpec {
+        has_header: spec.data.has_header,
+        label: column(&spec.data.label),
+        exclude: spec.data.exclude.iter().map(column).collect(),
+    };
+    let mut data = confide_ml::dataset::load_csv(path, &csv, spec.model.classes)?;
+    data.check_schema(
+        &path.display().to_string(),
+        spec.data.feature_count,
+        &spec.data.features,
+    )?;
+    if let StandardizeSpec::Fixed { mean, std } = &spec.data.standardize {
+        Standardizer {
+            mean: mean.clone(),
+            std: std.clone(),
+        }
+        .apply(&mut data);
+    }
+    Ok(data)
+}
+
+/// What a node needs.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// This owner's credentials.
+    pub creds: Credentials,
+    /// The coordinator's address (host:port).
+    pub coordinator: String,
+    /// The owner's CSV.
+    pub data: PathBuf,
+    /// Chaos testing: exit abruptly, without withdrawing, after submitting this round.
+    pub crash_after_round: Option<u32>,
+}
+
+/// What a node did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSummary {
+    /// Rounds contributed.
+    pub rounds: u32,
+    /// The job's final state.
+    pub finished: bool,
+    /// Message from the coordinator when the job failed.
+    pub message: String,
+}
+
+/// Runs a node until the job ends.
+pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
+    let name = opts.creds.name.clone();
+    let signing = opts
+        .creds
+        .signing_key()
+        .map_err(|e| NodeError::Job(e.to_string()))?;
+    let channel = connect(&opts.coordinator, "coordinator", &opts.creds).await?;
+    let mut coord = pb::coordinator_client::CoordinatorClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let join = coord
+        .join(pb::JoinRequest {})
+        .await
+        .map_err(|s| NodeError::Refused(format!("join refused: {}", s.message())))?
+        .into_inner();
+    let spec =
+        JobSpec::from_wire(&join.job_spec).map_err(|e| NodeError::Job(format!("job spec: {e}")))?;
+    let digest = job_digest(&spec);
+    if join.job_digest != digest {
+        return Err(NodeError::Job(
+            "the coordinator's job digest does not match its spec".into(),
+        ));
+    }
+    tracing::info!(
+        "`{name}` joined job `{}` ({})",
+        spec.job.id,
+        hex::encode(&digest[..8])
+    );
+
+    // Validate the local data before any round; on failure, tell the coordinator and stop.
+    let data = match load_job_data(&spec, &opts.data) {
+        Ok(d) if d.is_empty() => Err(DataError::Empty {
+            path: opts.data.display().to_string(),
+        }),
+        other => other,
+    };
+    let data = match data {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = coord
+                .withdraw(pb::WithdrawRequest {
+                    reason: e.to_string(),
+                })
+                .await;
+            return Err(e.into());
+        }
+    };
+
+    let model = model_spec(&spec);
+    let fixed = fixed_point(&spec)?;
+    let params = scheme_params(&spec, fixed);
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
+        SchemeKind::Plain => Box::new(PlainClient),
+        SchemeKind::Paillier => {
+            let ch = connect(&join.keyholder_endpoint, "keyholder", &opts.creds).await?;
+            let mut kh = pb::key_holder_client::KeyHolderClient::new(ch);
+            let reply = kh
+                .get_public_key(pb::PublicKeyRequest {})
+                .await
+                .map_err(|s| NodeError::Refused(format!("key holder: {}", s.message())))?
+                .into_inner();
+            let pk = parse_public_key(&reply.public_key_json).map_err(NodeError::Job)?;
+            if pk.modulus_bits() != spec.modulus_bits {
+                return Err(NodeError::Job(format!(
+                    "the key holder's key has {} bits, the job requires {}",
+                    pk.modulus_bits(),
+                    spec.modulus_bits
+                )));
+            }
+            Box::new(
+                PaillierClient::new(pk, &params, seed)
+                    .map_err(|e| NodeError::Job(e.to_string()))?,
+            )
+        }
+    };
+
+    let mut after = 0;
+    let mut rounds = 0;
+    loop {
+        let task = coord
+            .next_round(pb::NextRoundRequest { after_round: after })
+            .await
+            .map_err(|s| NodeError::Refused(format!("next round: {}", s.message())))?
+            .into_inner();
+        match JobState::try_from(task.state).unwrap_or(JobState::Failed) {
+            JobState::Running => {}
+            JobState::Finished => {
+                return Ok(NodeSummary {
+                    rounds,
+                    finished: true,
+                    message: String::new(),
+                });
+            }
+            _ => {
+                return Ok(NodeSummary {
+                    rounds,
+                    finished: false,
+                    message: task.message,
+                });
+            }
+        }
+        let round = task.round;
+        after = round;
+        let global = task.params;
+        if global.len() != model.param_count() {
+            return Err(NodeError::Job(format!(
+                "round {round}: the coordinator sent {} parameters, the model has {}",
+                global.len(),
+                model.param_count()
+            )));
+        }
+        let cfg = TrainConfig {
+            epochs: spec.training.local_epochs,
+            batch_size: spec.training.batch_size,
+            learning_rate: spec.training.learning_rate,
+            l2: spec.training.l2,
+            seed: spec.job.seed ^ (u64::from(round) << 32) ^ name_seed(&name),
+        };
+        let (model2, data2) = (model.clone(), data.clone());
+        // Training and encryption are CPU work: run them off the async executor.
+        let (payload, returned) = tokio::task::spawn_blocking(move || {
+            let out = confide_ml::train::train(&model2, &global, &data2, &cfg)
+                .map_err(|e| e.to_string())?;
+            let delta: Vec<f32> = out.params.iter().zip(&global).map(|(n, o)| n - o).collect();
+            let encoded = fixed.encode_all(&delta);
+            let payload = client.start(&encoded).map_err(|e| e.to_string())?;
+            Ok::<_, String>((payload, client))
+        })
+        .await
+        .map_err(|e| NodeError::Job(e.to_string()))?
+        .map_err(NodeError::Job)?;
+        client = returned;
+        let c = sign_contribution(&signing, &digest, &name, round, 0, payload);
+        let reply = coord
+            .submit(pb::SubmitRequest {
+                contribution: Some(pb::Contribution {
+                    owner: c.owner,
+                    round: c.round,
+                    stage: c.stage,
+                    payload: c.payload,
+                    signature: c.signature,
+                }),
+            })
+            .await
+            .map_err(|s| NodeError::Refused(format!("submit: {}", s.message())))?
+            .into_inner();
+        if !reply.accepted {
+            return Err(NodeError::Refused(format!(
+                "round {round}: update rejected: {}",
+                reply.detail
+            )));
+        }
+        rounds += 1;
+        if opts.crash_after_round == Some(round) {
+            tracing::warn!("`{name}`: simulated crash after round {round}");
+            std::process::exit(3);
+        }
+    }
+}
+
+fn name_seed(name: &str) -> u64 {
+    let h = confide_crypto::sha256(name.as_bytes());
+    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}

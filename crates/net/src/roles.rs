@@ -1,0 +1,171 @@
+//! Starting each role on a listener. The CLI runs one role per process; the in-process
+//! simulation runs them as tasks. Both use exactly this code and talk gRPC over mutual TLS.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use confide_core::JobSpec;
+use confide_crypto::{PublicKey, SecretKey};
+use confide_ml::Dataset;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::coordinator::{
+    Coordinator, CoordinatorOptions, CoordinatorService, JobReport, parse_public_key,
+};
+use crate::keyholder::{KeyHolderGrpc, KeyHolderService};
+use crate::pb;
+use crate::pki::Credentials;
+use crate::transport::{NetError, connect, init_crypto, server_tls, transport_err};
+
+/// Serves the key holder on `listener` until `shutdown` completes.
+pub async fn serve_keyholder(
+    listener: TcpListener,
+    creds: &Credentials,
+    spec: &JobSpec,
+    sk: SecretKey,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let service = KeyHolderService::new(spec, sk, creds)?;
+    let max = spec.limits.max_message_bytes;
+    let svc = pb::key_holder_server::KeyHolderServer::new(KeyHolderGrpc(service))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("key holder TLS", e))?
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("key holder", e))
+}
+
+/// What the coordinator role needs.
+#[derive(Debug)]
+pub struct CoordinatorRole {
+    /// Its credentials.
+    pub creds: Credentials,
+    /// The job.
+    pub spec: JobSpec,
+    /// Held-out evaluation data.
+    pub eval: Option<Dataset>,
+    /// The key holder's address (paillier).
+    pub keyholder: Option<String>,
+    /// After the job ends, keep serving this long so the model owner can fetch the model (the
+    /// coordinator stops earlier once it has been fetched).
+    pub linger: Duration,
+}
+
+async fn keyholder_public_key(
+    endpoint: &str,
+    creds: &Credentials,
+    wait: Duration,
+) -> Result<PublicKey, NetError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let attempt = async {
+            let ch = connect(endpoint, "keyholder", creds).await?;
+            let reply = pb::key_holder_client::KeyHolderClient::new(ch)
+                .get_public_key(pb::PublicKeyRequest {})
+                .await
+                .map_err(|s| transport_err("key holder", s.message()))?;
+            parse_public_key(&reply.into_inner().public_key_json)
+                .map_err(|e| transport_err("key holder", e))
+        };
+        match attempt.await {
+            Ok(pk) => return Ok(pk),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs a whole job as the coordinator, serving on `listener`; returns the report and the
+/// final parameters.
+pub async fn run_coordinator(
+    listener: TcpListener,
+    role: CoordinatorRole,
+) -> Result<(JobReport, Vec<f32>), NetError> {
+    init_crypto();
+    let timeout = Duration::from_secs_f64(role.spec.job.round_timeout_secs);
+    let paillier_key = match (&role.spec.job.scheme, &role.keyholder) {
+        (confide_core::SchemeKind::Paillier, Some(ep)) => {
+            Some(keyholder_public_key(ep, &role.creds, timeout).await?)
+        }
+        (confide_core::SchemeKind::Paillier, None) => {
+            return Err(transport_err(
+                "coordinator",
+                "the paillier scheme needs --keyholder",
+            ));
+        }
+        _ => None,
+    };
+    let keyholder_channel = match &role.keyholder {
+        Some(ep) if paillier_key.is_some() => Some(connect(ep, "keyholder", &role.creds).await?),
+        _ => None,
+    };
+    let max = role.spec.limits.max_message_bytes;
+    let coordinator = Coordinator::new(CoordinatorOptions {
+        spec: role.spec.clone(),
+        eval: role.eval,
+        keyholder_endpoint: role.keyholder.clone(),
+    })?;
+    let svc =
+        pb::coordinator_server::CoordinatorServer::new(CoordinatorService(coordinator.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .tls_config(server_tls(&role.creds))
+        .map_err(|e| transport_err("coordinator TLS", e))?
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+
+    let fingerprint = paillier_key.as_ref().map(|k| k.fingerprint());
+    let unseal = |round: u32, relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| {
+        let channel = keyholder_channel.clone();
+        async move {
+            let channel = channel.ok_or("no key holder connection")?;
+            let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            let request = pb::UnsealRequest {
+                round,
+                contributions: relayed
+                    .into_iter()
+                    .map(|(c, cert)| pb::RelayedContribution {
+                        contribution: Some(pb::Contribution {
+                            owner: c.owner,
+                            round: c.round,
+                            stage: c.stage,
+                            payload: c.payload,
+                            signature: c.signature,
+                        }),
+                        owner_certificate: cert,
+                    })
+                    .collect(),
+            };
+            kh.unseal(request)
+                .await
+                .map(|r| r.into_inner().plaintexts)
+                .map_err(|s| s.message().to_string())
+        }
+    };
+    let mut report = coordinator.clone().run(paillier_key, unseal).await;
+    report.keyholder_key = fingerprint;
+    let params = coordinator
+        .result()
+        .map(|(_, p)| p.to_vec())
+        .unwrap_or_default();
+
+    // Let the model owner fetch the result, then stop.
+    let _ = tokio::time::timeout(role.linger, coordinator.fetched()).await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok((report, params))
+}

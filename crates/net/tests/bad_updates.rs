@@ -1,0 +1,266 @@
+//! Hostile and broken updates against a real coordinator and key holder over gRPC + mTLS: each
+//! is refused with its numbered rule, counted, and the round still completes with the honest
+//! contributions (the coordinator's state stays consistent).
+
+mod common;
+
+use std::time::Duration;
+
+use confide_crypto::FixedPoint;
+use confide_net::coordinator::{fixed_point, parse_public_key, scheme_params};
+use confide_net::pb;
+use confide_net::pki::Credentials;
+use confide_net::roles::{CoordinatorRole, run_coordinator, serve_keyholder};
+use confide_net::transport::connect;
+use confide_secagg::{AggregationClient, PaillierClient, Reject, SchemeParams, sign_contribution};
+use tokio::net::TcpListener;
+
+type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+struct Owner {
+    name: String,
+    client: Client,
+    key: confide_crypto::SigningKey,
+    digest: [u8; 32],
+}
+
+impl Owner {
+    async fn submit(
+        &mut self,
+        round: u32,
+        owner: &str,
+        payload: Vec<u8>,
+        tamper: bool,
+    ) -> pb::SubmitReply {
+        let c = sign_contribution(&self.key, &self.digest, owner, round, 0, payload);
+        let mut payload = c.payload;
+        if tamper {
+            let last = payload.len() - 1;
+            payload[last] ^= 0x01;
+        }
+        self.client
+            .submit(pb::SubmitRequest {
+                contribution: Some(pb::Contribution {
+                    owner: c.owner,
+                    round: c.round,
+                    stage: c.stage,
+                    payload,
+                    signature: c.signature,
+                }),
+            })
+            .await
+            .expect("rpc")
+            .into_inner()
+    }
+}
+
+fn rejected(r: &pb::SubmitReply, reason: Reject) {
+    assert!(!r.accepted, "expected {reason:?}, was accepted");
+    assert_eq!(
+        r.reject_code, reason as u32,
+        "expected {reason:?}: {}",
+        r.detail
+    );
+    assert!(r.detail.contains(&reason.rule()), "{}", r.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fed = dir.path().join("fed");
+    common::federation(&fed, &["guest", "host"]);
+    let spec = common::breast_homo_spec(&[
+        ("rounds = 80", "rounds = 2"),
+        ("round_timeout_secs = 60.0", "round_timeout_secs = 30.0"),
+    ]);
+
+    let kh_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let kh_addr = kh_listener.local_addr().expect("addr").to_string();
+    let kh_creds = Credentials::load(&fed, "keyholder").expect("creds");
+    let kh_spec = spec.clone();
+    tokio::spawn(async move {
+        serve_keyholder(
+            kh_listener,
+            &kh_creds,
+            &kh_spec,
+            common::test_key(),
+            std::future::pending(),
+        )
+        .await
+    });
+    let co_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let co_addr = co_listener.local_addr().expect("addr").to_string();
+    let role = CoordinatorRole {
+        creds: Credentials::load(&fed, "coordinator").expect("creds"),
+        spec: spec.clone(),
+        eval: None,
+        keyholder: Some(kh_addr.clone()),
+        linger: Duration::from_millis(10),
+    };
+    let coordinator = tokio::spawn(run_coordinator(co_listener, role));
+
+    let mut owners = Vec::new();
+    let mut pk = None;
+    for name in ["guest", "host"] {
+        let creds = Credentials::load(&fed, name).expect("creds");
+        let mut client = Client::new(
+            connect(&co_addr, "coordinator", &creds)
+                .await
+                .expect("connect"),
+        );
+        let join = client
+            .join(pb::JoinRequest {})
+            .await
+            .expect("join")
+            .into_inner();
+        if pk.is_none() {
+            let ch = connect(&join.keyholder_endpoint, "keyholder", &creds)
+                .await
+                .expect("kh");
+            let reply = pb::key_holder_client::KeyHolderClient::new(ch)
+                .get_public_key(pb::PublicKeyRequest {})
+                .await
+                .expect("pk");
+            pk = Some(parse_public_key(&reply.into_inner().public_key_json).expect("pk"));
+        }
+        let digest: [u8; 32] = join.job_digest.try_into().expect("32 bytes");
+        owners.push(Owner {
+            name: name.into(),
+            client,
+            key: creds.signing_key().expect("key"),
+            digest,
+        });
+    }
+    let pk = pk.expect("public key");
+    let fixed: FixedPoint = fixed_point(&spec).expect("fp");
+    let params: SchemeParams = scheme_params(&spec, fixed);
+    let update = |seed: u8| -> Vec<u8> {
+        let mut c = PaillierClient::new(pk.clone(), &params, [seed; 32]).expect("client");
+        c.start(&vec![fixed.encode(0.01); params.len])
+            .expect("protect")
+    };
+    let mut round1_payload = Vec::new();
+
+    for round in 1..=2u32 {
+        let task = owners[0]
+            .client
+            .next_round(pb::NextRoundRequest {
+                after_round: round - 1,
+            })
+            .await
+            .expect("task")
+            .into_inner();
+        assert_eq!(task.round, round);
+        let good = update(round as u8);
+        let g = &mut owners[0];
+        if round == 1 {
+            // UPD-005: a model of another shape (101 parameters need two ciphertexts, the job one).
+            let wrong = SchemeParams {
+                len: 101,
+                ..params.clone()
+            };
+            let mut c = PaillierClient::new(pk.clone(), &wrong, [9; 32]).expect("client");
+            let payload = c.start(&vec![0; 101]).expect("protect");
+            rejected(
+                &g.submit(round, "guest", payload, false).await,
+                Reject::WrongShape,
+            );
+            // UPD-004: corrupted in transit (one bit flipped after signing).
+            rejected(
+                &g.submit(round, "guest", good.clone(), true).await,
+                Reject::BadSignature,
+            );
+            // UPD-007: a corrupted ciphertext, validly signed (zero is not a unit mod N²).
+            let mut zero = good.clone();
+            zero[4..].fill(0);
+            rejected(
+                &g.submit(round, "guest", zero, false).await,
+                Reject::Malformed,
+            );
+            // UPD-006: oversized.
+            let mut big = good.clone();
+            big.extend(vec![7u8; 1 << 20]);
+            rejected(
+                &g.submit(round, "guest", big, false).await,
+                Reject::Oversized,
+            );
+            // UPD-003: guest signing in host's name.
+            rejected(
+                &g.submit(round, "host", good.clone(), false).await,
+                Reject::NotAnOwner,
+            );
+            // UPD-001: a contribution made for another round.
+            rejected(
+                &g.submit(round + 5, "guest", good.clone(), false).await,
+                Reject::WrongRound,
+            );
+            round1_payload = good.clone();
+        } else {
+            // UPD-001: round 1's contribution replayed into round 2.
+            let c = sign_contribution(&g.key, &g.digest, "guest", 1, 0, round1_payload.clone());
+            let r = g
+                .client
+                .submit(pb::SubmitRequest {
+                    contribution: Some(pb::Contribution {
+                        owner: c.owner,
+                        round: c.round,
+                        stage: 0,
+                        payload: c.payload,
+                        signature: c.signature,
+                    }),
+                })
+                .await
+                .expect("rpc")
+                .into_inner();
+            rejected(&r, Reject::WrongRound);
+        }
+        let r = g.submit(round, "guest", good.clone(), false).await;
+        assert!(r.accepted, "{}", r.detail);
+        // UPD-002: the same owner again in the same round.
+        rejected(
+            &g.submit(round, "guest", good, false).await,
+            Reject::Duplicate,
+        );
+        let h = &mut owners[1];
+        let r = h
+            .submit(round, "host", update(100 + round as u8), false)
+            .await;
+        assert!(r.accepted, "{} {}", h.name, r.detail);
+    }
+    let end = owners[0]
+        .client
+        .next_round(pb::NextRoundRequest { after_round: 2 })
+        .await
+        .expect("end")
+        .into_inner();
+    assert_eq!(end.state, pb::JobState::Finished as i32, "{}", end.message);
+
+    let (report, params_out) = coordinator.await.expect("join").expect("coordinator");
+    assert_eq!(report.status, "finished", "{}", report.message);
+    assert_eq!(report.rounds, 2);
+    for r in &report.history {
+        assert_eq!(r.contributors, vec!["guest", "host"]);
+    }
+    // Both owners sent +0.01 everywhere twice: the model moved by exactly that, up to fixed point.
+    for p in &params_out {
+        assert!((p - 0.02).abs() < 1e-6, "{p}");
+    }
+    let expect = [
+        ("wrong_shape", 1),
+        ("bad_signature", 1),
+        ("malformed", 1),
+        ("oversized", 1),
+        ("not_an_owner", 1),
+        ("wrong_round", 2),
+        ("duplicate", 2),
+    ];
+    for (name, n) in expect {
+        assert_eq!(
+            report.rejections.get(name).copied(),
+            Some(n),
+            "{name}: {:?}",
+            report.rejections
+        );
+    }
+    assert_eq!(report.rejections.values().sum::<u64>(), 9);
+}

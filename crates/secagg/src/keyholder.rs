@@ -1,0 +1,168 @@
+//! The Paillier key holder's decision logic (sans-I/O).
+//!
+//! The key holder is the only party that can decrypt. It decrypts a round's aggregate only
+//! when, by its own checks and its own copy of the job:
+//! - KEY-001 every contribution is signed by its owner for this job and this round;
+//! - KEY-002 every owner is authorised by the job (its certificate chains to the federation CA
+//!   and names a listed owner: checked by the caller, which passes the certified key);
+//! - KEY-003 the owners are distinct;
+//! - KEY-004 there are at least `min_owners` of them;
+//! - KEY-005 the round was not decrypted before (so a coordinator cannot ask for two different
+//!   subsets of one round and subtract the sums to isolate one owner);
+//! - KEY-006 each contribution has exactly the ciphertexts the model needs, all well formed.
+//!
+//! It then adds the ciphertexts homomorphically and decrypts only the sum.
+//!
+//! Trust assumption (until the confidential-mode issue runs it attested): the key holder is
+//! honest-but-curious and does not collude with the coordinator. It sees every ciphertext and
+//! could decrypt any one of them if it deviated from this code; it never receives a plaintext
+//! update.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use confide_crypto::{PackingLayout, SecretKey};
+
+use crate::contribution::{self, Contribution};
+use crate::scheme::{SchemeParams, paillier_layout, parse_paillier_payload};
+
+/// Why the key holder refused to decrypt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsealError {
+    /// KEY-001: a signature does not verify, or is for another round.
+    #[error("KEY-001 contribution from `{0}` is not validly signed for this job and round")]
+    BadSignature(String),
+    /// KEY-002: the owner is not authorised.
+    #[error("KEY-002 `{0}` is not an authorised owner of this job")]
+    NotAnOwner(String),
+    /// KEY-003: two contributions from one owner.
+    #[error("KEY-003 owner `{0}` appears more than once")]
+    Duplicate(String),
+    /// KEY-004: too few owners.
+    #[error("KEY-004 only {got} distinct owners, the job requires {min}")]
+    TooFew {
+        /// Distinct owners.
+        got: usize,
+        /// `min_owners`.
+        min: usize,
+    },
+    /// KEY-005: the round was already decrypted.
+    #[error("KEY-005 round {0} was already decrypted; each round is decrypted once")]
+    AlreadyUnsealed(u32),
+    /// KEY-006: a contribution is malformed.
+    #[error("KEY-006 contribution from `{owner}` is malformed: {detail}")]
+    Malformed {
+        /// Owner.
+        owner: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The key holder itself failed (key/layout mismatch).
+    #[error("key holder error: {0}")]
+    Internal(String),
+}
+
+/// The key holder's state for one job.
+#[derive(Debug)]
+pub struct Unsealer {
+    sk: SecretKey,
+    job_digest: [u8; 32],
+    owners: BTreeSet<String>,
+    params: SchemeParams,
+    layout: PackingLayout,
+    unsealed: BTreeSet<u32>,
+}
+
+impl Unsealer {
+    /// State for a job: the secret key, the job digest, the authorised owners and the scheme
+    /// parameters from the key holder's own copy of the job.
+    pub fn new(
+        sk: SecretKey,
+        job_digest: [u8; 32],
+        owners: BTreeSet<String>,
+        params: SchemeParams,
+    ) -> Result<Self, UnsealError> {
+        let layout = paillier_layout(&params, sk.public_key().modulus_bits())
+            .map_err(|e| UnsealError::Internal(e.to_string()))?;
+        Ok(Self {
+            sk,
+            job_digest,
+            owners,
+            params,
+            layout,
+            unsealed: BTreeSet::new(),
+        })
+    }
+
+    /// The public key to hand to owners.
+    pub fn public_key(&self) -> &confide_crypto::PublicKey {
+        self.sk.public_key()
+    }
+
+    /// Rounds decrypted so far.
+    pub fn unsealed_rounds(&self) -> &BTreeSet<u32> {
+        &self.unsealed
+    }
+
+    /// Checks the contributions and returns the decrypted sum plaintexts. Each contribution
+    /// comes with the public key that the owner's certificate certifies (KEY-002 is the
+    /// caller's certificate check plus the name check here).
+    pub fn unseal(
+        &mut self,
+        round: u32,
+        contributions: Vec<(Contribution, Vec<u8>)>,
+    ) -> Result<Vec<Vec<u8>>, UnsealError> {
+        if self.unsealed.contains(&round) {
+            return Err(UnsealError::AlreadyUnsealed(round));
+        }
+        let pk = self.sk.public_key().clone();
+        let mut seen = BTreeMap::new();
+        for (c, key) in contributions {
+            if !self.owners.contains(&c.owner) {
+                return Err(UnsealError::NotAnOwner(c.owner));
+            }
+            if seen.contains_key(&c.owner) {
+                return Err(UnsealError::Duplicate(c.owner));
+            }
+            if c.round != round || c.stage != 0 {
+                return Err(UnsealError::BadSignature(c.owner));
+            }
+            let owner = c.owner.clone();
+            let verified = contribution::verify(c, &key, &self.job_digest)
+                .map_err(|_| UnsealError::BadSignature(owner.clone()))?;
+            let cts =
+                parse_paillier_payload(&pk, &self.layout, self.params.len, &verified.get().payload)
+                    .map_err(|r| UnsealError::Malformed {
+                        owner: owner.clone(),
+                        detail: r.to_string(),
+                    })?;
+            seen.insert(owner, cts);
+        }
+        if seen.len() < self.params.min_owners {
+            return Err(UnsealError::TooFew {
+                got: seen.len(),
+                min: self.params.min_owners,
+            });
+        }
+        let mut iter = seen.into_values();
+        let mut acc = iter.next().ok_or(UnsealError::TooFew {
+            got: 0,
+            min: self.params.min_owners,
+        })?;
+        for cts in iter {
+            for (a, c) in acc.iter_mut().zip(&cts) {
+                *a = pk
+                    .add(a, c)
+                    .map_err(|e| UnsealError::Internal(e.to_string()))?;
+            }
+        }
+        // Mark before decrypting: whatever happens next, this round is never decrypted again.
+        self.unsealed.insert(round);
+        acc.iter()
+            .map(|c| {
+                self.sk
+                    .decrypt(c)
+                    .map_err(|e| UnsealError::Internal(e.to_string()))
+            })
+            .collect()
+    }
+}

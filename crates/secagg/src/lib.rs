@@ -1,0 +1,21 @@
+//! Confide's aggregation schemes as sans-I/O state machines, behind one interface
+//! ([`scheme::AggregationClient`], [`scheme::AggregationServer`]), plus the signed
+//! contribution envelope and the Paillier key holder's decision logic.
+//!
+//! Nothing here opens a socket or reads a clock; `confide-net` drives these machines over gRPC
+//! and the tests drive them directly.
+
+pub mod contribution;
+pub mod keyholder;
+pub mod scheme;
+
+pub use contribution::{Contribution, VerifiedContribution, sign_contribution};
+pub use keyholder::{UnsealError, Unsealer};
+pub use scheme::{
+    AggregateSum, AggregationClient, AggregationServer, ExternalRequest, ExternalResult,
+    PaillierClient, PaillierServer, PlainClient, PlainServer, Reject, Rejection, SchemeError,
+    SchemeParams, StageResult,
+};
+
+#[cfg(test)]
+mod tests;

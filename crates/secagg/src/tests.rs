@@ -1,0 +1,333 @@
+//! End-to-end tests of the state machines: owners → coordinator → key holder → sum.
+
+use std::collections::BTreeSet;
+
+use confide_crypto::{FixedPoint, SecretKey, SecretKeyJson, SigningKey};
+
+use crate::contribution::{self, sign_contribution, tests::key};
+use crate::*;
+
+fn test_key() -> SecretKey {
+    let json: SecretKeyJson = serde_json::from_str(include_str!(
+        "../../crypto/testdata/paillier-2048-TEST-ONLY.json"
+    ))
+    .expect("json");
+    SecretKey::from_json(&json, false).expect("key")
+}
+
+const JOB: [u8; 32] = [9u8; 32];
+
+struct Owner {
+    name: String,
+    key: SigningKey,
+}
+
+fn owners(n: usize) -> Vec<Owner> {
+    (0..n)
+        .map(|i| Owner {
+            name: format!("o{i}"),
+            key: key(),
+        })
+        .collect()
+}
+
+fn params(len: usize, owners: usize, min: usize) -> SchemeParams {
+    SchemeParams {
+        fixed: FixedPoint::new(20, 2.0).expect("fp"),
+        len,
+        owners,
+        min_owners: min,
+    }
+}
+
+fn updates(n: usize, len: usize) -> Vec<Vec<i64>> {
+    let fp = FixedPoint::new(20, 2.0).expect("fp");
+    (0..n)
+        .map(|o| {
+            (0..len)
+                .map(|i| fp.encode(((o * 31 + i * 7) % 13) as f32 / 3.0 - 2.1))
+                .collect()
+        })
+        .collect()
+}
+
+fn expected_sum(ups: &[Vec<i64>], who: &[usize]) -> Vec<i128> {
+    (0..ups[0].len())
+        .map(|i| who.iter().map(|&o| i128::from(ups[o][i])).sum())
+        .collect()
+}
+
+fn verified(o: &Owner, round: u32, payload: Vec<u8>) -> VerifiedContribution {
+    let c = sign_contribution(&o.key, &JOB, &o.name, round, 0, payload);
+    contribution::verify(c, &o.key.public_key(), &JOB).expect("valid")
+}
+
+fn all(os: &[Owner]) -> BTreeSet<String> {
+    os.iter().map(|o| o.name.clone()).collect()
+}
+
+fn unsealer(sk: SecretKey, os: &[Owner], p: SchemeParams) -> Unsealer {
+    Unsealer::new(sk, JOB, all(os), p).expect("unsealer")
+}
+
+fn with_keys(os: &[Owner], cs: Vec<Contribution>) -> Vec<(Contribution, Vec<u8>)> {
+    cs.into_iter()
+        .map(|c| {
+            let k = os
+                .iter()
+                .find(|o| o.name == c.owner)
+                .expect("owner")
+                .key
+                .public_key()
+                .to_vec();
+            (c, k)
+        })
+        .collect()
+}
+
+#[test]
+fn paillier_round_equals_plain_round_exactly() {
+    let sk = test_key();
+    let os = owners(3);
+    let len = 200; // several plaintexts
+    let p = params(len, 3, 2);
+    let ups = updates(3, len);
+
+    let mut plain = PlainServer::new(p.clone(), 1);
+    let mut server = PaillierServer::new(sk.public_key().clone(), p.clone(), 1).expect("server");
+    for (o, u) in os.iter().zip(&ups) {
+        let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [o.name.len() as u8; 32])
+            .expect("client");
+        server
+            .accept(verified(o, 1, pc.start(u).expect("protect")))
+            .expect("accept");
+        plain
+            .accept(verified(o, 1, PlainClient.start(u).expect("protect")))
+            .expect("accept");
+    }
+    let StageResult::Sum(plain_sum) = plain.close_stage(&all(&os)).expect("close") else {
+        panic!("plain sums")
+    };
+    let StageResult::External(ExternalRequest::Unseal {
+        round,
+        contributions,
+    }) = server.close_stage(&all(&os)).expect("close")
+    else {
+        panic!("paillier needs the key holder")
+    };
+    let mut ks = unsealer(sk, &os, p);
+    let pts = ks
+        .unseal(round, with_keys(&os, contributions))
+        .expect("unseal");
+    let sum = server
+        .finish(ExternalResult::Unsealed(pts))
+        .expect("finish");
+    assert_eq!(sum.sums, expected_sum(&ups, &[0, 1, 2]));
+    assert_eq!(sum, plain_sum);
+}
+
+#[test]
+fn dropout_proceeds_with_survivors_and_fails_below_minimum() {
+    let sk = test_key();
+    let os = owners(3);
+    let p = params(10, 3, 2);
+    let ups = updates(3, 10);
+    let mut server = PaillierServer::new(sk.public_key().clone(), p.clone(), 1).expect("server");
+    for (o, u) in os.iter().zip(&ups) {
+        let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [1; 32]).expect("client");
+        server
+            .accept(verified(o, 1, pc.start(u).expect("protect")))
+            .expect("accept");
+    }
+    // o1 disconnected before the stage closed.
+    let survivors: BTreeSet<String> = ["o0".to_string(), "o2".to_string()].into();
+    let StageResult::External(ExternalRequest::Unseal {
+        round,
+        contributions,
+    }) = server.close_stage(&survivors).expect("close")
+    else {
+        panic!("external")
+    };
+    let mut ks = unsealer(sk, &os, p.clone());
+    let pts = ks
+        .unseal(round, with_keys(&os, contributions))
+        .expect("unseal");
+    let sum = server
+        .finish(ExternalResult::Unsealed(pts))
+        .expect("finish");
+    assert_eq!(sum.contributors, vec!["o0", "o2"]);
+    assert_eq!(sum.sums, expected_sum(&ups, &[0, 2]));
+
+    let mut lonely = PlainServer::new(p, 2);
+    lonely
+        .accept(verified(&os[0], 2, PlainClient.start(&ups[0]).expect("p")))
+        .expect("accept");
+    assert_eq!(
+        lonely.close_stage(&all(&os)).expect_err("too few"),
+        SchemeError::TooFewContributions { got: 1, min: 2 }
+    );
+}
+
+#[test]
+fn server_rejections_carry_their_rule() {
+    let sk = test_key();
+    let os = owners(2);
+    let p = params(40, 2, 2);
+    let ups = updates(2, 40);
+    let mut server = PaillierServer::new(sk.public_key().clone(), p.clone(), 2).expect("server");
+    let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [3; 32]).expect("client");
+    let good = pc.start(&ups[0]).expect("protect");
+
+    // UPD-001: replay of a round-1 contribution into round 2.
+    let err = server
+        .accept(verified(&os[0], 1, good.clone()))
+        .expect_err("replay");
+    assert_eq!(err.reason, Reject::WrongRound);
+    // UPD-005: a model of another shape (one ciphertext too many).
+    let other = params(400, 2, 2);
+    let mut pc_other =
+        PaillierClient::new(sk.public_key().clone(), &other, [3; 32]).expect("client");
+    let wrong = pc_other.start(&updates(1, 400)[0]).expect("protect");
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 2, wrong))
+            .expect_err("shape")
+            .reason,
+        Reject::WrongShape
+    );
+    // UPD-006: oversized.
+    let mut big = good.clone();
+    big.extend(vec![0u8; 10_000]);
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 2, big))
+            .expect_err("big")
+            .reason,
+        Reject::Oversized
+    );
+    // UPD-007: a corrupted ciphertext (zero is not a unit mod N²) and a truncated body.
+    let mut zero = good.clone();
+    zero[4..4 + 512].fill(0);
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 2, zero))
+            .expect_err("bad ct")
+            .reason,
+        Reject::Malformed
+    );
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 2, good[..good.len() - 1].to_vec()))
+            .expect_err("short")
+            .reason,
+        Reject::Malformed
+    );
+    // Accepted, then UPD-002 for the same owner.
+    server
+        .accept(verified(&os[0], 2, good.clone()))
+        .expect("accept");
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 2, good))
+            .expect_err("dup")
+            .reason,
+        Reject::Duplicate
+    );
+
+    // UPD-008: plain values beyond the clip range.
+    let mut plain = PlainServer::new(p.clone(), 1);
+    let mut vals = ups[1].clone();
+    vals[3] = i64::MAX;
+    let payload = PlainClient.start(&vals).expect("p");
+    assert_eq!(
+        plain
+            .accept(verified(&os[1], 1, payload))
+            .expect_err("range")
+            .reason,
+        Reject::OutOfRange
+    );
+    for r in Reject::ALL {
+        assert_eq!(Reject::from_code(r as u32), Some(r));
+        assert!(r.rule().starts_with("UPD-0"));
+    }
+}
+
+#[test]
+fn key_holder_enforces_its_rules() {
+    let sk = test_key();
+    let os = owners(3);
+    let p = params(30, 3, 2);
+    let ups = updates(3, 30);
+    let mut cs = Vec::new();
+    for (o, u) in os.iter().zip(&ups) {
+        let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [5; 32]).expect("client");
+        cs.push(sign_contribution(
+            &o.key,
+            &JOB,
+            &o.name,
+            4,
+            0,
+            pc.start(u).expect("protect"),
+        ));
+    }
+    let mut ks = unsealer(sk.clone(), &os, p.clone());
+
+    // KEY-004: one owner alone is never decrypted.
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, cs[..1].to_vec())),
+        Err(UnsealError::TooFew { got: 1, min: 2 })
+    ));
+    // KEY-003: the same owner twice does not count as two.
+    let dup = vec![cs[0].clone(), cs[0].clone()];
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, dup)),
+        Err(UnsealError::Duplicate(_))
+    ));
+    // KEY-001: a signature made for another round, or by another key.
+    let mut moved = cs[1].clone();
+    moved.round = 5;
+    assert!(matches!(
+        ks.unseal(5, with_keys(&os, vec![cs[0].clone(), moved])),
+        Err(UnsealError::BadSignature(_))
+    ));
+    let mut forged = with_keys(&os, cs[..2].to_vec());
+    forged[1].1 = key().public_key().to_vec();
+    assert!(matches!(
+        ks.unseal(4, forged),
+        Err(UnsealError::BadSignature(_))
+    ));
+    // KEY-002: an owner the job does not list.
+    let stranger = Owner {
+        name: "mallory".into(),
+        key: key(),
+    };
+    let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [6; 32]).expect("client");
+    let sc = sign_contribution(
+        &stranger.key,
+        &JOB,
+        "mallory",
+        4,
+        0,
+        pc.start(&ups[0]).expect("p"),
+    );
+    let req = vec![
+        (cs[0].clone(), os[0].key.public_key().to_vec()),
+        (sc, stranger.key.public_key().to_vec()),
+    ];
+    assert!(matches!(ks.unseal(4, req), Err(UnsealError::NotAnOwner(_))));
+    // KEY-006: a malformed ciphertext.
+    let mut broken = cs[1].clone();
+    broken.payload.truncate(100);
+    let broken = sign_contribution(&os[1].key, &JOB, "o1", 4, 0, broken.payload);
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, vec![cs[0].clone(), broken])),
+        Err(UnsealError::Malformed { .. })
+    ));
+    // A valid request decrypts; KEY-005: never twice for the same round, not even a subset.
+    assert!(ks.unseal(4, with_keys(&os, cs.clone())).is_ok());
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, cs[..2].to_vec())),
+        Err(UnsealError::AlreadyUnsealed(4))
+    ));
+    assert_eq!(ks.unsealed_rounds().len(), 1);
+}
