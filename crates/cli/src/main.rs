@@ -127,6 +127,11 @@ struct KeyholderArgs {
     /// Secret key file (from `confide paillier keygen`); by default a fresh key is generated.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// File where every decryption is recorded (synced) before it happens, so a restarted key
+    /// holder never decrypts a round or a global model twice. Default: keyholder-state.jsonl
+    /// in the federation directory.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -300,7 +305,10 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
         }
     };
     let listener = bind(args.common.listen, "keyholder").await?;
-    confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, async {
+    let state = args
+        .state
+        .unwrap_or_else(|| args.common.fed.join("keyholder-state.jsonl"));
+    confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, Some(state), async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

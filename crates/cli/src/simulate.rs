@@ -484,7 +484,8 @@ impl Roles {
         match mode {
             SimulateMode::Processes => {
                 let (j, f) = (job.display().to_string(), fed.display().to_string());
-                let mut args = vec!["keyholder", "--config", &j, "--fed", &f];
+                let state = work.join("keyholder-state.jsonl").display().to_string();
+                let mut args = vec!["keyholder", "--config", &j, "--fed", &f, "--state", &state];
                 let k = key.map(|k| k.display().to_string());
                 if let Some(k) = &k {
                     args.extend(["--key", k]);
@@ -507,15 +508,22 @@ impl Roles {
                 };
                 let listener = TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?.to_string();
+                let state = work.join("keyholder-state.jsonl");
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 self.stop_keyholder = Some(tx);
                 self.tasks.push(tokio::spawn(async move {
                     let shutdown = async {
                         let _ = rx.await;
                     };
-                    if let Err(e) =
-                        confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, shutdown)
-                            .await
+                    if let Err(e) = confide_net::roles::serve_keyholder(
+                        listener,
+                        &creds,
+                        &spec,
+                        sk,
+                        Some(state),
+                        shutdown,
+                    )
+                    .await
                     {
                         eprintln!("keyholder: {e}");
                     }

@@ -270,3 +270,29 @@ fn bad_job_files_give_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_large_model_crosses_the_default_grpc_message_limit() {
+    // 30 → 40000 → 2 MLP: 1,320,002 parameters. Each round task carries 5.3 MB of parameters
+    // and each `plain` update 10.6 MB, above tonic's 4 MiB default; the raised limits carry them.
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config_with(
+        dir.path(),
+        &[
+            ("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [40000]"),
+            ("rounds = 80", "rounds = 1"),
+            ("local_epochs = 5", "local_epochs = 1"),
+        ],
+    );
+    let (code, r, err) = simulate(
+        &cfg,
+        dir.path(),
+        &["--mode", "in-process", "--scheme", "plain"],
+    );
+    assert_eq!(code, 0, "{err}\n{r}");
+    assert_eq!(r["param_count"], 1_320_002);
+    assert_eq!(
+        r["history"][0]["contributors"],
+        serde_json::json!(["guest", "host"])
+    );
+}

@@ -722,9 +722,9 @@ data = "b.csv"
 
     #[test]
     fn rejects_unknown_field_with_location() {
-        let text = MINIMAL.replace("rounds = 3", "rounds = 3\nround = 4");
-        let err = JobConfig::parse(&text).expect_err("invalid");
-        assert!(err.to_string().contains("round"), "{err}");
+        let text = MINIMAL.replace("rounds = 3", "rounds = 3\nroundz = 4");
+        let err = JobConfig::parse(&text).expect_err("invalid").to_string();
+        assert!(err.contains("roundz") && err.contains("line 5"), "{err}");
     }
 
     #[test]

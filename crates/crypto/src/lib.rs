@@ -25,9 +25,5 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// The name of the big-integer backend compiled in, for benchmark reports.
 pub fn bigint_backend() -> &'static str {
-    if cfg!(feature = "bigint-rust") {
-        "num-bigint (pure Rust)"
-    } else {
-        "GMP (rug)"
-    }
+    "num-bigint (pure Rust, via fast-paillier)"
 }

@@ -22,7 +22,7 @@ use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
 use confide_secagg::{
     AggregateSum, AggregationServer, ExternalRequest, ExternalResult, PaillierServer, PlainServer,
-    Reject, Rejection, SchemeParams, StageResult,
+    Reject, Rejection, RoundContext, SchemeParams, StageResult, model_digest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
@@ -269,10 +269,10 @@ impl Coordinator {
             .wait_until(Instant::now() + timeout, |s| s.joined.len() == owners)
             .await;
         let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
-        let outcome = if !all_joined && lock(&self.state).joined.len() < self.spec.job.min_owners {
+        let present = lock(&self.state).alive.len();
+        let outcome = if !all_joined && present < self.spec.job.min_owners {
             Err(format!(
-                "only {} of {owners} owners joined within {:.0} s; the job needs {}",
-                lock(&self.state).joined.len(),
+                "only {present} of {owners} owners joined (and stayed) within {:.0} s; the job needs {}",
                 timeout.as_secs_f64(),
                 self.spec.job.min_owners
             ))
@@ -352,13 +352,17 @@ impl Coordinator {
         let sp = scheme_params(&self.spec, self.fixed);
         for round in 1..=self.spec.job.rounds {
             let started = Instant::now();
+            let ctx = RoundContext {
+                round,
+                model_digest: model_digest(params),
+            };
             let server: Box<dyn AggregationServer> = match self.spec.job.scheme {
-                SchemeKind::Plain => Box::new(PlainServer::new(sp.clone(), round)),
+                SchemeKind::Plain => Box::new(PlainServer::new(sp.clone(), ctx)),
                 SchemeKind::Paillier => {
                     let pk = paillier_key
                         .clone()
                         .ok_or("paillier needs the key holder's public key")?;
-                    Box::new(PaillierServer::new(pk, sp.clone(), round).map_err(|e| e.to_string())?)
+                    Box::new(PaillierServer::new(pk, sp.clone(), ctx).map_err(|e| e.to_string())?)
                 }
             };
             lock(&self.state).server = Some(server);
@@ -412,9 +416,15 @@ impl Coordinator {
                             })
                             .collect()
                     };
-                    let plaintexts = unseal(r, relayed).await.map_err(|e| {
-                        format!("round {round} failed: the key holder refused: {e}")
-                    })?;
+                    let plaintexts = tokio::time::timeout(timeout, unseal(r, relayed))
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "round {round} failed: the key holder did not answer within {:.0} s",
+                                timeout.as_secs_f64()
+                            )
+                        })?
+                        .map_err(|e| format!("round {round} failed: the key holder refused: {e}"))?;
                     let mut s = lock(&self.state);
                     let srv = s.server.as_mut().ok_or("internal: no aggregation state")?;
                     srv.finish(ExternalResult::Unsealed(plaintexts))
@@ -426,15 +436,17 @@ impl Coordinator {
                     );
                 }
             };
-            *params = Arc::new(self.apply(params, &sum));
+            // Evaluate the candidate first: the global model only advances with a complete round.
+            let candidate = self.apply(params, &sum);
             let aggregation_seconds = agg_started.elapsed().as_secs_f64();
             let metrics = match &self.eval {
                 Some(d) => Some(
-                    confide_ml::train::evaluate(&self.model, params, d)
-                        .map_err(|e| e.to_string())?,
+                    confide_ml::train::evaluate(&self.model, &candidate, d)
+                        .map_err(|e| format!("round {round} failed: evaluation: {e}"))?,
                 ),
                 None => None,
             };
+            *params = Arc::new(candidate);
             let record = RoundRecord {
                 round,
                 contributors: sum.contributors.clone(),
@@ -620,27 +632,27 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .into_inner()
             .contribution
             .ok_or_else(|| Status::invalid_argument("missing contribution"))?;
-        let c = Contribution {
-            owner: c.owner,
-            round: c.round,
-            stage: c.stage,
-            payload: c.payload,
-            signature: c.signature,
-        };
-        Ok(Response::new(
-            match self.0.submit(&id.name, &id.public_key, cert, c) {
-                Ok(()) => pb::SubmitReply {
-                    accepted: true,
-                    reject_code: 0,
-                    detail: String::new(),
-                },
-                Err(r) => pb::SubmitReply {
-                    accepted: false,
-                    reject_code: r.reason as u32,
-                    detail: r.to_string(),
-                },
+        let c = crate::wire::from_pb(c);
+        // Signature verification and ciphertext parsing are CPU work: keep them off the async
+        // executor.
+        let coordinator = self.0.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            coordinator.submit(&id.name, &id.public_key, cert, c)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match outcome {
+            Ok(()) => pb::SubmitReply {
+                accepted: true,
+                reject_code: 0,
+                detail: String::new(),
             },
-        ))
+            Err(r) => pb::SubmitReply {
+                accepted: false,
+                reject_code: r.reason as u32,
+                detail: r.to_string(),
+            },
+        }))
     }
 
     async fn withdraw(
@@ -648,6 +660,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {
         let id = peer(&request, &[Role::Node])?;
+        if !self.0.spec.owners.contains(&id.name) {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not an owner of this job",
+                id.name
+            )));
+        }
         let reason = request.into_inner().reason;
         {
             let mut s = lock(&self.0.state);

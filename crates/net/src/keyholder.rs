@@ -3,12 +3,14 @@
 //! separate from the coordinator, even on one machine.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use confide_core::{JobSpec, Role};
 use confide_crypto::SecretKey;
 use confide_secagg::contribution::Contribution;
-use confide_secagg::{UnsealError, Unsealer};
+use confide_secagg::{UnsealError, UnsealRecord, Unsealer};
 use tonic::{Request, Response, Status};
 
 use crate::coordinator::{fixed_point, job_digest, scheme_params};
@@ -21,6 +23,46 @@ pub struct KeyHolderService {
     unsealer: Mutex<Unsealer>,
     public_json: String,
     ca_der: Vec<u8>,
+    job_hex: String,
+    state: Option<PathBuf>,
+}
+
+/// One line of the key holder's state file: a decryption, recorded before it happened.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StateLine {
+    job: String,
+    round: u32,
+    model: String,
+}
+
+/// Reads the decryptions recorded for `job_hex` in a state file (missing file: none).
+fn load_state(path: &std::path::Path, job_hex: &str) -> Result<Vec<UnsealRecord>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let l: StateLine =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        if l.job != job_hex {
+            continue;
+        }
+        let model = hex::decode(&l.model)
+            .ok()
+            .and_then(|m| <[u8; 32]>::try_from(m).ok())
+            .ok_or_else(|| format!("{}:{}: bad model digest", path.display(), i + 1))?;
+        out.push(UnsealRecord {
+            round: l.round,
+            model_digest: model,
+        });
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for KeyHolderService {
@@ -30,8 +72,15 @@ impl std::fmt::Debug for KeyHolderService {
 }
 
 impl KeyHolderService {
-    /// A key holder for a job, from its own copy of the job spec.
-    pub fn new(spec: &JobSpec, sk: SecretKey, creds: &Credentials) -> Result<Arc<Self>, NetError> {
+    /// A key holder for a job, from its own copy of the job spec. `state` is the file where it
+    /// records every decryption (KEY-005) before making it, and from which a restarted key
+    /// holder reloads them; without it the record lives only as long as the process.
+    pub fn new(
+        spec: &JobSpec,
+        sk: SecretKey,
+        creds: &Credentials,
+        state: Option<PathBuf>,
+    ) -> Result<Arc<Self>, NetError> {
         if sk.public_key().modulus_bits() != spec.modulus_bits {
             return Err(crate::transport::transport_err(
                 "key holder",
@@ -46,7 +95,14 @@ impl KeyHolderService {
         let public_json = serde_json::to_string(&sk.public_key().to_json())
             .map_err(|e| crate::transport::transport_err("key holder", e))?;
         let owners: BTreeSet<String> = spec.owners.iter().cloned().collect();
-        let unsealer = Unsealer::new(sk, job_digest(spec), owners, params)
+        let digest = job_digest(spec);
+        let job_hex = hex::encode(digest);
+        let history = match &state {
+            Some(p) => load_state(p, &job_hex)
+                .map_err(|e| crate::transport::transport_err("key holder state", e))?,
+            None => Vec::new(),
+        };
+        let unsealer = Unsealer::new(sk, digest, owners, params, history)
             .map_err(|e| crate::transport::transport_err("key holder", e))?;
         let ca_der = creds
             .ca_der()
@@ -55,6 +111,8 @@ impl KeyHolderService {
             unsealer: Mutex::new(unsealer),
             public_json,
             ca_der,
+            job_hex,
+            state,
         }))
     }
 
@@ -77,12 +135,32 @@ impl KeyHolderService {
             checked.push((c, id.public_key));
         }
         let mut u = self.unsealer.lock().unwrap_or_else(|p| p.into_inner());
-        let result = u.unseal(round, checked);
+        let result = u.unseal(round, checked, |rec| self.persist(rec));
         match &result {
             Ok(_) => tracing::info!("round {round}: decrypted the sum"),
             Err(e) => tracing::warn!("round {round}: refused: {e}"),
         }
         result.map_err(|e: UnsealError| e.to_string())
+    }
+
+    /// Appends a record to the state file and syncs it to disk.
+    fn persist(&self, rec: &UnsealRecord) -> Result<(), String> {
+        let Some(path) = &self.state else {
+            return Ok(());
+        };
+        let line = serde_json::to_string(&StateLine {
+            job: self.job_hex.clone(),
+            round: rec.round,
+            model: hex::encode(rec.model_digest),
+        })
+        .map_err(|e| e.to_string())?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
+        f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -112,15 +190,8 @@ impl pb::key_holder_server::KeyHolder for KeyHolderGrpc {
             .contributions
             .into_iter()
             .map(|r| {
-                let c = r.contribution.unwrap_or_default();
                 (
-                    Contribution {
-                        owner: c.owner,
-                        round: c.round,
-                        stage: c.stage,
-                        payload: c.payload,
-                        signature: c.signature,
-                    },
+                    crate::wire::from_pb(r.contribution.unwrap_or_default()),
                     r.owner_certificate,
                 )
             })

@@ -23,3 +23,36 @@ pub mod transport;
 pub mod pb {
     tonic::include_proto!("confide.v1");
 }
+
+/// Conversions between wire and domain contributions.
+pub mod wire {
+    use confide_secagg::Contribution;
+
+    use crate::pb;
+
+    /// Domain → wire.
+    pub fn to_pb(c: Contribution) -> pb::Contribution {
+        pb::Contribution {
+            owner: c.owner,
+            round: c.round,
+            stage: c.stage,
+            payload: c.payload,
+            signature: c.signature,
+            model_digest: c.model_digest.to_vec(),
+        }
+    }
+
+    /// Wire → domain. A model digest of the wrong length becomes all zeroes, which no honest
+    /// round uses, so the contribution fails its checks with a clear rule instead of a parse
+    /// error.
+    pub fn from_pb(c: pb::Contribution) -> Contribution {
+        Contribution {
+            owner: c.owner,
+            round: c.round,
+            stage: c.stage,
+            model_digest: c.model_digest.try_into().unwrap_or([0u8; 32]),
+            payload: c.payload,
+            signature: c.signature,
+        }
+    }
+}

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use confide_core::{ColumnRef, JobSpec, SchemeKind, StandardizeSpec};
 use confide_ml::{Column, CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
-use confide_secagg::{AggregationClient, PaillierClient, PlainClient, sign_contribution};
+use confide_secagg::{
+    AggregationClient, PaillierClient, PlainClient, Unsigned, model_digest, sign_contribution,
+};
 use rand::RngCore;
 
 use crate::coordinator::{fixed_point, job_digest, model_spec, parse_public_key, scheme_params};
@@ -93,10 +95,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         .signing_key()
         .map_err(|e| NodeError::Job(e.to_string()))?;
     let channel = connect(&opts.coordinator, "coordinator", &opts.creds).await?;
-    let mut coord = pb::coordinator_client::CoordinatorClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let join = coord
+    // The join reply is small; later messages are bounded by the job's limit.
+    let join = pb::coordinator_client::CoordinatorClient::new(channel.clone())
         .join(pb::JoinRequest {})
         .await
         .map_err(|s| NodeError::Refused(format!("join refused: {}", s.message())))?
@@ -109,6 +109,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             "the coordinator's job digest does not match its spec".into(),
         ));
     }
+    let limit = spec.limits.max_message_bytes;
+    let mut coord = pb::coordinator_client::CoordinatorClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     tracing::info!(
         "`{name}` joined job `{}` ({})",
         spec.job.id,
@@ -166,6 +170,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
 
     let mut after = 0;
     let mut rounds = 0;
+    let mut seen_models = std::collections::BTreeSet::new();
     loop {
         let task = coord
             .next_round(pb::NextRoundRequest { after_round: after })
@@ -190,15 +195,33 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             }
         }
         let round = task.round;
-        after = round;
         let global = task.params;
-        if global.len() != model.param_count() {
-            return Err(NodeError::Job(format!(
+        let problem = if round <= after {
+            Some(format!("round {round} comes after round {after}"))
+        } else if global.len() != model.param_count() {
+            Some(format!(
                 "round {round}: the coordinator sent {} parameters, the model has {}",
                 global.len(),
                 model.param_count()
-            )));
+            ))
+        } else if !seen_models.insert(model_digest(&global)) {
+            // Training twice from one model would let the coordinator difference two sums.
+            Some(format!(
+                "round {round}: the coordinator sent a global model this owner already trained from"
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            let _ = coord
+                .withdraw(pb::WithdrawRequest {
+                    reason: problem.clone(),
+                })
+                .await;
+            return Err(NodeError::Job(problem));
         }
+        after = round;
+        let trained_from = model_digest(&global);
         let cfg = TrainConfig {
             epochs: spec.training.local_epochs,
             batch_size: spec.training.batch_size,
@@ -220,25 +243,34 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         .map_err(|e| NodeError::Job(e.to_string()))?
         .map_err(NodeError::Job)?;
         client = returned;
-        let c = sign_contribution(&signing, &digest, &name, round, 0, payload);
+        let c = sign_contribution(
+            &signing,
+            &digest,
+            Unsigned {
+                owner: name.clone(),
+                round,
+                stage: 0,
+                model_digest: trained_from,
+                payload,
+            },
+        );
         let reply = coord
             .submit(pb::SubmitRequest {
-                contribution: Some(pb::Contribution {
-                    owner: c.owner,
-                    round: c.round,
-                    stage: c.stage,
-                    payload: c.payload,
-                    signature: c.signature,
-                }),
+                contribution: Some(crate::wire::to_pb(c)),
             })
             .await
             .map_err(|s| NodeError::Refused(format!("submit: {}", s.message())))?
             .into_inner();
         if !reply.accepted {
-            return Err(NodeError::Refused(format!(
-                "round {round}: update rejected: {}",
-                reply.detail
-            )));
+            // An honest node's update is only refused when something is broken; leave the job
+            // at once so the round does not wait for this owner until its deadline.
+            let problem = format!("round {round}: update rejected: {}", reply.detail);
+            let _ = coord
+                .withdraw(pb::WithdrawRequest {
+                    reason: problem.clone(),
+                })
+                .await;
+            return Err(NodeError::Refused(problem));
         }
         rounds += 1;
         if opts.crash_after_round == Some(round) {

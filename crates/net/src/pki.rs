@@ -307,8 +307,9 @@ mod tests {
         let a = tempfile::tempdir().expect("tmp");
         let b = tempfile::tempdir().expect("tmp");
         let now = OffsetDateTime::now_utc();
-        init_ca(a.path(), "a", now).expect("ca");
-        init_ca(b.path(), "b", now).expect("ca");
+        // A rogue CA with the same (predictable) name: only the signature check can tell.
+        init_ca(a.path(), "same", now).expect("ca");
+        init_ca(b.path(), "same", now).expect("ca");
         issue(b.path(), "mallory", Role::Node, now).expect("issue");
         let foreign = pem_to_der(&read(&b.path().join("mallory.crt")).expect("read")).expect("der");
         let ca_a = pem_to_der(&read(&a.path().join("ca.crt")).expect("read")).expect("der");

@@ -25,11 +25,13 @@ pub async fn serve_keyholder(
     creds: &Credentials,
     spec: &JobSpec,
     sk: SecretKey,
+    state: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NetError> {
     init_crypto();
-    let service = KeyHolderService::new(spec, sk, creds)?;
-    let max = spec.limits.max_message_bytes;
+    let service = KeyHolderService::new(spec, sk, creds, state)?;
+    // An unseal request carries one update per owner.
+    let max = relay_limit(spec);
     let svc = pb::key_holder_server::KeyHolderServer::new(KeyHolderGrpc(service))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -40,6 +42,13 @@ pub async fn serve_keyholder(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| transport_err("key holder", e))
+}
+
+/// The message limit for relaying a round's contributions: one update per owner.
+fn relay_limit(spec: &JobSpec) -> usize {
+    spec.limits
+        .max_message_bytes
+        .saturating_mul(spec.owners.len().max(1))
 }
 
 /// What the coordinator role needs.
@@ -107,6 +116,7 @@ pub async fn run_coordinator(
         _ => None,
     };
     let max = role.spec.limits.max_message_bytes;
+    let relay = relay_limit(&role.spec);
     let coordinator = Coordinator::new(CoordinatorOptions {
         spec: role.spec.clone(),
         eval: role.eval,
@@ -132,20 +142,14 @@ pub async fn run_coordinator(
         async move {
             let channel = channel.ok_or("no key holder connection")?;
             let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max);
+                .max_decoding_message_size(relay)
+                .max_encoding_message_size(relay);
             let request = pb::UnsealRequest {
                 round,
                 contributions: relayed
                     .into_iter()
                     .map(|(c, cert)| pb::RelayedContribution {
-                        contribution: Some(pb::Contribution {
-                            owner: c.owner,
-                            round: c.round,
-                            stage: c.stage,
-                            payload: c.payload,
-                            signature: c.signature,
-                        }),
+                        contribution: Some(crate::wire::to_pb(c)),
                         owner_certificate: cert,
                     })
                     .collect(),

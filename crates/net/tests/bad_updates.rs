@@ -12,41 +12,47 @@ use confide_net::pb;
 use confide_net::pki::Credentials;
 use confide_net::roles::{CoordinatorRole, run_coordinator, serve_keyholder};
 use confide_net::transport::connect;
-use confide_secagg::{AggregationClient, PaillierClient, Reject, SchemeParams, sign_contribution};
+use confide_secagg::{
+    AggregationClient, PaillierClient, Reject, SchemeParams, Unsigned, model_digest,
+    sign_contribution,
+};
 use tokio::net::TcpListener;
 
 type Client = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
 
 struct Owner {
-    name: String,
     client: Client,
     key: confide_crypto::SigningKey,
     digest: [u8; 32],
 }
 
+/// What to send: who it claims to be from, for which round and model, and whether to flip a
+/// payload bit after signing.
+struct Send<'a> {
+    owner: &'a str,
+    round: u32,
+    model: [u8; 32],
+    payload: Vec<u8>,
+    tamper: bool,
+}
+
 impl Owner {
-    async fn submit(
-        &mut self,
-        round: u32,
-        owner: &str,
-        payload: Vec<u8>,
-        tamper: bool,
-    ) -> pb::SubmitReply {
-        let c = sign_contribution(&self.key, &self.digest, owner, round, 0, payload);
-        let mut payload = c.payload;
-        if tamper {
-            let last = payload.len() - 1;
-            payload[last] ^= 0x01;
+    async fn submit(&mut self, s: Send<'_>) -> pb::SubmitReply {
+        let u = Unsigned {
+            owner: s.owner.into(),
+            round: s.round,
+            stage: 0,
+            model_digest: s.model,
+            payload: s.payload,
+        };
+        let mut c = sign_contribution(&self.key, &self.digest, u);
+        if s.tamper {
+            let last = c.payload.len() - 1;
+            c.payload[last] ^= 0x01;
         }
         self.client
             .submit(pb::SubmitRequest {
-                contribution: Some(pb::Contribution {
-                    owner: c.owner,
-                    round: c.round,
-                    stage: c.stage,
-                    payload,
-                    signature: c.signature,
-                }),
+                contribution: Some(confide_net::wire::to_pb(c)),
             })
             .await
             .expect("rpc")
@@ -75,15 +81,16 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
     ]);
 
     let kh_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let kh_addr = kh_listener.local_addr().expect("addr").to_string();
     let kh_creds = Credentials::load(&fed, "keyholder").expect("creds");
     let kh_spec = spec.clone();
+    let kh_addr = kh_listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         serve_keyholder(
             kh_listener,
             &kh_creds,
             &kh_spec,
             common::test_key(),
+            None,
             std::future::pending(),
         )
         .await
@@ -94,7 +101,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         creds: Credentials::load(&fed, "coordinator").expect("creds"),
         spec: spec.clone(),
         eval: None,
-        keyholder: Some(kh_addr.clone()),
+        keyholder: Some(kh_addr),
         linger: Duration::from_millis(10),
     };
     let coordinator = tokio::spawn(run_coordinator(co_listener, role));
@@ -125,7 +132,6 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         }
         let digest: [u8; 32] = join.job_digest.try_into().expect("32 bytes");
         owners.push(Owner {
-            name: name.into(),
             client,
             key: creds.signing_key().expect("key"),
             digest,
@@ -139,7 +145,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         c.start(&vec![fixed.encode(0.01); params.len])
             .expect("protect")
     };
-    let mut round1_payload = Vec::new();
+    let mut round1 = None;
 
     for round in 1..=2u32 {
         let task = owners[0]
@@ -151,8 +157,16 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
             .expect("task")
             .into_inner();
         assert_eq!(task.round, round);
+        let model = model_digest(&task.params);
         let good = update(round as u8);
         let g = &mut owners[0];
+        let send = |owner, round, model, payload, tamper| Send {
+            owner,
+            round,
+            model,
+            payload,
+            tamper,
+        };
         if round == 1 {
             // UPD-005: a model of another shape (101 parameters need two ciphertexts, the job one).
             let wrong = SchemeParams {
@@ -162,70 +176,70 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
             let mut c = PaillierClient::new(pk.clone(), &wrong, [9; 32]).expect("client");
             let payload = c.start(&vec![0; 101]).expect("protect");
             rejected(
-                &g.submit(round, "guest", payload, false).await,
+                &g.submit(send("guest", round, model, payload, false)).await,
                 Reject::WrongShape,
             );
             // UPD-004: corrupted in transit (one bit flipped after signing).
             rejected(
-                &g.submit(round, "guest", good.clone(), true).await,
+                &g.submit(send("guest", round, model, good.clone(), true))
+                    .await,
                 Reject::BadSignature,
             );
             // UPD-007: a corrupted ciphertext, validly signed (zero is not a unit mod N²).
             let mut zero = good.clone();
             zero[4..].fill(0);
             rejected(
-                &g.submit(round, "guest", zero, false).await,
+                &g.submit(send("guest", round, model, zero, false)).await,
                 Reject::Malformed,
             );
             // UPD-006: oversized.
             let mut big = good.clone();
             big.extend(vec![7u8; 1 << 20]);
             rejected(
-                &g.submit(round, "guest", big, false).await,
+                &g.submit(send("guest", round, model, big, false)).await,
                 Reject::Oversized,
             );
             // UPD-003: guest signing in host's name.
             rejected(
-                &g.submit(round, "host", good.clone(), false).await,
+                &g.submit(send("host", round, model, good.clone(), false))
+                    .await,
                 Reject::NotAnOwner,
             );
             // UPD-001: a contribution made for another round.
             rejected(
-                &g.submit(round + 5, "guest", good.clone(), false).await,
+                &g.submit(send("guest", round + 5, model, good.clone(), false))
+                    .await,
                 Reject::WrongRound,
             );
-            round1_payload = good.clone();
+            // UPD-010: trained from another model than this round's.
+            rejected(
+                &g.submit(send("guest", round, [1; 32], good.clone(), false))
+                    .await,
+                Reject::StaleModel,
+            );
+            round1 = Some((model, good.clone()));
         } else {
             // UPD-001: round 1's contribution replayed into round 2.
-            let c = sign_contribution(&g.key, &g.digest, "guest", 1, 0, round1_payload.clone());
-            let r = g
-                .client
-                .submit(pb::SubmitRequest {
-                    contribution: Some(pb::Contribution {
-                        owner: c.owner,
-                        round: c.round,
-                        stage: 0,
-                        payload: c.payload,
-                        signature: c.signature,
-                    }),
-                })
-                .await
-                .expect("rpc")
-                .into_inner();
-            rejected(&r, Reject::WrongRound);
+            let (m1, p1) = round1.clone().expect("round 1");
+            rejected(
+                &g.submit(send("guest", 1, m1, p1, false)).await,
+                Reject::WrongRound,
+            );
         }
-        let r = g.submit(round, "guest", good.clone(), false).await;
+        let r = g
+            .submit(send("guest", round, model, good.clone(), false))
+            .await;
         assert!(r.accepted, "{}", r.detail);
         // UPD-002: the same owner again in the same round.
         rejected(
-            &g.submit(round, "guest", good, false).await,
+            &g.submit(send("guest", round, model, good, false)).await,
             Reject::Duplicate,
         );
         let h = &mut owners[1];
         let r = h
-            .submit(round, "host", update(100 + round as u8), false)
+            .submit(send("host", round, model, update(100 + round as u8), false))
             .await;
-        assert!(r.accepted, "{} {}", h.name, r.detail);
+        assert!(r.accepted, "host: {}", r.detail);
     }
     let end = owners[0]
         .client
@@ -252,6 +266,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         ("oversized", 1),
         ("not_an_owner", 1),
         ("wrong_round", 2),
+        ("stale_model", 1),
         ("duplicate", 2),
     ];
     for (name, n) in expect {
@@ -262,5 +277,5 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
             report.rejections
         );
     }
-    assert_eq!(report.rejections.values().sum::<u64>(), 9);
+    assert_eq!(report.rejections.values().sum::<u64>(), 10);
 }

@@ -2,9 +2,11 @@
 //! coordinator can neither forge one nor replay it into another round or job.
 //!
 //! The signed message is
-//! `"confide/contribution/v1" ‖ job_digest[32] ‖ round u32be ‖ stage u32be ‖ len(owner) u8 ‖
-//! owner ‖ SHA-256(payload)`, signed with Ed25519 by the owner's key (the key its TLS
-//! certificate certifies).
+//! `"confide/contribution/v2" ‖ job_digest[32] ‖ round u32be ‖ stage u32be ‖ model_digest[32] ‖
+//! len(owner) u8 ‖ owner ‖ SHA-256(payload)`, signed with Ed25519 by the owner's key (the key
+//! its TLS certificate certifies). `model_digest` ([`model_digest`]) names the global model the
+//! owner trained from, so the key holder can refuse to decrypt two sums computed from the same
+//! model (which a coordinator could subtract to isolate one owner's update).
 
 use confide_crypto::{SignatureError, SigningKey, sha256, sign};
 
@@ -17,6 +19,8 @@ pub struct Contribution {
     pub round: u32,
     /// Protocol stage within the round (0 for single-stage schemes).
     pub stage: u32,
+    /// SHA-256 of the global model this update was trained from ([`model_digest`]).
+    pub model_digest: [u8; 32],
     /// The scheme's payload.
     pub payload: Vec<u8>,
     /// Ed25519 signature over [`signing_message`].
@@ -41,44 +45,54 @@ impl VerifiedContribution {
     }
 }
 
+/// SHA-256 over a domain label and the parameters as little-endian `f32`.
+pub fn model_digest(params: &[f32]) -> [u8; 32] {
+    let mut bytes = b"confide/model/v1".to_vec();
+    bytes.extend(params.iter().flat_map(|p| p.to_le_bytes()));
+    sha256(&bytes)
+}
+
 /// The bytes an owner signs.
-pub fn signing_message(
-    job_digest: &[u8; 32],
-    round: u32,
-    stage: u32,
-    owner: &str,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut m = b"confide/contribution/v1".to_vec();
+pub fn signing_message(c: &Contribution, job_digest: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"confide/contribution/v2".to_vec();
     m.extend_from_slice(job_digest);
-    m.extend_from_slice(&round.to_be_bytes());
-    m.extend_from_slice(&stage.to_be_bytes());
+    m.extend_from_slice(&c.round.to_be_bytes());
+    m.extend_from_slice(&c.stage.to_be_bytes());
+    m.extend_from_slice(&c.model_digest);
     // Owner names are validated to at most 63 bytes.
-    m.push(owner.len().min(255) as u8);
-    m.extend_from_slice(owner.as_bytes());
-    m.extend_from_slice(&sha256(payload));
+    m.push(c.owner.len().min(255) as u8);
+    m.extend_from_slice(c.owner.as_bytes());
+    m.extend_from_slice(&sha256(&c.payload));
     m
 }
 
-/// Signs a payload as `owner`.
-pub fn sign_contribution(
-    key: &SigningKey,
-    job_digest: &[u8; 32],
-    owner: &str,
-    round: u32,
-    stage: u32,
-    payload: Vec<u8>,
-) -> Contribution {
-    let signature = key
-        .sign(&signing_message(job_digest, round, stage, owner, &payload))
-        .to_vec();
-    Contribution {
-        owner: owner.to_string(),
-        round,
-        stage,
-        payload,
-        signature,
-    }
+/// What an owner contributes, before signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsigned {
+    /// Owner name.
+    pub owner: String,
+    /// Round.
+    pub round: u32,
+    /// Stage.
+    pub stage: u32,
+    /// Digest of the model trained from.
+    pub model_digest: [u8; 32],
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// Signs a contribution as its owner.
+pub fn sign_contribution(key: &SigningKey, job_digest: &[u8; 32], u: Unsigned) -> Contribution {
+    let mut c = Contribution {
+        owner: u.owner,
+        round: u.round,
+        stage: u.stage,
+        model_digest: u.model_digest,
+        payload: u.payload,
+        signature: Vec::new(),
+    };
+    c.signature = key.sign(&signing_message(&c, job_digest)).to_vec();
+    c
 }
 
 /// Checks a contribution's signature under `owner_public_key` for this job.
@@ -87,8 +101,11 @@ pub fn verify(
     owner_public_key: &[u8],
     job_digest: &[u8; 32],
 ) -> Result<VerifiedContribution, SignatureError> {
-    let msg = signing_message(job_digest, c.round, c.stage, &c.owner, &c.payload);
-    sign::verify(owner_public_key, &msg, &c.signature)?;
+    sign::verify(
+        owner_public_key,
+        &signing_message(&c, job_digest),
+        &c.signature,
+    )?;
     Ok(VerifiedContribution(c))
 }
 
@@ -102,19 +119,30 @@ pub(crate) mod tests {
         SigningKey::from_pkcs8_der(der.as_ref()).expect("parse")
     }
 
+    pub(crate) fn unsigned(owner: &str, round: u32, payload: Vec<u8>) -> Unsigned {
+        Unsigned {
+            owner: owner.into(),
+            round,
+            stage: 0,
+            model_digest: model_digest(&[round as f32]),
+            payload,
+        }
+    }
+
     #[test]
-    fn signature_binds_job_round_stage_owner_and_payload() {
+    fn signature_binds_job_round_stage_model_owner_and_payload() {
         let k = key();
         let job = [7u8; 32];
-        let c = sign_contribution(&k, &job, "guest", 3, 0, vec![1, 2, 3]);
+        let c = sign_contribution(&k, &job, unsigned("guest", 3, vec![1, 2, 3]));
         assert!(verify(c.clone(), &k.public_key(), &job).is_ok());
         assert!(verify(c.clone(), &k.public_key(), &[8u8; 32]).is_err());
-        for tweak in 0..4 {
+        for tweak in 0..5 {
             let mut bad = c.clone();
             match tweak {
                 0 => bad.round = 4,
                 1 => bad.stage = 1,
                 2 => bad.owner = "host".into(),
+                3 => bad.model_digest[0] ^= 1,
                 _ => bad.payload[0] ^= 1,
             }
             assert!(verify(bad, &k.public_key(), &job).is_err(), "tweak {tweak}");

@@ -7,9 +7,13 @@
 //!   and names a listed owner: checked by the caller, which passes the certified key);
 //! - KEY-003 the owners are distinct;
 //! - KEY-004 there are at least `min_owners` of them;
-//! - KEY-005 the round was not decrypted before (so a coordinator cannot ask for two different
-//!   subsets of one round and subtract the sums to isolate one owner);
-//! - KEY-006 each contribution has exactly the ciphertexts the model needs, all well formed.
+//! - KEY-005 neither the round nor the global model the owners trained from was decrypted
+//!   before (so a coordinator cannot ask for two different subsets of one round, or of two
+//!   rounds it gave the same model, and subtract the sums to isolate one owner). The record is
+//!   made durable through the caller's `persist` hook *before* decrypting, so a restarted key
+//!   holder remembers it;
+//! - KEY-006 each contribution has exactly the ciphertexts the model needs, all well formed;
+//! - KEY-007 all contributions were trained from the same global model.
 //!
 //! It then adds the ciphertexts homomorphically and decrypts only the sum.
 //!
@@ -45,9 +49,17 @@ pub enum UnsealError {
         /// `min_owners`.
         min: usize,
     },
-    /// KEY-005: the round was already decrypted.
-    #[error("KEY-005 round {0} was already decrypted; each round is decrypted once")]
+    /// KEY-005: the round, or a round with the same global model, was already decrypted.
+    #[error(
+        "KEY-005 round {0} (or its global model) was already decrypted; each is decrypted once"
+    )]
     AlreadyUnsealed(u32),
+    /// KEY-007: contributions trained from different models.
+    #[error("KEY-007 the contributions were trained from different global models")]
+    MixedModels,
+    /// The durable record could not be written; nothing was decrypted.
+    #[error("key holder could not record the decryption durably: {0}")]
+    Persist(String),
     /// KEY-006: a contribution is malformed.
     #[error("KEY-006 contribution from `{owner}` is malformed: {detail}")]
     Malformed {
@@ -61,6 +73,15 @@ pub enum UnsealError {
     Internal(String),
 }
 
+/// A decryption, as recorded before it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsealRecord {
+    /// The round.
+    pub round: u32,
+    /// The global model the contributions were trained from.
+    pub model_digest: [u8; 32],
+}
+
 /// The key holder's state for one job.
 #[derive(Debug)]
 pub struct Unsealer {
@@ -70,17 +91,21 @@ pub struct Unsealer {
     params: SchemeParams,
     layout: PackingLayout,
     unsealed: BTreeSet<u32>,
+    models: BTreeSet<[u8; 32]>,
 }
 
 impl Unsealer {
     /// State for a job: the secret key, the job digest, the authorised owners and the scheme
-    /// parameters from the key holder's own copy of the job.
+    /// parameters from the key holder's own copy of the job, and the decryptions recorded by
+    /// earlier runs of this key holder for this job.
     pub fn new(
         sk: SecretKey,
         job_digest: [u8; 32],
         owners: BTreeSet<String>,
         params: SchemeParams,
+        history: impl IntoIterator<Item = UnsealRecord>,
     ) -> Result<Self, UnsealError> {
+        let history: Vec<UnsealRecord> = history.into_iter().collect();
         let layout = paillier_layout(&params, sk.public_key().modulus_bits())
             .map_err(|e| UnsealError::Internal(e.to_string()))?;
         Ok(Self {
@@ -89,7 +114,8 @@ impl Unsealer {
             owners,
             params,
             layout,
-            unsealed: BTreeSet::new(),
+            unsealed: history.iter().map(|r| r.round).collect(),
+            models: history.iter().map(|r| r.model_digest).collect(),
         })
     }
 
@@ -105,13 +131,28 @@ impl Unsealer {
 
     /// Checks the contributions and returns the decrypted sum plaintexts. Each contribution
     /// comes with the public key that the owner's certificate certifies (KEY-002 is the
-    /// caller's certificate check plus the name check here).
+    /// caller's certificate check plus the name check here). `persist` must make the record
+    /// durable; it runs after every check and before decryption, and an error from it stops
+    /// the decryption.
     pub fn unseal(
         &mut self,
         round: u32,
         contributions: Vec<(Contribution, Vec<u8>)>,
+        persist: impl FnOnce(&UnsealRecord) -> Result<(), String>,
     ) -> Result<Vec<Vec<u8>>, UnsealError> {
         if self.unsealed.contains(&round) {
+            return Err(UnsealError::AlreadyUnsealed(round));
+        }
+        let model = contributions.first().map(|(c, _)| c.model_digest);
+        if contributions
+            .iter()
+            .any(|(c, _)| Some(c.model_digest) != model)
+        {
+            return Err(UnsealError::MixedModels);
+        }
+        if let Some(m) = model
+            && self.models.contains(&m)
+        {
             return Err(UnsealError::AlreadyUnsealed(round));
         }
         let pk = self.sk.public_key().clone();
@@ -155,8 +196,15 @@ impl Unsealer {
                     .map_err(|e| UnsealError::Internal(e.to_string()))?;
             }
         }
-        // Mark before decrypting: whatever happens next, this round is never decrypted again.
+        // Record before decrypting: whatever happens next, this round and this model are never
+        // decrypted again, even by a restarted key holder.
+        let record = UnsealRecord {
+            round,
+            model_digest: model.unwrap_or_default(),
+        };
+        persist(&record).map_err(UnsealError::Persist)?;
         self.unsealed.insert(round);
+        self.models.insert(record.model_digest);
         acc.iter()
             .map(|c| {
                 self.sk

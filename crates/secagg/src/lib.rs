@@ -9,12 +9,14 @@ pub mod contribution;
 pub mod keyholder;
 pub mod scheme;
 
-pub use contribution::{Contribution, VerifiedContribution, sign_contribution};
-pub use keyholder::{UnsealError, Unsealer};
+pub use contribution::{
+    Contribution, Unsigned, VerifiedContribution, model_digest, sign_contribution,
+};
+pub use keyholder::{UnsealError, UnsealRecord, Unsealer};
 pub use scheme::{
     AggregateSum, AggregationClient, AggregationServer, ExternalRequest, ExternalResult,
-    PaillierClient, PaillierServer, PlainClient, PlainServer, Reject, Rejection, SchemeError,
-    SchemeParams, StageResult,
+    PaillierClient, PaillierServer, PlainClient, PlainServer, Reject, Rejection, RoundContext,
+    SchemeError, SchemeParams, StageResult,
 };
 
 #[cfg(test)]

@@ -38,13 +38,15 @@ pub enum Reject {
     Malformed = 7,
     /// UPD-008: a plain value lies outside the encoding range.
     OutOfRange = 8,
-    /// UPD-009: the round's stage is closed (late submission).
+    /// UPD-009: the round's stage is closed (late submission), or the owner left the job.
     StageClosed = 9,
+    /// UPD-010: the update was trained from another model than this round's global model.
+    StaleModel = 10,
 }
 
 impl Reject {
     /// All reasons, in code order.
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 10] = [
         Reject::WrongRound,
         Reject::Duplicate,
         Reject::NotAnOwner,
@@ -54,6 +56,7 @@ impl Reject {
         Reject::Malformed,
         Reject::OutOfRange,
         Reject::StageClosed,
+        Reject::StaleModel,
     ];
 
     /// The rule id, such as `UPD-004`.
@@ -73,6 +76,7 @@ impl Reject {
             Reject::Malformed => "malformed",
             Reject::OutOfRange => "out_of_range",
             Reject::StageClosed => "stage_closed",
+            Reject::StaleModel => "stale_model",
         }
     }
 
@@ -209,7 +213,28 @@ pub trait AggregationServer: Send {
     fn finish(&mut self, result: ExternalResult) -> Result<AggregateSum, SchemeError>;
 }
 
-fn check_round(c: &Contribution, round: u32, stage: u32) -> Result<(), Rejection> {
+/// What a round's contributions must refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundContext {
+    /// Round number.
+    pub round: u32,
+    /// Digest of the round's global model (`contribution::model_digest`).
+    pub model_digest: [u8; 32],
+}
+
+fn check_round(
+    c: &Contribution,
+    ctx: &RoundContext,
+    stage: u32,
+    closed: bool,
+) -> Result<(), Rejection> {
+    let round = ctx.round;
+    if closed {
+        return Err(Rejection::new(
+            Reject::StageClosed,
+            "the round no longer accepts contributions",
+        ));
+    }
     if c.round != round {
         return Err(Rejection::new(
             Reject::WrongRound,
@@ -226,6 +251,12 @@ fn check_round(c: &Contribution, round: u32, stage: u32) -> Result<(), Rejection
                 "contribution for stage {}, the current stage is {stage}",
                 c.stage
             ),
+        ));
+    }
+    if c.model_digest != ctx.model_digest {
+        return Err(Rejection::new(
+            Reject::StaleModel,
+            "the update was trained from another model than this round's",
         ));
     }
     Ok(())
@@ -308,17 +339,19 @@ impl AggregationClient for PlainClient {
 #[derive(Debug)]
 pub struct PlainServer {
     params: SchemeParams,
-    round: u32,
+    ctx: RoundContext,
+    closed: bool,
     got: BTreeMap<String, VerifiedContribution>,
     parsed: BTreeMap<String, Vec<i64>>,
 }
 
 impl PlainServer {
-    /// A server for `round`.
-    pub fn new(params: SchemeParams, round: u32) -> Self {
+    /// A server for one round.
+    pub fn new(params: SchemeParams, ctx: RoundContext) -> Self {
         Self {
             params,
-            round,
+            ctx,
+            closed: false,
             got: BTreeMap::new(),
             parsed: BTreeMap::new(),
         }
@@ -333,7 +366,7 @@ impl AggregationServer for PlainServer {
         0
     }
     fn accept(&mut self, c: VerifiedContribution) -> Result<(), Rejection> {
-        check_round(c.get(), self.round, 0)?;
+        check_round(c.get(), &self.ctx, 0, self.closed)?;
         if self.got.contains_key(&c.get().owner) {
             return Err(Rejection::new(
                 Reject::Duplicate,
@@ -363,6 +396,7 @@ impl AggregationServer for PlainServer {
         self.got.keys().cloned().collect()
     }
     fn close_stage(&mut self, survivors: &BTreeSet<String>) -> Result<StageResult, SchemeError> {
+        self.closed = true;
         survivors_only(&mut self.got, survivors, self.params.min_owners)?;
         let mut sums = vec![0i128; self.params.len];
         for owner in self.got.keys() {
@@ -450,20 +484,26 @@ pub struct PaillierServer {
     pk: PublicKey,
     params: SchemeParams,
     layout: PackingLayout,
-    round: u32,
+    ctx: RoundContext,
+    closed: bool,
     got: BTreeMap<String, VerifiedContribution>,
     pending: Option<Vec<String>>,
 }
 
 impl PaillierServer {
-    /// A server for `round`.
-    pub fn new(pk: PublicKey, params: SchemeParams, round: u32) -> Result<Self, SchemeError> {
+    /// A server for one round.
+    pub fn new(
+        pk: PublicKey,
+        params: SchemeParams,
+        ctx: RoundContext,
+    ) -> Result<Self, SchemeError> {
         let layout = paillier_layout(&params, pk.modulus_bits())?;
         Ok(Self {
             pk,
             params,
             layout,
-            round,
+            ctx,
+            closed: false,
             got: BTreeMap::new(),
             pending: None,
         })
@@ -495,13 +535,7 @@ impl AggregationServer for PaillierServer {
         0
     }
     fn accept(&mut self, c: VerifiedContribution) -> Result<(), Rejection> {
-        check_round(c.get(), self.round, 0)?;
-        if self.pending.is_some() {
-            return Err(Rejection::new(
-                Reject::StageClosed,
-                "the round is being decrypted",
-            ));
-        }
+        check_round(c.get(), &self.ctx, 0, self.closed)?;
         if self.got.contains_key(&c.get().owner) {
             return Err(Rejection::new(
                 Reject::Duplicate,
@@ -516,10 +550,11 @@ impl AggregationServer for PaillierServer {
         self.got.keys().cloned().collect()
     }
     fn close_stage(&mut self, survivors: &BTreeSet<String>) -> Result<StageResult, SchemeError> {
+        self.closed = true;
         survivors_only(&mut self.got, survivors, self.params.min_owners)?;
         self.pending = Some(self.got.keys().cloned().collect());
         Ok(StageResult::External(ExternalRequest::Unseal {
-            round: self.round,
+            round: self.ctx.round,
             contributions: self.got.values().map(|c| c.get().clone()).collect(),
         }))
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use confide_crypto::{FixedPoint, SecretKey, SecretKeyJson, SigningKey};
 
-use crate::contribution::{self, sign_contribution, tests::key};
+use crate::contribution::{self, sign_contribution, tests::key, tests::unsigned};
 use crate::*;
 
 fn test_key() -> SecretKey {
@@ -57,9 +57,25 @@ fn expected_sum(ups: &[Vec<i64>], who: &[usize]) -> Vec<i128> {
         .collect()
 }
 
+/// A contribution signed by `o` for `round`, trained from round `round`'s test model.
+fn signed(o: &Owner, round: u32, payload: Vec<u8>) -> Contribution {
+    sign_contribution(&o.key, &JOB, unsigned(&o.name, round, payload))
+}
+
 fn verified(o: &Owner, round: u32, payload: Vec<u8>) -> VerifiedContribution {
-    let c = sign_contribution(&o.key, &JOB, &o.name, round, 0, payload);
-    contribution::verify(c, &o.key.public_key(), &JOB).expect("valid")
+    contribution::verify(signed(o, round, payload), &o.key.public_key(), &JOB).expect("valid")
+}
+
+/// The context of round `round` (its model digest matches `unsigned`'s).
+fn ctx(round: u32) -> RoundContext {
+    RoundContext {
+        round,
+        model_digest: model_digest(&[round as f32]),
+    }
+}
+
+fn no_persist(_: &UnsealRecord) -> Result<(), String> {
+    Ok(())
 }
 
 fn all(os: &[Owner]) -> BTreeSet<String> {
@@ -67,7 +83,7 @@ fn all(os: &[Owner]) -> BTreeSet<String> {
 }
 
 fn unsealer(sk: SecretKey, os: &[Owner], p: SchemeParams) -> Unsealer {
-    Unsealer::new(sk, JOB, all(os), p).expect("unsealer")
+    Unsealer::new(sk, JOB, all(os), p, []).expect("unsealer")
 }
 
 fn with_keys(os: &[Owner], cs: Vec<Contribution>) -> Vec<(Contribution, Vec<u8>)> {
@@ -93,8 +109,9 @@ fn paillier_round_equals_plain_round_exactly() {
     let p = params(len, 3, 2);
     let ups = updates(3, len);
 
-    let mut plain = PlainServer::new(p.clone(), 1);
-    let mut server = PaillierServer::new(sk.public_key().clone(), p.clone(), 1).expect("server");
+    let mut plain = PlainServer::new(p.clone(), ctx(1));
+    let mut server =
+        PaillierServer::new(sk.public_key().clone(), p.clone(), ctx(1)).expect("server");
     for (o, u) in os.iter().zip(&ups) {
         let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [o.name.len() as u8; 32])
             .expect("client");
@@ -117,7 +134,7 @@ fn paillier_round_equals_plain_round_exactly() {
     };
     let mut ks = unsealer(sk, &os, p);
     let pts = ks
-        .unseal(round, with_keys(&os, contributions))
+        .unseal(round, with_keys(&os, contributions), no_persist)
         .expect("unseal");
     let sum = server
         .finish(ExternalResult::Unsealed(pts))
@@ -132,7 +149,8 @@ fn dropout_proceeds_with_survivors_and_fails_below_minimum() {
     let os = owners(3);
     let p = params(10, 3, 2);
     let ups = updates(3, 10);
-    let mut server = PaillierServer::new(sk.public_key().clone(), p.clone(), 1).expect("server");
+    let mut server =
+        PaillierServer::new(sk.public_key().clone(), p.clone(), ctx(1)).expect("server");
     for (o, u) in os.iter().zip(&ups) {
         let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [1; 32]).expect("client");
         server
@@ -150,7 +168,7 @@ fn dropout_proceeds_with_survivors_and_fails_below_minimum() {
     };
     let mut ks = unsealer(sk, &os, p.clone());
     let pts = ks
-        .unseal(round, with_keys(&os, contributions))
+        .unseal(round, with_keys(&os, contributions), no_persist)
         .expect("unseal");
     let sum = server
         .finish(ExternalResult::Unsealed(pts))
@@ -158,7 +176,7 @@ fn dropout_proceeds_with_survivors_and_fails_below_minimum() {
     assert_eq!(sum.contributors, vec!["o0", "o2"]);
     assert_eq!(sum.sums, expected_sum(&ups, &[0, 2]));
 
-    let mut lonely = PlainServer::new(p, 2);
+    let mut lonely = PlainServer::new(p, ctx(2));
     lonely
         .accept(verified(&os[0], 2, PlainClient.start(&ups[0]).expect("p")))
         .expect("accept");
@@ -174,7 +192,8 @@ fn server_rejections_carry_their_rule() {
     let os = owners(2);
     let p = params(40, 2, 2);
     let ups = updates(2, 40);
-    let mut server = PaillierServer::new(sk.public_key().clone(), p.clone(), 2).expect("server");
+    let mut server =
+        PaillierServer::new(sk.public_key().clone(), p.clone(), ctx(2)).expect("server");
     let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [3; 32]).expect("client");
     let good = pc.start(&ups[0]).expect("protect");
 
@@ -235,7 +254,7 @@ fn server_rejections_carry_their_rule() {
     );
 
     // UPD-008: plain values beyond the clip range.
-    let mut plain = PlainServer::new(p.clone(), 1);
+    let mut plain = PlainServer::new(p.clone(), ctx(1));
     let mut vals = ups[1].clone();
     vals[3] = i64::MAX;
     let payload = PlainClient.start(&vals).expect("p");
@@ -258,42 +277,39 @@ fn key_holder_enforces_its_rules() {
     let os = owners(3);
     let p = params(30, 3, 2);
     let ups = updates(3, 30);
-    let mut cs = Vec::new();
-    for (o, u) in os.iter().zip(&ups) {
+    let protect = |o: usize, round: u32| {
         let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [5; 32]).expect("client");
-        cs.push(sign_contribution(
-            &o.key,
-            &JOB,
-            &o.name,
-            4,
-            0,
-            pc.start(u).expect("protect"),
-        ));
-    }
+        signed(&os[o], round, pc.start(&ups[o]).expect("protect"))
+    };
+    let cs: Vec<Contribution> = (0..3).map(|o| protect(o, 4)).collect();
     let mut ks = unsealer(sk.clone(), &os, p.clone());
 
     // KEY-004: one owner alone is never decrypted.
     assert!(matches!(
-        ks.unseal(4, with_keys(&os, cs[..1].to_vec())),
+        ks.unseal(4, with_keys(&os, cs[..1].to_vec()), no_persist),
         Err(UnsealError::TooFew { got: 1, min: 2 })
     ));
     // KEY-003: the same owner twice does not count as two.
     let dup = vec![cs[0].clone(), cs[0].clone()];
     assert!(matches!(
-        ks.unseal(4, with_keys(&os, dup)),
+        ks.unseal(4, with_keys(&os, dup), no_persist),
         Err(UnsealError::Duplicate(_))
     ));
-    // KEY-001: a signature made for another round, or by another key.
+    // KEY-001: o1's round-4 contribution relabelled as round 5, beside a genuine round-5 one:
+    // only the signature check can catch it.
     let mut moved = cs[1].clone();
     moved.round = 5;
+    moved.model_digest = model_digest(&[5.0]);
+    let genuine5 = protect(0, 5);
     assert!(matches!(
-        ks.unseal(5, with_keys(&os, vec![cs[0].clone(), moved])),
-        Err(UnsealError::BadSignature(_))
+        ks.unseal(5, with_keys(&os, vec![genuine5, moved]), no_persist),
+        Err(UnsealError::BadSignature(o)) if o == "o1"
     ));
+    // KEY-001: a valid signature under another key.
     let mut forged = with_keys(&os, cs[..2].to_vec());
     forged[1].1 = key().public_key().to_vec();
     assert!(matches!(
-        ks.unseal(4, forged),
+        ks.unseal(4, forged, no_persist),
         Err(UnsealError::BadSignature(_))
     ));
     // KEY-002: an owner the job does not list.
@@ -301,33 +317,117 @@ fn key_holder_enforces_its_rules() {
         name: "mallory".into(),
         key: key(),
     };
-    let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [6; 32]).expect("client");
-    let sc = sign_contribution(
-        &stranger.key,
-        &JOB,
-        "mallory",
-        4,
-        0,
-        pc.start(&ups[0]).expect("p"),
-    );
+    let sc = signed(&stranger, 4, cs[0].payload.clone());
     let req = vec![
         (cs[0].clone(), os[0].key.public_key().to_vec()),
         (sc, stranger.key.public_key().to_vec()),
     ];
-    assert!(matches!(ks.unseal(4, req), Err(UnsealError::NotAnOwner(_))));
-    // KEY-006: a malformed ciphertext.
-    let mut broken = cs[1].clone();
-    broken.payload.truncate(100);
-    let broken = sign_contribution(&os[1].key, &JOB, "o1", 4, 0, broken.payload);
     assert!(matches!(
-        ks.unseal(4, with_keys(&os, vec![cs[0].clone(), broken])),
+        ks.unseal(4, req, no_persist),
+        Err(UnsealError::NotAnOwner(_))
+    ));
+    // KEY-006: a malformed ciphertext, validly signed.
+    let mut short = cs[1].payload.clone();
+    short.truncate(100);
+    let broken = signed(&os[1], 4, short);
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, vec![cs[0].clone(), broken]), no_persist),
         Err(UnsealError::Malformed { .. })
     ));
-    // A valid request decrypts; KEY-005: never twice for the same round, not even a subset.
-    assert!(ks.unseal(4, with_keys(&os, cs.clone())).is_ok());
+    // KEY-007: contributions trained from different models.
+    let mut other_model = unsigned("o1", 4, cs[1].payload.clone());
+    other_model.model_digest = model_digest(&[42.0]);
+    let other_model = sign_contribution(&os[1].key, &JOB, other_model);
     assert!(matches!(
-        ks.unseal(4, with_keys(&os, cs[..2].to_vec())),
+        ks.unseal(
+            4,
+            with_keys(&os, vec![cs[0].clone(), other_model]),
+            no_persist
+        ),
+        Err(UnsealError::MixedModels)
+    ));
+    // A failed durable record stops the decryption and leaves nothing marked.
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, cs.clone()), |_| Err("disk full".into())),
+        Err(UnsealError::Persist(_))
+    ));
+    assert!(ks.unsealed_rounds().is_empty());
+    // A valid request decrypts, and the record names its round and model.
+    let mut recorded = None;
+    let pts = ks
+        .unseal(4, with_keys(&os, cs.clone()), |r| {
+            recorded = Some(*r);
+            Ok(())
+        })
+        .expect("unseal");
+    assert_eq!(pts.len(), 1);
+    let record = recorded.expect("recorded");
+    assert_eq!(
+        record,
+        UnsealRecord {
+            round: 4,
+            model_digest: model_digest(&[4.0])
+        }
+    );
+    // KEY-005: never twice for the same round, not even a subset...
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, cs[..2].to_vec()), no_persist),
         Err(UnsealError::AlreadyUnsealed(4))
     ));
-    assert_eq!(ks.unsealed_rounds().len(), 1);
+    // ...nor for another round that reuses the same global model (differencing across rounds).
+    let mut same_model: Vec<Contribution> = (0..2)
+        .map(|o| {
+            let mut u = unsigned(&os[o].name, 6, cs[o].payload.clone());
+            u.model_digest = model_digest(&[4.0]);
+            sign_contribution(&os[o].key, &JOB, u)
+        })
+        .collect();
+    assert!(matches!(
+        ks.unseal(6, with_keys(&os, same_model.clone()), no_persist),
+        Err(UnsealError::AlreadyUnsealed(6))
+    ));
+    // ...nor after a restart: a new key holder loaded with the durable record refuses too.
+    let mut restarted = Unsealer::new(sk, JOB, all(&os), p, [record]).expect("unsealer");
+    assert!(matches!(
+        restarted.unseal(4, with_keys(&os, cs[1..].to_vec()), no_persist),
+        Err(UnsealError::AlreadyUnsealed(4))
+    ));
+    same_model.truncate(2);
+    assert!(matches!(
+        restarted.unseal(6, with_keys(&os, same_model), no_persist),
+        Err(UnsealError::AlreadyUnsealed(6))
+    ));
+}
+
+#[test]
+fn late_and_stale_contributions_are_refused() {
+    let os = owners(2);
+    let p = params(5, 2, 2);
+    let ups = updates(2, 5);
+    let mut server = PlainServer::new(p, ctx(3));
+    // UPD-010: trained from another model than the round's.
+    let mut u = unsigned("o0", 3, PlainClient.start(&ups[0]).expect("p"));
+    u.model_digest = model_digest(&[99.0]);
+    let stale = contribution::verify(
+        sign_contribution(&os[0].key, &JOB, u),
+        &os[0].key.public_key(),
+        &JOB,
+    )
+    .expect("valid");
+    assert_eq!(
+        server.accept(stale).expect_err("stale").reason,
+        Reject::StaleModel
+    );
+    for (o, up) in os.iter().zip(&ups) {
+        server
+            .accept(verified(o, 3, PlainClient.start(up).expect("p")))
+            .expect("accept");
+    }
+    server.close_stage(&all(&os)).expect("close");
+    // UPD-009: a contribution after the stage closed is refused, not silently dropped.
+    let late = verified(&os[0], 3, PlainClient.start(&ups[0]).expect("p"));
+    assert_eq!(
+        server.accept(late).expect_err("late").reason,
+        Reject::StageClosed
+    );
 }
