@@ -112,7 +112,8 @@ struct CoordinatorArgs {
     /// Write the released model and the report here when the job ends.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Seconds to keep serving after the job so the model owner can fetch the model.
+    /// Seconds to keep serving after the job so the model owner can fetch the model (the
+    /// coordinator stops earlier once the model owner confirms receipt).
     #[arg(long, default_value_t = 60.0)]
     linger_secs: f64,
 }

@@ -408,6 +408,8 @@ async fn follow(
         .fetch_model(pb::FetchModelRequest {})
         .await?
         .into_inner();
+    // Tell the coordinator the model arrived, so it can stop serving.
+    client.ack_model(pb::AckModelRequest {}).await?;
     let report: JobReport =
         serde_json::from_str(&release.report_json).context("coordinator report")?;
     Ok((report, release.params))

@@ -613,8 +613,9 @@ impl JobSpec {
     }
 
     /// The bytes that identify this job in signatures: a fixed domain label followed by the
-    /// JSON serialisation of the spec (fields in declaration order, floats in shortest
-    /// round-trip form). Hash it before signing.
+    /// TOML serialisation of the spec (fields in declaration order, floats in shortest
+    /// round-trip form). Hash it before signing. (The governance issue replaces this with an
+    /// RFC 8785 canonical JSON manifest.)
     pub fn digest_input(&self) -> Vec<u8> {
         let mut out = b"confide/job-spec/v1\n".to_vec();
         // Serialising a plain struct of strings, numbers and vectors cannot fail.

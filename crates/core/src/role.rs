@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A role in a federation (see ARCHITECTURE.md, "Roles").
+/// A role in a federation (see docs/ARCHITECTURE.md, "Roles").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// Runs rounds and FedAvg; never holds the decryption key.

@@ -21,23 +21,8 @@ pub struct CsvSpec {
     pub exclude: Vec<Column>,
 }
 
-/// A column by header name or zero-based index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Column {
-    /// Zero-based index.
-    Index(usize),
-    /// Header name.
-    Name(String),
-}
-
-impl std::fmt::Display for Column {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Column::Index(i) => write!(f, "#{i}"),
-            Column::Name(n) => write!(f, "`{n}`"),
-        }
-    }
-}
+/// A column by header name or zero-based index (the job file's type).
+pub use confide_core::ColumnRef as Column;
 
 /// Problems with a data file. These are the data owner's input errors.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +36,7 @@ pub enum DataError {
         message: String,
     },
     /// A named column is not in the header, or an index is past the last column.
-    #[error("{path}: column {column} not found (the file has {available} columns)")]
+    #[error("{path}: {column} not found (the file has {available} columns)")]
     MissingColumn {
         /// File path.
         path: String,

@@ -8,7 +8,7 @@
 //! - [`train`]: mini-batch SGD, and accuracy, log-loss and AUC.
 //! - [`export`]: safetensors plus a JSON sidecar.
 //!
-//! burn lives only in this crate (ARCHITECTURE.md, "Layout").
+//! burn lives only in this crate (docs/ARCHITECTURE.md, "Layout").
 
 pub mod dataset;
 pub mod export;

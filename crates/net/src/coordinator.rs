@@ -212,7 +212,7 @@ impl Coordinator {
         }))
     }
 
-    /// Completes once the model owner has fetched the released model.
+    /// Completes once the model owner has confirmed it received the released model.
     pub async fn fetched(&self) {
         self.fetched.notified().await;
     }
@@ -711,6 +711,19 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         )))
     }
 
+    async fn ack_model(
+        &self,
+        request: Request<pb::AckModelRequest>,
+    ) -> Result<Response<pb::AckModelReply>, Status> {
+        peer(&request, &[Role::ModelOwner])?;
+        if self.0.result().is_none() {
+            return Err(Status::failed_precondition("the job has not ended yet"));
+        }
+        // Signalled only now: the release has fully reached the model owner.
+        self.0.fetched.notify_one();
+        Ok(Response::new(pb::AckModelReply {}))
+    }
+
     async fn fetch_model(
         &self,
         request: Request<pb::FetchModelRequest>,
@@ -720,7 +733,6 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .0
             .result()
             .ok_or_else(|| Status::failed_precondition("the job has not ended yet"))?;
-        self.0.fetched.notify_one();
         Ok(Response::new(pb::ModelRelease {
             params: params.to_vec(),
             report_json: serde_json::to_string(&report)

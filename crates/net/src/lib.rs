@@ -9,7 +9,7 @@
 //! - [`node`]: a data owner.
 //! - [`roles`]: starting each role on a listener.
 //!
-//! Only this crate and the CLI open sockets (ARCHITECTURE.md, "Layout").
+//! Only this crate and the CLI open sockets (docs/ARCHITECTURE.md, "Layout").
 
 pub mod coordinator;
 pub mod keyholder;

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use confide_core::{ColumnRef, JobSpec, SchemeKind, StandardizeSpec};
-use confide_ml::{Column, CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
+use confide_core::{JobSpec, SchemeKind, StandardizeSpec};
+use confide_ml::{CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
 use confide_secagg::{
     AggregationClient, PaillierClient, PlainClient, Unsigned, model_digest, sign_contribution,
 };
@@ -33,19 +33,12 @@ pub enum NodeError {
     Job(String),
 }
 
-fn column(c: &ColumnRef) -> Column {
-    match c {
-        ColumnRef::Index(i) => Column::Index(*i),
-        ColumnRef::Name(n) => Column::Name(n.clone()),
-    }
-}
-
 /// Loads a CSV with the job's schema, checks it, and applies the job's standardisation.
 pub fn load_job_data(spec: &JobSpec, path: &Path) -> Result<Dataset, DataError> {
     let csv = CsvSpec {
         has_header: spec.data.has_header,
-        label: column(&spec.data.label),
-        exclude: spec.data.exclude.iter().map(column).collect(),
+        label: spec.data.label.clone(),
+        exclude: spec.data.exclude.clone(),
     };
     let mut data = confide_ml::dataset::load_csv(path, &csv, spec.model.classes)?;
     data.check_schema(

@@ -63,7 +63,7 @@ pub struct CoordinatorRole {
     /// The key holder's address (paillier).
     pub keyholder: Option<String>,
     /// After the job ends, keep serving this long so the model owner can fetch the model (the
-    /// coordinator stops earlier once it has been fetched).
+    /// coordinator stops earlier once the model owner confirms receipt).
     pub linger: Duration,
 }
 

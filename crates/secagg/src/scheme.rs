@@ -222,12 +222,16 @@ pub struct RoundContext {
     pub model_digest: [u8; 32],
 }
 
-fn check_round(
+/// The checks every server makes before looking at a payload: the stage is open (UPD-009),
+/// the round (UPD-001) and model (UPD-010) are this round's, and the owner has not contributed
+/// yet (UPD-002).
+fn admit(
     c: &Contribution,
     ctx: &RoundContext,
-    stage: u32,
     closed: bool,
+    got: &BTreeMap<String, VerifiedContribution>,
 ) -> Result<(), Rejection> {
+    let stage = 0;
     let round = ctx.round;
     if closed {
         return Err(Rejection::new(
@@ -257,6 +261,12 @@ fn check_round(
         return Err(Rejection::new(
             Reject::StaleModel,
             "the update was trained from another model than this round's",
+        ));
+    }
+    if got.contains_key(&c.owner) {
+        return Err(Rejection::new(
+            Reject::Duplicate,
+            "already contributed this round",
         ));
     }
     Ok(())
@@ -366,13 +376,7 @@ impl AggregationServer for PlainServer {
         0
     }
     fn accept(&mut self, c: VerifiedContribution) -> Result<(), Rejection> {
-        check_round(c.get(), &self.ctx, 0, self.closed)?;
-        if self.got.contains_key(&c.get().owner) {
-            return Err(Rejection::new(
-                Reject::Duplicate,
-                "already contributed this round",
-            ));
-        }
+        admit(c.get(), &self.ctx, self.closed, &self.got)?;
         let m = self.params.fixed.max_abs();
         let values = unframe(&c.get().payload, self.params.len, 8)?
             .into_iter()
@@ -535,13 +539,7 @@ impl AggregationServer for PaillierServer {
         0
     }
     fn accept(&mut self, c: VerifiedContribution) -> Result<(), Rejection> {
-        check_round(c.get(), &self.ctx, 0, self.closed)?;
-        if self.got.contains_key(&c.get().owner) {
-            return Err(Rejection::new(
-                Reject::Duplicate,
-                "already contributed this round",
-            ));
-        }
+        admit(c.get(), &self.ctx, self.closed, &self.got)?;
         parse_paillier_payload(&self.pk, &self.layout, self.params.len, &c.get().payload)?;
         self.got.insert(c.get().owner.clone(), c);
         Ok(())
