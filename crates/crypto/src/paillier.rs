@@ -213,6 +213,26 @@ impl PublicKey {
         Ok(Ciphertext((a * randomizer).modulo(self.ek.nn())))
     }
 
+    /// Textbook encryption with a full-size random `r ∈ Z*_N` (fast-paillier's
+    /// `encrypt_with_random`), the baseline that DJN randomisers speed up. Same ciphertext
+    /// space, same decryption.
+    pub fn encrypt_standard(
+        &self,
+        plaintext_be: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Ciphertext, PaillierError> {
+        let m = Integer::from_bytes_msf(plaintext_be);
+        if &m > self.ek.half_n() {
+            return Err(PaillierError::PlaintextRange(
+                "plaintext does not fit below N/2".into(),
+            ));
+        }
+        self.ek
+            .encrypt_with_random(rng, &m)
+            .map(|(c, _)| Ciphertext(c))
+            .map_err(|e| PaillierError::Library(e.to_string()))
+    }
+
     /// Homomorphic addition: `Enc(a) ⊕ Enc(b) = Enc(a + b)`.
     pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext, PaillierError> {
         self.ek
@@ -383,7 +403,10 @@ mod tests {
         let pk = sk.public_key();
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let a = pk.encrypt(&be(123_456_789), &mut rng).expect("enc");
-        let b = pk.encrypt(&be(987_654_321), &mut rng).expect("enc");
+        // A textbook ciphertext adds to a DJN one: same ciphertext space.
+        let b = pk
+            .encrypt_standard(&be(987_654_321), &mut rng)
+            .expect("enc");
         let c = pk.add(&a, &b).expect("add");
         assert_eq!(
             to_u64(&sk.decrypt(&c).expect("dec")),
