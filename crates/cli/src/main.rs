@@ -46,6 +46,53 @@ enum Command {
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Differential-privacy accounting (prints JSON).
+    #[command(subcommand)]
+    Dp(DpCommand),
+}
+
+/// Which accountant to use.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum Accountant {
+    /// Rényi DP of the Poisson-subsampled Gaussian (Mironov, Talwar, Zhang 2019).
+    Rdp,
+}
+
+#[derive(Subcommand, Debug)]
+enum DpCommand {
+    /// ε of `steps` steps of the Poisson-subsampled Gaussian mechanism.
+    Epsilon {
+        /// Sampling rate per step (batch size / dataset size).
+        #[arg(long)]
+        q: f64,
+        /// Noise multiplier (noise standard deviation / clipping norm).
+        #[arg(long)]
+        sigma: f64,
+        /// Number of steps.
+        #[arg(long)]
+        steps: u64,
+        /// Target δ.
+        #[arg(long)]
+        delta: f64,
+        /// Accountant (only `rdp` so far; the PLD accountant is not built yet).
+        #[arg(long, value_enum, default_value_t = Accountant::Rdp)]
+        accountant: Accountant,
+    },
+    /// The smallest noise multiplier whose ε is at most the target.
+    Sigma {
+        /// Target ε.
+        #[arg(long)]
+        target_epsilon: f64,
+        /// Sampling rate per step.
+        #[arg(long)]
+        q: f64,
+        /// Number of steps.
+        #[arg(long)]
+        steps: u64,
+        /// Target δ.
+        #[arg(long)]
+        delta: f64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,6 +262,40 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Keyholder(args) => keyholder(args).await,
         Command::Node(args) => node(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Dp(cmd) => {
+            let out = match cmd {
+                DpCommand::Epsilon {
+                    q,
+                    sigma,
+                    steps,
+                    delta,
+                    accountant: Accountant::Rdp,
+                } => {
+                    let mut acc = confide_dp::RdpAccountant::default();
+                    acc.compose_subsampled_gaussian(q, sigma, steps)?;
+                    let (epsilon, order) = acc.epsilon(delta)?;
+                    serde_json::json!({
+                        "accountant": "rdp", "epsilon": epsilon, "optimal_order": order,
+                        "q": q, "sigma": sigma, "steps": steps, "delta": delta,
+                    })
+                }
+                DpCommand::Sigma {
+                    target_epsilon,
+                    q,
+                    steps,
+                    delta,
+                } => {
+                    let sigma = confide_dp::noise_multiplier_for(target_epsilon, q, steps, delta)?;
+                    let epsilon = confide_dp::rdp::epsilon(q, sigma, steps, delta)?;
+                    serde_json::json!({
+                        "accountant": "rdp", "noise_multiplier": sigma, "epsilon": epsilon,
+                        "target_epsilon": target_epsilon, "q": q, "steps": steps, "delta": delta,
+                    })
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
     }
 }
 
