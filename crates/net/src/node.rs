@@ -120,7 +120,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         other => other,
     };
     let data = match data {
-        Ok(d) => d,
+        Ok(d) => std::sync::Arc::new(d),
         Err(e) => {
             let _ = coord
                 .withdraw(pb::WithdrawRequest {
@@ -222,7 +222,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             l2: spec.training.l2,
             seed: spec.job.seed ^ (u64::from(round) << 32) ^ name_seed(&name),
         };
-        let (model2, data2) = (model.clone(), data.clone());
+        // Shared, not copied: the dataset can be large and every round hands it to a thread.
+        let (model2, data2) = (model.clone(), std::sync::Arc::clone(&data));
         // Training and encryption are CPU work: run them off the async executor.
         let (payload, returned) = tokio::task::spawn_blocking(move || {
             let out = confide_ml::train::train(&model2, &global, &data2, &cfg)
