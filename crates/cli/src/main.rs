@@ -2,6 +2,8 @@
 
 mod bench;
 mod simulate;
+mod sweep;
+mod train;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run a whole federation on this machine from a job file.
     Simulate(simulate::SimulateArgs),
+    /// Central training for one data owner (DP-SGD when the job has a [privacy] section).
+    Train(train::TrainArgs),
     /// Manage a federation's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -46,9 +50,52 @@ enum Command {
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Differential-privacy accounting (prints JSON).
+    /// Differential-privacy accounting (prints JSON) and the accuracy–ε sweep.
     #[command(subcommand)]
     Dp(DpCommand),
+    /// A data owner's privacy budget ledger (a redb file; prints JSON).
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// Set (or raise) a dataset's lifetime (ε, δ) budget.
+    SetBudget {
+        /// Ledger file (created if missing).
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Dataset name.
+        #[arg(long)]
+        dataset: String,
+        /// Lifetime ε.
+        #[arg(long)]
+        epsilon: f64,
+        /// Lifetime δ.
+        #[arg(long)]
+        delta: f64,
+    },
+    /// A dataset's budget, what it has spent and every job's entry.
+    Show {
+        /// Ledger file.
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Dataset name.
+        #[arg(long)]
+        dataset: String,
+    },
+    /// Refund a job that was debited but never started (an operator's decision).
+    Release {
+        /// Ledger file.
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Dataset name.
+        #[arg(long)]
+        dataset: String,
+        /// Job id.
+        #[arg(long)]
+        job: String,
+    },
 }
 
 /// Which accountant to use.
@@ -56,6 +103,17 @@ enum Command {
 enum Accountant {
     /// Rényi DP of the Poisson-subsampled Gaussian (Mironov, Talwar, Zhang 2019).
     Rdp,
+    /// Privacy-loss distributions (tighter ε).
+    Pld,
+}
+
+impl From<Accountant> for confide_dp::plan::Accountant {
+    fn from(a: Accountant) -> Self {
+        match a {
+            Accountant::Rdp => confide_dp::plan::Accountant::Rdp,
+            Accountant::Pld => confide_dp::plan::Accountant::Pld,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,7 +132,7 @@ enum DpCommand {
         /// Target δ.
         #[arg(long)]
         delta: f64,
-        /// Accountant (only `rdp` so far; the PLD accountant is not built yet).
+        /// Accountant.
         #[arg(long, value_enum, default_value_t = Accountant::Rdp)]
         accountant: Accountant,
     },
@@ -92,7 +150,12 @@ enum DpCommand {
         /// Target δ.
         #[arg(long)]
         delta: f64,
+        /// Accountant.
+        #[arg(long, value_enum, default_value_t = Accountant::Rdp)]
+        accountant: Accountant,
     },
+    /// Train the same job at several ε and plot test accuracy against ε (SVG).
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,6 +262,13 @@ struct NodeArgs {
     /// Chaos testing: exit abruptly after submitting this round, without withdrawing.
     #[arg(long, hide = true)]
     crash_after_round: Option<u32>,
+    /// Privacy budget ledger (a redb file, see `confide ledger`): the job's ε is debited for
+    /// `--dataset` before the first round, and a job over budget is refused.
+    #[arg(long, requires = "dataset")]
+    ledger: Option<PathBuf>,
+    /// This dataset's name in the ledger.
+    #[arg(long, requires = "ledger")]
+    dataset: Option<String>,
 }
 
 fn main() {
@@ -262,41 +332,94 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Keyholder(args) => keyholder(args).await,
         Command::Node(args) => node(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
+        Command::Dp(DpCommand::Sweep(args)) => {
+            tokio::task::spawn_blocking(move || sweep::run(&args)).await?
+        }
+        Command::Ledger(cmd) => {
+            println!("{}", serde_json::to_string_pretty(&ledger_json(cmd)?)?);
+            Ok(0)
+        }
         Command::Dp(cmd) => {
-            let out = match cmd {
-                DpCommand::Epsilon {
-                    q,
-                    sigma,
-                    steps,
-                    delta,
-                    accountant: Accountant::Rdp,
-                } => {
-                    let mut acc = confide_dp::RdpAccountant::default();
-                    acc.compose_subsampled_gaussian(q, sigma, steps)?;
-                    let (epsilon, order) = acc.epsilon(delta)?;
-                    serde_json::json!({
-                        "accountant": "rdp", "epsilon": epsilon, "optimal_order": order,
-                        "q": q, "sigma": sigma, "steps": steps, "delta": delta,
-                    })
-                }
-                DpCommand::Sigma {
-                    target_epsilon,
-                    q,
-                    steps,
-                    delta,
-                } => {
-                    let sigma = confide_dp::noise_multiplier_for(target_epsilon, q, steps, delta)?;
-                    let epsilon = confide_dp::rdp::epsilon(q, sigma, steps, delta)?;
-                    serde_json::json!({
-                        "accountant": "rdp", "noise_multiplier": sigma, "epsilon": epsilon,
-                        "target_epsilon": target_epsilon, "q": q, "steps": steps, "delta": delta,
-                    })
-                }
-            };
+            let out = dp_json(cmd)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(0)
         }
     }
+}
+
+fn ledger_json(cmd: LedgerCommand) -> Result<serde_json::Value> {
+    use confide_dp::ledger::{Budget, BudgetLedger};
+    let show = |ledger: &BudgetLedger, dataset: &str| -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "dataset": dataset,
+            "budget": ledger.budget(dataset)?,
+            "spent": ledger.spent(dataset)?,
+            "entries": ledger.history(dataset)?,
+        }))
+    };
+    match cmd {
+        LedgerCommand::SetBudget {
+            ledger,
+            dataset,
+            epsilon,
+            delta,
+        } => {
+            let l = BudgetLedger::open(&ledger)?;
+            l.set_budget(&dataset, Budget::new(epsilon, delta)?)?;
+            show(&l, &dataset)
+        }
+        LedgerCommand::Show { ledger, dataset } => {
+            if !ledger.exists() {
+                bail!("no ledger at {}", ledger.display());
+            }
+            show(&BudgetLedger::open(&ledger)?, &dataset)
+        }
+        LedgerCommand::Release {
+            ledger,
+            dataset,
+            job,
+        } => {
+            let l = BudgetLedger::open(&ledger)?;
+            l.release(&dataset, &job)?;
+            show(&l, &dataset)
+        }
+    }
+}
+
+fn dp_json(cmd: DpCommand) -> Result<serde_json::Value> {
+    Ok(match cmd {
+        DpCommand::Epsilon {
+            q,
+            sigma,
+            steps,
+            delta,
+            accountant,
+        } => {
+            let acc = confide_dp::plan::Accountant::from(accountant);
+            let epsilon = acc.epsilon(q, sigma, steps, delta)?;
+            serde_json::json!({
+                "accountant": acc.as_str(), "epsilon": epsilon,
+                "q": q, "sigma": sigma, "steps": steps, "delta": delta,
+            })
+        }
+        DpCommand::Sigma {
+            target_epsilon,
+            q,
+            steps,
+            delta,
+            accountant,
+        } => {
+            let acc = confide_dp::plan::Accountant::from(accountant);
+            let sigma = acc.noise_multiplier_for(target_epsilon, q, steps, delta)?;
+            let epsilon = acc.epsilon(q, sigma, steps, delta)?;
+            serde_json::json!({
+                "accountant": acc.as_str(), "noise_multiplier": sigma, "epsilon": epsilon,
+                "target_epsilon": target_epsilon, "q": q, "steps": steps, "delta": delta,
+            })
+        }
+        DpCommand::Sweep(_) => bail!("`dp sweep` is not a JSON query"),
+    })
 }
 
 fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
@@ -407,6 +530,7 @@ async fn node(args: NodeArgs) -> Result<i32> {
         coordinator: args.coordinator,
         data: args.data,
         crash_after_round: args.crash_after_round,
+        ledger: args.ledger.zip(args.dataset),
     })
     .await?;
     if summary.finished {

@@ -129,6 +129,16 @@ fn print_summary(r: &Value) {
     if let Some(l) = f("test_log_loss") {
         println!("  test log-loss: {l:.4}");
     }
+    if let (Some(e), Some(d)) = (f("epsilon"), f("delta")) {
+        println!(
+            "  privacy:       record-level (ε = {e:.3}, δ = {d:e}; {} accountant, σ = {:.3}, C = {})",
+            r["accountant"].as_str().unwrap_or(""),
+            f("noise_multiplier").unwrap_or(f64::NAN),
+            f("clip_norm").unwrap_or(f64::NAN)
+        );
+    } else {
+        println!("  privacy:       no differential privacy (updates protected by the scheme only)");
+    }
     println!("  wall time:     {:.2} s", f("wall_seconds").unwrap_or(0.0));
     if let Some(m) = r["model"]["safetensors"].as_str() {
         println!("  model:         {m}");
@@ -273,6 +283,12 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         .as_ref()
         .and_then(|e| confide_net::node::load_job_data(&spec, &e.test).ok())
         .map(|d| d.len());
+    // Record-level DP: each owner's node states what its DP-SGD spends; the job's guarantee
+    // is the weakest of them.
+    let claims = report.privacy.values();
+    let epsilon = claims.clone().map(|c| c.epsilon).reduce(f64::max);
+    let delta = claims.clone().map(|c| c.delta).reduce(f64::max);
+    let sigma = claims.map(|c| c.noise_multiplier).reduce(f64::min);
     let report_json = json!({
         "job_id": report.job_id,
         "status": report.status,
@@ -296,6 +312,13 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         "min_owners": spec.job.min_owners,
         "keyholder_key": report.keyholder_key,
         "seed": spec.job.seed,
+        "privacy_level": spec.privacy.as_ref().map(|_| "record"),
+        "epsilon": epsilon,
+        "delta": delta,
+        "accountant": spec.privacy.as_ref().map(|p| p.accountant.as_str()),
+        "noise_multiplier": sigma,
+        "clip_norm": spec.privacy.as_ref().map(|p| p.clip_norm),
+        "privacy_by_owner": report.privacy,
         "model": {
             "safetensors": weights.display().to_string(),
             "card": card.display().to_string(),
@@ -625,6 +648,7 @@ impl Roles {
                     coordinator: coordinator.to_string(),
                     data: data.to_path_buf(),
                     crash_after_round: None,
+                    ledger: None,
                 };
                 let name = name.to_string();
                 self.tasks.push(tokio::spawn(async move {

@@ -51,6 +51,33 @@ fn dp_epsilon_matches_dp_accounting_and_sigma_inverts_it() {
 }
 
 #[test]
+fn pld_accountant_matches_dp_accounting_and_is_tighter() {
+    // Same setting under the PLD accountant: dp-accounting 0.6.0's PLDAccountant gives
+    // ε = 2.3816860 (crates/dp/testdata/dp_accounting_pld.json).
+    let q = (256.0f64 / 60000.0).to_string();
+    let (code, out, err) = confide(&[
+        "dp",
+        "epsilon",
+        "--q",
+        &q,
+        "--sigma",
+        "1.1",
+        "--steps",
+        "14062",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "pld",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let eps = v["epsilon"].as_f64().expect("epsilon");
+    assert!((eps - 2.381686).abs() / 2.381686 < 1e-2, "{eps}");
+    assert!(eps < 2.5965558697943036);
+    assert_eq!(v["accountant"], "pld");
+}
+
+#[test]
 fn dp_commands_refuse_bad_parameters_clearly() {
     let (code, _, err) = confide(&[
         "dp", "epsilon", "--q", "2", "--sigma", "1", "--steps", "1", "--delta", "1e-5",
@@ -69,13 +96,10 @@ fn dp_commands_refuse_bad_parameters_clearly() {
         "--delta",
         "1e-5",
         "--accountant",
-        "pld",
+        "moments",
     ]);
-    assert_eq!(
-        code, 2,
-        "clap rejects an accountant that does not exist yet"
-    );
-    assert!(err.contains("pld"), "{err}");
+    assert_eq!(code, 2, "clap rejects an accountant that does not exist");
+    assert!(err.contains("rdp") && err.contains("pld"), "{err}");
     let (code, _, err) = confide(&[
         "dp",
         "sigma",

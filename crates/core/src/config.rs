@@ -323,6 +323,87 @@ impl Default for LimitsSection {
     }
 }
 
+/// The `[privacy]` section: differential privacy for the job. Without it, training is not
+/// differentially private (updates are still protected by the aggregation scheme).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// What is protected. `record`: every owner runs DP-SGD on its own data (one record's
+    /// presence is hidden; ε is accounted per dataset).
+    pub level: PrivacyLevel,
+    /// The ε each dataset may spend on this job; the noise multiplier is calibrated to it.
+    /// Give this or `noise_multiplier`, not both.
+    #[serde(default)]
+    pub target_epsilon: Option<f64>,
+    /// A fixed noise multiplier σ (noise standard deviation over the clip norm); ε is then
+    /// computed and reported.
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// δ of the (ε, δ) guarantee.
+    pub delta: f64,
+    /// Per-record L2 clipping norm of DP-SGD.
+    pub clip_norm: f64,
+    /// The accountant that turns (q, σ, steps) into ε.
+    #[serde(default)]
+    pub accountant: AccountantKind,
+}
+
+/// The unit that differential privacy protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyLevel {
+    /// One record of one dataset (DP-SGD at every owner).
+    Record,
+}
+
+/// Privacy accountants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountantKind {
+    /// Rényi DP (Mironov, Talwar, Zhang 2019).
+    #[default]
+    Rdp,
+    /// Privacy-loss distributions (tighter).
+    Pld,
+}
+
+impl AccountantKind {
+    /// The name used in configuration files and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountantKind::Rdp => "rdp",
+            AccountantKind::Pld => "pld",
+        }
+    }
+}
+
+impl PrivacySection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (self.target_epsilon, self.noise_multiplier) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid(
+                    "privacy.target_epsilon",
+                    "give exactly one of privacy.target_epsilon and privacy.noise_multiplier",
+                ));
+            }
+            (Some(e), None) if !(e > 0.0 && e <= 1000.0) => {
+                return Err(invalid("privacy.target_epsilon", "must be in (0, 1000]"));
+            }
+            (None, Some(s)) if !(s > 0.0 && s <= 1000.0) => {
+                return Err(invalid("privacy.noise_multiplier", "must be in (0, 1000]"));
+            }
+            _ => {}
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(invalid("privacy.delta", "must be in (0, 1)"));
+        }
+        if !(self.clip_norm > 0.0 && self.clip_norm.is_finite()) {
+            return Err(invalid("privacy.clip_norm", "must be positive and finite"));
+        }
+        Ok(())
+    }
+}
+
 /// A whole job configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,6 +431,9 @@ pub struct JobConfig {
     /// `[simulate]`
     #[serde(default)]
     pub simulate: SimulateSection,
+    /// `[privacy]`
+    #[serde(default)]
+    pub privacy: Option<PrivacySection>,
     /// `[[parties]]`
     pub parties: Vec<PartySection>,
 }
@@ -374,6 +458,9 @@ pub struct JobSpec {
     pub encoding: EncodingSection,
     /// `[limits]`
     pub limits: LimitsSection,
+    /// `[privacy]`
+    #[serde(default)]
+    pub privacy: Option<PrivacySection>,
 }
 
 impl JobConfig {
@@ -427,6 +514,7 @@ impl JobConfig {
             encoding: self.encoding.clone(),
             modulus_bits: self.paillier.modulus_bits,
             limits: self.limits.clone(),
+            privacy: self.privacy.clone(),
             owners: self.parties.iter().map(|p| p.name.clone()).collect(),
         }
     }
@@ -609,6 +697,9 @@ impl JobSpec {
                 "must be at least 65536",
             ));
         }
+        if let Some(p) = &self.privacy {
+            p.validate()?;
+        }
         Ok(())
     }
 
@@ -733,6 +824,24 @@ data = "b.csv"
         let text = format!("{MINIMAL}\n[paillier]\nmodulus_bits = 1024\n");
         let err = JobConfig::parse(&text).expect_err("invalid");
         assert!(err.to_string().contains("paillier.modulus_bits"), "{err}");
+    }
+
+    #[test]
+    fn privacy_section_round_trips_and_is_validated() {
+        let text = format!(
+            "{MINIMAL}\n[privacy]\nlevel = \"record\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\naccountant = \"pld\"\n"
+        );
+        let spec = JobConfig::parse(&text).expect("valid").spec();
+        let p = spec.privacy.as_ref().expect("privacy");
+        assert_eq!(p.accountant, AccountantKind::Pld);
+        assert_eq!(JobSpec::from_wire(&spec.to_wire()).expect("wire"), spec);
+        let both = text.replace("delta = 1e-5", "delta = 1e-5\nnoise_multiplier = 1.0");
+        let err = JobConfig::parse(&both).expect_err("both").to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let bad_delta = text.replace("delta = 1e-5", "delta = 1.5");
+        assert!(JobConfig::parse(&bad_delta).is_err());
+        let client = text.replace("\"record\"", "\"client\"");
+        assert!(JobConfig::parse(&client).is_err());
     }
 
     #[test]

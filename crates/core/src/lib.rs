@@ -5,7 +5,7 @@ pub mod config;
 pub mod role;
 
 pub use config::{
-    ColumnRef, ConfigError, JobConfig, JobSpec, ModelKind, SchemeKind, SimulateMode,
-    StandardizeSpec,
+    AccountantKind, ColumnRef, ConfigError, JobConfig, JobSpec, ModelKind, PrivacyLevel,
+    PrivacySection, SchemeKind, SimulateMode, StandardizeSpec,
 };
 pub use role::Role;

@@ -6,17 +6,21 @@
 //! - [`model`]: logistic regression, softmax regression and an MLP as one burn module; the
 //!   parameter vector round trip.
 //! - [`train`]: mini-batch SGD, and accuracy, log-loss and AUC.
+//! - [`dpsgd`]: DP-SGD with per-sample clipping by book-keeping, Poisson sampling and
+//!   Gaussian noise.
 //! - [`export`]: safetensors plus a JSON sidecar.
 //!
 //! burn lives only in this crate (docs/ARCHITECTURE.md, "Layout").
 
 pub mod dataset;
+pub mod dpsgd;
 pub mod export;
 pub mod model;
 pub mod standardize;
 pub mod train;
 
 pub use dataset::{Column, CsvSpec, DataError, Dataset};
+pub use dpsgd::{CsprngNoise, DpSgdConfig, DpSgdOutcome, NoiseSource};
 pub use model::{ModelError, ModelKind, ModelSpec, Network};
 pub use standardize::Standardizer;
 pub use train::{Metrics, TrainConfig, TrainOutcome};

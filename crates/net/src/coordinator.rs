@@ -83,6 +83,55 @@ pub struct JobReport {
     pub keyholder_key: Option<String>,
     /// Model parameter count.
     pub param_count: usize,
+    /// Record-level DP per owner, as each owner's node stated it (empty without DP).
+    pub privacy: BTreeMap<String, OwnerPrivacy>,
+}
+
+/// One owner's record-level DP for the job: the accountant's output for its DP-SGD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerPrivacy {
+    /// `rdp` or `pld`.
+    pub accountant: String,
+    /// ε over the whole job.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Noise multiplier σ.
+    pub noise_multiplier: f64,
+    /// Per-record clip norm.
+    pub clip_norm: f64,
+    /// Poisson sampling rate (expected batch over the owner's row count).
+    pub sampling_rate: f64,
+    /// DP-SGD steps over the whole job.
+    pub steps: u64,
+}
+
+impl OwnerPrivacy {
+    /// From the wire form.
+    pub fn from_pb(c: &pb::PrivacyClaim) -> Self {
+        Self {
+            accountant: c.accountant.clone(),
+            epsilon: c.epsilon,
+            delta: c.delta,
+            noise_multiplier: c.noise_multiplier,
+            clip_norm: c.clip_norm,
+            sampling_rate: c.sampling_rate,
+            steps: c.steps,
+        }
+    }
+
+    /// To the wire form.
+    pub fn to_pb(&self) -> pb::PrivacyClaim {
+        pb::PrivacyClaim {
+            accountant: self.accountant.clone(),
+            epsilon: self.epsilon,
+            delta: self.delta,
+            noise_multiplier: self.noise_multiplier,
+            clip_norm: self.clip_norm,
+            sampling_rate: self.sampling_rate,
+            steps: self.steps,
+        }
+    }
 }
 
 /// What the coordinator needs to run a job.
@@ -112,6 +161,7 @@ struct State {
     rejections: BTreeMap<String, u64>,
     events: Vec<String>,
     history: Vec<RoundRecord>,
+    privacy: BTreeMap<String, OwnerPrivacy>,
     report: Option<(JobReport, Arc<Vec<f32>>)>,
 }
 
@@ -203,6 +253,7 @@ impl Coordinator {
                 rejections: BTreeMap::new(),
                 events: Vec::new(),
                 history: Vec::new(),
+                privacy: BTreeMap::new(),
                 report: None,
             }),
             changed: Notify::new(),
@@ -318,6 +369,7 @@ impl Coordinator {
                 events: s.events.clone(),
                 keyholder_key: None,
                 param_count: self.model.param_count(),
+                privacy: s.privacy.clone(),
             }
         };
         lock(&self.state).report = Some((report.clone(), params.clone()));
@@ -496,6 +548,7 @@ impl Coordinator {
         peer_key: &[u8],
         cert: Vec<u8>,
         c: Contribution,
+        privacy: Option<OwnerPrivacy>,
     ) -> Result<(), Rejection> {
         let result = (|| {
             if c.owner != peer_name {
@@ -539,6 +592,9 @@ impl Coordinator {
                 .ok_or_else(|| Rejection::new(Reject::StageClosed, "no round is open"))?;
             srv.accept(verified)?;
             s.certs.insert(peer_name.to_string(), cert);
+            if let Some(p) = privacy {
+                s.privacy.insert(peer_name.to_string(), p);
+            }
             Ok(())
         })();
         match &result {
@@ -628,8 +684,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .peer_certs()
             .and_then(|c| c.first().map(|d| d.as_ref().to_vec()))
             .unwrap_or_default();
-        let c = request
-            .into_inner()
+        let inner = request.into_inner();
+        let privacy = inner.privacy.as_ref().map(OwnerPrivacy::from_pb);
+        let c = inner
             .contribution
             .ok_or_else(|| Status::invalid_argument("missing contribution"))?;
         let c = crate::wire::from_pb(c);
@@ -637,7 +694,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         // executor.
         let coordinator = self.0.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            coordinator.submit(&id.name, &id.public_key, cert, c)
+            coordinator.submit(&id.name, &id.public_key, cert, c, privacy)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;

@@ -9,7 +9,7 @@ use confide_ml::{CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
 use confide_secagg::{
     AggregationClient, PaillierClient, PlainClient, Unsigned, model_digest, sign_contribution,
 };
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 
 use crate::coordinator::{fixed_point, job_digest, model_spec, parse_public_key, scheme_params};
 use crate::pb::{self, JobState};
@@ -67,6 +67,10 @@ pub struct NodeOptions {
     pub data: PathBuf,
     /// Chaos testing: exit abruptly, without withdrawing, after submitting this round.
     pub crash_after_round: Option<u32>,
+    /// The owner's privacy budget ledger and this dataset's name in it. With a ledger, a
+    /// job's ε is debited before the first round, and a job that would exceed the dataset's
+    /// budget (or a job without DP on a dataset that has a budget) is refused.
+    pub ledger: Option<(PathBuf, String)>,
 }
 
 /// What a node did.
@@ -131,6 +135,48 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
     };
 
+    // Record-level DP: plan the whole job's DP-SGD for this dataset, then debit the ledger
+    // before any training. Refusals are reported to the coordinator as a withdrawal.
+    let private = match prepare_privacy(&spec, data.len(), opts.ledger.as_ref()) {
+        Ok(p) => p,
+        Err(problem) => {
+            let _ = coord
+                .withdraw(pb::WithdrawRequest {
+                    reason: problem.clone(),
+                })
+                .await;
+            return Err(NodeError::Refused(problem));
+        }
+    };
+    let claim = private.as_ref().map(|(run, _)| pb::PrivacyClaim {
+        accountant: run.plan.accountant.as_str().into(),
+        epsilon: run.plan.epsilon,
+        delta: run.plan.delta,
+        noise_multiplier: run.plan.noise_multiplier,
+        clip_norm: run.config.clip_norm,
+        sampling_rate: run.config.sampling_rate,
+        steps: run.plan.steps,
+    });
+    if let Some((run, _)) = &private {
+        tracing::info!(
+            "`{name}`: record-level DP-SGD, σ = {:.4}, q = {:.5}, {} steps per round: ε = {:.4} at δ = {:e} ({})",
+            run.plan.noise_multiplier,
+            run.config.sampling_rate,
+            run.config.steps,
+            run.plan.epsilon,
+            run.plan.delta,
+            run.plan.accountant.as_str()
+        );
+    }
+    let dp_run = private.as_ref().map(|(run, _)| run.config.clone());
+    let mut dp_state = match &dp_run {
+        Some(_) => Some((
+            rand_chacha::ChaCha20Rng::from_entropy(),
+            confide_ml::dpsgd::CsprngNoise::from_entropy().map_err(NodeError::Job)?,
+        )),
+        None => None,
+    };
+
     let model = model_spec(&spec);
     let fixed = fixed_point(&spec)?;
     let params = scheme_params(&spec, fixed);
@@ -173,6 +219,11 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         match JobState::try_from(task.state).unwrap_or(JobState::Failed) {
             JobState::Running => {}
             JobState::Finished => {
+                if let Some((_, Some((ledger, dataset)))) = &private
+                    && let Err(e) = ledger.mark_finished(dataset, &spec.job.id)
+                {
+                    tracing::warn!("`{name}`: ledger: {e}");
+                }
                 return Ok(NodeSummary {
                     rounds,
                     finished: true,
@@ -224,19 +275,40 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         };
         // Shared, not copied: the dataset can be large and every round hands it to a thread.
         let (model2, data2) = (model.clone(), std::sync::Arc::clone(&data));
+        let dp_cfg = dp_run.clone();
+        let mut dp_rngs = dp_state.take();
         // Training and encryption are CPU work: run them off the async executor.
-        let (payload, returned) = tokio::task::spawn_blocking(move || {
-            let out = confide_ml::train::train(&model2, &global, &data2, &cfg)
-                .map_err(|e| e.to_string())?;
-            let delta: Vec<f32> = out.params.iter().zip(&global).map(|(n, o)| n - o).collect();
+        let (payload, returned, dp_rngs) = tokio::task::spawn_blocking(move || {
+            let params = match (&dp_cfg, &mut dp_rngs) {
+                (Some(c), Some((sampler, noise))) => {
+                    confide_ml::dpsgd::train_dp(
+                        &model2,
+                        &global,
+                        &data2,
+                        c,
+                        sampler,
+                        noise,
+                        &mut |_, _| {},
+                    )
+                    .map_err(|e| e.to_string())?
+                    .params
+                }
+                _ => {
+                    confide_ml::train::train(&model2, &global, &data2, &cfg)
+                        .map_err(|e| e.to_string())?
+                        .params
+                }
+            };
+            let delta: Vec<f32> = params.iter().zip(&global).map(|(n, o)| n - o).collect();
             let encoded = fixed.encode_all(&delta);
             let payload = client.start(&encoded).map_err(|e| e.to_string())?;
-            Ok::<_, String>((payload, client))
+            Ok::<_, String>((payload, client, dp_rngs))
         })
         .await
         .map_err(|e| NodeError::Job(e.to_string()))?
         .map_err(NodeError::Job)?;
         client = returned;
+        dp_state = dp_rngs;
         let c = sign_contribution(
             &signing,
             &digest,
@@ -250,6 +322,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         );
         let reply = coord
             .submit(pb::SubmitRequest {
+                privacy: claim.clone(),
                 contribution: Some(crate::wire::to_pb(c)),
             })
             .await
@@ -272,6 +345,57 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             std::process::exit(3);
         }
     }
+}
+
+/// A planned DP-SGD run and, when the owner keeps a ledger, the ledger and dataset name.
+type Private = (
+    confide_ml::dpsgd::PrivateRun,
+    Option<(confide_dp::ledger::BudgetLedger, String)>,
+);
+
+/// Plans the job's record-level DP for a dataset of `rows` rows and debits the ledger. `Err`
+/// is a refusal to explain to the coordinator.
+fn prepare_privacy(
+    spec: &JobSpec,
+    rows: usize,
+    ledger: Option<&(PathBuf, String)>,
+) -> Result<Option<Private>, String> {
+    let ledger = match ledger {
+        Some((path, dataset)) => Some((
+            confide_dp::ledger::BudgetLedger::open(path)
+                .map_err(|e| format!("privacy ledger {}: {e}", path.display()))?,
+            dataset.clone(),
+        )),
+        None => None,
+    };
+    let Some(privacy) = &spec.privacy else {
+        if let Some((l, dataset)) = &ledger
+            && l.budget(dataset).map_err(|e| e.to_string())?.is_some()
+        {
+            return Err(format!(
+                "dataset `{dataset}` has a privacy budget and this job has no [privacy] section (its ε would be unbounded)"
+            ));
+        }
+        return Ok(None);
+    };
+    let t = &spec.training;
+    let run = confide_ml::dpsgd::plan_private_run(
+        privacy,
+        rows,
+        t.batch_size,
+        t.local_epochs,
+        u64::from(spec.job.rounds),
+        t.learning_rate,
+        t.l2,
+    )
+    .map_err(|e| format!("privacy plan: {e}"))?;
+    if let Some((l, dataset)) = &ledger {
+        let cost = confide_dp::ledger::Budget::new(run.plan.epsilon, run.plan.delta)
+            .map_err(|e| e.to_string())?;
+        l.start_job(dataset, &spec.job.id, cost)
+            .map_err(|e| format!("privacy budget: {e}"))?;
+    }
+    Ok(Some((run, ledger)))
 }
 
 fn name_seed(name: &str) -> u64 {

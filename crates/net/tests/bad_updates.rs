@@ -52,6 +52,7 @@ impl Owner {
         }
         self.client
             .submit(pb::SubmitRequest {
+                privacy: None,
                 contribution: Some(confide_net::wire::to_pb(c)),
             })
             .await
