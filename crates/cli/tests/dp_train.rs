@@ -129,41 +129,20 @@ fn the_ledger_refuses_jobs_over_budget_and_runs_a_job_id_once() {
     let out = train(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("budget"), "{err}");
-    let shown = json_out(&confide(&[
-        "ledger",
-        "show",
-        "--ledger",
-        ledger,
-        "--dataset",
-        "digits",
-    ]));
+    let shown = show(ledger);
     assert_eq!(shown["spent"]["epsilon"].as_f64(), Some(0.0));
 
     // Within budget: runs, and the spend is recorded as finished.
     let report = json_out(&train(&["--target-epsilon", "2"]));
     let eps = report["epsilon"].as_f64().expect("ε");
-    let shown = json_out(&confide(&[
-        "ledger",
-        "show",
-        "--ledger",
-        ledger,
-        "--dataset",
-        "digits",
-    ]));
+    let shown = show(ledger);
     assert_eq!(shown["spent"]["epsilon"].as_f64(), Some(eps));
     assert_eq!(shown["entries"][0]["state"], "finished");
 
     // The same job id again: refused, however much budget is left.
     let out = train(&["--target-epsilon", "0.5"]);
     assert!(!out.status.success());
-    let shown = json_out(&confide(&[
-        "ledger",
-        "show",
-        "--ledger",
-        ledger,
-        "--dataset",
-        "digits",
-    ]));
+    let shown = show(ledger);
     assert_eq!(shown["spent"]["epsilon"].as_f64(), Some(eps));
 }
 
