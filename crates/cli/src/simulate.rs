@@ -131,7 +131,8 @@ fn print_summary(r: &Value) {
     }
     if let (Some(e), Some(d)) = (f("epsilon"), f("delta")) {
         println!(
-            "  privacy:       record-level (ε = {e:.3}, δ = {d:e}; {} accountant, σ = {:.3}, C = {})",
+            "  privacy:       {}-level (ε = {e:.3}, δ = {d:e}; {} accountant, σ = {:.3}, C = {})",
+            r["privacy_level"].as_str().unwrap_or(""),
             r["accountant"].as_str().unwrap_or(""),
             f("noise_multiplier").unwrap_or(f64::NAN),
             f("clip_norm").unwrap_or(f64::NAN)
@@ -168,6 +169,8 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
         };
     }
     config.spec().validate()?;
+    // Client-level DP: calibrate now, so that a ring without headroom is refused up front.
+    confide_net::coordinator::client_dp(&config.spec()).map_err(anyhow::Error::msg)?;
     for p in &config.parties {
         if !p.data.exists() {
             bail!(
@@ -312,10 +315,13 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         "min_owners": spec.job.min_owners,
         "keyholder_key": report.keyholder_key,
         "seed": spec.job.seed,
-        "privacy_level": spec.privacy.as_ref().map(|_| "record"),
+        "privacy_level": spec.privacy.as_ref().map(|p| match p.level {
+            confide_core::PrivacyLevel::Record => "record",
+            confide_core::PrivacyLevel::Client => "client",
+        }),
         "epsilon": epsilon,
         "delta": delta,
-        "accountant": spec.privacy.as_ref().map(|p| p.accountant.as_str()),
+        "accountant": report.privacy.values().next().map(|c| c.accountant.clone()),
         "noise_multiplier": sigma,
         "clip_norm": spec.privacy.as_ref().map(|p| p.clip_norm),
         "privacy_by_owner": report.privacy,

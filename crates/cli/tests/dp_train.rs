@@ -238,3 +238,99 @@ fn record_level_dp_federation_reports_each_owners_epsilon() {
     let acc = report["test_accuracy"].as_f64().expect("accuracy");
     assert!(acc >= 0.8, "accuracy {acc}");
 }
+
+/// breast_homo under `paillier` with a `[privacy]` section appended.
+fn breast_job(dir: &Path, privacy: &str) -> PathBuf {
+    let mut text =
+        std::fs::read_to_string(root().join("examples/breast_homo.toml")).expect("example");
+    text = text.replace(
+        "../data/breast_homo",
+        &root().join("data/breast_homo").display().to_string(),
+    );
+    text.push_str(privacy);
+    let job = dir.join("job.toml");
+    std::fs::write(&job, text).expect("write");
+    job
+}
+
+fn simulate_report(dir: &Path, job: &Path, extra: &[&str]) -> (bool, Value, String) {
+    let report_path = dir.join("report.json");
+    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
+    let mut args = vec![
+        "simulate",
+        "--config",
+        job.to_str().expect("utf8"),
+        "--mode",
+        "in-process",
+        "--paillier-key",
+        key.to_str().expect("utf8"),
+        "--rounds",
+        "20",
+        "--report",
+        report_path.to_str().expect("utf8"),
+        "--quiet",
+    ];
+    let work = dir.join("run");
+    args.extend_from_slice(&["--work-dir", work.to_str().expect("utf8")]);
+    args.extend_from_slice(extra);
+    let out = confide(&args);
+    let report = std::fs::read_to_string(&report_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        report,
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn client_level_dp_decodes_the_noisy_sum_and_accounts_it() {
+    // A small fixed noise multiplier: the mechanism (clip, rotation, rounding, discrete
+    // Gaussian shares, modular sum under Paillier, decoding) must still train a good model.
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = breast_job(
+        dir.path(),
+        "\n[privacy]\nlevel = \"client\"\nnoise_multiplier = 0.02\ndelta = 1e-5\nclip_norm = 2.0\n",
+    );
+    let (ok, report, err) = simulate_report(dir.path(), &job, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(report["privacy_level"], "client");
+    assert_eq!(report["accountant"], "ddg-rdp");
+    let acc = report["test_accuracy"].as_f64().expect("accuracy");
+    assert!(acc >= 0.9, "accuracy {acc}");
+    let sigma = report["noise_multiplier"].as_f64().expect("σ");
+    assert!((sigma - 0.02).abs() < 1e-9, "σ {sigma}");
+    assert!(report["epsilon"].as_f64().expect("ε") > 100.0);
+
+    // A target ε is met, and the noise is calibrated to it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = breast_job(
+        dir.path(),
+        "\n[privacy]\nlevel = \"client\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 2.0\n",
+    );
+    let (ok, report, err) = simulate_report(dir.path(), &job, &[]);
+    assert!(ok, "{err}");
+    let eps = report["epsilon"].as_f64().expect("ε");
+    assert!(eps <= 8.0 && eps > 7.9, "ε {eps}");
+    assert!(report["noise_multiplier"].as_f64().expect("σ") > 1.0);
+}
+
+#[test]
+fn client_level_dp_is_refused_without_secure_aggregation_or_headroom() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = breast_job(
+        dir.path(),
+        "\n[privacy]\nlevel = \"client\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 2.0\n",
+    );
+    let (ok, _, err) = simulate_report(dir.path(), &job, &["--scheme", "plain"]);
+    assert!(!ok && err.contains("secure aggregation"), "{err}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = breast_job(
+        dir.path(),
+        "\n[privacy]\nlevel = \"client\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 2.0\nmodulus_bits = 8\n",
+    );
+    let (ok, _, err) = simulate_report(dir.path(), &job, &[]);
+    assert!(!ok && err.contains("headroom"), "{err}");
+}

@@ -343,9 +343,21 @@ pub struct PrivacySection {
     pub delta: f64,
     /// Per-record L2 clipping norm of DP-SGD.
     pub clip_norm: f64,
-    /// The accountant that turns (q, σ, steps) into ε.
+    /// The accountant that turns (q, σ, steps) into ε (record level; client level always
+    /// uses the RDP bound of the distributed discrete Gaussian).
     #[serde(default)]
     pub accountant: AccountantKind,
+    /// Client level: the number of honest owners whose noise the guarantee relies on; the
+    /// noise is calibrated so that the sum of theirs alone meets the target. At most
+    /// `job.min_owners` (default: `job.min_owners`).
+    #[serde(default)]
+    pub min_honest_owners: Option<usize>,
+    /// Client level: bits of the integer ring the noisy updates are summed in (default 24).
+    #[serde(default)]
+    pub modulus_bits: Option<u32>,
+    /// Client level: the value of one integer step (default `clip_norm / 10000`).
+    #[serde(default)]
+    pub granularity: Option<f64>,
 }
 
 /// The unit that differential privacy protects.
@@ -354,6 +366,9 @@ pub struct PrivacySection {
 pub enum PrivacyLevel {
     /// One record of one dataset (DP-SGD at every owner).
     Record,
+    /// One owner's whole contribution (the distributed discrete Gaussian of Kairouz, Liu,
+    /// Steinke 2021, over secure aggregation).
+    Client,
 }
 
 /// Privacy accountants.
@@ -378,6 +393,54 @@ impl AccountantKind {
 }
 
 impl PrivacySection {
+    fn validate_client(&self, job: &JobSection) -> Result<(), ConfigError> {
+        let fields = [
+            (
+                "privacy.min_honest_owners",
+                self.min_honest_owners.is_some(),
+            ),
+            ("privacy.modulus_bits", self.modulus_bits.is_some()),
+            ("privacy.granularity", self.granularity.is_some()),
+        ];
+        if self.level == PrivacyLevel::Record {
+            if let Some((name, _)) = fields.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    "privacy.level",
+                    format!("`{name}` applies to level = \"client\" only"),
+                ));
+            }
+            return Ok(());
+        }
+        if job.scheme == SchemeKind::Plain {
+            return Err(invalid(
+                "privacy.level",
+                "client-level DP needs a secure aggregation scheme (`paillier`): under `plain` the coordinator sees each owner's noise share",
+            ));
+        }
+        if let Some(n) = self.min_honest_owners
+            && (n == 0 || n > job.min_owners)
+        {
+            return Err(invalid(
+                "privacy.min_honest_owners",
+                format!("must be between 1 and job.min_owners ({})", job.min_owners),
+            ));
+        }
+        if let Some(b) = self.modulus_bits
+            && !(8..=40).contains(&b)
+        {
+            return Err(invalid("privacy.modulus_bits", "must be between 8 and 40"));
+        }
+        if let Some(g) = self.granularity
+            && !(g > 0.0 && g.is_finite())
+        {
+            return Err(invalid(
+                "privacy.granularity",
+                "must be positive and finite",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         match (self.target_epsilon, self.noise_multiplier) {
             (Some(_), Some(_)) | (None, None) => {
@@ -699,6 +762,7 @@ impl JobSpec {
         }
         if let Some(p) = &self.privacy {
             p.validate()?;
+            p.validate_client(&self.job)?;
         }
         Ok(())
     }
@@ -841,7 +905,16 @@ data = "b.csv"
         let bad_delta = text.replace("delta = 1e-5", "delta = 1.5");
         assert!(JobConfig::parse(&bad_delta).is_err());
         let client = text.replace("\"record\"", "\"client\"");
-        assert!(JobConfig::parse(&client).is_err());
+        assert!(JobConfig::parse(&client).is_ok());
+        let plain = client.replace("scheme = \"paillier\"", "scheme = \"plain\"");
+        let err = JobConfig::parse(&plain).expect_err("plain").to_string();
+        assert!(err.contains("secure aggregation"), "{err}");
+        let honest = client.replace("clip_norm = 1.0", "clip_norm = 1.0\nmin_honest_owners = 3");
+        let err = JobConfig::parse(&honest).expect_err("too many").to_string();
+        assert!(err.contains("min_honest_owners"), "{err}");
+        let record_only = text.replace("clip_norm = 1.0", "clip_norm = 1.0\nmodulus_bits = 20");
+        let err = JobConfig::parse(&record_only).expect_err("record").to_string();
+        assert!(err.contains("client"), "{err}");
     }
 
     #[test]

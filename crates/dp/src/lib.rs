@@ -12,6 +12,9 @@
 //!   attack (the module docs say exactly what the snapping does and does not guarantee).
 //! - [`plan`]: from a job's privacy settings (target ε or σ, q, steps, δ) to the calibrated
 //!   noise multiplier and the ε it spends, with either accountant.
+//! - [`ddg`]: client-level DP for federations, the distributed discrete Gaussian of Kairouz,
+//!   Liu and Steinke (2021): clipping, random rotation, conditional randomised rounding,
+//!   discrete Gaussian noise shares and modular clipping, with its RDP accounting.
 //! - [`ledger`]: the durable privacy budget ledger per dataset, on `confide-store` (redb by
 //!   default): (ε, δ) debited before a job starts, basic composition across jobs, refusals
 //!   over budget, one run per job id.
@@ -19,6 +22,7 @@
 //! Golden values come from Google's dp-accounting (see `testdata/`, which records the version
 //! and the command for each file).
 
+pub mod ddg;
 pub mod ledger;
 pub mod noise;
 pub mod plan;

@@ -42,6 +42,9 @@ fn main() {
         delta: 1e-5,
         clip_norm: 1.0,
         accountant: AccountantKind::Rdp,
+        min_honest_owners: None,
+        modulus_bits: None,
+        granularity: None,
     };
     let mut results = Vec::new();
     for batch in [64usize, 128, 256] {

@@ -232,6 +232,9 @@ pub fn plan_private_run(
             "cannot plan DP-SGD over {rows} records, batch {batch_size}, {epochs} epochs, {calls} calls"
         ));
     }
+    if privacy.level != confide_core::PrivacyLevel::Record {
+        return Err("DP-SGD plans record-level privacy only".into());
+    }
     let q = (batch_size as f64 / rows as f64).min(1.0);
     let steps = (u64::from(epochs) * rows as u64).div_ceil(batch_size as u64);
     let accountant = match privacy.accountant {
@@ -833,5 +836,60 @@ mod tests {
         for (r, a) in recovered.iter().zip(&noise.added) {
             assert!((r - f64::from(*a)).abs() < 1e-3, "{r} vs {a}");
         }
+    }
+
+    #[test]
+    fn the_production_noise_source_adds_noise_of_the_calibrated_scale() {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp,
+            input_dim: 30,
+            hidden: vec![64],
+            classes: 3,
+        };
+        let data = toy_data(50, 30, 3, 6);
+        let params = spec.initial_vector(2);
+        let (clip, sigma) = (0.8, 1.7);
+        let config = DpSgdConfig {
+            steps: 1,
+            sampling_rate: 1.0,
+            learning_rate: 1.0,
+            momentum: 0.0,
+            l2: 0.0,
+            clip_norm: clip,
+            noise_multiplier: sigma,
+        };
+        let mut noise = CsprngNoise::from_seed(77);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let out = train_dp(
+            &spec,
+            &params,
+            &data,
+            &config,
+            &mut rng,
+            &mut noise,
+            &mut |_, _| {},
+        )
+        .expect("trains");
+        let rows: Vec<usize> = (0..50).collect();
+        let clean = clipped_gradient_sum(&spec, &params, &data, &rows, Some(clip)).expect("ok");
+        // p_new = p − (clipped_sum + noise)/50: recover the noise the real sampler added.
+        let added: Vec<f64> = params
+            .iter()
+            .zip(&out.params)
+            .zip(&clean.sum)
+            .map(|((p, q), s)| f64::from(p - q) * 50.0 - f64::from(*s))
+            .collect();
+        let n = added.len() as f64;
+        let mean = added.iter().sum::<f64>() / n;
+        let sd = (added.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+        let expected = sigma * clip;
+        // n ≈ 2,200: the sample sd is within 1.5 % (one standard error) of the truth; 6 % is
+        // four standard errors. A noise multiplier off by √2 or a missing clip factor fails.
+        assert!(
+            (sd - expected).abs() < 0.06 * expected,
+            "sd {sd} vs {expected}"
+        );
+        assert!(mean.abs() < 4.0 * expected / n.sqrt(), "mean {mean}");
+        assert!(noise.last_grid() > 0.0 && noise.last_grid() < 1e-3 * expected);
     }
 }

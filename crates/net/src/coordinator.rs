@@ -16,8 +16,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use confide_core::{JobSpec, Role, SchemeKind};
+use confide_core::{JobSpec, PrivacyLevel, Role, SchemeKind};
 use confide_crypto::{FixedPoint, PublicKey, PublicKeyJson};
+use confide_dp::ddg::DdgConfig;
 use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
 use confide_secagg::{
@@ -173,6 +174,7 @@ pub struct Coordinator {
     digest: [u8; 32],
     model: ModelSpec,
     fixed: FixedPoint,
+    client_dp: Option<ClientDp>,
     eval: Option<Dataset>,
     keyholder_endpoint: String,
     state: Mutex<State>,
@@ -219,6 +221,95 @@ pub fn scheme_params(spec: &JobSpec, fixed: FixedPoint) -> SchemeParams {
     }
 }
 
+/// A job's client-level DP: the calibrated distributed discrete Gaussian, the ε it spends over
+/// the whole job, and the number of honest owners it assumes. Every role computes the same
+/// values from the spec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientDp {
+    /// Mechanism parameters (with the calibrated local noise).
+    pub ddg: DdgConfig,
+    /// ε over all rounds.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Honest owners the guarantee relies on.
+    pub honest: usize,
+}
+
+impl ClientDp {
+    /// The noise multiplier: the total noise's standard deviation (of `honest` owners'
+    /// shares) over the clip norm.
+    pub fn noise_multiplier(&self) -> f64 {
+        self.ddg.local_sigma * self.ddg.gamma * (self.honest as f64).sqrt() / self.ddg.l2_clip
+    }
+
+    /// The aggregation parameters: integers in `[−m/2, m/2)` over the padded dimension.
+    pub fn scheme_params(&self, spec: &JobSpec) -> Result<SchemeParams, NetError> {
+        let fixed = FixedPoint::new(0, self.ddg.half_modulus() as f64)
+            .map_err(|e| crate::transport::transport_err("client-level DP encoding", e))?;
+        Ok(SchemeParams {
+            fixed,
+            len: self.ddg.padded_dim(),
+            owners: spec.owners.len(),
+            min_owners: spec.job.min_owners,
+        })
+    }
+
+    /// The public rotation seed of a round.
+    pub fn round_seed(digest: &[u8; 32], round: u32) -> [u8; 32] {
+        let mut input = b"confide/ddg-rotation/v1\n".to_vec();
+        input.extend_from_slice(digest);
+        input.extend_from_slice(&round.to_be_bytes());
+        confide_crypto::sha256(&input)
+    }
+}
+
+/// The client-level DP of `spec`, if it asks for it.
+///
+/// # Errors
+/// Parameters the mechanism refuses, or a ring without headroom for the noisy sum.
+pub fn client_dp(spec: &JobSpec) -> Result<Option<ClientDp>, String> {
+    let Some(p) = spec
+        .privacy
+        .as_ref()
+        .filter(|p| p.level == PrivacyLevel::Client)
+    else {
+        return Ok(None);
+    };
+    let honest = p.min_honest_owners.unwrap_or(spec.job.min_owners);
+    let gamma = p.granularity.unwrap_or(p.clip_norm / 10_000.0);
+    let mut ddg = DdgConfig {
+        dim: model_spec(spec).param_count(),
+        l2_clip: p.clip_norm,
+        gamma,
+        beta: (-0.5f64).exp(),
+        local_sigma: 0.5,
+        modulus_bits: p.modulus_bits.unwrap_or(24),
+    };
+    let rounds = u64::from(spec.job.rounds);
+    ddg = match (p.target_epsilon, p.noise_multiplier) {
+        (Some(e), _) => ddg
+            .calibrate(e, honest, rounds, p.delta)
+            .map_err(|e| e.to_string())?,
+        (None, Some(z)) => DdgConfig {
+            local_sigma: z * p.clip_norm / (gamma * (honest as f64).sqrt()),
+            ..ddg
+        },
+        (None, None) => return Err("privacy needs target_epsilon or noise_multiplier".into()),
+    };
+    ddg.check_headroom(spec.owners.len())
+        .map_err(|e| e.to_string())?;
+    let epsilon = ddg
+        .epsilon(honest, rounds, p.delta)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(ClientDp {
+        ddg,
+        epsilon,
+        delta: p.delta,
+        honest,
+    }))
+}
+
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding the lock is a bug; keep serving with the state as it is.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -228,6 +319,8 @@ impl Coordinator {
     /// Prepares a job.
     pub fn new(opts: CoordinatorOptions) -> Result<Arc<Self>, NetError> {
         let fixed = fixed_point(&opts.spec)?;
+        let client_dp = client_dp(&opts.spec)
+            .map_err(|e| crate::transport::transport_err("client-level DP", e))?;
         let model = model_spec(&opts.spec);
         let initial = Snapshot {
             state: JobState::Waiting,
@@ -242,6 +335,7 @@ impl Coordinator {
             digest: job_digest(&opts.spec),
             model,
             fixed,
+            client_dp,
             eval: opts.eval,
             keyholder_endpoint: opts.keyholder_endpoint.unwrap_or_default(),
             spec: opts.spec,
@@ -401,7 +495,10 @@ impl Coordinator {
         F: Fn(u32, Vec<(Contribution, Vec<u8>)>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
     {
-        let sp = scheme_params(&self.spec, self.fixed);
+        let sp = match &self.client_dp {
+            Some(c) => c.scheme_params(&self.spec).map_err(|e| e.to_string())?,
+            None => scheme_params(&self.spec, self.fixed),
+        };
         for round in 1..=self.spec.job.rounds {
             let started = Instant::now();
             let ctx = RoundContext {
@@ -489,7 +586,9 @@ impl Coordinator {
                 }
             };
             // Evaluate the candidate first: the global model only advances with a complete round.
-            let candidate = self.apply(params, &sum);
+            let candidate = self
+                .apply(params, &sum, round)
+                .map_err(|e| format!("round {round} failed: {e}"))?;
             let aggregation_seconds = agg_started.elapsed().as_secs_f64();
             let metrics = match &self.eval {
                 Some(d) => Some(
@@ -525,14 +624,26 @@ impl Coordinator {
 
     /// FedAvg: the new global model is `w + η · mean(Δ)` over the contributors (uniform
     /// weights; weighting by sample counts would reveal each owner's count).
-    fn apply(&self, params: &[f32], sum: &AggregateSum) -> Vec<f32> {
+    fn apply(&self, params: &[f32], sum: &AggregateSum, round: u32) -> Result<Vec<f32>, String> {
         let k = sum.contributors.len().max(1) as f64;
         let lr = self.spec.training.server_learning_rate;
-        params
+        if let Some(c) = &self.client_dp {
+            let seed = ClientDp::round_seed(&self.digest, round);
+            let mean = c
+                .ddg
+                .decode_mean(&sum.sums, sum.contributors.len(), seed)
+                .map_err(|e| e.to_string())?;
+            return Ok(params
+                .iter()
+                .zip(&mean)
+                .map(|(w, m)| (f64::from(*w) + lr * f64::from(*m)) as f32)
+                .collect());
+        }
+        Ok(params
             .iter()
             .zip(&sum.sums)
             .map(|(w, s)| (f64::from(*w) + lr * self.fixed.decode(*s) / k) as f32)
-            .collect()
+            .collect())
     }
 
     fn count_rejection(&self, reason: Reject) {

@@ -148,27 +148,25 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
     };
-    let claim = private.as_ref().map(|(run, _)| pb::PrivacyClaim {
-        accountant: run.plan.accountant.as_str().into(),
-        epsilon: run.plan.epsilon,
-        delta: run.plan.delta,
-        noise_multiplier: run.plan.noise_multiplier,
-        clip_norm: run.config.clip_norm,
-        sampling_rate: run.config.sampling_rate,
-        steps: run.plan.steps,
-    });
-    if let Some((run, _)) = &private {
+    let claim = private.as_ref().map(|(spend, _)| spend.claim());
+    if let Some(c) = &claim {
         tracing::info!(
-            "`{name}`: record-level DP-SGD, σ = {:.4}, q = {:.5}, {} steps per round: ε = {:.4} at δ = {:e} ({})",
-            run.plan.noise_multiplier,
-            run.config.sampling_rate,
-            run.config.steps,
-            run.plan.epsilon,
-            run.plan.delta,
-            run.plan.accountant.as_str()
+            "`{name}`: {} DP, σ = {:.4}, q = {:.5}: ε = {:.4} at δ = {:e} over the job",
+            c.accountant,
+            c.noise_multiplier,
+            c.sampling_rate,
+            c.epsilon,
+            c.delta
         );
     }
-    let dp_run = private.as_ref().map(|(run, _)| run.config.clone());
+    let dp_run = match &private {
+        Some((Spend::Record(run), _)) => Some(run.config.clone()),
+        _ => None,
+    };
+    let client_level = match &private {
+        Some((Spend::Client(c), _)) => Some(*c),
+        _ => None,
+    };
     let mut dp_state = match &dp_run {
         Some(_) => Some((
             rand_chacha::ChaCha20Rng::from_entropy(),
@@ -176,10 +174,19 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         )),
         None => None,
     };
+    let mut ddg_rng = match &client_level {
+        Some(_) => Some(
+            confide_dp::noise::NoiseRng::from_os().map_err(|e| NodeError::Job(e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let model = model_spec(&spec);
     let fixed = fixed_point(&spec)?;
-    let params = scheme_params(&spec, fixed);
+    let params = match &client_level {
+        Some(c) => c.scheme_params(&spec)?,
+        None => scheme_params(&spec, fixed),
+    };
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
@@ -277,8 +284,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         let (model2, data2) = (model.clone(), std::sync::Arc::clone(&data));
         let dp_cfg = dp_run.clone();
         let mut dp_rngs = dp_state.take();
+        let mut ddg_rng_round = ddg_rng.take();
+        let ddg_seed = crate::coordinator::ClientDp::round_seed(&digest, round);
         // Training and encryption are CPU work: run them off the async executor.
-        let (payload, returned, dp_rngs) = tokio::task::spawn_blocking(move || {
+        let (payload, returned, dp_rngs, ddg_back) = tokio::task::spawn_blocking(move || {
             let params = match (&dp_cfg, &mut dp_rngs) {
                 (Some(c), Some((sampler, noise))) => {
                     confide_ml::dpsgd::train_dp(
@@ -300,15 +309,22 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 }
             };
             let delta: Vec<f32> = params.iter().zip(&global).map(|(n, o)| n - o).collect();
-            let encoded = fixed.encode_all(&delta);
+            let encoded = match (&client_level, &mut ddg_rng_round) {
+                (Some(c), Some(rng)) => c
+                    .ddg
+                    .encode(&delta, ddg_seed, rng)
+                    .map_err(|e| e.to_string())?,
+                _ => fixed.encode_all(&delta),
+            };
             let payload = client.start(&encoded).map_err(|e| e.to_string())?;
-            Ok::<_, String>((payload, client, dp_rngs))
+            Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round))
         })
         .await
         .map_err(|e| NodeError::Job(e.to_string()))?
         .map_err(NodeError::Job)?;
         client = returned;
         dp_state = dp_rngs;
+        ddg_rng = ddg_back;
         let c = sign_contribution(
             &signing,
             &digest,
@@ -347,14 +363,52 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     }
 }
 
-/// A planned DP-SGD run and, when the owner keeps a ledger, the ledger and dataset name.
-type Private = (
-    confide_ml::dpsgd::PrivateRun,
-    Option<(confide_dp::ledger::BudgetLedger, String)>,
-);
+/// What this owner's data spends on the job.
+#[derive(Debug, Clone)]
+enum Spend {
+    /// Record level: DP-SGD on the owner's data.
+    Record(confide_ml::dpsgd::PrivateRun),
+    /// Client level: the distributed discrete Gaussian on the owner's update.
+    Client(crate::coordinator::ClientDp),
+}
 
-/// Plans the job's record-level DP for a dataset of `rows` rows and debits the ledger. `Err`
-/// is a refusal to explain to the coordinator.
+impl Spend {
+    fn cost(&self) -> (f64, f64) {
+        match self {
+            Spend::Record(run) => (run.plan.epsilon, run.plan.delta),
+            Spend::Client(c) => (c.epsilon, c.delta),
+        }
+    }
+
+    fn claim(&self) -> pb::PrivacyClaim {
+        match self {
+            Spend::Record(run) => pb::PrivacyClaim {
+                accountant: run.plan.accountant.as_str().into(),
+                epsilon: run.plan.epsilon,
+                delta: run.plan.delta,
+                noise_multiplier: run.plan.noise_multiplier,
+                clip_norm: run.config.clip_norm,
+                sampling_rate: run.config.sampling_rate,
+                steps: run.plan.steps,
+            },
+            Spend::Client(c) => pb::PrivacyClaim {
+                accountant: "ddg-rdp".into(),
+                epsilon: c.epsilon,
+                delta: c.delta,
+                noise_multiplier: c.noise_multiplier(),
+                clip_norm: c.ddg.l2_clip,
+                sampling_rate: 1.0,
+                steps: 0,
+            },
+        }
+    }
+}
+
+/// What the owner spends and, when it keeps a ledger, the ledger and dataset name.
+type Private = (Spend, Option<(confide_dp::ledger::BudgetLedger, String)>);
+
+/// Plans the job's DP for a dataset of `rows` rows and debits the ledger. `Err` is a refusal
+/// to explain to the coordinator.
 fn prepare_privacy(
     spec: &JobSpec,
     rows: usize,
@@ -378,24 +432,34 @@ fn prepare_privacy(
         }
         return Ok(None);
     };
-    let t = &spec.training;
-    let run = confide_ml::dpsgd::plan_private_run(
-        privacy,
-        rows,
-        t.batch_size,
-        t.local_epochs,
-        u64::from(spec.job.rounds),
-        t.learning_rate,
-        t.l2,
-    )
-    .map_err(|e| format!("privacy plan: {e}"))?;
+    let spend = match privacy.level {
+        confide_core::PrivacyLevel::Record => {
+            let t = &spec.training;
+            Spend::Record(
+                confide_ml::dpsgd::plan_private_run(
+                    privacy,
+                    rows,
+                    t.batch_size,
+                    t.local_epochs,
+                    u64::from(spec.job.rounds),
+                    t.learning_rate,
+                    t.l2,
+                )
+                .map_err(|e| format!("privacy plan: {e}"))?,
+            )
+        }
+        confide_core::PrivacyLevel::Client => Spend::Client(
+            crate::coordinator::client_dp(spec)?
+                .ok_or("internal: client-level privacy without a plan")?,
+        ),
+    };
     if let Some((l, dataset)) = &ledger {
-        let cost = confide_dp::ledger::Budget::new(run.plan.epsilon, run.plan.delta)
-            .map_err(|e| e.to_string())?;
+        let (epsilon, delta) = spend.cost();
+        let cost = confide_dp::ledger::Budget::new(epsilon, delta).map_err(|e| e.to_string())?;
         l.start_job(dataset, &spec.job.id, cost)
             .map_err(|e| format!("privacy budget: {e}"))?;
     }
-    Ok(Some((run, ledger)))
+    Ok(Some((spend, ledger)))
 }
 
 fn name_seed(name: &str) -> u64 {
