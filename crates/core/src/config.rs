@@ -913,7 +913,9 @@ data = "b.csv"
         let err = JobConfig::parse(&honest).expect_err("too many").to_string();
         assert!(err.contains("min_honest_owners"), "{err}");
         let record_only = text.replace("clip_norm = 1.0", "clip_norm = 1.0\nmodulus_bits = 20");
-        let err = JobConfig::parse(&record_only).expect_err("record").to_string();
+        let err = JobConfig::parse(&record_only)
+            .expect_err("record")
+            .to_string();
         assert!(err.contains("client"), "{err}");
     }
 
