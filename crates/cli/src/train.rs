@@ -181,6 +181,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
         run.config.noise_multiplier = 0.0;
     }
+    if args.insecure_noise_seed.is_some() && args.ledger.is_some() {
+        bail!("--insecure-noise-seed makes the noise predictable: it cannot run against a ledger");
+    }
     let ledger = match (&args.ledger, &args.dataset, &private) {
         (Some(path), Some(dataset), Some(run)) => {
             let ledger = BudgetLedger::open(path)?;

@@ -253,7 +253,7 @@ fn breast_job(dir: &Path, privacy: &str) -> PathBuf {
     job
 }
 
-fn simulate_report(dir: &Path, job: &Path, extra: &[&str]) -> (bool, Value, String) {
+fn simulate_report(dir: &Path, job: &Path, rounds: &str, extra: &[&str]) -> (bool, Value, String) {
     let report_path = dir.join("report.json");
     let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
     let mut args = vec![
@@ -265,7 +265,7 @@ fn simulate_report(dir: &Path, job: &Path, extra: &[&str]) -> (bool, Value, Stri
         "--paillier-key",
         key.to_str().expect("utf8"),
         "--rounds",
-        "20",
+        rounds,
         "--report",
         report_path.to_str().expect("utf8"),
         "--quiet",
@@ -294,7 +294,7 @@ fn client_level_dp_decodes_the_noisy_sum_and_accounts_it() {
         dir.path(),
         "\n[privacy]\nlevel = \"client\"\nnoise_multiplier = 0.02\ndelta = 1e-5\nclip_norm = 2.0\n",
     );
-    let (ok, report, err) = simulate_report(dir.path(), &job, &[]);
+    let (ok, report, err) = simulate_report(dir.path(), &job, "20", &[]);
     assert!(ok, "{err}");
     assert_eq!(report["privacy_level"], "client");
     assert_eq!(report["accountant"], "ddg-rdp");
@@ -310,7 +310,7 @@ fn client_level_dp_decodes_the_noisy_sum_and_accounts_it() {
         dir.path(),
         "\n[privacy]\nlevel = \"client\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 2.0\n",
     );
-    let (ok, report, err) = simulate_report(dir.path(), &job, &[]);
+    let (ok, report, err) = simulate_report(dir.path(), &job, "20", &[]);
     assert!(ok, "{err}");
     let eps = report["epsilon"].as_f64().expect("ε");
     assert!(eps <= 8.0 && eps > 7.9, "ε {eps}");
@@ -324,13 +324,34 @@ fn client_level_dp_is_refused_without_secure_aggregation_or_headroom() {
         dir.path(),
         "\n[privacy]\nlevel = \"client\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 2.0\n",
     );
-    let (ok, _, err) = simulate_report(dir.path(), &job, &["--scheme", "plain"]);
+    let (ok, _, err) = simulate_report(dir.path(), &job, "20", &["--scheme", "plain"]);
     assert!(!ok && err.contains("secure aggregation"), "{err}");
     let dir = tempfile::tempdir().expect("tmp");
     let job = breast_job(
         dir.path(),
         "\n[privacy]\nlevel = \"client\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 2.0\nmodulus_bits = 8\n",
     );
-    let (ok, _, err) = simulate_report(dir.path(), &job, &[]);
+    let (ok, _, err) = simulate_report(dir.path(), &job, "20", &[]);
     assert!(!ok && err.contains("headroom"), "{err}");
+}
+
+#[test]
+fn client_level_dp_works_for_a_model_spanning_many_ciphertexts() {
+    // An MLP of 1,058 parameters (2,048 after padding): the owners, the coordinator and the key
+    // holder must agree on the padded length and the ring's packing.
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = breast_job(
+        dir.path(),
+        "\n[privacy]\nlevel = \"client\"\nnoise_multiplier = 0.02\ndelta = 1e-5\nclip_norm = 2.0\n",
+    );
+    let text = std::fs::read_to_string(&job)
+        .expect("read")
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [32]");
+    std::fs::write(&job, text).expect("write");
+    let (ok, report, err) = simulate_report(dir.path(), &job, "5", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(report["param_count"].as_u64(), Some(1058));
+    assert_eq!(report["rounds"].as_u64(), Some(5));
+    let acc = report["test_accuracy"].as_f64().expect("accuracy");
+    assert!(acc >= 0.85, "accuracy {acc}");
 }

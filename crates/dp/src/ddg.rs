@@ -204,10 +204,11 @@ impl DdgConfig {
         Ok(self)
     }
 
-    /// Checks that the modulus leaves room for the aggregate: `k = 4` standard deviations of a
-    /// sum of `n` rotated, scaled, noisy updates (KLS21 Section 4.4: per coordinate about
-    /// `(n·c/γ)²/d' + n·(σ_z² + 1/4)`) must fit in `[−m/2, m/2)`, or modular clipping would
-    /// often wrap the sum.
+    /// Checks that the modulus leaves room for the aggregate: `k` standard deviations of a sum
+    /// of `n` rotated, scaled, noisy updates (KLS21 Section 4.4: per coordinate about
+    /// `(n·c/γ)²/d' + n·(σ_z² + 1/4)`) must fit in `[−m/2, m/2)`, with
+    /// `k = √(2 ln(2d'/p))` for `p = 0.01` (a sub-Gaussian tail bound over all `d'`
+    /// coordinates), so that a round's sum wraps anywhere with probability at most about 1 %.
     ///
     /// # Errors
     /// A message with the numbers when it does not fit.
@@ -216,11 +217,12 @@ impl DdgConfig {
         let c = self.l2_clip / self.gamma;
         let var = (n * c).powi(2) / self.padded_dim() as f64
             + n * (self.local_sigma * self.local_sigma + 0.25);
-        let needed = 4.0 * var.sqrt();
+        let k = (2.0 * (2.0 * self.padded_dim() as f64 / 0.01).ln()).sqrt();
+        let needed = k * var.sqrt();
         if needed >= self.half_modulus() as f64 {
             return Err(bad(format!(
-                "{} modulus bits leave no headroom: 4 standard deviations of the sum are {needed:.0}, \
-                 above m/2 = {}; raise the bits or the granularity",
+                "{} modulus bits leave no headroom: {k:.1} standard deviations of the sum are \
+                 {needed:.0}, above m/2 = {}; raise the bits or the granularity",
                 self.modulus_bits,
                 self.half_modulus()
             )));

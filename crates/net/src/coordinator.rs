@@ -221,6 +221,19 @@ pub fn scheme_params(spec: &JobSpec, fixed: FixedPoint) -> SchemeParams {
     }
 }
 
+/// The aggregation parameters every role of a job uses (owners, coordinator and key holder
+/// must agree): fixed-point updates, or under client-level DP the integers of the distributed
+/// discrete Gaussian over the padded dimension.
+///
+/// # Errors
+/// An invalid encoding or client-level DP configuration.
+pub fn job_scheme_params(spec: &JobSpec) -> Result<SchemeParams, NetError> {
+    match client_dp(spec).map_err(|e| crate::transport::transport_err("client-level DP", e))? {
+        Some(c) => c.scheme_params(spec),
+        None => Ok(scheme_params(spec, fixed_point(spec)?)),
+    }
+}
+
 /// A job's client-level DP: the calibrated distributed discrete Gaussian, the ε it spends over
 /// the whole job, and the number of honest owners it assumes. Every role computes the same
 /// values from the spec.
@@ -276,7 +289,10 @@ pub fn client_dp(spec: &JobSpec) -> Result<Option<ClientDp>, String> {
     else {
         return Ok(None);
     };
-    let honest = p.min_honest_owners.unwrap_or(spec.job.min_owners);
+    // By default one contributor of a minimal round may be curious: it knows its own share.
+    let honest = p
+        .min_honest_owners
+        .unwrap_or(spec.job.min_owners.saturating_sub(1).max(1));
     let gamma = p.granularity.unwrap_or(p.clip_norm / 10_000.0);
     let mut ddg = DdgConfig {
         dim: model_spec(spec).param_count(),
@@ -495,10 +511,7 @@ impl Coordinator {
         F: Fn(u32, Vec<(Contribution, Vec<u8>)>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
     {
-        let sp = match &self.client_dp {
-            Some(c) => c.scheme_params(&self.spec).map_err(|e| e.to_string())?,
-            None => scheme_params(&self.spec, self.fixed),
-        };
+        let sp = job_scheme_params(&self.spec).map_err(|e| e.to_string())?;
         for round in 1..=self.spec.job.rounds {
             let started = Instant::now();
             let ctx = RoundContext {

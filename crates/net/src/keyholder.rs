@@ -13,7 +13,7 @@ use confide_secagg::contribution::Contribution;
 use confide_secagg::{UnsealError, UnsealRecord, Unsealer};
 use tonic::{Request, Response, Status};
 
-use crate::coordinator::{fixed_point, job_digest, scheme_params};
+use crate::coordinator::{job_digest, job_scheme_params};
 use crate::pb;
 use crate::pki::{Credentials, verify_party_certificate};
 use crate::transport::{NetError, peer};
@@ -91,7 +91,7 @@ impl KeyHolderService {
                 ),
             ));
         }
-        let params = scheme_params(spec, fixed_point(spec)?);
+        let params = job_scheme_params(spec)?;
         let public_json = serde_json::to_string(&sk.public_key().to_json())
             .map_err(|e| crate::transport::transport_err("key holder", e))?;
         let owners: BTreeSet<String> = spec.owners.iter().cloned().collect();

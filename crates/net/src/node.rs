@@ -11,7 +11,9 @@ use confide_secagg::{
 };
 use rand::{RngCore, SeedableRng};
 
-use crate::coordinator::{fixed_point, job_digest, model_spec, parse_public_key, scheme_params};
+use crate::coordinator::{
+    fixed_point, job_digest, job_scheme_params, model_spec, parse_public_key,
+};
 use crate::pb::{self, JobState};
 use crate::pki::Credentials;
 use crate::transport::connect;
@@ -183,10 +185,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
 
     let model = model_spec(&spec);
     let fixed = fixed_point(&spec)?;
-    let params = match &client_level {
-        Some(c) => c.scheme_params(&spec)?,
-        None => scheme_params(&spec, fixed),
-    };
+    let params = job_scheme_params(&spec)?;
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
@@ -249,6 +248,12 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         let global = task.params;
         let problem = if round <= after {
             Some(format!("round {round} comes after round {after}"))
+        } else if round > spec.job.rounds {
+            // Every round spends privacy: never train beyond what the job (and the ledger) allow.
+            Some(format!(
+                "round {round} is beyond the job's {} rounds",
+                spec.job.rounds
+            ))
         } else if global.len() != model.param_count() {
             Some(format!(
                 "round {round}: the coordinator sent {} parameters, the model has {}",
