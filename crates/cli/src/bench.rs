@@ -321,6 +321,7 @@ async fn paillier(b: PaillierBench) -> Result<i32> {
             paillier_key: Some(key_file),
             quiet: true,
             crash: Vec::new(),
+            revoke_after: None,
         };
         let out = simulate(&args).await.context("round benchmark")?;
         let history = out.report["history"]

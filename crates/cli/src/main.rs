@@ -1,6 +1,7 @@
 //! `confide`: the command-line entry point for every role.
 
 mod bench;
+mod governance;
 mod simulate;
 mod sweep;
 mod train;
@@ -56,6 +57,18 @@ enum Command {
     /// A data owner's privacy budget ledger (a redb file; prints JSON).
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Create a party's Ed25519 identity key (mode 0600, optionally passphrase-encrypted);
+    /// prints its party id (JSON).
+    Keygen(governance::KeygenArgs),
+    /// Signed job manifests: sign (model owner), verify, approve (data owner). Prints JSON.
+    #[command(subcommand)]
+    Job(governance::JobCommand),
+    /// Dataset policies (prints JSON).
+    #[command(subcommand)]
+    Policy(governance::PolicyCommand),
+    /// The tamper-evident audit log: verify, prove, check-proof, export (prints JSON).
+    #[command(subcommand)]
+    Audit(governance::AuditCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,7 +182,9 @@ enum CaCommand {
         #[arg(long, default_value = "confide")]
         federation: String,
     },
-    /// Issue a party's key and certificate (<name>.crt, <name>.key).
+    /// Certify a party's identity key (<name>.crt). With --public-key, the key made by
+    /// `confide keygen` (copy the key file to <dir>/<name>.key on the party's machine);
+    /// without it, a fresh key is generated as <dir>/<name>.key.
     Issue {
         /// Federation directory (holding ca.crt and ca.key).
         #[arg(long)]
@@ -180,6 +195,22 @@ enum CaCommand {
         /// Role: coordinator, keyholder, node or model-owner.
         #[arg(long)]
         role: Role,
+        /// The party's public identity file (`<key>.pub` from `confide keygen`).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Revoke a party: add it to the CA-signed revocation list (revoked.json), which every
+    /// role checks on every call. Distribute the updated file to every party.
+    Revoke {
+        /// Federation directory (holding ca.crt, ca.key and <name>.crt).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The party to revoke.
+        #[arg(long)]
+        name: String,
+        /// Why (recorded in the list).
+        #[arg(long, default_value = "revoked by the federation CA")]
+        reason: String,
     },
 }
 
@@ -226,6 +257,18 @@ struct CoordinatorArgs {
     /// coordinator stops earlier once the model owner confirms receipt).
     #[arg(long, default_value_t = 60.0)]
     linger_secs: f64,
+    /// The job's manifest, signed by the model owner (`confide job sign`); it must describe
+    /// --config exactly.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// The audit log's store (redb; created if missing). Default: <fed>/<name>-audit.redb.
+    #[arg(long)]
+    audit_store: Option<PathBuf>,
+    /// Write the exported audit log file here when the job ends.
+    #[arg(long)]
+    audit_export: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: governance::Passphrase,
 }
 
 #[derive(clap::Args, Debug)]
@@ -266,9 +309,19 @@ struct NodeArgs {
     /// `--dataset` before the first round, and a job over budget is refused.
     #[arg(long, requires = "dataset")]
     ledger: Option<PathBuf>,
-    /// This dataset's name in the ledger.
-    #[arg(long, requires = "ledger")]
+    /// This dataset's name in the ledger (default: the policy's dataset name).
+    #[arg(long)]
     dataset: Option<String>,
+    /// The owner's policy for this dataset (TOML, see the README). Without one, the node runs
+    /// a job only if this owner co-signed its manifest (`confide job approve`).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The witness's memory of the coordinator's tree heads (redb). Default:
+    /// <fed>/<name>-witness.redb.
+    #[arg(long)]
+    witness_store: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: governance::Passphrase,
 }
 
 fn main() {
@@ -308,11 +361,45 @@ async fn run(cli: Cli) -> Result<i32> {
             println!("created {}/ca.crt and ca.key", dir.display());
             Ok(0)
         }
-        Command::Ca(CaCommand::Issue { dir, name, role }) => {
-            pki::issue(&dir, &name, role, time::OffsetDateTime::now_utc())?;
-            println!("issued {}/{name}.crt ({role})", dir.display());
+        Command::Ca(CaCommand::Issue {
+            dir,
+            name,
+            role,
+            public_key,
+        }) => {
+            let now = time::OffsetDateTime::now_utc();
+            match public_key {
+                Some(p) => {
+                    let public = confide_governance::identity::PublicIdentity::load(&p)?;
+                    pki::issue_for_key(&dir, &name, role, &public, now)?;
+                    println!(
+                        "issued {}/{name}.crt ({role}) for party {}",
+                        dir.display(),
+                        public.id
+                    );
+                }
+                None => {
+                    pki::issue(&dir, &name, role, now)?;
+                    println!(
+                        "issued {}/{name}.crt and {name}.key ({role})",
+                        dir.display()
+                    );
+                }
+            }
             Ok(0)
         }
+        Command::Ca(CaCommand::Revoke { dir, name, reason }) => {
+            let id = pki::revoke(&dir, &name, &reason, time::OffsetDateTime::now_utc())?;
+            println!(
+                "revoked `{name}` ({id}) in {}",
+                dir.join(pki::REVOCATIONS).display()
+            );
+            Ok(0)
+        }
+        Command::Keygen(args) => print_json(governance::keygen(&args)?),
+        Command::Job(cmd) => print_json(governance::job(cmd)?),
+        Command::Policy(cmd) => print_json(governance::policy(cmd)?),
+        Command::Audit(cmd) => print_json(governance::audit(cmd).await?),
         Command::Paillier(PaillierCommand::Keygen { bits, out }) => {
             let start = std::time::Instant::now();
             let sk = SecretKey::generate(bits, &mut rand::rngs::OsRng)?;
@@ -422,6 +509,11 @@ fn dp_json(cmd: DpCommand) -> Result<serde_json::Value> {
     })
 }
 
+fn print_json(value: serde_json::Value) -> Result<i32> {
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(0)
+}
+
 fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
@@ -458,7 +550,12 @@ async fn bind(addr: SocketAddr, role: &str) -> Result<TcpListener> {
 async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     let config = JobConfig::load(&args.common.config)?;
     let spec = config.spec();
-    let creds = Credentials::load(&args.common.fed, &args.name)?;
+    let creds = Credentials::load_with(
+        &args.common.fed,
+        &args.name,
+        args.passphrase.get()?.as_deref(),
+    )?;
+    let manifest = confide_governance::manifest::SignedManifest::load(&args.manifest)?;
     if creds.role != Role::Coordinator {
         bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
     }
@@ -475,6 +572,12 @@ async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
             eval,
             keyholder: args.keyholder,
             linger: Duration::from_secs_f64(args.linger_secs.max(0.0)),
+            manifest,
+            audit_store: Some(
+                args.audit_store
+                    .unwrap_or_else(|| args.common.fed.join(format!("{}-audit.redb", args.name))),
+            ),
+            audit_export: args.audit_export,
         },
     )
     .await?;
@@ -521,16 +624,30 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
 }
 
 async fn node(args: NodeArgs) -> Result<i32> {
-    let creds = Credentials::load(&args.fed, &args.name)?;
+    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
     if creds.role != Role::Node {
         bail!("`{}` has role {}, not node", creds.name, creds.role);
     }
+    let dataset = match (&args.dataset, &args.policy) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(p)) => Some(confide_governance::policy::Policy::load(p)?.dataset),
+        (None, None) => None,
+    };
+    if args.ledger.is_some() && dataset.is_none() {
+        bail!("--ledger needs --dataset (or a --policy naming the dataset)");
+    }
+    let witness_store = args
+        .witness_store
+        .clone()
+        .unwrap_or_else(|| args.fed.join(format!("{}-witness.redb", args.name)));
     let summary = confide_net::node::run_node(confide_net::node::NodeOptions {
         creds,
         coordinator: args.coordinator,
         data: args.data,
         crash_after_round: args.crash_after_round,
-        ledger: args.ledger.zip(args.dataset),
+        ledger: args.ledger.zip(dataset),
+        policy: args.policy,
+        witness_store: Some(witness_store),
     })
     .await?;
     if summary.finished {

@@ -75,6 +75,10 @@ pub struct SimulateArgs {
     /// submitting ROUND.
     #[arg(long, hide = true)]
     pub crash: Vec<String>,
+    /// Revocation testing: OWNER:ROUND revokes the job in that owner's policy (its copy in
+    /// the work directory) as soon as the model owner sees ROUND complete.
+    #[arg(long, hide = true)]
+    pub revoke_after: Option<String>,
 }
 
 /// What a simulation produced.
@@ -207,12 +211,12 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
     pki::init_ca(&fed, &spec.job.id, now)?;
     pki::issue(&fed, "coordinator", Role::Coordinator, now)?;
     pki::issue(&fed, "keyholder", Role::KeyHolder, now)?;
-    pki::issue(&fed, "owner", Role::ModelOwner, now)?;
     for p in &config.parties {
         pki::issue(&fed, &p.name, Role::Node, now)?;
     }
     let job_file = work.join("job.toml");
     std::fs::write(&job_file, toml::to_string(&config)?)?;
+    let gov = prepare_governance(&config, &fed, &work, now)?;
 
     let quiet = args.quiet;
     let spinner = |msg: &str| {
@@ -256,6 +260,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
                 &config,
                 keyholder_addr.as_deref(),
                 &work,
+                &gov,
             )
             .await?;
         for p in &config.parties {
@@ -265,10 +270,33 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
                 .find_map(|c| c.strip_prefix(&format!("{}:", p.name)))
                 .map(str::to_string);
             roles
-                .start_node(mode, &fed, &p.name, &coord_addr, &p.data, crash, &work)
+                .start_node(
+                    mode,
+                    &fed,
+                    &p.name,
+                    &coord_addr,
+                    &p.data,
+                    crash,
+                    &work,
+                    &gov,
+                )
                 .await?;
         }
-        follow(&fed, &coord_addr, &spec, quiet).await
+        let revoke = match &args.revoke_after {
+            Some(r) => {
+                let (owner, round) = r
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("--revoke-after needs OWNER:ROUND"))?;
+                let policy = gov
+                    .policies
+                    .get(owner)
+                    .ok_or_else(|| anyhow!("--revoke-after: `{owner}` has no policy"))?
+                    .clone();
+                Some((policy, round.parse::<u32>()?, spec.job.id.clone()))
+            }
+            None => None,
+        };
+        follow(&fed, &coord_addr, &spec, quiet, revoke).await
     }
     .await;
     roles.stop().await;
@@ -292,6 +320,16 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
     let epsilon = claims.clone().map(|c| c.epsilon).reduce(f64::max);
     let delta = claims.clone().map(|c| c.delta).reduce(f64::max);
     let sigma = claims.map(|c| c.noise_multiplier).reduce(f64::min);
+    let audit = report.audit.as_ref().map(|a| {
+        json!({
+            "entries": a.entries,
+            "tree_head": a.tree_head,
+            "cosignatures": a.cosignatures,
+            "witnesses": a.cosignatures.len(),
+            "log_file": a.log_file,
+            "log_public_key": gov.coordinator_public_key,
+        })
+    });
     let report_json = json!({
         "job_id": report.job_id,
         "status": report.status,
@@ -329,6 +367,13 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
             "safetensors": weights.display().to_string(),
             "card": card.display().to_string(),
         },
+        "manifest": {
+            "file": gov.manifest_file.display().to_string(),
+            "hash": report.manifest_hash,
+            "model_owner": gov.model_owner_id,
+            "approvals": gov.approvals,
+        },
+        "audit": audit,
         "work_dir": work.display().to_string(),
     });
     std::fs::write(
@@ -393,6 +438,7 @@ async fn follow(
     coord: &str,
     spec: &JobSpec,
     quiet: bool,
+    mut revoke: Option<(PathBuf, u32, String)>,
 ) -> Result<(JobReport, Vec<f32>)> {
     let creds = Credentials::load(fed, "owner")?;
     let channel = confide_net::transport::connect(coord, "coordinator", &creds).await?;
@@ -428,6 +474,17 @@ async fn follow(
                 }
                 bar.set_message(msg);
                 bar.set_position(u64::from(p.round));
+                if let Some((policy, round, job)) = &revoke
+                    && p.round >= *round
+                {
+                    let mut text = std::fs::read_to_string(policy)?;
+                    if text.lines().any(|l| l.trim() == "[revoked]") {
+                        bail!("{} already has a [revoked] table", policy.display());
+                    }
+                    text.push_str(&format!("\n[revoked]\njobs = [\"{job}\"]\n"));
+                    std::fs::write(policy, text)?;
+                    revoke = None;
+                }
             }
             _ => break,
         }
@@ -442,6 +499,69 @@ async fn follow(
     let report: JobReport =
         serde_json::from_str(&release.report_json).context("coordinator report")?;
     Ok((report, release.params))
+}
+
+/// The simulation's governance material.
+struct Governance {
+    manifest_file: PathBuf,
+    model_owner_id: String,
+    approvals: Vec<String>,
+    policies: HashMap<String, PathBuf>,
+    audit_store: PathBuf,
+    audit_export: PathBuf,
+    coordinator_public_key: String,
+}
+
+/// Certifies the model owner's key, signs the job's manifest as the model owner, copies each
+/// owner's policy into the work directory, and co-signs the manifest for owners without a
+/// policy (the simulation stands in for them).
+fn prepare_governance(
+    config: &JobConfig,
+    fed: &Path,
+    work: &Path,
+    now: time::OffsetDateTime,
+) -> Result<Governance> {
+    use confide_governance::identity::Identity;
+    use confide_governance::manifest::{Manifest, Mode, SignedManifest};
+    let owner = match &config.simulate.model_owner_key {
+        Some(k) => Identity::load(k, None)
+            .with_context(|| format!("the model owner's key {}", k.display()))?,
+        None => Identity::generate().map_err(anyhow::Error::msg)?,
+    };
+    owner.save(&fed.join("owner.key"), None)?;
+    pki::issue_for_key(fed, "owner", Role::ModelOwner, &owner.public(), now)?;
+    let spec = config.spec();
+    let manifest = Manifest::new(&spec, Mode::Federated, owner.public(), vec![])?;
+    let mut signed = SignedManifest::sign(manifest, &owner)?;
+    let mut policies = HashMap::new();
+    std::fs::create_dir_all(work.join("policies"))?;
+    for p in &config.parties {
+        match &p.policy {
+            Some(src) => {
+                let copy = work.join("policies").join(format!("{}.toml", p.name));
+                std::fs::copy(src, &copy)
+                    .with_context(|| format!("party `{}`: policy {}", p.name, src.display()))?;
+                confide_governance::policy::Policy::load(&copy)?;
+                policies.insert(p.name.clone(), copy);
+            }
+            None => {
+                let id = Identity::load(&fed.join(format!("{}.key", p.name)), None)?;
+                signed.approve(&id)?;
+            }
+        }
+    }
+    let manifest_file = work.join("job.manifest.json");
+    signed.save(&manifest_file)?;
+    let coordinator = Identity::load(&fed.join("coordinator.key"), None)?;
+    Ok(Governance {
+        manifest_file,
+        model_owner_id: owner.id(),
+        approvals: signed.verify()?.approvals,
+        policies,
+        audit_store: work.join("audit.redb"),
+        audit_export: work.join("audit-log.json"),
+        coordinator_public_key: hex::encode(coordinator.public_key()),
+    })
 }
 
 /// The roles started by a simulation.
@@ -564,6 +684,7 @@ impl Roles {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn start_coordinator(
         &mut self,
         mode: SimulateMode,
@@ -572,11 +693,27 @@ impl Roles {
         config: &JobConfig,
         keyholder: Option<&str>,
         work: &Path,
+        gov: &Governance,
     ) -> Result<String> {
         match mode {
             SimulateMode::Processes => {
                 let (j, f) = (job.display().to_string(), fed.display().to_string());
-                let mut args = vec!["coordinator", "--config", &j, "--fed", &f];
+                let m = gov.manifest_file.display().to_string();
+                let store = gov.audit_store.display().to_string();
+                let export = gov.audit_export.display().to_string();
+                let mut args = vec![
+                    "coordinator",
+                    "--config",
+                    &j,
+                    "--fed",
+                    &f,
+                    "--manifest",
+                    &m,
+                    "--audit-store",
+                    &store,
+                    "--audit-export",
+                    &export,
+                ];
                 if let Some(k) = keyholder {
                     args.extend(["--keyholder", k]);
                 }
@@ -598,6 +735,11 @@ impl Roles {
                     eval,
                     keyholder: keyholder.map(str::to_string),
                     linger: Duration::from_secs(60),
+                    manifest: confide_governance::manifest::SignedManifest::load(
+                        &gov.manifest_file,
+                    )?,
+                    audit_store: Some(gov.audit_store.clone()),
+                    audit_export: Some(gov.audit_export.clone()),
                 };
                 self.tasks.push(tokio::spawn(async move {
                     if let Err(e) = confide_net::roles::run_coordinator(listener, role).await {
@@ -619,10 +761,23 @@ impl Roles {
         data: &Path,
         crash: Option<String>,
         work: &Path,
+        gov: &Governance,
     ) -> Result<()> {
+        let policy = gov.policies.get(name).cloned();
+        let witness = work.join(format!("witness-{name}.redb"));
+        // A policy with a lifetime ε is enforced through a ledger.
+        let ledger = match &policy {
+            Some(p) => {
+                let pol = confide_governance::policy::Policy::load(p)?;
+                pol.lifetime
+                    .map(|_| (work.join(format!("ledger-{name}.redb")), pol.dataset))
+            }
+            None => None,
+        };
         match mode {
             SimulateMode::Processes => {
                 let (f, d) = (fed.display().to_string(), data.display().to_string());
+                let w = witness.display().to_string();
                 let mut args = vec![
                     "node",
                     "--fed",
@@ -633,7 +788,19 @@ impl Roles {
                     coordinator,
                     "--data",
                     &d,
+                    "--witness-store",
+                    &w,
                 ];
+                let p = policy.as_ref().map(|p| p.display().to_string());
+                if let Some(p) = &p {
+                    args.extend(["--policy", p]);
+                }
+                let l = ledger
+                    .as_ref()
+                    .map(|(l, d)| (l.display().to_string(), d.clone()));
+                if let Some((l, d)) = &l {
+                    args.extend(["--ledger", l, "--dataset", d]);
+                }
                 if let Some(c) = &crash {
                     args.extend(["--crash-after-round", c]);
                 }
@@ -654,7 +821,9 @@ impl Roles {
                     coordinator: coordinator.to_string(),
                     data: data.to_path_buf(),
                     crash_after_round: None,
-                    ledger: None,
+                    ledger,
+                    policy,
+                    witness_store: Some(witness),
                 };
                 let name = name.to_string();
                 self.tasks.push(tokio::spawn(async move {

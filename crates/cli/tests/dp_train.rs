@@ -3,29 +3,11 @@
 //! federation.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn confide(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_confide"))
-        .args(args)
-        .output()
-        .expect("run confide")
-}
-
-fn json_out(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "confide failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
+mod common;
+use common::{absolute_example_paths, confide, json_out, root};
 
 /// The digits example with absolute data paths and text replacements.
 fn digits_job(dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
@@ -193,6 +175,7 @@ fn record_level_dp_federation_reports_each_owners_epsilon() {
         "../data/breast_homo",
         &root().join("data/breast_homo").display().to_string(),
     );
+    text = absolute_example_paths(&text);
     text.push_str(
         "\n[privacy]\nlevel = \"record\"\ntarget_epsilon = 3.0\ndelta = 1e-5\nclip_norm = 1.0\n",
     );
@@ -247,6 +230,7 @@ fn breast_job(dir: &Path, privacy: &str) -> PathBuf {
         "../data/breast_homo",
         &root().join("data/breast_homo").display().to_string(),
     );
+    text = absolute_example_paths(&text);
     text.push_str(privacy);
     let job = dir.join("job.toml");
     std::fs::write(&job, text).expect("write");

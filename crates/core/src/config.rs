@@ -271,6 +271,11 @@ pub struct PartySection {
     pub name: String,
     /// Path of the owner's CSV (used by `confide simulate`; a standalone node takes `--data`).
     pub data: PathBuf,
+    /// The owner's dataset policy (used by `confide simulate`; a standalone node takes
+    /// `--policy`). Without one, `simulate` approves the job by co-signing the manifest on the
+    /// owner's behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
 }
 
 /// How `confide simulate` starts the roles.
@@ -291,6 +296,10 @@ pub struct SimulateSection {
     /// Processes (default) or in-process.
     #[serde(default)]
     pub mode: SimulateMode,
+    /// The model owner's identity key (from `confide keygen`), which signs the job's manifest
+    /// and receives the model. Default: a fresh key for this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_owner_key: Option<PathBuf>,
 }
 
 /// The `[evaluation]` section: the coordinator's held-out set, as in Intel's sample where the
@@ -547,6 +556,12 @@ impl JobConfig {
         let base = base.as_path();
         for party in &mut config.parties {
             party.data = resolve(base, &party.data);
+            if let Some(p) = &mut party.policy {
+                *p = resolve(base, p);
+            }
+        }
+        if let Some(k) = &mut config.simulate.model_owner_key {
+            *k = resolve(base, k);
         }
         if let Some(eval) = &mut config.evaluation {
             eval.test = resolve(base, &eval.test);

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use confide_core::{JobSpec, PrivacyLevel, Role, SchemeKind};
 use confide_crypto::{FixedPoint, PublicKey, PublicKeyJson};
 use confide_dp::ddg::DdgConfig;
+use confide_governance::audit::{AuditLog, Cosignature, Event, EventKind, SignedTreeHead};
+use confide_governance::identity::Identity;
+use confide_governance::manifest::{SignatureRole, SignedManifest, signature_message};
 use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
 use confide_secagg::{
@@ -86,6 +89,23 @@ pub struct JobReport {
     pub param_count: usize,
     /// Record-level DP per owner, as each owner's node stated it (empty without DP).
     pub privacy: BTreeMap<String, OwnerPrivacy>,
+    /// The job's manifest hash (hex).
+    pub manifest_hash: String,
+    /// The audit log at the job's end.
+    pub audit: Option<AuditSummary>,
+}
+
+/// The audit log as the job left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditSummary {
+    /// Entries in the log.
+    pub entries: u64,
+    /// The signed tree head over them.
+    pub tree_head: SignedTreeHead,
+    /// The witnesses' cosignatures of that head.
+    pub cosignatures: Vec<Cosignature>,
+    /// The exported log file, when one was written.
+    pub log_file: Option<String>,
 }
 
 /// One owner's record-level DP for the job: the accountant's output for its DP-SGD.
@@ -144,6 +164,18 @@ pub struct CoordinatorOptions {
     pub eval: Option<Dataset>,
     /// Where the key holder listens (paillier).
     pub keyholder_endpoint: Option<String>,
+    /// The signed manifest of the job (it must describe `spec`).
+    pub manifest: SignedManifest,
+    /// The coordinator's identity: it signs the audit log's tree heads.
+    pub identity: Arc<Identity>,
+    /// Its certificate (DER), sent to nodes with the manifest.
+    pub certificate: Vec<u8>,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Write the exported audit log here when the job ends.
+    pub audit_export: Option<std::path::PathBuf>,
+    /// The federation's revocation list.
+    pub revocations: Arc<crate::pki::Revocations>,
 }
 
 #[derive(Clone, Debug)]
@@ -152,10 +184,12 @@ struct Snapshot {
     round: u32,
     params: Arc<Vec<f32>>,
     message: String,
+    head: Option<SignedTreeHead>,
 }
 
 struct State {
     joined: BTreeSet<String>,
+    cosigned_final: BTreeSet<String>,
     alive: BTreeSet<String>,
     server: Option<Box<dyn AggregationServer>>,
     certs: BTreeMap<String, Vec<u8>>,
@@ -172,6 +206,14 @@ pub struct Coordinator {
     spec: JobSpec,
     spec_text: String,
     digest: [u8; 32],
+    manifest_json: String,
+    manifest_hash: [u8; 32],
+    recipients: Vec<String>,
+    identity: Arc<Identity>,
+    certificate: Vec<u8>,
+    audit: AuditLog,
+    audit_export: Option<std::path::PathBuf>,
+    revocations: Arc<crate::pki::Revocations>,
     model: ModelSpec,
     fixed: FixedPoint,
     client_dp: Option<ClientDp>,
@@ -334,6 +376,16 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Coordinator {
     /// Prepares a job.
     pub fn new(opts: CoordinatorOptions) -> Result<Arc<Self>, NetError> {
+        let verified = opts
+            .manifest
+            .verify()
+            .map_err(|e| crate::transport::transport_err("job manifest", e))?;
+        if !verified.manifest.describes(&opts.spec) {
+            return Err(crate::transport::transport_err(
+                "job manifest",
+                "the signed manifest does not describe this job (its spec differs from the job file)",
+            ));
+        }
         let fixed = fixed_point(&opts.spec)?;
         let client_dp = client_dp(&opts.spec)
             .map_err(|e| crate::transport::transport_err("client-level DP", e))?;
@@ -343,12 +395,21 @@ impl Coordinator {
             round: 0,
             params: Arc::new(Vec::new()),
             message: String::new(),
+            head: None,
         };
         let (rounds, _) = watch::channel(initial);
         let (progress, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
             spec_text: opts.spec.to_wire(),
             digest: job_digest(&opts.spec),
+            manifest_json: opts.manifest.to_json(),
+            manifest_hash: verified.hash,
+            recipients: verified.manifest.recipients.clone(),
+            identity: opts.identity,
+            certificate: opts.certificate,
+            audit: opts.audit,
+            audit_export: opts.audit_export,
+            revocations: opts.revocations,
             model,
             fixed,
             client_dp,
@@ -357,6 +418,7 @@ impl Coordinator {
             spec: opts.spec,
             state: Mutex::new(State {
                 joined: BTreeSet::new(),
+                cosigned_final: BTreeSet::new(),
                 alive: BTreeSet::new(),
                 server: None,
                 certs: BTreeMap::new(),
@@ -408,6 +470,62 @@ impl Coordinator {
         }
     }
 
+    /// Appends an event to the audit log.
+    fn log(&self, kind: EventKind, actor: &str, detail: serde_json::Value) -> Result<u64, String> {
+        self.audit
+            .record(&Event::now(kind, &self.spec.job.id, actor, detail))
+            .map_err(|e| format!("audit log: {e}"))
+    }
+
+    /// Appends an event where a failure cannot be returned to anyone (it is logged loudly).
+    fn log_or_warn(&self, kind: EventKind, actor: &str, detail: serde_json::Value) {
+        if let Err(e) = self.log(kind, actor, detail) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Signs the audit log's current head.
+    fn sign_head(&self) -> Result<SignedTreeHead, String> {
+        self.audit
+            .sign_head(&self.identity)
+            .map_err(|e| format!("audit log: {e}"))
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The manifest hash.
+    pub fn manifest_hash(&self) -> [u8; 32] {
+        self.manifest_hash
+    }
+
+    /// Records a witness's cosignature of a head this coordinator signed.
+    fn accept_cosignature(
+        &self,
+        witness_id: &str,
+        head_json: &str,
+        cosig_json: &str,
+    ) -> Result<SignedTreeHead, String> {
+        let head: SignedTreeHead =
+            serde_json::from_str(head_json).map_err(|e| format!("tree head: {e}"))?;
+        let cosig: Cosignature =
+            serde_json::from_str(cosig_json).map_err(|e| format!("cosignature: {e}"))?;
+        if cosig.witness != witness_id {
+            return Err(format!(
+                "the cosignature is by `{}`, the caller is `{witness_id}`",
+                cosig.witness
+            ));
+        }
+        head.verify(&self.identity.public_key())
+            .map_err(|e| e.to_string())?;
+        self.audit
+            .add_cosignature(&head, &cosig)
+            .map_err(|e| e.to_string())?;
+        Ok(head)
+    }
+
     fn record_event(&self, event: String) {
         tracing::info!("{event}");
         lock(&self.state).events.push(event);
@@ -431,12 +549,19 @@ impl Coordinator {
             .await;
         let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
         let present = lock(&self.state).alive.len();
-        let outcome = if !all_joined && present < self.spec.job.min_owners {
-            Err(format!(
-                "only {present} of {owners} owners joined (and stayed) within {:.0} s; the job needs {}",
-                timeout.as_secs_f64(),
-                self.spec.job.min_owners
-            ))
+        let outcome = if present < self.spec.job.min_owners {
+            Err(if all_joined {
+                format!(
+                    "only {present} of {owners} owners approved the job and stayed (the others withdrew; see the events); the job needs {}",
+                    self.spec.job.min_owners
+                )
+            } else {
+                format!(
+                    "only {present} of {owners} owners joined and approved the job (and stayed) within {:.0} s; the job needs {}",
+                    timeout.as_secs_f64(),
+                    self.spec.job.min_owners
+                )
+            })
         } else {
             if !all_joined {
                 let missing: Vec<String> = {
@@ -452,13 +577,73 @@ impl Coordinator {
                     "owners {missing:?} did not join in time; starting without them"
                 ));
             }
-            self.rounds_loop(&mut params, paillier_key, &unseal, timeout)
-                .await
+            let present: Vec<String> = lock(&self.state).alive.iter().cloned().collect();
+            match self.log(
+                EventKind::JobStart,
+                "coordinator",
+                serde_json::json!({
+                    "manifest_hash": hex::encode(self.manifest_hash),
+                    "owners": present,
+                    "scheme": self.spec.job.scheme.as_str(),
+                    "rounds": self.spec.job.rounds,
+                }),
+            ) {
+                Ok(_) => {
+                    self.rounds_loop(&mut params, paillier_key, &unseal, timeout)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         };
         let (state, message) = match &outcome {
             Ok(()) => (JobState::Finished, String::new()),
             Err(m) => (JobState::Failed, m.clone()),
         };
+        let rounds_done = lock(&self.state).history.len() as u32;
+        // Record the end and the release, sign the final head, and give the witnesses (the
+        // owners still in the job) a bounded time to cosign it.
+        self.log_or_warn(
+            EventKind::JobEnd,
+            "coordinator",
+            serde_json::json!({
+                "status": if outcome.is_ok() { "finished" } else { "failed" },
+                "message": message,
+                "rounds": rounds_done,
+            }),
+        );
+        if outcome.is_ok() {
+            self.log_or_warn(
+                EventKind::ModelRelease,
+                "coordinator",
+                serde_json::json!({
+                    "recipients": self.recipients,
+                    "model_digest": hex::encode(model_digest(&params)),
+                    "manifest_hash": hex::encode(self.manifest_hash),
+                }),
+            );
+        }
+        let head = match self.sign_head() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        };
+        self.rounds.send_replace(Snapshot {
+            state,
+            round: rounds_done + 1,
+            params: params.clone(),
+            message: message.clone(),
+            head: head.clone(),
+        });
+        if head.is_some() {
+            let wait = timeout.min(Duration::from_secs(10));
+            self.wait_until(Instant::now() + wait, |s| {
+                s.cosigned_final.is_superset(&s.alive)
+            })
+            .await;
+        }
+        let audit = head.map(|h| self.audit_summary(h));
         let report = {
             let s = lock(&self.state);
             JobReport {
@@ -480,16 +665,12 @@ impl Coordinator {
                 keyholder_key: None,
                 param_count: self.model.param_count(),
                 privacy: s.privacy.clone(),
+                manifest_hash: hex::encode(self.manifest_hash),
+                audit,
             }
         };
         lock(&self.state).report = Some((report.clone(), params.clone()));
         let round = report.rounds;
-        self.rounds.send_replace(Snapshot {
-            state,
-            round: round + 1,
-            params,
-            message: message.clone(),
-        });
         let _ = self.progress.send(pb::Progress {
             state: state as i32,
             round,
@@ -498,6 +679,31 @@ impl Coordinator {
             message,
         });
         report
+    }
+
+    /// The audit log's state for the report, exporting the log file when asked to.
+    fn audit_summary(&self, head: SignedTreeHead) -> AuditSummary {
+        let cosignatures = self.audit.cosignatures(&head).unwrap_or_default();
+        let log_file = self.audit_export.as_ref().and_then(|path| {
+            let written = self
+                .audit
+                .export(&self.identity.public_key())
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| write_atomically(path, &bytes));
+            match written {
+                Ok(()) => Some(path.display().to_string()),
+                Err(e) => {
+                    tracing::error!("exporting the audit log to {}: {e}", path.display());
+                    None
+                }
+            }
+        });
+        AuditSummary {
+            entries: head.size,
+            tree_head: head,
+            cosignatures,
+            log_file,
+        }
     }
 
     async fn rounds_loop<F, Fut>(
@@ -528,11 +734,13 @@ impl Coordinator {
                 }
             };
             lock(&self.state).server = Some(server);
+            let head = self.sign_head()?;
             self.rounds.send_replace(Snapshot {
                 state: JobState::Running,
                 round,
                 params: params.clone(),
                 message: String::new(),
+                head: Some(head),
             });
             self.wait_until(started + timeout, |s| {
                 s.server
@@ -611,6 +819,17 @@ impl Coordinator {
                 None => None,
             };
             *params = Arc::new(candidate);
+            self.log(
+                EventKind::Round,
+                "coordinator",
+                serde_json::json!({
+                    "round": round,
+                    "contributors": sum.contributors,
+                    "excluded": excluded,
+                    "model_digest": hex::encode(model_digest(params)),
+                }),
+            )
+            .map_err(|e| format!("round {round} failed: {e}"))?;
             let record = RoundRecord {
                 round,
                 contributors: sum.contributors.clone(),
@@ -668,13 +887,24 @@ impl Coordinator {
 
     fn submit(
         &self,
-        peer_name: &str,
-        peer_key: &[u8],
+        peer: &crate::pki::PeerIdentity,
         cert: Vec<u8>,
         c: Contribution,
         privacy: Option<OwnerPrivacy>,
+        witness: Option<(String, String)>,
     ) -> Result<(), Rejection> {
+        let (peer_name, peer_key, peer_id) = (
+            peer.name.as_str(),
+            peer.public_key.as_slice(),
+            peer.id.as_str(),
+        );
+        let c_round = c.round;
         let result = (|| {
+            if let Some((head, cosig)) = &witness {
+                self.accept_cosignature(peer_id, head, cosig).map_err(|e| {
+                    Rejection::new(Reject::BadSignature, format!("audit cosignature: {e}"))
+                })?;
+            }
             if c.owner != peer_name {
                 return Err(Rejection::new(
                     Reject::NotAnOwner,
@@ -707,7 +937,9 @@ impl Coordinator {
             if !s.alive.contains(peer_name) {
                 return Err(Rejection::new(
                     Reject::StageClosed,
-                    format!("`{peer_name}` has withdrawn or was excluded from this job"),
+                    format!(
+                        "`{peer_name}` has not approved this job's manifest, or has withdrawn or was excluded"
+                    ),
                 ));
             }
             let srv = s
@@ -726,6 +958,17 @@ impl Coordinator {
             Err(r) => {
                 tracing::warn!("rejected a contribution from `{peer_name}`: {r}");
                 self.count_rejection(r.reason);
+                self.log_or_warn(
+                    EventKind::Refusal,
+                    "coordinator",
+                    serde_json::json!({
+                        "what": "contribution",
+                        "owner": peer_name,
+                        "round": c_round,
+                        "code": r.reason.rule(),
+                        "detail": r.to_string(),
+                    }),
+                );
             }
         }
         result
@@ -744,16 +987,21 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinReply>, Status> {
-        let id = peer(&request, &[Role::Node])?;
         let c = &self.0;
+        let id = peer(&request, &[Role::Node], &c.revocations)?;
         if !c.spec.owners.contains(&id.name) {
+            c.log_or_warn(
+                EventKind::Refusal,
+                "coordinator",
+                serde_json::json!({ "what": "join", "party": id.name, "id": id.id, "detail": "not an owner of this job" }),
+            );
             return Err(Status::permission_denied(format!(
                 "`{}` is not an owner of this job",
                 id.name
             )));
         }
         {
-            let mut s = lock(&c.state);
+            let s = lock(&c.state);
             let excluded = s.joined.contains(&id.name) && !s.alive.contains(&id.name);
             if excluded {
                 return Err(Status::failed_precondition(format!(
@@ -761,24 +1009,141 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     id.name
                 )));
             }
-            s.joined.insert(id.name.clone());
-            s.alive.insert(id.name.clone());
         }
+        c.log(
+            EventKind::Registration,
+            &id.name,
+            serde_json::json!({ "party": id.name, "id": id.id, "role": id.role.as_str() }),
+        )
+        .map_err(Status::internal)?;
         tracing::info!("`{}` joined", id.name);
-        c.changed.notify_waiters();
         Ok(Response::new(pb::JoinReply {
             job_spec: c.spec_text.clone(),
             job_digest: c.digest.to_vec(),
             keyholder_endpoint: c.keyholder_endpoint.clone(),
+            manifest_json: c.manifest_json.clone(),
+            coordinator_certificate: c.certificate.clone(),
         }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveReply>, Status> {
+        let c = &self.0;
+        let id = peer(&request, &[Role::Node], &c.revocations)?;
+        if !c.spec.owners.contains(&id.name) {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not an owner of this job",
+                id.name
+            )));
+        }
+        let req = request.into_inner();
+        let checked = if req.manifest_hash != hex::encode(c.manifest_hash) {
+            Err("the approval is for another manifest than this job's")
+        } else {
+            hex::decode(&req.signature)
+                .map_err(|_| ())
+                .and_then(|sig| {
+                    confide_crypto::sign::verify(
+                        &id.public_key,
+                        &signature_message(SignatureRole::Approval, &c.manifest_hash),
+                        &sig,
+                    )
+                    .map_err(|_| ())
+                })
+                .map_err(|()| "the approval signature does not verify")
+        };
+        if let Err(why) = checked {
+            c.log_or_warn(
+                EventKind::Refusal,
+                "coordinator",
+                serde_json::json!({ "what": "approval", "owner": id.name, "id": id.id, "detail": why }),
+            );
+            return Err(Status::permission_denied(why));
+        }
+        {
+            let s = lock(&c.state);
+            if s.joined.contains(&id.name) {
+                return Err(Status::failed_precondition(format!(
+                    "`{}` already approved, withdrew or was excluded",
+                    id.name
+                )));
+            }
+        }
+        c.log(
+            EventKind::Approval,
+            &id.name,
+            serde_json::json!({
+                "owner": id.name,
+                "id": id.id,
+                "manifest_hash": req.manifest_hash,
+                "basis": req.basis,
+                "signature": req.signature,
+            }),
+        )
+        .map_err(Status::internal)?;
+        {
+            let mut s = lock(&c.state);
+            s.joined.insert(id.name.clone());
+            s.alive.insert(id.name.clone());
+        }
+        tracing::info!("`{}` approved the job ({})", id.name, req.basis);
+        c.changed.notify_waiters();
+        Ok(Response::new(pb::ApproveReply {}))
+    }
+
+    async fn cosign(
+        &self,
+        request: Request<pb::CosignRequest>,
+    ) -> Result<Response<pb::CosignReply>, Status> {
+        let c = &self.0;
+        let id = peer(&request, &[Role::Node], &c.revocations)?;
+        let req = request.into_inner();
+        let head = c
+            .accept_cosignature(&id.id, &req.tree_head_json, &req.cosignature_json)
+            .map_err(Status::invalid_argument)?;
+        let is_final = {
+            let snap = c.rounds.borrow();
+            matches!(snap.state, JobState::Finished | JobState::Failed)
+                && snap.head.as_ref() == Some(&head)
+        };
+        if is_final {
+            lock(&c.state).cosigned_final.insert(id.name.clone());
+            c.changed.notify_waiters();
+        }
+        Ok(Response::new(pb::CosignReply {}))
+    }
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<pb::ExportAuditReply>, Status> {
+        let c = &self.0;
+        peer(
+            &request,
+            &[
+                Role::Node,
+                Role::ModelOwner,
+                Role::Coordinator,
+                Role::KeyHolder,
+            ],
+            &c.revocations,
+        )?;
+        let log_file = c
+            .audit
+            .export(&c.identity.public_key())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::ExportAuditReply { log_file }))
     }
 
     async fn next_round(
         &self,
         request: Request<pb::NextRoundRequest>,
     ) -> Result<Response<pb::RoundTask>, Status> {
-        peer(&request, &[Role::Node])?;
+        peer(&request, &[Role::Node], &self.0.revocations)?;
         let after = request.get_ref().after_round;
+        let witnessed = request.get_ref().witnessed_size;
         let mut rx = self.0.rounds.subscribe();
         let snap = rx
             .wait_for(|s| {
@@ -787,6 +1152,23 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
             .clone();
+        let (tree_head_json, consistency_proof) = match &snap.head {
+            Some(h) => {
+                let proof = if witnessed > 0 && witnessed < h.size {
+                    self.0
+                        .audit
+                        .consistency_proof(witnessed, h.size)
+                        .map_err(|e| Status::internal(e.to_string()))?
+                } else {
+                    Vec::new()
+                };
+                (
+                    serde_json::to_string(h).map_err(|e| Status::internal(e.to_string()))?,
+                    proof.into_iter().map(|p| p.to_vec()).collect(),
+                )
+            }
+            None => (String::new(), Vec::new()),
+        };
         Ok(Response::new(pb::RoundTask {
             state: snap.state as i32,
             round: snap.round,
@@ -796,6 +1178,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 Vec::new()
             },
             message: snap.message,
+            tree_head_json,
+            consistency_proof,
         }))
     }
 
@@ -803,13 +1187,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let id = peer(&request, &[Role::Node])?;
+        let id = peer(&request, &[Role::Node], &self.0.revocations)?;
         let cert = request
             .peer_certs()
             .and_then(|c| c.first().map(|d| d.as_ref().to_vec()))
             .unwrap_or_default();
         let inner = request.into_inner();
         let privacy = inner.privacy.as_ref().map(OwnerPrivacy::from_pb);
+        let witness = (!inner.cosignature_json.is_empty())
+            .then(|| (inner.tree_head_json.clone(), inner.cosignature_json.clone()));
         let c = inner
             .contribution
             .ok_or_else(|| Status::invalid_argument("missing contribution"))?;
@@ -817,11 +1203,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         // Signature verification and ciphertext parsing are CPU work: keep them off the async
         // executor.
         let coordinator = self.0.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            coordinator.submit(&id.name, &id.public_key, cert, c, privacy)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let outcome =
+            tokio::task::spawn_blocking(move || coordinator.submit(&id, cert, c, privacy, witness))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match outcome {
             Ok(()) => pb::SubmitReply {
                 accepted: true,
@@ -840,14 +1225,33 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {
-        let id = peer(&request, &[Role::Node])?;
+        let id = peer(&request, &[Role::Node], &self.0.revocations)?;
         if !self.0.spec.owners.contains(&id.name) {
             return Err(Status::permission_denied(format!(
                 "`{}` is not an owner of this job",
                 id.name
             )));
         }
-        let reason = request.into_inner().reason;
+        let req = request.into_inner();
+        let reason = req.reason;
+        let kind = if req.kind == "revocation" {
+            EventKind::Revocation
+        } else {
+            EventKind::Refusal
+        };
+        self.0
+            .log(
+                kind,
+                &id.name,
+                serde_json::json!({
+                    "what": "withdrawal",
+                    "owner": id.name,
+                    "id": id.id,
+                    "kind": if req.kind.is_empty() { "data" } else { req.kind.as_str() },
+                    "reason": reason,
+                }),
+            )
+            .map_err(Status::internal)?;
         {
             let mut s = lock(&self.0.state);
             s.joined.insert(id.name.clone());
@@ -865,7 +1269,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        peer(&request, &[Role::ModelOwner])?;
+        peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
         let c = self.0.clone();
         let rx = c.progress.subscribe();
         // Replay what already happened, then follow live events.
@@ -896,7 +1300,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::AckModelRequest>,
     ) -> Result<Response<pb::AckModelReply>, Status> {
-        peer(&request, &[Role::ModelOwner])?;
+        peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
         if self.0.result().is_none() {
             return Err(Status::failed_precondition("the job has not ended yet"));
         }
@@ -909,7 +1313,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::FetchModelRequest>,
     ) -> Result<Response<pb::ModelRelease>, Status> {
-        peer(&request, &[Role::ModelOwner])?;
+        let id = peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
+        if !self.0.recipients.contains(&id.id) {
+            self.0.log_or_warn(
+                EventKind::Refusal,
+                "coordinator",
+                serde_json::json!({ "what": "model fetch", "party": id.name, "id": id.id, "detail": "not a recipient in the manifest" }),
+            );
+            return Err(Status::permission_denied(format!(
+                "`{}` ({}) is not a recipient of this job's model",
+                id.name, id.id
+            )));
+        }
         let (report, params) = self
             .0
             .result()
@@ -973,6 +1388,13 @@ fn progress_stream(
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses the key holder's public key reply.

@@ -23,6 +23,7 @@ pub struct KeyHolderService {
     unsealer: Mutex<Unsealer>,
     public_json: String,
     ca_der: Vec<u8>,
+    revocations: Arc<crate::pki::Revocations>,
     job_hex: String,
     state: Option<PathBuf>,
 }
@@ -111,6 +112,7 @@ impl KeyHolderService {
             unsealer: Mutex::new(unsealer),
             public_json,
             ca_der,
+            revocations: creds.revocations.clone(),
             job_hex,
             state,
         }))
@@ -126,6 +128,9 @@ impl KeyHolderService {
         for (c, cert) in relayed {
             let id = verify_party_certificate(&cert, &self.ca_der)
                 .map_err(|e| format!("KEY-002 certificate of `{}`: {e}", c.owner))?;
+            self.revocations
+                .check(&id.id)
+                .map_err(|e| format!("KEY-002 {e}"))?;
             if id.role != Role::Node || id.name != c.owner {
                 return Err(format!(
                     "KEY-002 certificate names `{}` ({}), the contribution `{}`",
@@ -174,7 +179,11 @@ impl pb::key_holder_server::KeyHolder for KeyHolderGrpc {
         &self,
         request: Request<pb::PublicKeyRequest>,
     ) -> Result<Response<pb::PublicKeyReply>, Status> {
-        peer(&request, &[Role::Node, Role::Coordinator, Role::ModelOwner])?;
+        peer(
+            &request,
+            &[Role::Node, Role::Coordinator, Role::ModelOwner],
+            &self.0.revocations,
+        )?;
         Ok(Response::new(pb::PublicKeyReply {
             public_key_json: self.0.public_json.clone(),
         }))
@@ -184,7 +193,7 @@ impl pb::key_holder_server::KeyHolder for KeyHolderGrpc {
         &self,
         request: Request<pb::UnsealRequest>,
     ) -> Result<Response<pb::UnsealReply>, Status> {
-        peer(&request, &[Role::Coordinator])?;
+        peer(&request, &[Role::Coordinator], &self.0.revocations)?;
         let req = request.into_inner();
         let relayed = req
             .contributions

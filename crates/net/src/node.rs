@@ -1,6 +1,10 @@
-//! `confide node`: a data owner. It loads its CSV, checks it against the job's schema, trains
+//! `confide node`: a data owner. It checks the job's signed manifest and its owner's policy
+//! before anything else, approves the job (automatically through a policy rule, or because its
+//! owner co-signed the manifest), loads its CSV, checks it against the job's schema, trains
 //! locally each round, encodes and protects its update with the job's scheme, signs it and
-//! sends it to the coordinator.
+//! sends it to the coordinator. At every round it re-reads the policy (a revocation stops the
+//! job for this owner) and witnesses the coordinator's audit log: it cosigns each signed tree
+//! head only if it extends the last head it saw.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +21,10 @@ use crate::coordinator::{
 use crate::pb::{self, JobState};
 use crate::pki::Credentials;
 use crate::transport::connect;
+use confide_governance::audit::SignedTreeHead;
+use confide_governance::manifest::{Mode, SignatureRole, SignedManifest, signature_message};
+use confide_governance::policy::{Approval, JobRequest, Policy};
+use confide_governance::witness::Witness;
 
 /// Node failures.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +81,12 @@ pub struct NodeOptions {
     /// job's ε is debited before the first round, and a job that would exceed the dataset's
     /// budget (or a job without DP on a dataset that has a budget) is refused.
     pub ledger: Option<(PathBuf, String)>,
+    /// The owner's policy for this dataset (see `confide_governance::policy`). Without one,
+    /// the node runs a job only if its owner co-signed the manifest (`confide job approve`).
+    pub policy: Option<PathBuf>,
+    /// The witness's memory of the coordinator's tree heads (a redb file); `None` keeps it in
+    /// memory for this run only.
+    pub witness_store: Option<PathBuf>,
 }
 
 /// What a node did.
@@ -118,6 +132,15 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         hex::encode(&digest[..8])
     );
 
+    // The manifest and the coordinator's identity, checked before any data is touched.
+    let gov = match Governance::check(&opts, &join, &spec) {
+        Ok(g) => g,
+        Err(problem) => {
+            refuse(&mut coord, &problem, "refusal").await;
+            return Err(NodeError::Refused(problem));
+        }
+    };
+
     // Validate the local data before any round; on failure, tell the coordinator and stop.
     let data = match load_job_data(&spec, &opts.data) {
         Ok(d) if d.is_empty() => Err(DataError::Empty {
@@ -128,28 +151,54 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let data = match data {
         Ok(d) => std::sync::Arc::new(d),
         Err(e) => {
-            let _ = coord
-                .withdraw(pb::WithdrawRequest {
-                    reason: e.to_string(),
-                })
-                .await;
+            refuse(&mut coord, &e.to_string(), "data").await;
             return Err(e.into());
         }
     };
 
-    // Record-level DP: plan the whole job's DP-SGD for this dataset, then debit the ledger
-    // before any training. Refusals are reported to the coordinator as a withdrawal.
-    let private = match prepare_privacy(&spec, data.len(), opts.ledger.as_ref()) {
-        Ok(p) => p,
+    // Plan the job's DP for this dataset, check the job against the owner's policy (ε
+    // included), approve it, and only then debit the ledger. Refusals are reported to the
+    // coordinator as a withdrawal, which it records in the audit log.
+    let approved = plan_privacy(&spec, data.len()).and_then(|spend| {
+        let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
+        let basis = gov.decide(&opts, &request)?;
+        Ok((spend, request, basis))
+    });
+    let (spend, request, basis) = match approved {
+        Ok(x) => x,
         Err(problem) => {
-            let _ = coord
-                .withdraw(pb::WithdrawRequest {
-                    reason: problem.clone(),
-                })
-                .await;
+            refuse(&mut coord, &problem, "refusal").await;
             return Err(NodeError::Refused(problem));
         }
     };
+    let private = match gov
+        .ledger(&opts)
+        .and_then(|l| debit_ledger(&spec, spend, l.as_ref()))
+    {
+        Ok(p) => p,
+        Err(problem) => {
+            refuse(&mut coord, &problem, "refusal").await;
+            return Err(NodeError::Refused(problem));
+        }
+    };
+    let approval = signing.sign(&signature_message(
+        SignatureRole::Approval,
+        &gov.manifest_hash,
+    ));
+    coord
+        .approve(pb::ApproveRequest {
+            manifest_hash: hex::encode(gov.manifest_hash),
+            basis: basis.clone(),
+            signature: hex::encode(approval),
+        })
+        .await
+        .map_err(|s| NodeError::Refused(format!("approval refused: {}", s.message())))?;
+    tracing::info!("`{name}` approved job `{}` ({basis})", spec.job.id);
+    let witness = gov.witness(&opts)?;
+    let mut witnessed = witness
+        .last_seen(&gov.log_id)
+        .map_err(|e| NodeError::Job(e.to_string()))?
+        .map_or(0, |h| h.size);
     let claim = private.as_ref().map(|(spend, _)| spend.claim());
     if let Some(c) = &claim {
         tracing::info!(
@@ -218,11 +267,50 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let mut seen_models = std::collections::BTreeSet::new();
     loop {
         let task = coord
-            .next_round(pb::NextRoundRequest { after_round: after })
+            .next_round(pb::NextRoundRequest {
+                after_round: after,
+                witnessed_size: witnessed,
+            })
             .await
             .map_err(|s| NodeError::Refused(format!("next round: {}", s.message())))?
             .into_inner();
-        match JobState::try_from(task.state).unwrap_or(JobState::Failed) {
+        // Witness the audit log: a head that does not extend what this owner saw is refused.
+        let cosigned = match gov.witness_head(&witness, &task) {
+            Ok(c) => c,
+            Err(problem) => {
+                refuse(&mut coord, &problem, "refusal").await;
+                return Err(NodeError::Refused(problem));
+            }
+        };
+        if let Some((head, _)) = &cosigned {
+            witnessed = head.size;
+        }
+        let state = JobState::try_from(task.state).unwrap_or(JobState::Failed);
+        if state != JobState::Running
+            && let Some((head, cosig)) = &cosigned
+        {
+            // The final head: hand the cosignature over before leaving.
+            if let Err(s) = coord
+                .cosign(pb::CosignRequest {
+                    cosignature_json: cosig.clone(),
+                    tree_head_json: serde_json::to_string(head).unwrap_or_default(),
+                })
+                .await
+            {
+                tracing::warn!(
+                    "`{name}`: the coordinator refused the final cosignature: {}",
+                    s.message()
+                );
+            }
+        }
+        // The owner's consent is checked again at every round: a revoked job stops here.
+        if state == JobState::Running
+            && let Err(problem) = gov.still_allowed(&opts, &request)
+        {
+            refuse(&mut coord, &problem, "revocation").await;
+            return Err(NodeError::Refused(problem));
+        }
+        match state {
             JobState::Running => {}
             JobState::Finished => {
                 if let Some((_, Some((ledger, dataset)))) = &private
@@ -269,11 +357,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             None
         };
         if let Some(problem) = problem {
-            let _ = coord
-                .withdraw(pb::WithdrawRequest {
-                    reason: problem.clone(),
-                })
-                .await;
+            refuse(&mut coord, &problem, "refusal").await;
             return Err(NodeError::Job(problem));
         }
         after = round;
@@ -341,10 +425,25 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 payload,
             },
         );
+        // Consent is checked once more before the update leaves: a revocation during training
+        // keeps this round's update at home.
+        if let Err(problem) = gov.still_allowed(&opts, &request) {
+            refuse(&mut coord, &problem, "revocation").await;
+            return Err(NodeError::Refused(problem));
+        }
+        let (tree_head_json, cosignature_json) = match &cosigned {
+            Some((head, cosig)) => (
+                serde_json::to_string(head).unwrap_or_default(),
+                cosig.clone(),
+            ),
+            None => (String::new(), String::new()),
+        };
         let reply = coord
             .submit(pb::SubmitRequest {
                 privacy: claim.clone(),
                 contribution: Some(crate::wire::to_pb(c)),
+                tree_head_json,
+                cosignature_json,
             })
             .await
             .map_err(|s| NodeError::Refused(format!("submit: {}", s.message())))?
@@ -353,11 +452,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             // An honest node's update is only refused when something is broken; leave the job
             // at once so the round does not wait for this owner until its deadline.
             let problem = format!("round {round}: update rejected: {}", reply.detail);
-            let _ = coord
-                .withdraw(pb::WithdrawRequest {
-                    reason: problem.clone(),
-                })
-                .await;
+            refuse(&mut coord, &problem, "refusal").await;
             return Err(NodeError::Refused(problem));
         }
         rounds += 1;
@@ -412,32 +507,13 @@ impl Spend {
 /// What the owner spends and, when it keeps a ledger, the ledger and dataset name.
 type Private = (Spend, Option<(confide_dp::ledger::BudgetLedger, String)>);
 
-/// Plans the job's DP for a dataset of `rows` rows and debits the ledger. `Err` is a refusal
-/// to explain to the coordinator.
-fn prepare_privacy(
-    spec: &JobSpec,
-    rows: usize,
-    ledger: Option<&(PathBuf, String)>,
-) -> Result<Option<Private>, String> {
-    let ledger = match ledger {
-        Some((path, dataset)) => Some((
-            confide_dp::ledger::BudgetLedger::open(path)
-                .map_err(|e| format!("privacy ledger {}: {e}", path.display()))?,
-            dataset.clone(),
-        )),
-        None => None,
-    };
+/// Plans the job's DP for a dataset of `rows` rows. `Err` is a refusal to explain to the
+/// coordinator.
+fn plan_privacy(spec: &JobSpec, rows: usize) -> Result<Option<Spend>, String> {
     let Some(privacy) = &spec.privacy else {
-        if let Some((l, dataset)) = &ledger
-            && l.budget(dataset).map_err(|e| e.to_string())?.is_some()
-        {
-            return Err(format!(
-                "dataset `{dataset}` has a privacy budget and this job has no [privacy] section (its ε would be unbounded)"
-            ));
-        }
         return Ok(None);
     };
-    let spend = match privacy.level {
+    Ok(Some(match privacy.level {
         confide_core::PrivacyLevel::Record => {
             let t = &spec.training;
             Spend::Record(
@@ -457,6 +533,44 @@ fn prepare_privacy(
             crate::coordinator::client_dp(spec)?
                 .ok_or("internal: client-level privacy without a plan")?,
         ),
+    }))
+}
+
+/// A ledger file, the dataset's name in it, and the policy's lifetime budget `(ε, δ)`.
+type LedgerTarget = (PathBuf, String, Option<(f64, f64)>);
+
+/// Debits the job's (ε, δ) from the ledger (when the owner keeps one). `Err` is a refusal.
+fn debit_ledger(
+    spec: &JobSpec,
+    spend: Option<Spend>,
+    ledger: Option<&LedgerTarget>,
+) -> Result<Option<Private>, String> {
+    let ledger = match ledger {
+        Some((path, dataset, lifetime)) => {
+            let l = confide_dp::ledger::BudgetLedger::open(path)
+                .map_err(|e| format!("privacy ledger {}: {e}", path.display()))?;
+            // The policy's lifetime budget is the dataset's budget in the ledger.
+            if let Some((e, d)) = lifetime {
+                let b = confide_dp::ledger::Budget::new(*e, *d).map_err(|e| e.to_string())?;
+                if l.budget(dataset).map_err(|e| e.to_string())? != Some(b) {
+                    l.set_budget(dataset, b).map_err(|e| {
+                        format!("privacy ledger: setting the policy's lifetime budget: {e}")
+                    })?;
+                }
+            }
+            Some((l, dataset.clone()))
+        }
+        None => None,
+    };
+    let Some(spend) = spend else {
+        if let Some((l, dataset)) = &ledger
+            && l.budget(dataset).map_err(|e| e.to_string())?.is_some()
+        {
+            return Err(format!(
+                "dataset `{dataset}` has a privacy budget and this job has no [privacy] section (its ε would be unbounded)"
+            ));
+        }
+        return Ok(None);
     };
     if let Some((l, dataset)) = &ledger {
         let (epsilon, delta) = spend.cost();
@@ -465,6 +579,194 @@ fn prepare_privacy(
             .map_err(|e| format!("privacy budget: {e}"))?;
     }
     Ok(Some((spend, ledger)))
+}
+
+/// Tells the coordinator this owner leaves the job, and why (`kind`: data, refusal or
+/// revocation); the coordinator records it in the audit log.
+async fn refuse(
+    coord: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    problem: &str,
+    kind: &str,
+) {
+    let _ = coord
+        .withdraw(pb::WithdrawRequest {
+            reason: problem.to_string(),
+            kind: kind.to_string(),
+        })
+        .await;
+}
+
+/// What the node established about the job's governance when it joined.
+struct Governance {
+    manifest: confide_governance::manifest::VerifiedManifest,
+    manifest_hash: [u8; 32],
+    my_id: String,
+    log_id: String,
+    log_key: Vec<u8>,
+    coordinator_id: String,
+    revocations: std::sync::Arc<crate::pki::Revocations>,
+}
+
+impl Governance {
+    /// Verifies the manifest (model owner's signature, approvals, that it describes the job
+    /// the coordinator runs) and the coordinator's certificate (the audit log's key).
+    fn check(opts: &NodeOptions, join: &pb::JoinReply, spec: &JobSpec) -> Result<Self, String> {
+        let signed = SignedManifest::from_json(&join.manifest_json)
+            .map_err(|e| format!("the coordinator sent no valid manifest: {e}"))?;
+        let manifest = signed
+            .verify()
+            .map_err(|e| format!("job manifest refused: {e}"))?;
+        if !manifest.manifest.describes(spec) {
+            return Err(
+                "job manifest refused: it does not describe the job the coordinator runs".into(),
+            );
+        }
+        let ca = opts.creds.ca_der().map_err(|e| e.to_string())?;
+        let coordinator = crate::pki::verify_party_certificate(&join.coordinator_certificate, &ca)
+            .map_err(|e| format!("the coordinator's certificate: {e}"))?;
+        if coordinator.role != confide_core::Role::Coordinator {
+            return Err(format!("`{}` is not a coordinator", coordinator.name));
+        }
+        let revocations = opts.creds.revocations.clone();
+        revocations.check(&coordinator.id)?;
+        revocations
+            .check(&manifest.manifest.model_owner.id)
+            .map_err(|e| format!("the model owner: {e}"))?;
+        Ok(Self {
+            manifest_hash: manifest.hash,
+            manifest,
+            my_id: opts.creds.id(),
+            log_id: coordinator.id.clone(),
+            log_key: coordinator.public_key,
+            coordinator_id: coordinator.id,
+            revocations,
+        })
+    }
+
+    fn request(&self, spec: &JobSpec, privacy: Option<(f64, f64)>) -> JobRequest {
+        JobRequest {
+            job_id: spec.job.id.clone(),
+            manifest_hash: hex::encode(self.manifest_hash),
+            model_owner: self.manifest.manifest.model_owner.id.clone(),
+            mode: self.manifest.manifest.mode,
+            scheme: spec.job.scheme.as_str().into(),
+            privacy,
+            recipients: self.manifest.manifest.recipients.clone(),
+        }
+    }
+
+    fn policy(opts: &NodeOptions) -> Result<Option<Policy>, String> {
+        opts.policy
+            .as_ref()
+            .map(|p| Policy::load(p).map_err(|e| format!("policy: {e}")))
+            .transpose()
+    }
+
+    /// Whether this owner approves the job, and on what basis.
+    fn decide(&self, opts: &NodeOptions, request: &JobRequest) -> Result<String, String> {
+        if request.mode != Mode::Federated {
+            return Err(format!(
+                "a node runs federated jobs; this one is `{}`",
+                request.mode.as_str()
+            ));
+        }
+        let co_signed = self.manifest.approvals.contains(&self.my_id);
+        match Self::policy(opts)? {
+            Some(policy) => {
+                let allowed = policy
+                    .evaluate(request, time::OffsetDateTime::now_utc())
+                    .map_err(|d| d.to_string())?;
+                match (allowed.approval, co_signed) {
+                    (Approval::Automatic, _) => Ok(format!("policy rule `{}`", allowed.rule)),
+                    (Approval::CoSignature, true) => {
+                        Ok(format!("co-signature (policy rule `{}`)", allowed.rule))
+                    }
+                    (Approval::CoSignature, false) => Err(format!(
+                        "policy rule `{}` requires this owner's co-signature of manifest {} (`confide job approve`)",
+                        allowed.rule,
+                        hex::encode(self.manifest_hash)
+                    )),
+                }
+            }
+            None if co_signed => Ok("co-signature".into()),
+            None => Err(format!(
+                "this owner has neither a policy that approves the job (--policy) nor co-signed manifest {} (`confide job approve`)",
+                hex::encode(self.manifest_hash)
+            )),
+        }
+    }
+
+    /// Re-reads the policy and the revocation list: `Err` once the job is no longer allowed.
+    fn still_allowed(&self, opts: &NodeOptions, request: &JobRequest) -> Result<(), String> {
+        self.revocations.check(&self.coordinator_id)?;
+        self.revocations
+            .check(&self.manifest.manifest.model_owner.id)
+            .map_err(|e| format!("revoked: the model owner: {e}"))?;
+        if let Some(policy) = Self::policy(opts)? {
+            policy
+                .evaluate(request, time::OffsetDateTime::now_utc())
+                .map_err(|d| d.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The ledger and dataset, with the policy's lifetime budget. A policy with a lifetime
+    /// budget needs a ledger to enforce it.
+    fn ledger(&self, opts: &NodeOptions) -> Result<Option<LedgerTarget>, String> {
+        let policy = Self::policy(opts)?;
+        let lifetime = policy.as_ref().and_then(|p| p.lifetime);
+        match (&opts.ledger, &policy) {
+            (None, Some(p)) if lifetime.is_some() => Err(format!(
+                "the policy of dataset `{}` sets a lifetime ε; run the node with --ledger to enforce it",
+                p.dataset
+            )),
+            (Some((_, dataset)), Some(p)) if *dataset != p.dataset => Err(format!(
+                "the ledger's dataset is `{dataset}`, the policy's is `{}`",
+                p.dataset
+            )),
+            (Some((path, dataset)), _) => Ok(Some((path.clone(), dataset.clone(), lifetime))),
+            (None, _) => Ok(None),
+        }
+    }
+
+    fn witness(&self, opts: &NodeOptions) -> Result<Witness, NodeError> {
+        let store: std::sync::Arc<dyn confide_store::Store> = match &opts.witness_store {
+            Some(p) => std::sync::Arc::new(
+                confide_store::RedbStore::open(p)
+                    .map_err(|e| NodeError::Job(format!("witness store {}: {e}", p.display())))?,
+            ),
+            None => std::sync::Arc::new(confide_store::MemoryStore::new()),
+        };
+        Ok(Witness::new(store, opts.creds.identity()))
+    }
+
+    /// Checks the task's tree head against what this witness saw and cosigns it.
+    fn witness_head(
+        &self,
+        witness: &Witness,
+        task: &pb::RoundTask,
+    ) -> Result<Option<(SignedTreeHead, String)>, String> {
+        if task.tree_head_json.is_empty() {
+            return Ok(None);
+        }
+        let head: SignedTreeHead = serde_json::from_str(&task.tree_head_json)
+            .map_err(|e| format!("audit log: malformed tree head: {e}"))?;
+        let proof = task
+            .consistency_proof
+            .iter()
+            .map(|p| {
+                <[u8; 32]>::try_from(p.as_slice())
+                    .map_err(|_| "audit log: malformed proof".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cosig = witness
+            .observe(&head, &self.log_key, &proof)
+            .map_err(|e| format!("audit log of `{}`: {e}", self.log_id))?;
+        Ok(Some((
+            head,
+            serde_json::to_string(&cosig).map_err(|e| e.to_string())?,
+        )))
+    }
 }
 
 fn name_seed(name: &str) -> u64 {

@@ -1,19 +1,26 @@
 //! A small certificate authority per federation, and party identities.
 //!
-//! `confide ca init` creates an Ed25519 CA; `confide ca issue` gives each party an Ed25519 key
-//! and a certificate whose subject CN is the party's name and whose OU is its role, with the
-//! name as a DNS subject-alternative name (the TLS server name). The same Ed25519 key signs the
-//! party's contributions, so its TLS identity and its signatures are one identity.
+//! `confide ca init` creates an Ed25519 CA; `confide ca issue` certifies a party's Ed25519
+//! identity key (made with `confide keygen`, or generated on the spot) in a certificate whose
+//! subject CN is the party's name and whose OU is its role, with the name as a DNS
+//! subject-alternative name (the TLS server name). The same key signs the party's
+//! contributions, approvals and tree heads, and its party id is derived from it: a TLS peer, a
+//! signature and an id are one identity. `confide ca revoke` adds a party to the CA-signed
+//! revocation list (`revoked.json`), which every role checks on every call.
 //!
-//! Layout of a federation directory: `ca.crt`, `ca.key`, and `<name>.crt`, `<name>.key` per
-//! party. Private keys are written with mode 0600.
+//! Layout of a federation directory: `ca.crt`, `ca.key`, `revoked.json` (once something is
+//! revoked), and `<name>.crt`, `<name>.key` (and `<name>.key.pub`) per party. Private keys are
+//! written with mode 0600; a party's key may be passphrase-encrypted.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use confide_core::Role;
+use confide_governance::identity::{Identity, PublicIdentity, party_id};
+use confide_governance::revocation::{RevocationList, Revoked};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SubjectPublicKeyInfo,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use time::{Duration, OffsetDateTime};
@@ -89,15 +96,46 @@ pub fn init_ca(dir: &Path, federation: &str, now: OffsetDateTime) -> Result<(), 
     write_public(&dir.join("ca.crt"), &cert.pem())
 }
 
-/// Issues `<name>.crt` and `<name>.key` for a party, signed by the CA in `dir`.
+/// Generates a key for a party (`<name>.key`, `<name>.key.pub`) and issues its certificate.
 pub fn issue(dir: &Path, name: &str, role: Role, now: OffsetDateTime) -> Result<(), PkiError> {
     confide_core::config::validate_party_name(name).map_err(PkiError::Rejected)?;
+    let identity = Identity::generate().map_err(PkiError::Generate)?;
+    identity
+        .save(&dir.join(format!("{name}.key")), None)
+        .map_err(|e| PkiError::Generate(e.to_string()))?;
+    issue_for_key(dir, name, role, &identity.public(), now)
+}
+
+/// The DER SubjectPublicKeyInfo of an Ed25519 public key (RFC 8410 §4).
+fn ed25519_spki(key: &[u8; 32]) -> Vec<u8> {
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend_from_slice(key);
+    der
+}
+
+/// Issues `<name>.crt` for an existing identity (its public key), signed by the CA in `dir`.
+pub fn issue_for_key(
+    dir: &Path,
+    name: &str,
+    role: Role,
+    public: &PublicIdentity,
+    now: OffsetDateTime,
+) -> Result<(), PkiError> {
+    confide_core::config::validate_party_name(name).map_err(PkiError::Rejected)?;
+    let key = public.key().map_err(PkiError::Rejected)?;
+    if party_id(&key) != public.id {
+        return Err(PkiError::Rejected(
+            "the id is not derived from the key".into(),
+        ));
+    }
+    let spki = SubjectPublicKeyInfo::from_der(&ed25519_spki(&key))
+        .map_err(|e| PkiError::Generate(e.to_string()))?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)
         .map_err(|e| PkiError::Generate(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&read(&dir.join("ca.crt"))?, ca_key)
         .map_err(|e| PkiError::Generate(e.to_string()))?;
-    let key =
-        KeyPair::generate_for(&PKCS_ED25519).map_err(|e| PkiError::Generate(e.to_string()))?;
     let mut params = CertificateParams::new(vec![name.to_string()])
         .map_err(|e| PkiError::Generate(e.to_string()))?;
     let mut dn = DistinguishedName::new();
@@ -114,10 +152,104 @@ pub fn issue(dir: &Path, name: &str, role: Role, now: OffsetDateTime) -> Result<
     params.not_after = now + Duration::days(90);
     params.use_authority_key_identifier_extension = true;
     let cert = params
-        .signed_by(&key, &issuer)
+        .signed_by(&spki, &issuer)
         .map_err(|e| PkiError::Generate(e.to_string()))?;
-    write_secret(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
     write_public(&dir.join(format!("{name}.crt")), &cert.pem())
+}
+
+/// Revokes the party certified as `<name>.crt`: adds its id to the CA-signed `revoked.json`.
+/// Returns the revoked id.
+pub fn revoke(
+    dir: &Path,
+    name: &str,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<String, PkiError> {
+    let cert = pem_to_der(&read(&dir.join(format!("{name}.crt")))?)?;
+    let id = read_identity(&cert)?;
+    let ca =
+        Identity::load(&dir.join("ca.key"), None).map_err(|e| PkiError::Rejected(e.to_string()))?;
+    let ca_pub = ca_public_key(&pem_to_der(&read(&dir.join("ca.crt"))?)?)?;
+    if ca.public_key().as_slice() != ca_pub.as_slice() {
+        return Err(PkiError::Rejected("ca.key is not the key of ca.crt".into()));
+    }
+    let path = dir.join(REVOCATIONS);
+    let mut list =
+        RevocationList::load(&path, &ca_pub).map_err(|e| PkiError::Rejected(e.to_string()))?;
+    list.revoke(
+        Revoked {
+            id: id.id.clone(),
+            name: id.name.clone(),
+            reason: reason.to_string(),
+            time: confide_governance::policy::rfc3339(now),
+        },
+        ca.signing_key(),
+    )
+    .map_err(|e| PkiError::Rejected(e.to_string()))?;
+    list.save(&path).map_err(|e| io(&path, e))?;
+    Ok(id.id)
+}
+
+/// The revocation list's file name in a federation directory.
+pub const REVOCATIONS: &str = "revoked.json";
+
+fn ca_public_key(ca_der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let (_, ca) =
+        X509Certificate::from_der(ca_der).map_err(|e| PkiError::Rejected(format!("CA: {e}")))?;
+    Ok(ca.public_key().subject_public_key.data.to_vec())
+}
+
+/// A revocation list as loaded (or why it could not be trusted).
+type LoadedList = Result<Arc<RevocationList>, String>;
+
+/// A federation's revocation list as a role sees it: re-read whenever the file changes, and
+/// checked on every call. A list that does not verify refuses everyone (fail closed).
+#[derive(Debug)]
+pub struct Revocations {
+    path: PathBuf,
+    ca_key: Vec<u8>,
+    cache: Mutex<Option<(Option<std::time::SystemTime>, LoadedList)>>,
+}
+
+impl Revocations {
+    /// The list of the federation in `dir`, verified with the CA certificate `ca_der`.
+    pub fn new(dir: &Path, ca_der: &[u8]) -> Result<Self, PkiError> {
+        Ok(Self {
+            path: dir.join(REVOCATIONS),
+            ca_key: ca_public_key(ca_der)?,
+            cache: Mutex::new(None),
+        })
+    }
+
+    fn current(&self) -> Result<Arc<RevocationList>, String> {
+        let stamp = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, list)) = cache.as_ref()
+            && *seen == stamp
+        {
+            return list.clone();
+        }
+        let list = RevocationList::load(&self.path, &self.ca_key)
+            .map(Arc::new)
+            .map_err(|e| format!("{}: {e}", self.path.display()));
+        *cache = Some((stamp, list.clone()));
+        list
+    }
+
+    /// `Err` with the reason when the party with id `id` is revoked, or when the list cannot
+    /// be trusted.
+    pub fn check(&self, id: &str) -> Result<(), String> {
+        let list = self.current()?;
+        match list.find(id) {
+            Some(r) => Err(format!(
+                "`{}` ({}) was revoked by the federation CA at {}: {}",
+                r.name, r.id, r.time, r.reason
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A party's credentials, loaded from a federation directory.
@@ -129,10 +261,14 @@ pub struct Credentials {
     pub role: Role,
     /// Its certificate, PEM.
     pub cert_pem: String,
-    /// Its private key, PKCS#8 PEM.
+    /// Its private key, PKCS#8 PEM (decrypted).
     key_pem: String,
+    /// Its identity (the certificate's key).
+    identity: Arc<Identity>,
     /// The federation CA certificate, PEM.
     pub ca_pem: String,
+    /// The federation's revocation list.
+    pub revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -143,10 +279,17 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// Loads `<name>.crt`, `<name>.key` and `ca.crt` from `dir`, and checks that the
-    /// certificate chains to the CA and names `name`.
+    /// certificate chains to the CA, names `name`, certifies the key, and is not revoked.
     pub fn load(dir: &Path, name: &str) -> Result<Self, PkiError> {
+        Self::load_with(dir, name, None)
+    }
+
+    /// As [`Credentials::load`], with the passphrase of an encrypted key.
+    pub fn load_with(dir: &Path, name: &str, passphrase: Option<&str>) -> Result<Self, PkiError> {
         let cert_pem = read(&dir.join(format!("{name}.crt")))?;
-        let key_pem = read(&dir.join(format!("{name}.key")))?;
+        let identity = Identity::load(&dir.join(format!("{name}.key")), passphrase)
+            .map_err(|e| PkiError::Rejected(e.to_string()))?;
+        let key_pem = identity.pkcs8_pem();
         let ca_pem = read(&dir.join("ca.crt"))?;
         let der = pem_to_der(&cert_pem)?;
         let id = verify_party_certificate(&der, &pem_to_der(&ca_pem)?)?;
@@ -156,13 +299,27 @@ impl Credentials {
                 id.name
             )));
         }
+        if id.public_key != identity.public_key() {
+            return Err(PkiError::Rejected(format!(
+                "{name}.crt certifies another key than {name}.key"
+            )));
+        }
+        let revocations = Arc::new(Revocations::new(dir, &pem_to_der(&ca_pem)?)?);
+        revocations.check(&id.id).map_err(PkiError::Rejected)?;
         Ok(Self {
             name: id.name,
             role: id.role,
             cert_pem,
             key_pem,
+            identity: Arc::new(identity),
             ca_pem,
+            revocations,
         })
+    }
+
+    /// The party's identity.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.clone()
     }
 
     /// The private key in PEM, for the TLS stack.
@@ -176,6 +333,11 @@ impl Credentials {
             .map_err(|e| PkiError::Rejected(format!("private key: {e}")))?;
         confide_crypto::SigningKey::from_pkcs8_der(der.secret_der())
             .map_err(|e| PkiError::Rejected(e.to_string()))
+    }
+
+    /// The party id.
+    pub fn id(&self) -> String {
+        self.identity.id()
     }
 
     /// The CA certificate in DER.
@@ -204,6 +366,8 @@ pub struct PeerIdentity {
     pub role: Role,
     /// Its raw 32-byte Ed25519 public key.
     pub public_key: Vec<u8>,
+    /// Its party id (derived from the key).
+    pub id: String,
 }
 
 /// Reads name, role and key from a certificate without checking its issuer (use on
@@ -244,6 +408,7 @@ pub fn read_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     Ok(PeerIdentity {
         name,
         role,
+        id: party_id(&public_key),
         public_key,
     })
 }
@@ -314,5 +479,34 @@ mod tests {
         let foreign = pem_to_der(&read(&b.path().join("mallory.crt")).expect("read")).expect("der");
         let ca_a = pem_to_der(&read(&a.path().join("ca.crt")).expect("read")).expect("der");
         assert!(verify_party_certificate(&foreign, &ca_a).is_err());
+    }
+
+    #[test]
+    fn a_certificate_for_a_keygen_identity_binds_that_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        let id = Identity::generate().expect("key");
+        issue_for_key(dir.path(), "alice", Role::Node, &id.public(), now).expect("issue");
+        id.save(&dir.path().join("alice.key"), Some("pw"))
+            .expect("save");
+        assert!(
+            Credentials::load(dir.path(), "alice").is_err(),
+            "encrypted key needs its passphrase"
+        );
+        let creds = Credentials::load_with(dir.path(), "alice", Some("pw")).expect("load");
+        assert_eq!(creds.id(), id.id());
+        let peer = read_identity(&creds.cert_der().expect("der")).expect("read");
+        assert_eq!(peer.id, id.id());
+
+        // A certificate for one key with another key file is refused.
+        let other = Identity::generate().expect("key");
+        issue_for_key(dir.path(), "bob", Role::Node, &other.public(), now).expect("issue");
+        Identity::generate()
+            .expect("key")
+            .save(&dir.path().join("bob.key"), None)
+            .expect("save");
+        let err = Credentials::load(dir.path(), "bob").expect_err("mismatch");
+        assert!(err.to_string().contains("another key"), "{err}");
     }
 }

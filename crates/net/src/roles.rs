@@ -65,6 +65,26 @@ pub struct CoordinatorRole {
     /// After the job ends, keep serving this long so the model owner can fetch the model (the
     /// coordinator stops earlier once the model owner confirms receipt).
     pub linger: Duration,
+    /// The job's signed manifest.
+    pub manifest: confide_governance::manifest::SignedManifest,
+    /// The audit log's store (a redb file); `None` keeps it in memory.
+    pub audit_store: Option<std::path::PathBuf>,
+    /// Write the exported audit log here when the job ends.
+    pub audit_export: Option<std::path::PathBuf>,
+}
+
+/// The audit log in `path` (redb), or in memory.
+pub fn open_audit_log(
+    path: Option<&std::path::Path>,
+) -> Result<confide_governance::audit::AuditLog, NetError> {
+    let store: std::sync::Arc<dyn confide_store::Store> = match path {
+        Some(p) => std::sync::Arc::new(
+            confide_store::RedbStore::open(p)
+                .map_err(|e| transport_err(format!("audit store {}", p.display()), e))?,
+        ),
+        None => std::sync::Arc::new(confide_store::MemoryStore::new()),
+    };
+    Ok(confide_governance::audit::AuditLog::new(store))
 }
 
 async fn keyholder_public_key(
@@ -121,6 +141,15 @@ pub async fn run_coordinator(
         spec: role.spec.clone(),
         eval: role.eval,
         keyholder_endpoint: role.keyholder.clone(),
+        manifest: role.manifest.clone(),
+        identity: role.creds.identity(),
+        certificate: role
+            .creds
+            .cert_der()
+            .map_err(|e| transport_err("coordinator certificate", e))?,
+        audit: open_audit_log(role.audit_store.as_deref())?,
+        audit_export: role.audit_export.clone(),
+        revocations: role.creds.revocations.clone(),
     })?;
     let svc =
         pb::coordinator_server::CoordinatorServer::new(CoordinatorService(coordinator.clone()))

@@ -7,7 +7,7 @@ use confide_core::Role;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
-use crate::pki::{Credentials, PeerIdentity, read_identity};
+use crate::pki::{Credentials, PeerIdentity, Revocations, read_identity};
 
 /// Network-level errors.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +69,13 @@ pub async fn connect(
 }
 
 /// The authenticated identity of the caller of a request (the TLS layer has already verified
-/// its certificate chain), checked against the roles allowed for the call.
-pub fn peer<T>(request: &Request<T>, allowed: &[Role]) -> Result<PeerIdentity, Status> {
+/// its certificate chain), checked against the federation's revocation list and the roles
+/// allowed for the call.
+pub fn peer<T>(
+    request: &Request<T>,
+    allowed: &[Role],
+    revocations: &Revocations,
+) -> Result<PeerIdentity, Status> {
     let certs = request
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -78,6 +83,9 @@ pub fn peer<T>(request: &Request<T>, allowed: &[Role]) -> Result<PeerIdentity, S
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let id = read_identity(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    revocations
+        .check(&id.id)
+        .map_err(Status::permission_denied)?;
     if !allowed.contains(&id.role) {
         return Err(Status::permission_denied(format!(
             "`{}` has role {}, this call needs {}",

@@ -54,6 +54,7 @@ impl Owner {
             .submit(pb::SubmitRequest {
                 privacy: None,
                 contribution: Some(confide_net::wire::to_pb(c)),
+                ..Default::default()
             })
             .await
             .expect("rpc")
@@ -104,6 +105,9 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         eval: None,
         keyholder: Some(kh_addr),
         linger: Duration::from_millis(10),
+        manifest: common::manifest(&fed, &spec),
+        audit_store: None,
+        audit_export: None,
     };
     let coordinator = tokio::spawn(run_coordinator(co_listener, role));
 
@@ -121,6 +125,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
             .await
             .expect("join")
             .into_inner();
+        common::approve(&mut client, &join, &creds).await;
         if pk.is_none() {
             let ch = connect(&join.keyholder_endpoint, "keyholder", &creds)
                 .await
@@ -152,6 +157,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         let task = owners[0]
             .client
             .next_round(pb::NextRoundRequest {
+                witnessed_size: 0,
                 after_round: round - 1,
             })
             .await
@@ -244,7 +250,10 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
     }
     let end = owners[0]
         .client
-        .next_round(pb::NextRoundRequest { after_round: 2 })
+        .next_round(pb::NextRoundRequest {
+            after_round: 2,
+            witnessed_size: 0,
+        })
         .await
         .expect("end")
         .into_inner();

@@ -18,6 +18,12 @@ async fn start_coordinator(fed: &std::path::Path) -> String {
     let creds = Credentials::load(fed, "coordinator").expect("creds");
     let spec = common::breast_homo_spec(&[("scheme = \"paillier\"", "scheme = \"plain\"")]);
     let coordinator = Coordinator::new(CoordinatorOptions {
+        manifest: common::manifest(fed, &spec),
+        identity: creds.identity(),
+        certificate: creds.cert_der().expect("der"),
+        audit: confide_net::roles::open_audit_log(None).expect("audit"),
+        audit_export: None,
+        revocations: creds.revocations.clone(),
         spec,
         eval: None,
         keyholder_endpoint: None,
@@ -113,4 +119,42 @@ async fn mtls_accepts_a_federation_node_and_refuses_everyone_else() {
     .await
     .expect_err("role");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_revoked_by_the_ca_is_refused_on_its_next_call() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fed = dir.path().join("fed");
+    common::federation(&fed, &["guest", "host"]);
+    let addr = start_coordinator(&fed).await;
+    let guest = Credentials::load(&fed, "guest").expect("creds");
+    let channel = connect(&addr, "coordinator", &guest)
+        .await
+        .expect("connect");
+    join(channel.clone())
+        .await
+        .expect("joined before the revocation");
+
+    confide_net::pki::revoke(&fed, "guest", "key lost", time::OffsetDateTime::now_utc())
+        .expect("revoke");
+    let refused = join(channel).await.expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("key lost"),
+        "{}",
+        refused.message()
+    );
+    // Loading the revoked identity fails too; another party is unaffected.
+    assert!(Credentials::load(&fed, "guest").is_err());
+    let host = Credentials::load(&fed, "host").expect("creds");
+    join(connect(&addr, "coordinator", &host).await.expect("connect"))
+        .await
+        .expect("host still served");
+
+    // A forged revocation list (not signed by the CA) makes the coordinator refuse everyone.
+    let path = fed.join(confide_net::pki::REVOCATIONS);
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, text.replace("key lost", "key found")).expect("write");
+    let host = Credentials::load(&fed, "host");
+    assert!(host.is_err(), "a forged list is not trusted");
 }

@@ -32,6 +32,40 @@ pub fn federation(dir: &Path, nodes: &[&str]) {
     }
 }
 
+/// The job's manifest, signed by the federation's model owner (`owner.key`), released to it.
+pub fn manifest(fed: &Path, spec: &JobSpec) -> confide_governance::manifest::SignedManifest {
+    use confide_governance::manifest::{Manifest, Mode, SignedManifest};
+    let owner = confide_governance::identity::Identity::load(&fed.join("owner.key"), None)
+        .expect("owner key");
+    let m = Manifest::new(spec, Mode::Federated, owner.public(), vec![]).expect("manifest");
+    SignedManifest::sign(m, &owner).expect("sign")
+}
+
+/// Approves the job the coordinator sent in `join`, as the party `creds`.
+pub async fn approve(
+    client: &mut confide_net::pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    join: &confide_net::pb::JoinReply,
+    creds: &pki::Credentials,
+) {
+    use confide_governance::manifest::{SignatureRole, SignedManifest, signature_message};
+    let verified = SignedManifest::from_json(&join.manifest_json)
+        .expect("manifest")
+        .verify()
+        .expect("verifies");
+    let sig = creds
+        .identity()
+        .signing_key()
+        .sign(&signature_message(SignatureRole::Approval, &verified.hash));
+    client
+        .approve(confide_net::pb::ApproveRequest {
+            manifest_hash: verified.hash_hex(),
+            basis: "test".into(),
+            signature: hex::encode(sig),
+        })
+        .await
+        .expect("approve");
+}
+
 /// The breast_homo example as a spec, with overrides applied to its TOML text.
 pub fn breast_homo_spec(replace: &[(&str, &str)]) -> JobSpec {
     let mut text =

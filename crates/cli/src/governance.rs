@@ -1,0 +1,439 @@
+//! `confide keygen`, `confide job …`, `confide policy …` and `confide audit …`: identities,
+//! signed manifests, approvals, policies and the audit log from the command line. Every
+//! command prints JSON on stdout.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use confide_core::JobConfig;
+use confide_governance::audit::{self, AuditLog, InclusionProof};
+use confide_governance::identity::{Identity, public_path};
+use confide_governance::manifest::{Manifest, Mode, SignedManifest};
+use confide_governance::policy::{JobRequest, Policy, rfc3339};
+use serde_json::{Value, json};
+
+/// Where a key's passphrase comes from (never from the command line itself).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Passphrase {
+    /// Read the key's passphrase from this environment variable.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub passphrase_env: Option<String>,
+    /// Read the key's passphrase from the first line of this file.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Passphrase {
+    /// The passphrase, if one was asked for.
+    pub fn get(&self) -> Result<Option<String>> {
+        if let Some(var) = &self.passphrase_env {
+            let p = std::env::var(var)
+                .with_context(|| format!("environment variable {var} is not set"))?;
+            return Ok(Some(p));
+        }
+        if let Some(f) = &self.passphrase_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+        }
+        Ok(None)
+    }
+}
+
+/// `confide keygen`.
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// The key file to create (mode 0600); the public half goes to `<out>.pub`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub passphrase: Passphrase,
+}
+
+/// `confide job …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum JobCommand {
+    /// Sign a job as its model owner: writes the manifest file (RFC 8785 canonical manifest,
+    /// its hash and the signature).
+    Sign {
+        /// The job file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The model owner's key (from `confide keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// A party id allowed to receive the model (repeatable; default: the model owner).
+        #[arg(long)]
+        recipient: Vec<String>,
+        /// The manifest file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        passphrase: Passphrase,
+    },
+    /// Verify a manifest file's signatures and approvals; with --policy, also say whether that
+    /// policy allows the job.
+    Verify {
+        /// The manifest file.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The job file it should describe (optional).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A dataset policy to evaluate the job against (optional).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Approve a job as a data owner: co-sign the manifest's hash (the file is updated in
+    /// place, atomically).
+    Approve {
+        /// The manifest file.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The data owner's key.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        passphrase: Passphrase,
+    },
+}
+
+/// `confide policy …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate a dataset policy file (errors name the line and field).
+    Check {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
+/// `confide audit …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify a whole audit log end to end: from an exported file (--log), from a log store
+    /// (--store with --log-key), or from a running coordinator (--coordinator).
+    Verify {
+        #[command(flatten)]
+        source: LogSource,
+        /// Require the log to be signed by this key (hex, e.g. from the coordinator's
+        /// `.key.pub`).
+        #[arg(long)]
+        log_key: Option<String>,
+    },
+    /// Print the inclusion proof of entry N of an exported log (JSON), for `check-proof`.
+    Prove {
+        /// The exported log file.
+        #[arg(long)]
+        log: PathBuf,
+        /// The entry's index, from 0.
+        entry: u64,
+        /// Write the proof here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an inclusion proof offline.
+    CheckProof {
+        /// The proof file (from `audit prove`).
+        #[arg(long)]
+        proof: PathBuf,
+        /// Require the log to be signed by this key (hex).
+        #[arg(long)]
+        log_key: Option<String>,
+    },
+    /// Export a log (from a store or a running coordinator) as the canonical log file.
+    Export {
+        #[command(flatten)]
+        source: LogSource,
+        /// The log's key (hex); required with --store.
+        #[arg(long)]
+        log_key: Option<String>,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where an audit log is read from.
+#[derive(clap::Args, Debug)]
+pub struct LogSource {
+    /// An exported log file.
+    #[arg(long, conflicts_with_all = ["store", "coordinator"])]
+    pub log: Option<PathBuf>,
+    /// A log store (the coordinator's redb file; not while the coordinator runs).
+    #[arg(long, conflicts_with = "coordinator")]
+    pub store: Option<PathBuf>,
+    /// A running coordinator's address (host:port); needs --fed and --name.
+    #[arg(long, requires_all = ["fed", "name"])]
+    pub coordinator: Option<String>,
+    /// Federation directory (with --coordinator).
+    #[arg(long)]
+    pub fed: Option<PathBuf>,
+    /// This party's name in the federation (with --coordinator).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn key_arg(hex: Option<&str>) -> Result<Option<[u8; 32]>> {
+    hex.map(|h| confide_governance::jcs::hex_array::<32>(h).map_err(|e| anyhow!("--log-key: {e}")))
+        .transpose()
+}
+
+impl LogSource {
+    /// The exported log file's bytes.
+    async fn bytes(&self, log_key: Option<&[u8; 32]>) -> Result<Vec<u8>> {
+        if let Some(path) = &self.log {
+            return std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+        }
+        if let Some(path) = &self.store {
+            let key = log_key.ok_or_else(|| anyhow!("--store needs --log-key"))?;
+            let store = confide_store::RedbStore::open(path)
+                .with_context(|| format!("cannot open the log store {}", path.display()))?;
+            return Ok(AuditLog::new(std::sync::Arc::new(store)).export(key)?);
+        }
+        if let (Some(addr), Some(fed), Some(name)) = (&self.coordinator, &self.fed, &self.name) {
+            let creds = confide_net::pki::Credentials::load(fed, name)?;
+            let channel = confide_net::transport::connect(addr, "coordinator", &creds).await?;
+            let reply = confide_net::pb::coordinator_client::CoordinatorClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .export_audit(confide_net::pb::ExportAuditRequest {})
+                .await
+                .map_err(|s| anyhow!("the coordinator refused: {}", s.message()))?;
+            return Ok(reply.into_inner().log_file);
+        }
+        bail!("give --log FILE, --store DB or --coordinator ADDR")
+    }
+}
+
+/// Runs `confide keygen`.
+pub fn keygen(args: &KeygenArgs) -> Result<Value> {
+    let id = Identity::generate().map_err(anyhow::Error::msg)?;
+    id.save(&args.out, args.passphrase.get()?.as_deref())?;
+    Ok(json!({
+        "id": id.id(),
+        "public_key": hex::encode(id.public_key()),
+        "key_file": args.out.display().to_string(),
+        "public_file": public_path(&args.out).display().to_string(),
+        "encrypted": args.passphrase.get()?.is_some(),
+    }))
+}
+
+/// The (ε, δ) a job states in its spec, when that does not depend on a dataset's size.
+fn stated_privacy(spec: &confide_core::JobSpec) -> Option<(f64, f64)> {
+    spec.privacy
+        .as_ref()
+        .and_then(|p| p.target_epsilon.map(|e| (e, p.delta)))
+}
+
+/// Runs `confide job …`.
+pub fn job(cmd: JobCommand) -> Result<Value> {
+    match cmd {
+        JobCommand::Sign {
+            config,
+            key,
+            recipient,
+            out,
+            passphrase,
+        } => {
+            let owner = Identity::load(&key, passphrase.get()?.as_deref())?;
+            let spec = JobConfig::load(&config)?.spec();
+            let manifest = Manifest::new(&spec, Mode::Federated, owner.public(), recipient)?;
+            let signed = SignedManifest::sign(manifest, &owner)?;
+            if out.exists() {
+                bail!("{} already exists; refusing to overwrite", out.display());
+            }
+            signed.save(&out)?;
+            let v = signed.verify()?;
+            Ok(json!({
+                "manifest": out.display().to_string(),
+                "hash": v.hash_hex(),
+                "job_id": v.manifest.job_id,
+                "model_owner": v.manifest.model_owner.id,
+                "recipients": v.manifest.recipients,
+            }))
+        }
+        JobCommand::Verify {
+            manifest,
+            config,
+            policy,
+        } => {
+            let signed = SignedManifest::load(&manifest)?;
+            let v = signed.verify()?;
+            let mut out = json!({
+                "valid": true,
+                "hash": v.hash_hex(),
+                "job_id": v.manifest.job_id,
+                "mode": v.manifest.mode.as_str(),
+                "scheme": v.spec.job.scheme.as_str(),
+                "model_owner": v.manifest.model_owner.id,
+                "participants": v.manifest.participants,
+                "recipients": v.manifest.recipients,
+                "approvals": v.approvals,
+            });
+            if let Some(c) = config {
+                let spec = JobConfig::load(&c)?.spec();
+                if !v.manifest.describes(&spec) {
+                    bail!(
+                        "the manifest does not describe {} (the job changed after signing)",
+                        c.display()
+                    );
+                }
+                out["describes_config"] = json!(true);
+            }
+            if let Some(p) = policy {
+                let policy = Policy::load(&p)?;
+                let privacy = stated_privacy(&v.spec);
+                let request = JobRequest {
+                    job_id: v.manifest.job_id.clone(),
+                    manifest_hash: v.hash_hex(),
+                    model_owner: v.manifest.model_owner.id.clone(),
+                    mode: v.manifest.mode,
+                    scheme: v.spec.job.scheme.as_str().into(),
+                    privacy,
+                    recipients: v.manifest.recipients.clone(),
+                };
+                out["policy"] = match policy.evaluate(&request, time::OffsetDateTime::now_utc()) {
+                    Ok(a) => {
+                        json!({ "allowed": true, "rule": a.rule, "approval": format!("{:?}", a.approval) })
+                    }
+                    Err(d) => json!({ "allowed": false, "reason": d.to_string() }),
+                };
+                if v.spec.privacy.is_some() && privacy.is_none() {
+                    out["policy"]["note"] = json!(
+                        "the job fixes σ, so its ε depends on the dataset's size: the node checks it against max_epsilon with its data"
+                    );
+                }
+            }
+            Ok(out)
+        }
+        JobCommand::Approve {
+            manifest,
+            key,
+            passphrase,
+        } => {
+            let owner = Identity::load(&key, passphrase.get()?.as_deref())?;
+            let mut signed = SignedManifest::load(&manifest)?;
+            signed.approve(&owner)?;
+            signed.save(&manifest)?;
+            let v = signed.verify()?;
+            Ok(json!({
+                "manifest": manifest.display().to_string(),
+                "hash": v.hash_hex(),
+                "approved_by": owner.id(),
+                "approvals": v.approvals,
+            }))
+        }
+    }
+}
+
+/// Runs `confide policy …`.
+pub fn policy(cmd: PolicyCommand) -> Result<Value> {
+    match cmd {
+        PolicyCommand::Check { policy } => {
+            let p = Policy::load(&policy)?;
+            Ok(json!({
+                "valid": true,
+                "dataset": p.dataset,
+                "expires": rfc3339(p.expires),
+                "lifetime_epsilon": p.lifetime.map(|l| l.0),
+                "lifetime_delta": p.lifetime.map(|l| l.1),
+                "rules": p.rules.iter().map(|r| json!({
+                    "name": r.name,
+                    "model_owners": r.model_owners,
+                    "modes": r.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                    "schemes": r.schemes,
+                    "max_epsilon": r.max_epsilon,
+                    "recipients": r.recipients,
+                    "approval": format!("{:?}", r.approval),
+                })).collect::<Vec<_>>(),
+                "revoked": {
+                    "model_owners": p.revoked_model_owners,
+                    "jobs": p.revoked_jobs,
+                    "manifests": p.revoked_manifests,
+                },
+            }))
+        }
+    }
+}
+
+fn summary(v: &audit::VerifiedLog) -> Value {
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    for e in &v.log.entries {
+        *kinds
+            .entry(e["kind"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    json!({
+        "valid": true,
+        "entries": v.head.size,
+        "log_id": v.log.tree_head.log_id,
+        "root": v.log.tree_head.root,
+        "tree_head": v.log.tree_head,
+        "witnesses": v.witnesses,
+        "kinds": kinds,
+    })
+}
+
+/// Runs `confide audit …`.
+pub async fn audit(cmd: AuditCommand) -> Result<Value> {
+    match cmd {
+        AuditCommand::Verify { source, log_key } => {
+            let key = key_arg(log_key.as_deref())?;
+            let bytes = source.bytes(key.as_ref()).await?;
+            let v = audit::verify_export(&bytes, key.as_ref().map(|k| &k[..]))?;
+            Ok(summary(&v))
+        }
+        AuditCommand::Prove { log, entry, out } => {
+            let bytes =
+                std::fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
+            let v = audit::verify_export(&bytes, None)?;
+            let proof = audit::prove(&v, entry)?;
+            let value = serde_json::to_value(&proof)?;
+            if let Some(path) = out {
+                write_new(&path, &serde_json::to_string_pretty(&value)?)?;
+            }
+            Ok(value)
+        }
+        AuditCommand::CheckProof { proof, log_key } => {
+            let key = key_arg(log_key.as_deref())?;
+            let text = std::fs::read_to_string(&proof)
+                .with_context(|| format!("cannot read {}", proof.display()))?;
+            let p: InclusionProof = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not an inclusion proof", proof.display()))?;
+            let witnesses = audit::check_proof(&p, key.as_ref().map(|k| &k[..]))?;
+            Ok(json!({
+                "valid": true,
+                "index": p.index,
+                "tree_size": p.tree_head.size,
+                "log_id": p.tree_head.log_id,
+                "entry": p.entry,
+                "witnesses": witnesses,
+            }))
+        }
+        AuditCommand::Export {
+            source,
+            log_key,
+            out,
+        } => {
+            let key = key_arg(log_key.as_deref())?;
+            let bytes = source.bytes(key.as_ref()).await?;
+            let v = audit::verify_export(&bytes, key.as_ref().map(|k| &k[..]))?;
+            if out.exists() {
+                bail!("{} already exists; refusing to overwrite", out.display());
+            }
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let mut s = summary(&v);
+            s["log_file"] = json!(out.display().to_string());
+            Ok(s)
+        }
+    }
+}
+
+fn write_new(path: &Path, text: &str) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; refusing to overwrite", path.display());
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
