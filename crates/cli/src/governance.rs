@@ -118,9 +118,13 @@ pub enum AuditCommand {
         #[command(flatten)]
         source: LogSource,
         /// Require the log to be signed by this key (hex, e.g. from the coordinator's
-        /// `.key.pub`).
+        /// `.key.pub`). Without it, the log is only checked against the key it names, which
+        /// proves its consistency but not who wrote it ("pinned": false in the output).
         #[arg(long)]
         log_key: Option<String>,
+        /// Require a cosignature of the head by this witness (a party id; repeatable).
+        #[arg(long)]
+        witness: Vec<String>,
     },
     /// Print the inclusion proof of entry N of an exported log (JSON), for `check-proof`.
     Prove {
@@ -141,6 +145,9 @@ pub enum AuditCommand {
         /// Require the log to be signed by this key (hex).
         #[arg(long)]
         log_key: Option<String>,
+        /// Require a cosignature of the head by this witness (a party id; repeatable).
+        #[arg(long)]
+        witness: Vec<String>,
     },
     /// Export a log (from a store or a running coordinator) as the canonical log file.
     Export {
@@ -378,11 +385,18 @@ fn summary(v: &audit::VerifiedLog) -> Value {
 /// Runs `confide audit …`.
 pub async fn audit(cmd: AuditCommand) -> Result<Value> {
     match cmd {
-        AuditCommand::Verify { source, log_key } => {
+        AuditCommand::Verify {
+            source,
+            log_key,
+            witness,
+        } => {
             let key = key_arg(log_key.as_deref())?;
             let bytes = source.bytes(key.as_ref()).await?;
             let v = audit::verify_export(&bytes, key.as_ref().map(|k| &k[..]))?;
-            Ok(summary(&v))
+            require_witnesses(&witness, &v.witnesses)?;
+            let mut s = summary(&v);
+            s["pinned"] = json!(key.is_some());
+            Ok(s)
         }
         AuditCommand::Prove { log, entry, out } => {
             let bytes =
@@ -395,15 +409,21 @@ pub async fn audit(cmd: AuditCommand) -> Result<Value> {
             }
             Ok(value)
         }
-        AuditCommand::CheckProof { proof, log_key } => {
+        AuditCommand::CheckProof {
+            proof,
+            log_key,
+            witness,
+        } => {
             let key = key_arg(log_key.as_deref())?;
             let text = std::fs::read_to_string(&proof)
                 .with_context(|| format!("cannot read {}", proof.display()))?;
             let p: InclusionProof = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not an inclusion proof", proof.display()))?;
             let witnesses = audit::check_proof(&p, key.as_ref().map(|k| &k[..]))?;
+            require_witnesses(&witness, &witnesses)?;
             Ok(json!({
                 "valid": true,
+                "pinned": key.is_some(),
                 "index": p.index,
                 "tree_size": p.tree_head.size,
                 "log_id": p.tree_head.log_id,
@@ -429,6 +449,13 @@ pub async fn audit(cmd: AuditCommand) -> Result<Value> {
             Ok(s)
         }
     }
+}
+
+fn require_witnesses(required: &[String], present: &[String]) -> Result<()> {
+    if let Some(w) = required.iter().find(|w| !present.contains(w)) {
+        bail!("witness `{w}` did not cosign this head (cosigned by: {present:?})");
+    }
+    Ok(())
 }
 
 fn write_new(path: &Path, text: &str) -> Result<()> {

@@ -307,7 +307,7 @@ struct NodeArgs {
     crash_after_round: Option<u32>,
     /// Privacy budget ledger (a redb file, see `confide ledger`): the job's ε is debited for
     /// `--dataset` before the first round, and a job over budget is refused.
-    #[arg(long, requires = "dataset")]
+    #[arg(long)]
     ledger: Option<PathBuf>,
     /// This dataset's name in the ledger (default: the policy's dataset name).
     #[arg(long)]

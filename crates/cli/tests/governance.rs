@@ -98,7 +98,30 @@ fn the_example_signs_approves_by_policy_and_leaves_a_verifiable_audit_log() {
         &key,
     ]));
     assert_eq!(v["entries"], 10);
+    assert_eq!(v["pinned"], true);
     assert_eq!(v["root"], audit["tree_head"]["root"]);
+    // Requiring the witnesses that cosigned passes; requiring another party fails.
+    let w0 = audit["cosignatures"][0]["witness"]
+        .as_str()
+        .expect("witness");
+    let log_arg = log.display().to_string();
+    json_out(&confide(&[
+        "audit",
+        "verify",
+        "--log",
+        &log_arg,
+        "--witness",
+        w0,
+    ]));
+    let absent = confide(&[
+        "audit",
+        "verify",
+        "--log",
+        &log_arg,
+        "--witness",
+        "00000000000000000000000000000000",
+    ]);
+    assert!(!absent.status.success());
     assert_eq!(v["kinds"]["approval"], 2);
     for e in std::fs::read_to_string(&log)
         .expect("log")

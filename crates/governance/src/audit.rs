@@ -672,6 +672,9 @@ pub fn check_proof(
     let mut witnesses = Vec::new();
     for c in &proof.cosignatures {
         c.verify(&proof.tree_head)?;
+        if witnesses.contains(&c.witness) {
+            return Err(invalid(format!("witness `{}` appears twice", c.witness)));
+        }
         witnesses.push(c.witness.clone());
     }
     let path = proof

@@ -216,6 +216,15 @@ pub struct ManifestSignature {
     pub signature: String,
 }
 
+/// The message a node signs when it approves a job to a coordinator over the network: bound to
+/// that coordinator's party id, and distinct from a co-signature, so an approval recorded in an
+/// audit log can never be replayed as the owner's co-signature of the manifest.
+pub fn online_approval_message(coordinator_id: &str, hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = format!("confide/job-approval/v1\n{coordinator_id}\n").into_bytes();
+    m.extend_from_slice(hash);
+    m
+}
+
 /// The message a manifest signature covers.
 pub fn signature_message(role: SignatureRole, hash: &[u8; 32]) -> Vec<u8> {
     let mut m = format!("confide/manifest-signature/v1\n{}\n", role.as_str()).into_bytes();

@@ -21,7 +21,7 @@ use confide_crypto::{FixedPoint, PublicKey, PublicKeyJson};
 use confide_dp::ddg::DdgConfig;
 use confide_governance::audit::{AuditLog, Cosignature, Event, EventKind, SignedTreeHead};
 use confide_governance::identity::Identity;
-use confide_governance::manifest::{SignatureRole, SignedManifest, signature_message};
+use confide_governance::manifest::{SignedManifest, online_approval_message};
 use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
 use confide_secagg::{
@@ -189,6 +189,7 @@ struct Snapshot {
 
 struct State {
     joined: BTreeSet<String>,
+    started: bool,
     cosigned_final: BTreeSet<String>,
     alive: BTreeSet<String>,
     server: Option<Box<dyn AggregationServer>>,
@@ -418,6 +419,7 @@ impl Coordinator {
             spec: opts.spec,
             state: Mutex::new(State {
                 joined: BTreeSet::new(),
+                started: false,
                 cosigned_final: BTreeSet::new(),
                 alive: BTreeSet::new(),
                 server: None,
@@ -548,7 +550,12 @@ impl Coordinator {
             .wait_until(Instant::now() + timeout, |s| s.joined.len() == owners)
             .await;
         let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
-        let present = lock(&self.state).alive.len();
+        // From here on, approvals are refused: the owners are those that approved in time.
+        let present = {
+            let mut s = lock(&self.state);
+            s.started = true;
+            s.alive.len()
+        };
         let outcome = if present < self.spec.job.min_owners {
             Err(if all_joined {
                 format!(
@@ -595,40 +602,52 @@ impl Coordinator {
                 Err(e) => Err(e),
             }
         };
-        let (state, message) = match &outcome {
-            Ok(()) => (JobState::Finished, String::new()),
-            Err(m) => (JobState::Failed, m.clone()),
-        };
         let rounds_done = lock(&self.state).history.len() as u32;
-        // Record the end and the release, sign the final head, and give the witnesses (the
-        // owners still in the job) a bounded time to cosign it.
-        self.log_or_warn(
+        // Record the end and the release, and sign the final head. Every released model is in
+        // the log: when the log cannot be written, nothing is released and the job fails.
+        let end = self.log(
             EventKind::JobEnd,
             "coordinator",
             serde_json::json!({
                 "status": if outcome.is_ok() { "finished" } else { "failed" },
-                "message": message,
+                "message": outcome.as_ref().err().cloned().unwrap_or_default(),
                 "rounds": rounds_done,
             }),
         );
-        if outcome.is_ok() {
-            self.log_or_warn(
+        let release = if rounds_done > 0 && end.is_ok() {
+            self.log(
                 EventKind::ModelRelease,
                 "coordinator",
                 serde_json::json!({
                     "recipients": self.recipients,
                     "model_digest": hex::encode(model_digest(&params)),
                     "manifest_hash": hex::encode(self.manifest_hash),
+                    "rounds": rounds_done,
+                    "job_status": if outcome.is_ok() { "finished" } else { "failed" },
                 }),
-            );
-        }
-        let head = match self.sign_head() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!("{e}");
-                None
-            }
+            )
+        } else {
+            Ok(0)
         };
+        let head = self.sign_head();
+        let audit_problem = [end.err(), release.err(), head.as_ref().err().cloned()]
+            .into_iter()
+            .flatten()
+            .next();
+        if let Some(p) = &audit_problem {
+            tracing::error!("{p}: the model is not released");
+            params = Arc::new(Vec::new());
+        }
+        let outcome = match (outcome, audit_problem) {
+            (Err(m), _) => Err(m),
+            (Ok(()), Some(p)) => Err(p),
+            (Ok(()), None) => Ok(()),
+        };
+        let (state, message) = match &outcome {
+            Ok(()) => (JobState::Finished, String::new()),
+            Err(m) => (JobState::Failed, m.clone()),
+        };
+        let head = head.ok();
         self.rounds.send_replace(Snapshot {
             state,
             round: rounds_done + 1,
@@ -636,6 +655,7 @@ impl Coordinator {
             message: message.clone(),
             head: head.clone(),
         });
+        // Give the witnesses (the owners still in the job) a bounded time to cosign it.
         if head.is_some() {
             let wait = timeout.min(Duration::from_secs(10));
             self.wait_until(Instant::now() + wait, |s| {
@@ -900,11 +920,6 @@ impl Coordinator {
         );
         let c_round = c.round;
         let result = (|| {
-            if let Some((head, cosig)) = &witness {
-                self.accept_cosignature(peer_id, head, cosig).map_err(|e| {
-                    Rejection::new(Reject::BadSignature, format!("audit cosignature: {e}"))
-                })?;
-            }
             if c.owner != peer_name {
                 return Err(Rejection::new(
                     Reject::NotAnOwner,
@@ -919,6 +934,19 @@ impl Coordinator {
                     Reject::NotAnOwner,
                     format!("`{}` is not an owner of this job", c.owner),
                 ));
+            }
+            if !lock(&self.state).alive.contains(peer_name) {
+                return Err(Rejection::new(
+                    Reject::StageClosed,
+                    format!(
+                        "`{peer_name}` has not approved this job's manifest, or has withdrawn or was excluded"
+                    ),
+                ));
+            }
+            if let Some((head, cosig)) = &witness {
+                self.accept_cosignature(peer_id, head, cosig).map_err(|e| {
+                    Rejection::new(Reject::BadSignature, format!("audit cosignature: {e}"))
+                })?;
             }
             let max = self.spec.limits.max_message_bytes;
             if c.payload.len() > max {
@@ -1047,7 +1075,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 .and_then(|sig| {
                     confide_crypto::sign::verify(
                         &id.public_key,
-                        &signature_message(SignatureRole::Approval, &c.manifest_hash),
+                        &online_approval_message(&c.identity.id(), &c.manifest_hash),
                         &sig,
                     )
                     .map_err(|_| ())
@@ -1062,16 +1090,25 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             );
             return Err(Status::permission_denied(why));
         }
+        // Check and admit under one lock; the log entry follows, and a failed entry undoes
+        // the admission.
         {
-            let s = lock(&c.state);
+            let mut s = lock(&c.state);
+            if s.started {
+                return Err(Status::failed_precondition(
+                    "the job has started; approvals are closed",
+                ));
+            }
             if s.joined.contains(&id.name) {
                 return Err(Status::failed_precondition(format!(
                     "`{}` already approved, withdrew or was excluded",
                     id.name
                 )));
             }
+            s.joined.insert(id.name.clone());
+            s.alive.insert(id.name.clone());
         }
-        c.log(
+        if let Err(e) = c.log(
             EventKind::Approval,
             &id.name,
             serde_json::json!({
@@ -1081,12 +1118,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 "basis": req.basis,
                 "signature": req.signature,
             }),
-        )
-        .map_err(Status::internal)?;
-        {
+        ) {
             let mut s = lock(&c.state);
-            s.joined.insert(id.name.clone());
-            s.alive.insert(id.name.clone());
+            s.joined.remove(&id.name);
+            s.alive.remove(&id.name);
+            return Err(Status::internal(e));
         }
         tracing::info!("`{}` approved the job ({})", id.name, req.basis);
         c.changed.notify_waiters();
@@ -1099,6 +1135,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::CosignReply>, Status> {
         let c = &self.0;
         let id = peer(&request, &[Role::Node], &c.revocations)?;
+        if !lock(&c.state).alive.contains(&id.name) {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not an owner taking part in this job",
+                id.name
+            )));
+        }
         let req = request.into_inner();
         let head = c
             .accept_cosignature(&id.id, &req.tree_head_json, &req.cosignature_json)
@@ -1130,6 +1172,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             ],
             &c.revocations,
         )?;
+        // Entries appended after the last head (late refusals) are covered by a fresh head.
+        let behind = match (c.audit.latest_head(), c.audit.size()) {
+            (Ok(Some(h)), Ok(n)) => h.size < n,
+            (Ok(None), Ok(n)) => n > 0,
+            _ => false,
+        };
+        if behind {
+            c.sign_head().map_err(Status::internal)?;
+        }
         let log_file = c
             .audit
             .export(&c.identity.public_key())

@@ -22,7 +22,7 @@ use crate::pb::{self, JobState};
 use crate::pki::Credentials;
 use crate::transport::connect;
 use confide_governance::audit::SignedTreeHead;
-use confide_governance::manifest::{Mode, SignatureRole, SignedManifest, signature_message};
+use confide_governance::manifest::{Mode, SignedManifest, online_approval_message};
 use confide_governance::policy::{Approval, JobRequest, Policy};
 use confide_governance::witness::Witness;
 
@@ -171,6 +171,21 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
     };
+    // The witness's memory first: a node that cannot witness must not approve.
+    let witness = match gov.witness(&opts) {
+        Ok(w) => w,
+        Err(e) => {
+            refuse(&mut coord, &e.to_string(), "refusal").await;
+            return Err(e);
+        }
+    };
+    let mut witnessed = match witness.last_seen(&gov.log_id) {
+        Ok(h) => h.map_or(0, |h| h.size),
+        Err(e) => {
+            refuse(&mut coord, &e.to_string(), "refusal").await;
+            return Err(NodeError::Job(e.to_string()));
+        }
+    };
     let private = match gov
         .ledger(&opts)
         .and_then(|l| debit_ledger(&spec, spend, l.as_ref()))
@@ -181,8 +196,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
     };
-    let approval = signing.sign(&signature_message(
-        SignatureRole::Approval,
+    let approval = signing.sign(&online_approval_message(
+        &gov.coordinator_id,
         &gov.manifest_hash,
     ));
     coord
@@ -194,11 +209,6 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         .await
         .map_err(|s| NodeError::Refused(format!("approval refused: {}", s.message())))?;
     tracing::info!("`{name}` approved job `{}` ({basis})", spec.job.id);
-    let witness = gov.witness(&opts)?;
-    let mut witnessed = witness
-        .last_seen(&gov.log_id)
-        .map_err(|e| NodeError::Job(e.to_string()))?
-        .map_or(0, |h| h.size);
     let claim = private.as_ref().map(|(spend, _)| spend.claim());
     if let Some(c) = &claim {
         tracing::info!(
@@ -747,7 +757,16 @@ impl Governance {
         task: &pb::RoundTask,
     ) -> Result<Option<(SignedTreeHead, String)>, String> {
         if task.tree_head_json.is_empty() {
-            return Ok(None);
+            // The coordinator signs a head for every round: a task without one means the log
+            // is not being shown to its witnesses.
+            return if task.state == JobState::Running as i32 {
+                Err(
+                    "the coordinator sent a round without a signed audit-log head to witness"
+                        .into(),
+                )
+            } else {
+                Ok(None)
+            };
         }
         let head: SignedTreeHead = serde_json::from_str(&task.tree_head_json)
             .map_err(|e| format!("audit log: malformed tree head: {e}"))?;

@@ -209,6 +209,9 @@ pub struct Revocations {
     path: PathBuf,
     ca_key: Vec<u8>,
     cache: Mutex<Option<(Option<std::time::SystemTime>, LoadedList)>>,
+    /// The highest serial this process has accepted: an older list (or none, once one was
+    /// seen) is a rollback of revocations and is not trusted.
+    highest: Mutex<Option<u64>>,
 }
 
 impl Revocations {
@@ -218,6 +221,7 @@ impl Revocations {
             path: dir.join(REVOCATIONS),
             ca_key: ca_public_key(ca_der)?,
             cache: Mutex::new(None),
+            highest: Mutex::new(None),
         })
     }
 
@@ -231,9 +235,27 @@ impl Revocations {
         {
             return list.clone();
         }
+        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
         let list = RevocationList::load(&self.path, &self.ca_key)
-            .map(Arc::new)
-            .map_err(|e| format!("{}: {e}", self.path.display()));
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+            .and_then(|list| match *highest {
+                Some(h) if stamp.is_none() => Err(format!(
+                    "{} disappeared after this process accepted its serial {h}: revocations cannot be undone by deleting the list",
+                    self.path.display()
+                )),
+                Some(h) if list.serial < h => Err(format!(
+                    "{} has serial {}, older than the serial {h} already accepted: a rolled-back list is not trusted",
+                    self.path.display(),
+                    list.serial
+                )),
+                _ => Ok(list),
+            })
+            .map(|list| {
+                if stamp.is_some() {
+                    *highest = Some(highest.map_or(list.serial, |h| h.max(list.serial)));
+                }
+                Arc::new(list)
+            });
         *cache = Some((stamp, list.clone()));
         list
     }
@@ -508,5 +530,43 @@ mod tests {
             .expect("save");
         let err = Credentials::load(dir.path(), "bob").expect_err("mismatch");
         assert!(err.to_string().contains("another key"), "{err}");
+    }
+
+    #[test]
+    fn a_rolled_back_or_deleted_revocation_list_is_not_trusted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        for n in ["a", "b", "c"] {
+            issue(dir.path(), n, Role::Node, now).expect("issue");
+        }
+        let ca = pem_to_der(&read(&dir.path().join("ca.crt")).expect("read")).expect("der");
+        let list = Revocations::new(dir.path(), &ca).expect("list");
+        let id = |n: &str| {
+            read_identity(
+                &pem_to_der(&read(&dir.path().join(format!("{n}.crt"))).expect("read"))
+                    .expect("der"),
+            )
+            .expect("id")
+            .id
+        };
+        assert!(list.check(&id("a")).is_ok(), "no list: nobody revoked");
+        revoke(dir.path(), "a", "one", now).expect("revoke");
+        let path = dir.path().join(REVOCATIONS);
+        let serial_1 = std::fs::read(&path).expect("read");
+        assert!(list.check(&id("a")).is_err());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        revoke(dir.path(), "b", "two", now).expect("revoke");
+        assert!(list.check(&id("b")).is_err());
+        assert!(list.check(&id("c")).is_ok());
+        // The older, validly signed list un-revokes `b`: refused.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, &serial_1).expect("write");
+        let err = list.check(&id("c")).expect_err("rolled back");
+        assert!(err.contains("older"), "{err}");
+        // Deleting the list: refused too.
+        std::fs::remove_file(&path).expect("rm");
+        let err = list.check(&id("c")).expect_err("deleted");
+        assert!(err.contains("disappeared"), "{err}");
     }
 }

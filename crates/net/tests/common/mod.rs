@@ -47,15 +47,16 @@ pub async fn approve(
     join: &confide_net::pb::JoinReply,
     creds: &pki::Credentials,
 ) {
-    use confide_governance::manifest::{SignatureRole, SignedManifest, signature_message};
+    use confide_governance::manifest::{SignedManifest, online_approval_message};
     let verified = SignedManifest::from_json(&join.manifest_json)
         .expect("manifest")
         .verify()
         .expect("verifies");
+    let coordinator = pki::read_identity(&join.coordinator_certificate).expect("certificate");
     let sig = creds
         .identity()
         .signing_key()
-        .sign(&signature_message(SignatureRole::Approval, &verified.hash));
+        .sign(&online_approval_message(&coordinator.id, &verified.hash));
     client
         .approve(confide_net::pb::ApproveRequest {
             manifest_hash: verified.hash_hex(),
