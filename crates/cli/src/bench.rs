@@ -20,6 +20,31 @@ pub enum BenchCommand {
     Paillier(PaillierBench),
     /// DP-SGD against plain SGD on the same MLP, batch 256, noise included.
     Dpsgd(DpsgdBench),
+    /// Secure aggregation schemes on one update size and owner counts: client time, server
+    /// time and bytes uploaded per client, `plain` and `paillier` included, in one run.
+    Secagg(SecaggBench),
+}
+
+/// Options of `confide bench secagg`.
+#[derive(clap::Args, Debug)]
+pub struct SecaggBench {
+    /// Weights per update.
+    #[arg(long, default_value_t = 100_000)]
+    weights: usize,
+    /// Owner counts (repeatable).
+    #[arg(long, default_values_t = [10, 100])]
+    owners: Vec<usize>,
+    /// Masking: neighbours per owner on sparse graphs (owner counts up to this + 1 use the
+    /// complete graph).
+    #[arg(long, default_value_t = 20)]
+    neighbours: usize,
+    /// Masking: the fraction of owners that drop out after sharing their keys in the second
+    /// measurement (their pairwise masks must be rebuilt and removed).
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f64,
+    /// Skip `paillier` (its client encrypts the whole update: tens of seconds at 100k weights).
+    #[arg(long)]
+    no_paillier: bool,
 }
 
 /// Options of `confide bench dpsgd`.
@@ -61,7 +86,259 @@ pub async fn run(cmd: BenchCommand) -> Result<i32> {
     match cmd {
         BenchCommand::Paillier(b) => paillier(b).await,
         BenchCommand::Dpsgd(b) => dpsgd(&b),
+        BenchCommand::Secagg(b) => secagg(&b),
     }
+}
+
+fn bench_key() -> Result<confide_crypto::SigningKey> {
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    Ok(confide_crypto::SigningKey::from_pkcs8_der(der.as_ref())?)
+}
+
+/// Signs and verifies (the server only takes verified contributions); not timed.
+fn verified(
+    key: &confide_crypto::SigningKey,
+    owner: &str,
+    stage: u32,
+    payload: Vec<u8>,
+) -> Result<confide_secagg::VerifiedContribution> {
+    let c = confide_secagg::sign_contribution(
+        key,
+        &[0; 32],
+        confide_secagg::Unsigned {
+            owner: owner.into(),
+            round: 1,
+            stage,
+            model_digest: [1; 32],
+            payload,
+        },
+    );
+    Ok(confide_secagg::contribution::verify(
+        c,
+        &key.public_key(),
+        &[0; 32],
+    )?)
+}
+
+/// One masking round with `n` owners; owners in `drop_after_keys` stop after stage 1.
+/// Returns (per-client seconds, server seconds, bytes per client, sum is right).
+fn masking_round(
+    n: usize,
+    k: usize,
+    update: &[i64],
+    drop_after_keys: &std::collections::BTreeSet<usize>,
+    key: &confide_crypto::SigningKey,
+) -> Result<(Vec<f64>, f64, Vec<usize>, bool)> {
+    use confide_secagg::masking::{MaskingClient, MaskingConfig, MaskingServer};
+    use confide_secagg::{AggregationServer, RoundContext, StageResult};
+    let owners: Vec<String> = (0..n).map(|i| format!("o{i:04}")).collect();
+    let (k, t) = confide_core::config::MaskingSection {
+        neighbours: Some(k),
+        threshold: None,
+    }
+    .effective(n);
+    let cfg = MaskingConfig {
+        owners: owners.clone(),
+        neighbours: k,
+        threshold: t,
+        len: update.len(),
+        round: 1,
+        graph_seed: [3; 32],
+        min_owners: 2,
+    };
+    let ctx = RoundContext {
+        round: 1,
+        model_digest: [1; 32],
+    };
+    let mut server = MaskingServer::new(cfg.clone(), ctx)?;
+    let mut clients = owners
+        .iter()
+        .map(|o| {
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+            MaskingClient::new(cfg.clone(), o, seed)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client_s = vec![0.0; n];
+    let mut bytes = vec![0usize; n];
+    let mut server_s = 0.0;
+    let mut alive: std::collections::BTreeSet<usize> = (0..n).collect();
+    let mut broadcast = Vec::new();
+    for stage in 0..4u32 {
+        if stage == 2 {
+            alive.retain(|i| !drop_after_keys.contains(i));
+        }
+        for &i in &alive {
+            let (payload, secs) = time(|| {
+                if stage == 0 {
+                    confide_secagg::AggregationClient::start(&mut clients[i], update)
+                } else {
+                    confide_secagg::AggregationClient::on_broadcast(
+                        &mut clients[i],
+                        stage,
+                        &broadcast,
+                    )
+                }
+            });
+            let payload = payload?;
+            client_s[i] += secs;
+            bytes[i] += payload.len();
+            let c = verified(key, &owners[i], stage, payload)?;
+            let (accepted, secs) = time(|| server.accept(c));
+            server_s += secs;
+            accepted.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let survivors = alive.iter().map(|&i| owners[i].clone()).collect();
+        let (closed, secs) = time(|| server.close_stage(&survivors));
+        server_s += secs;
+        match closed? {
+            StageResult::Broadcast { payload, .. } => broadcast = payload,
+            StageResult::Sum(sum) => {
+                let want: Vec<i128> = update
+                    .iter()
+                    .map(|&v| i128::from(v) * alive.len() as i128)
+                    .collect();
+                return Ok((client_s, server_s, bytes, sum.sums == want));
+            }
+            StageResult::External(_) => anyhow::bail!("masking asked for an external party"),
+        }
+    }
+    anyhow::bail!("no sum after four stages")
+}
+
+fn stats(v: &[f64]) -> serde_json::Value {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let max = v.iter().copied().fold(0.0, f64::max);
+    json!({ "mean_ms": mean * 1e3, "max_ms": max * 1e3 })
+}
+
+fn secagg(b: &SecaggBench) -> Result<i32> {
+    let fp = FixedPoint::new(24, 4.0)?;
+    let update: Vec<i64> = (0..b.weights)
+        .map(|i| fp.encode(((i % 97) as f32 - 48.0) / 50.0))
+        .collect();
+    let key = bench_key()?;
+    let sk = {
+        let json: SecretKeyJson = serde_json::from_str(include_str!(
+            "../../crypto/testdata/paillier-2048-TEST-ONLY.json"
+        ))?;
+        SecretKey::from_json(&json, false)?
+    };
+    let mut results = Vec::new();
+    for &n in &b.owners {
+        let mut row = serde_json::Map::new();
+        row.insert("owners".into(), json!(n));
+        row.insert("weights".into(), json!(b.weights));
+        let params = SchemeParams {
+            fixed: fp,
+            len: b.weights,
+            owners: n,
+            min_owners: 2,
+        };
+
+        // plain: the baseline.
+        let (payload, client_s) = time(|| PlainClient.start(&update));
+        let payload = payload?;
+        let mut server = confide_secagg::PlainServer::new(
+            params.clone(),
+            confide_secagg::RoundContext {
+                round: 1,
+                model_digest: [1; 32],
+            },
+        );
+        let mut server_s = 0.0;
+        for i in 0..n {
+            let c = verified(&key, &format!("o{i:04}"), 0, payload.clone())?;
+            let (r, s) = time(|| confide_secagg::AggregationServer::accept(&mut server, c));
+            r.map_err(|e| anyhow::anyhow!("{e}"))?;
+            server_s += s;
+        }
+        let all = (0..n).map(|i| format!("o{i:04}")).collect();
+        let (r, s) = time(|| confide_secagg::AggregationServer::close_stage(&mut server, &all));
+        r?;
+        server_s += s;
+        let plain_server = server_s;
+        row.insert(
+            "plain".into(),
+            json!({ "client_ms": client_s * 1e3, "server_ms": server_s * 1e3, "upload_bytes": payload.len() }),
+        );
+
+        // masking, without and with dropouts after the key sharing.
+        let k = b.neighbours;
+        let (cs, ss, bytes, ok) = masking_round(n, k, &update, &Default::default(), &key)?;
+        anyhow::ensure!(ok, "masking: wrong sum");
+        let dropped: std::collections::BTreeSet<usize> = (0..n)
+            .filter(|i| (*i as f64) < b.dropout * n as f64)
+            .collect();
+        let (_, ss_drop, _, ok_drop) = masking_round(n, k, &update, &dropped, &key)?;
+        anyhow::ensure!(ok_drop, "masking with dropouts: wrong sum");
+        let (k_eff, t) = confide_core::config::MaskingSection {
+            neighbours: Some(k),
+            threshold: None,
+        }
+        .effective(n);
+        row.insert(
+            "masking".into(),
+            json!({
+                "neighbours": k_eff,
+                "threshold": t,
+                "client": stats(&cs),
+                "server_ms": ss * 1e3,
+                "server_ms_with_dropouts": ss_drop * 1e3,
+                "dropped_after_keys": dropped.len(),
+                "upload_bytes": bytes.iter().sum::<usize>() / n,
+                "server_vs_plain": ss / plain_server.max(1e-12),
+            }),
+        );
+
+        if !b.no_paillier {
+            let pk = sk.public_key().clone();
+            let mut client = PaillierClient::new(pk, &params, [5; 32])?;
+            let (payload, client_s) = time(|| client.start(&update));
+            let payload = payload?;
+            let owners: std::collections::BTreeSet<String> =
+                (0..n).map(|i| format!("o{i:04}")).collect();
+            let mut unsealer = confide_secagg::Unsealer::new(
+                sk.clone(),
+                [0; 32],
+                owners.clone(),
+                params.clone(),
+                Vec::new(),
+            )?;
+            let contributions: Vec<(confide_secagg::Contribution, Vec<u8>)> = owners
+                .iter()
+                .map(|o| {
+                    verified(&key, o, 0, payload.clone())
+                        .map(|c| (c.into_inner(), key.public_key().to_vec()))
+                })
+                .collect::<Result<_>>()?;
+            let (sum, server_s) = time(|| unsealer.unseal(1, contributions, |_| Ok(())));
+            sum.map_err(|e| anyhow::anyhow!("{e}"))?;
+            row.insert(
+                "paillier".into(),
+                json!({
+                    "client_ms": client_s * 1e3,
+                    "server_ms": server_s * 1e3,
+                    "server_is": "the key holder: signature checks, homomorphic sum, decryption",
+                    "upload_bytes": payload.len(),
+                    "modulus_bits": sk.public_key().modulus_bits(),
+                }),
+            );
+        }
+        results.push(serde_json::Value::Object(row));
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "benchmark": "secagg",
+            "threads": 1,
+            "note": "every scheme measured in this run on this machine; client = one owner's work for a round, server = the aggregator's (for paillier the key holder's)",
+            "results": results,
+        }))?
+    );
+    Ok(0)
 }
 
 fn per_sec(n: usize, secs: f64) -> f64 {

@@ -305,6 +305,9 @@ struct NodeArgs {
     /// Chaos testing: exit abruptly after submitting this round, without withdrawing.
     #[arg(long, hide = true)]
     crash_after_round: Option<u32>,
+    /// Chaos testing of multi-stage schemes: exit abruptly after submitting ROUND.STAGE.
+    #[arg(long, hide = true)]
+    crash_after_stage: Option<String>,
     /// Privacy budget ledger (a redb file, see `confide ledger`): the job's ε is debited for
     /// `--dataset` before the first round, and a job over budget is refused.
     #[arg(long)]
@@ -645,6 +648,15 @@ async fn node(args: NodeArgs) -> Result<i32> {
         coordinator: args.coordinator,
         data: args.data,
         crash_after_round: args.crash_after_round,
+        crash_after_stage: match &args.crash_after_stage {
+            Some(rs) => {
+                let (r, st) = rs
+                    .split_once('.')
+                    .ok_or_else(|| anyhow::anyhow!("--crash-after-stage needs ROUND.STAGE"))?;
+                Some((r.parse()?, st.parse()?))
+            }
+            None => None,
+        },
         ledger: args.ledger.zip(dataset),
         policy: args.policy,
         witness_store: Some(witness_store),

@@ -38,6 +38,8 @@ pub enum SchemeArg {
     Plain,
     /// Packed Paillier with a separate key holder.
     Paillier,
+    /// SecAgg+ pairwise masking (no key holder).
+    Masking,
 }
 
 /// `confide simulate` arguments.
@@ -72,7 +74,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Chaos testing (processes mode): OWNER:ROUND makes that owner's node exit abruptly after
-    /// submitting ROUND.
+    /// submitting ROUND (OWNER:ROUND.STAGE: after that stage of a multi-stage scheme).
     #[arg(long, hide = true)]
     pub crash: Vec<String>,
     /// Revocation testing: OWNER:ROUND revokes the job in that owner's policy (its copy in
@@ -164,6 +166,7 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
         config.job.scheme = match s {
             SchemeArg::Plain => SchemeKind::Plain,
             SchemeArg::Paillier => SchemeKind::Paillier,
+            SchemeArg::Masking => SchemeKind::Masking,
         };
     }
     if let Some(m) = args.mode {
@@ -802,7 +805,13 @@ impl Roles {
                     args.extend(["--ledger", l, "--dataset", d]);
                 }
                 if let Some(c) = &crash {
-                    args.extend(["--crash-after-round", c]);
+                    // ROUND, or ROUND.STAGE for a multi-stage scheme.
+                    let flag = if c.contains('.') {
+                        "--crash-after-stage"
+                    } else {
+                        "--crash-after-round"
+                    };
+                    args.extend([flag, c]);
                 }
                 let log = work.join("logs").join(format!("node-{name}.log"));
                 let child = self
@@ -821,6 +830,7 @@ impl Roles {
                     coordinator: coordinator.to_string(),
                     data: data.to_path_buf(),
                     crash_after_round: None,
+                    crash_after_stage: None,
                     ledger,
                     policy,
                     witness_store: Some(witness),

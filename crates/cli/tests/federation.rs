@@ -157,6 +157,63 @@ fn paillier_and_plain_train_the_same_model() {
 }
 
 #[test]
+fn masking_trains_the_same_model_as_plain() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config_with(dir.path(), &[]);
+    let mut out = Vec::new();
+    for scheme in ["plain", "masking"] {
+        let (code, r, err) = simulate(
+            &cfg,
+            &dir.path().join(scheme),
+            &["--mode", "in-process", "--scheme", scheme, "--rounds", "5"],
+        );
+        assert_eq!(code, 0, "{scheme}: {err}\n{r}");
+        out.push(r);
+    }
+    // Masking sums the same fixed-point integers exactly (the masks cancel mod 2^64).
+    let read =
+        |r: &Value| std::fs::read(r["model"]["safetensors"].as_str().expect("p")).expect("read");
+    assert_eq!(
+        read(&out[0]),
+        read(&out[1]),
+        "plain and masking models differ"
+    );
+    assert_eq!(out[1]["scheme"], "masking");
+}
+
+#[test]
+fn masking_survives_an_owner_that_crashes_between_stages() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = three_owners(
+        dir.path(),
+        &guest_rows(100),
+        2,
+        &[
+            ("rounds = 80", "rounds = 4"),
+            ("scheme = \"paillier\"", "scheme = \"masking\""),
+            ("round_timeout_secs = 60.0", "round_timeout_secs = 4.0"),
+        ],
+    );
+    // `third` shares its keys in round 2 (stage 1), then disappears: the others' pairwise masks
+    // with it are removed with its key, rebuilt from their shares.
+    let (code, r, err) = simulate(
+        &cfg,
+        dir.path(),
+        &["--mode", "processes", "--crash", "third:2.1"],
+    );
+    assert_eq!(code, 0, "{err}\n{r}");
+    let h = r["history"].as_array().expect("history");
+    assert_eq!(h.len(), 4);
+    assert_eq!(
+        h[0]["contributors"],
+        serde_json::json!(["guest", "host", "third"])
+    );
+    assert_eq!(h[1]["contributors"], serde_json::json!(["guest", "host"]));
+    assert_eq!(h[1]["excluded"], serde_json::json!(["third"]));
+    assert!(r["test_accuracy"].as_f64().expect("accuracy") > 0.9, "{r}");
+}
+
+#[test]
 fn malformed_csv_row_withdraws_that_owner_and_the_round_proceeds() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut bad = guest_rows(20);

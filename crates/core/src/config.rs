@@ -56,6 +56,8 @@ pub enum SchemeKind {
     Plain,
     /// Packed fixed-point Paillier; a separate key holder decrypts only the sum.
     Paillier,
+    /// SecAgg+ pairwise masking: no key holder; survives dropouts (`[masking]`).
+    Masking,
 }
 
 impl SchemeKind {
@@ -64,7 +66,35 @@ impl SchemeKind {
         match self {
             SchemeKind::Plain => "plain",
             SchemeKind::Paillier => "paillier",
+            SchemeKind::Masking => "masking",
         }
+    }
+}
+
+/// The `[masking]` section: SecAgg+ parameters (defaults from the owner count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingSection {
+    /// Neighbours per owner, `k` (even, or `n − 1` for the complete graph). Default: the
+    /// complete graph up to 31 owners, else 20 (Bell et al. choose `k = O(log n)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbours: Option<usize>,
+    /// Shares needed to rebuild an owner's secrets, `t`: more than half of its `k + 1` share
+    /// holders. Default: the smallest such value, `⌊(k + 1)/2⌋ + 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<usize>,
+}
+
+impl MaskingSection {
+    /// `(k, t)` for `n` owners.
+    pub fn effective(&self, n: usize) -> (usize, usize) {
+        let complete = n.saturating_sub(1);
+        let k = self
+            .neighbours
+            .unwrap_or(if n <= 31 { complete } else { 20 })
+            .min(complete);
+        let t = self.threshold.unwrap_or(k.div_ceil(2) + 1);
+        (k, t)
     }
 }
 
@@ -506,6 +536,9 @@ pub struct JobConfig {
     /// `[privacy]`
     #[serde(default)]
     pub privacy: Option<PrivacySection>,
+    /// `[masking]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<MaskingSection>,
     /// `[[parties]]`
     pub parties: Vec<PartySection>,
 }
@@ -533,6 +566,9 @@ pub struct JobSpec {
     /// `[privacy]`
     #[serde(default)]
     pub privacy: Option<PrivacySection>,
+    /// `[masking]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<MaskingSection>,
 }
 
 impl JobConfig {
@@ -593,6 +629,7 @@ impl JobConfig {
             modulus_bits: self.paillier.modulus_bits,
             limits: self.limits.clone(),
             privacy: self.privacy.clone(),
+            masking: self.masking,
             owners: self.parties.iter().map(|p| p.name.clone()).collect(),
         }
     }
@@ -663,6 +700,37 @@ impl JobSpec {
                 "job.min_owners",
                 "must be at least 2 under `paillier`: with one owner the decrypted sum is that owner's update",
             ));
+        }
+        if j.scheme == SchemeKind::Masking {
+            let n = self.owners.len();
+            if n < 2 || j.min_owners < 2 {
+                return Err(invalid(
+                    "job.min_owners",
+                    "must be at least 2 under `masking`: with one owner the unmasked sum is that owner's update",
+                ));
+            }
+            let (k, t) = self.masking.unwrap_or_default().effective(n);
+            if k < n - 1 && (k % 2 == 1 || k < 2) {
+                return Err(invalid(
+                    "masking.neighbours",
+                    format!(
+                        "{k} neighbours: a sparse neighbourhood must be even and at least 2 (or {} for every other owner)",
+                        n - 1
+                    ),
+                ));
+            }
+            if t > k + 1 || 2 * t <= k + 1 {
+                return Err(invalid(
+                    "masking.threshold",
+                    format!(
+                        "{t} must be more than half of an owner's {} share holders and at most {}",
+                        k + 1,
+                        k + 1
+                    ),
+                ));
+            }
+        } else if self.masking.is_some() {
+            return Err(invalid("masking", "applies to scheme = \"masking\" only"));
         }
         if !(j.round_timeout_secs > 0.0 && j.round_timeout_secs <= 86_400.0) {
             return Err(invalid("job.round_timeout_secs", "must be in (0, 86400]"));
@@ -882,6 +950,25 @@ data = "b.csv"
         let text = MINIMAL.replace("min_owners = 2", "min_owners = 3");
         let err = JobConfig::parse(&text).expect_err("invalid");
         assert!(err.to_string().contains("job.min_owners"), "{err}");
+    }
+
+    #[test]
+    fn masking_parameters_default_from_the_owner_count_and_are_checked() {
+        let text = MINIMAL.replace("scheme = \"paillier\"", "scheme = \"masking\"");
+        let c = JobConfig::parse(&text).expect("valid");
+        assert_eq!(c.spec().masking.unwrap_or_default().effective(2), (1, 2));
+        assert_eq!(MaskingSection::default().effective(10), (9, 6));
+        assert_eq!(MaskingSection::default().effective(100), (20, 11));
+        for (section, field) in [
+            ("[masking]\nthreshold = 1\n", "masking.threshold"),
+            ("[masking]\nthreshold = 3\n", "masking.threshold"),
+        ] {
+            let err = JobConfig::parse(&format!("{text}\n{section}")).expect_err("invalid");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let err = JobConfig::parse(&format!("{MINIMAL}\n[masking]\nthreshold = 2\n"))
+            .expect_err("masking section without masking");
+        assert!(err.to_string().contains("masking"), "{err}");
     }
 
     #[test]

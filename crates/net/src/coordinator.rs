@@ -24,6 +24,7 @@ use confide_governance::identity::Identity;
 use confide_governance::manifest::{SignedManifest, online_approval_message};
 use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
+use confide_secagg::masking::{MaskingConfig, MaskingServer};
 use confide_secagg::{
     AggregateSum, AggregationServer, ExternalRequest, ExternalResult, PaillierServer, PlainServer,
     Reject, Rejection, RoundContext, SchemeParams, StageResult, model_digest,
@@ -185,6 +186,8 @@ struct Snapshot {
     params: Arc<Vec<f32>>,
     message: String,
     head: Option<SignedTreeHead>,
+    stage: u32,
+    broadcast: Arc<Vec<u8>>,
 }
 
 struct State {
@@ -236,6 +239,27 @@ impl std::fmt::Debug for Coordinator {
 /// The job digest: SHA-256 of the spec's digest input.
 pub fn job_digest(spec: &JobSpec) -> [u8; 32] {
     confide_crypto::sha256(&spec.digest_input())
+}
+
+/// The masking (SecAgg+) parameters of a round: every party derives the same ones from the
+/// spec, the job digest and the round (the neighbour graph's public seed).
+pub fn masking_config(spec: &JobSpec, digest: &[u8; 32], round: u32) -> MaskingConfig {
+    let (neighbours, threshold) = spec
+        .masking
+        .unwrap_or_default()
+        .effective(spec.owners.len());
+    let mut seed_input = b"confide/masking-graph/v1\n".to_vec();
+    seed_input.extend_from_slice(digest);
+    seed_input.extend_from_slice(&round.to_be_bytes());
+    MaskingConfig {
+        owners: spec.owners.clone(),
+        neighbours,
+        threshold,
+        len: model_spec(spec).param_count(),
+        round,
+        graph_seed: confide_crypto::sha256(&seed_input),
+        min_owners: spec.job.min_owners,
+    }
 }
 
 /// The model architecture of a job.
@@ -397,6 +421,8 @@ impl Coordinator {
             params: Arc::new(Vec::new()),
             message: String::new(),
             head: None,
+            stage: 0,
+            broadcast: Arc::new(Vec::new()),
         };
         let (rounds, _) = watch::channel(initial);
         let (progress, _) = broadcast::channel(1024);
@@ -654,6 +680,8 @@ impl Coordinator {
             params: params.clone(),
             message: message.clone(),
             head: head.clone(),
+            stage: 0,
+            broadcast: Arc::new(Vec::new()),
         });
         // Give the witnesses (the owners still in the job) a bounded time to cosign it.
         if head.is_some() {
@@ -752,6 +780,10 @@ impl Coordinator {
                         .ok_or("paillier needs the key holder's public key")?;
                     Box::new(PaillierServer::new(pk, sp.clone(), ctx).map_err(|e| e.to_string())?)
                 }
+                SchemeKind::Masking => Box::new(
+                    MaskingServer::new(masking_config(&self.spec, &self.digest, round), ctx)
+                        .map_err(|e| e.to_string())?,
+                ),
             };
             lock(&self.state).server = Some(server);
             let head = self.sign_head()?;
@@ -761,34 +793,53 @@ impl Coordinator {
                 params: params.clone(),
                 message: String::new(),
                 head: Some(head),
+                stage: 0,
+                broadcast: Arc::new(Vec::new()),
             });
-            self.wait_until(started + timeout, |s| {
-                s.server
-                    .as_ref()
-                    .is_some_and(|srv| srv.accepted().is_superset(&s.alive))
-            })
-            .await;
-            let agg_started = Instant::now();
-            let (closing, excluded) = {
-                let mut s = lock(&self.state);
-                let accepted = s
-                    .server
-                    .as_ref()
-                    .map(|srv| srv.accepted())
-                    .unwrap_or_default();
-                let excluded: Vec<String> = s.alive.difference(&accepted).cloned().collect();
-                for o in &excluded {
-                    s.alive.remove(o);
-                    s.events.push(format!(
-                        "round {round}: `{o}` missed the deadline and is excluded"
-                    ));
-                }
-                let survivors = s.alive.clone();
-                let closing = match s.server.as_mut() {
-                    Some(srv) => srv.close_stage(&survivors),
-                    None => return Err("internal: no aggregation state".into()),
+            let mut stage_started = started;
+            let mut excluded = Vec::new();
+            let (agg_started, closing) = loop {
+                self.wait_until(stage_started + timeout, |s| {
+                    s.server
+                        .as_ref()
+                        .is_some_and(|srv| srv.accepted().is_superset(&s.alive))
+                })
+                .await;
+                let agg_started = Instant::now();
+                let (closing, stage_excluded) = {
+                    let mut s = lock(&self.state);
+                    let accepted = s
+                        .server
+                        .as_ref()
+                        .map(|srv| srv.accepted())
+                        .unwrap_or_default();
+                    let stage_excluded: Vec<String> =
+                        s.alive.difference(&accepted).cloned().collect();
+                    for o in &stage_excluded {
+                        s.alive.remove(o);
+                        s.events.push(format!(
+                            "round {round}: `{o}` missed the deadline and is excluded"
+                        ));
+                    }
+                    let survivors = s.alive.clone();
+                    let closing = match s.server.as_mut() {
+                        Some(srv) => srv.close_stage(&survivors),
+                        None => return Err("internal: no aggregation state".into()),
+                    };
+                    (closing, stage_excluded)
                 };
-                (closing, excluded)
+                excluded.extend(stage_excluded);
+                match closing {
+                    // A multi-stage scheme: publish the next stage and collect it.
+                    Ok(StageResult::Broadcast { stage, payload }) => {
+                        stage_started = Instant::now();
+                        self.rounds.send_modify(|snap| {
+                            snap.stage = stage;
+                            snap.broadcast = Arc::new(payload);
+                        });
+                    }
+                    other => break (agg_started, other),
+                }
             };
             let sum = match closing.map_err(|e| format!("round {round} failed: {e}"))? {
                 StageResult::Sum(sum) => sum,
@@ -821,9 +872,7 @@ impl Coordinator {
                         .map_err(|e| format!("round {round} failed: {e}"))?
                 }
                 StageResult::Broadcast { .. } => {
-                    return Err(
-                        "internal: multi-stage schemes are not wired into this coordinator".into(),
-                    );
+                    return Err("internal: a broadcast after the stage loop".into());
                 }
             };
             // Evaluate the candidate first: the global model only advances with a complete round.
@@ -1186,6 +1235,35 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .export(&c.identity.public_key())
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::ExportAuditReply { log_file }))
+    }
+
+    async fn next_stage(
+        &self,
+        request: Request<pb::NextStageRequest>,
+    ) -> Result<Response<pb::StageTask>, Status> {
+        peer(&request, &[Role::Node], &self.0.revocations)?;
+        let req = request.into_inner();
+        let mut rx = self.0.rounds.subscribe();
+        let snap = rx
+            .wait_for(|s| {
+                s.round != req.round
+                    || s.stage > req.after_stage
+                    || matches!(s.state, JobState::Finished | JobState::Failed)
+            })
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .clone();
+        let same = snap.round == req.round && snap.state == JobState::Running;
+        Ok(Response::new(pb::StageTask {
+            state: snap.state as i32,
+            round: snap.round,
+            stage: snap.stage,
+            payload: if same {
+                snap.broadcast.to_vec()
+            } else {
+                Vec::new()
+            },
+        }))
     }
 
     async fn next_round(

@@ -77,6 +77,9 @@ pub struct NodeOptions {
     pub data: PathBuf,
     /// Chaos testing: exit abruptly, without withdrawing, after submitting this round.
     pub crash_after_round: Option<u32>,
+    /// Chaos testing of multi-stage schemes: exit abruptly after submitting this
+    /// `(round, stage)`.
+    pub crash_after_stage: Option<(u32, u32)>,
     /// The owner's privacy budget ledger and this dataset's name in it. With a ledger, a
     /// job's ε is debited before the first round, and a job that would exceed the dataset's
     /// budget (or a job without DP on a dataset that has a budget) is refused.
@@ -270,6 +273,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                     .map_err(|e| NodeError::Job(e.to_string()))?,
             )
         }
+        // Replaced by a fresh client (fresh keys) at every round.
+        SchemeKind::Masking => masking_client(&spec, &digest, 1, &name)?,
     };
 
     let mut after = 0;
@@ -372,6 +377,9 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
         after = round;
         let trained_from = model_digest(&global);
+        if spec.job.scheme == SchemeKind::Masking {
+            client = masking_client(&spec, &digest, round, &name)?;
+        }
         let cfg = TrainConfig {
             epochs: spec.training.local_epochs,
             batch_size: spec.training.batch_size,
@@ -465,12 +473,112 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             refuse(&mut coord, &problem, "refusal").await;
             return Err(NodeError::Refused(problem));
         }
+        if spec.job.scheme == SchemeKind::Masking {
+            client = masking_stages(
+                &mut coord,
+                client,
+                &signing,
+                (&digest, &name, round, trained_from),
+                opts.crash_after_stage,
+            )
+            .await?;
+        }
         rounds += 1;
         if opts.crash_after_round == Some(round) {
             tracing::warn!("`{name}`: simulated crash after round {round}");
             std::process::exit(3);
         }
     }
+}
+
+/// A fresh masking client (fresh X25519 keys and self-mask seed) for `round`.
+fn masking_client(
+    spec: &JobSpec,
+    digest: &[u8; 32],
+    round: u32,
+    name: &str,
+) -> Result<Box<dyn AggregationClient>, NodeError> {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let cfg = crate::coordinator::masking_config(spec, digest, round);
+    Ok(Box::new(
+        confide_secagg::masking::MaskingClient::new(cfg, name, seed)
+            .map_err(|e| NodeError::Job(e.to_string()))?,
+    ))
+}
+
+/// The later stages of a multi-stage scheme: waits for each stage's broadcast, answers it,
+/// signs and submits the answer. Returns when the round is over for this owner.
+async fn masking_stages(
+    coord: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    mut client: Box<dyn AggregationClient>,
+    signing: &confide_crypto::SigningKey,
+    (digest, name, round, trained_from): (&[u8; 32], &str, u32, [u8; 32]),
+    crash_after: Option<(u32, u32)>,
+) -> Result<Box<dyn AggregationClient>, NodeError> {
+    if crash_after == Some((round, 0)) {
+        tracing::warn!("`{name}`: simulated crash after round {round}, stage 0");
+        std::process::exit(3);
+    }
+    for stage in 1..=3u32 {
+        let task = coord
+            .next_stage(pb::NextStageRequest {
+                round,
+                after_stage: stage - 1,
+            })
+            .await
+            .map_err(|s| NodeError::Refused(format!("next stage: {}", s.message())))?
+            .into_inner();
+        if task.round != round || task.state != JobState::Running as i32 || task.stage != stage {
+            // The round ended without this owner (it failed, or this owner was excluded).
+            return Ok(client);
+        }
+        // Share and mask computation is CPU work: keep it off the async executor.
+        let (answer, back) = tokio::task::spawn_blocking(move || {
+            let a = client.on_broadcast(stage, &task.payload);
+            (a, client)
+        })
+        .await
+        .map_err(|e| NodeError::Job(e.to_string()))?;
+        client = back;
+        let payload = match answer {
+            Ok(p) => p,
+            Err(e) => {
+                let problem = format!("round {round}, stage {stage}: {e}");
+                refuse(coord, &problem, "refusal").await;
+                return Err(NodeError::Refused(problem));
+            }
+        };
+        let c = sign_contribution(
+            signing,
+            digest,
+            Unsigned {
+                owner: name.to_string(),
+                round,
+                stage,
+                model_digest: trained_from,
+                payload,
+            },
+        );
+        let reply = coord
+            .submit(pb::SubmitRequest {
+                contribution: Some(crate::wire::to_pb(c)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| NodeError::Refused(format!("submit: {}", s.message())))?
+            .into_inner();
+        if !reply.accepted {
+            let problem = format!("round {round}, stage {stage}: rejected: {}", reply.detail);
+            refuse(coord, &problem, "refusal").await;
+            return Err(NodeError::Refused(problem));
+        }
+        if crash_after == Some((round, stage)) {
+            tracing::warn!("`{name}`: simulated crash after round {round}, stage {stage}");
+            std::process::exit(3);
+        }
+    }
+    Ok(client)
 }
 
 /// What this owner's data spends on the job.

@@ -7,7 +7,9 @@
 
 pub mod contribution;
 pub mod keyholder;
+pub mod masking;
 pub mod scheme;
+pub mod shamir;
 
 pub use contribution::{
     Contribution, Unsigned, VerifiedContribution, model_digest, sign_contribution,

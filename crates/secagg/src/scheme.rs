@@ -126,6 +126,9 @@ pub enum SchemeError {
     /// The external party's answer does not fit the request.
     #[error("invalid answer from the external party: {0}")]
     BadExternal(String),
+    /// Too many owners dropped out for the round's secrets to be rebuilt.
+    #[error("the round cannot be completed: {0}")]
+    Unrecoverable(String),
 }
 
 /// Parameters shared by both sides of a scheme.
@@ -231,7 +234,17 @@ fn admit(
     closed: bool,
     got: &BTreeMap<String, VerifiedContribution>,
 ) -> Result<(), Rejection> {
-    let stage = 0;
+    admit_stage(c, ctx, 0, closed, got)
+}
+
+/// [`admit`] for a given stage of a multi-stage scheme.
+pub(crate) fn admit_stage(
+    c: &Contribution,
+    ctx: &RoundContext,
+    stage: u32,
+    closed: bool,
+    got: &BTreeMap<String, VerifiedContribution>,
+) -> Result<(), Rejection> {
     let round = ctx.round;
     if closed {
         return Err(Rejection::new(
