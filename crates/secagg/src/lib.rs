@@ -10,6 +10,7 @@ pub mod keyholder;
 pub mod masking;
 pub mod scheme;
 pub mod shamir;
+pub mod threshold;
 
 pub use contribution::{
     Contribution, Unsigned, VerifiedContribution, model_digest, sign_contribution,
