@@ -480,6 +480,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 &signing,
                 (&digest, &name, round, trained_from),
                 opts.crash_after_stage,
+                &|| gov.still_allowed(&opts, &request),
             )
             .await?;
         }
@@ -515,6 +516,7 @@ async fn masking_stages(
     signing: &confide_crypto::SigningKey,
     (digest, name, round, trained_from): (&[u8; 32], &str, u32, [u8; 32]),
     crash_after: Option<(u32, u32)>,
+    consent: &(dyn Fn() -> Result<(), String> + Sync),
 ) -> Result<Box<dyn AggregationClient>, NodeError> {
     if crash_after == Some((round, 0)) {
         tracing::warn!("`{name}`: simulated crash after round {round}, stage 0");
@@ -541,6 +543,11 @@ async fn masking_stages(
         .await
         .map_err(|e| NodeError::Job(e.to_string()))?;
         client = back;
+        // The masked input (stage 2) carries the owner's data: consent is checked again.
+        if let Err(problem) = consent() {
+            refuse(coord, &problem, "revocation").await;
+            return Err(NodeError::Refused(problem));
+        }
         let payload = match answer {
             Ok(p) => p,
             Err(e) => {

@@ -188,6 +188,13 @@ fn agree(secret: &StaticSecret, public: &[u8; 32]) -> Result<[u8; 32], SchemeErr
     Ok(*shared.as_bytes())
 }
 
+/// Whether a public key is not of low order (its agreement with any secret is not all-zero).
+fn contributory(public: &[u8; 32]) -> bool {
+    StaticSecret::from([0x5a; 32])
+        .diffie_hellman(&XPublic::from(*public))
+        .was_contributory()
+}
+
 fn mask_seed(shared: &[u8; 32], round: u32, a: usize, b: usize) -> [u8; 32] {
     let (lo, hi) = (a.min(b) as u32, a.max(b) as u32);
     hkdf32(
@@ -486,6 +493,26 @@ impl MaskingClient {
         if !u2.iter().all(|v| self.keys.contains_key(v)) {
             return Err(SchemeError::BadExternal("U2 is not a subset of U1".into()));
         }
+        // Bell et al. and Bonawitz et al.: never mask with fewer than t − 1 neighbours, nor in a
+        // round of fewer than max(t, min_owners) owners (a server that isolates this owner would
+        // otherwise unmask its input with its self-mask seed alone).
+        let need = self.cfg.threshold.max(self.cfg.min_owners);
+        if u2.len() < need {
+            return Err(SchemeError::TooFewContributions {
+                got: u2.len(),
+                min: need,
+            });
+        }
+        let neighbours_in = self.graph[self.me]
+            .iter()
+            .filter(|v| u2.contains(v))
+            .count();
+        if neighbours_in + 1 < self.cfg.threshold {
+            return Err(SchemeError::BadExternal(format!(
+                "only {neighbours_in} of this owner's neighbours are in U2; at least {} are needed",
+                self.cfg.threshold - 1
+            )));
+        }
         // Every neighbour in U2 must have sent this owner its shares.
         for v in self.graph[self.me].iter().filter(|v| u2.contains(v)) {
             if !self.held.contains_key(v) {
@@ -643,8 +670,13 @@ impl MaskingServer {
         let mut r = Reader(payload);
         match st {
             0 => {
-                r.key().map_err(|e| malformed(st, e))?;
-                r.key().map_err(|e| malformed(st, e))?;
+                let c = r.key().map_err(|e| malformed(st, e))?;
+                let s = r.key().map_err(|e| malformed(st, e))?;
+                // A low-order key would make every neighbour's agreement fail (and drive honest
+                // owners out of the job); two equal keys are not fresh.
+                if c == s || !contributory(&c) || !contributory(&s) {
+                    return Err(malformed(st, "a low-order or repeated X25519 public key"));
+                }
             }
             1 => {
                 if !self.keys.contains_key(&me) {

@@ -119,7 +119,14 @@ pub fn aggregate<'a>(
     let mut acc: Option<Vec<u64>> = None;
     for s in shares {
         match &mut acc {
-            None => acc = Some(s.to_vec()),
+            None => {
+                if s.iter().any(|&y| y >= P) {
+                    return Err(ThresholdError::Invalid(
+                        "a share is not a field element".into(),
+                    ));
+                }
+                acc = Some(s.to_vec());
+            }
             Some(a) => {
                 if a.len() != s.len() {
                     return Err(ThresholdError::Invalid(
@@ -127,6 +134,11 @@ pub fn aggregate<'a>(
                     ));
                 }
                 for (x, y) in a.iter_mut().zip(s) {
+                    if *y >= P {
+                        return Err(ThresholdError::Invalid(
+                            "a share is not a field element".into(),
+                        ));
+                    }
                     *x = add(*x, *y);
                 }
             }
@@ -282,6 +294,20 @@ pub fn reconstruct(
             "partial sums of different lengths".into(),
         ));
     }
+    let mut seen = std::collections::BTreeSet::new();
+    if replies
+        .iter()
+        .any(|(a, _)| !seen.insert(*a) || *a as u64 + 1 >= P)
+    {
+        return Err(ThresholdError::Invalid(
+            "a repeated or out-of-range aggregator index".into(),
+        ));
+    }
+    if replies.iter().any(|(_, v)| v.iter().any(|&y| y >= P)) {
+        return Err(ThresholdError::Invalid(
+            "a partial sum is not made of field elements".into(),
+        ));
+    }
     let weights: Vec<u64> = (0..len).map(|_| shamir::random(rng)).collect();
     let points: Vec<(u64, u64)> = replies
         .iter()
@@ -300,6 +326,12 @@ pub fn reconstruct(
         .collect();
     let honest: Vec<&(usize, Vec<u64>)> =
         replies.iter().filter(|(a, _)| !liars.contains(a)).collect();
+    if honest.len() < t {
+        return Err(ThresholdError::Undecodable {
+            replies: n,
+            correctable,
+        });
+    }
     let (used, rest) = honest.split_at(t);
     let xs: Vec<u64> = used.iter().map(|(a, _)| *a as u64 + 1).collect();
     let lagrange = shamir::lagrange_at_zero(&xs).map_err(ThresholdError::Invalid)?;

@@ -275,6 +275,24 @@ fn bad_parameters_and_bad_messages_are_refused() {
         .accept(verify(bad, &key.public_key(), &DIGEST).expect("sig"))
         .expect_err("short");
     assert_eq!(r.reason, Reject::Malformed);
+    // A low-order public key (the identity point) is refused at stage 0.
+    let mut low = vec![0u8; 64];
+    low[32] = 9;
+    let low_order = sign_contribution(
+        &key,
+        &DIGEST,
+        Unsigned {
+            owner: "o001".into(),
+            round: ROUND,
+            stage: 0,
+            model_digest: [1; 32],
+            payload: low,
+        },
+    );
+    let r = server
+        .accept(verify(low_order, &key.public_key(), &DIGEST).expect("sig"))
+        .expect_err("low order");
+    assert_eq!(r.reason, Reject::Malformed);
     let wrong_stage = sign_contribution(
         &key,
         &DIGEST,

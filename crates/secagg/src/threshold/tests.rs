@@ -194,3 +194,16 @@ fn signed_values_round_trip_through_the_field() {
         assert_eq!(from_field(to_field(v)), i128::from(v));
     }
 }
+
+#[test]
+fn repeated_indices_and_non_field_values_are_refused() {
+    let (_, _, partials) = setup(2, 10);
+    let mut r = replies(&partials, &[]);
+    r[1].0 = r[0].0;
+    assert!(matches!(
+        reconstruct(&r, T, &mut ChaCha20Rng::seed_from_u64(1)),
+        Err(ThresholdError::Invalid(_))
+    ));
+    let bad = vec![P, 0, 0];
+    assert!(aggregate([bad.as_slice()]).is_err());
+}
