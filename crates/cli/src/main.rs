@@ -278,7 +278,8 @@ struct KeyholderArgs {
     /// This party's name in the federation directory.
     #[arg(long, default_value = "keyholder")]
     name: String,
-    /// Secret key file (from `confide paillier keygen`); by default a fresh key is generated.
+    /// Paillier secret key file (from `confide paillier keygen`); by default a fresh key is
+    /// generated. Under `lattice` a fresh BFV key is always generated and kept in memory.
     #[arg(long)]
     key: Option<PathBuf>,
     /// File where every decryption is recorded (synced) before it happens, so a restarted key
@@ -533,6 +534,44 @@ fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
 }
 
 /// Loads the key holder's secret key from a file.
+/// The key holder's secret key for a job: under `paillier` the key in `key_file` or a fresh one,
+/// under `lattice` a fresh BFV key (it never leaves the key holder's memory; `key_file` is not
+/// used).
+pub async fn holder_key(
+    spec: &confide_core::JobSpec,
+    key_file: Option<&Path>,
+    announce: bool,
+) -> Result<confide_secagg::HolderKey> {
+    match spec.job.scheme {
+        confide_core::SchemeKind::Lattice => {
+            let params = confide_secagg::lattice::lattice_params(
+                &confide_net::coordinator::job_scheme_params(spec)?,
+            )?;
+            if announce {
+                eprintln!("keyholder: generating a BFV key ({})", params.describe());
+            }
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+            Ok(confide_crypto::LatticeSecretKey::generate(params, seed)?.into())
+        }
+        _ => match key_file {
+            Some(path) => Ok(load_secret_key(path)?.into()),
+            None => {
+                let bits = spec.modulus_bits;
+                if announce {
+                    eprintln!("keyholder: generating a {bits}-bit Paillier key");
+                }
+                let sk = tokio::task::spawn_blocking(move || {
+                    SecretKey::generate(bits, &mut rand::rngs::OsRng)
+                })
+                .await??;
+                Ok(sk.into())
+            }
+        },
+    }
+}
+
+/// Reads a Paillier secret key file.
 pub fn load_secret_key(path: &Path) -> Result<SecretKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -602,19 +641,13 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
     if creds.role != Role::KeyHolder {
         bail!("`{}` has role {}, not keyholder", creds.name, creds.role);
     }
+    if spec.job.scheme == confide_core::SchemeKind::Lattice && args.key.is_some() {
+        bail!(
+            "--key holds a Paillier key; under `lattice` the key holder generates its BFV key in memory"
+        );
+    }
     let key_file = args.key.or(config.paillier.key_file.clone());
-    let sk = match key_file {
-        Some(path) => load_secret_key(&path)?,
-        None => {
-            eprintln!(
-                "keyholder: generating a {}-bit Paillier key",
-                spec.modulus_bits
-            );
-            let bits = spec.modulus_bits;
-            tokio::task::spawn_blocking(move || SecretKey::generate(bits, &mut rand::rngs::OsRng))
-                .await??
-        }
-    };
+    let sk = holder_key(&spec, key_file.as_deref(), true).await?;
     let listener = bind(args.common.listen, "keyholder").await?;
     let state = args
         .state

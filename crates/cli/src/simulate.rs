@@ -40,6 +40,8 @@ pub enum SchemeArg {
     Paillier,
     /// SecAgg+ pairwise masking (no key holder).
     Masking,
+    /// BFV with SIMD packing and a separate key holder.
+    Lattice,
 }
 
 /// `confide simulate` arguments.
@@ -167,6 +169,7 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
             SchemeArg::Plain => SchemeKind::Plain,
             SchemeArg::Paillier => SchemeKind::Paillier,
             SchemeArg::Masking => SchemeKind::Masking,
+            SchemeArg::Lattice => SchemeKind::Lattice,
         };
     }
     if let Some(m) = args.mode {
@@ -232,21 +235,24 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         pb.enable_steady_tick(Duration::from_millis(120));
         pb
     };
-    let paillier = spec.job.scheme == SchemeKind::Paillier;
+    let uses_key_holder = spec.job.scheme.uses_key_holder();
     let key_file = args
         .paillier_key
         .clone()
-        .or(config.paillier.key_file.clone());
+        .or(config.paillier.key_file.clone())
+        .filter(|_| spec.job.scheme == SchemeKind::Paillier);
     let mode = config.simulate.mode;
 
     let mut roles = Roles::default();
     let result = async {
-        let keyholder_addr = if paillier {
-            let sp = spinner(if key_file.is_some() {
-                "starting the key holder"
-            } else {
-                "key holder: generating a fresh Paillier key (safe primes take a few seconds)"
-            });
+        let keyholder_addr = if uses_key_holder {
+            let sp = spinner(
+                if key_file.is_some() || spec.job.scheme == SchemeKind::Lattice {
+                    "starting the key holder"
+                } else {
+                    "key holder: generating a fresh Paillier key (safe primes take a few seconds)"
+                },
+            );
             let addr = roles
                 .start_keyholder(mode, &job_file, &fed, &config, key_file.as_deref(), &work)
                 .await?;
@@ -650,16 +656,7 @@ impl Roles {
             SimulateMode::InProcess => {
                 let spec = config.spec();
                 let creds = Credentials::load(fed, "keyholder")?;
-                let sk = match key {
-                    Some(k) => crate::load_secret_key(k)?,
-                    None => {
-                        let bits = spec.modulus_bits;
-                        tokio::task::spawn_blocking(move || {
-                            confide_crypto::SecretKey::generate(bits, &mut rand::rngs::OsRng)
-                        })
-                        .await??
-                    }
-                };
+                let sk = crate::holder_key(&spec, key, false).await?;
                 let listener = TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?.to_string();
                 let state = work.join("keyholder-state.jsonl");

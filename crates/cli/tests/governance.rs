@@ -258,7 +258,7 @@ fn a_job_the_policy_does_not_allow_is_refused_with_an_audit_entry() {
     let text = std::fs::read_to_string(root().join("examples/policies/breast_homo_guest.toml"))
         .expect("read")
         .replace(
-            "schemes = [\"paillier\", \"masking\", \"plain\"]",
+            "schemes = [\"paillier\", \"lattice\", \"masking\", \"plain\"]",
             "schemes = [\"plain\"]",
         );
     std::fs::write(&policy, text).expect("write");

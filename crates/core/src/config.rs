@@ -58,15 +58,23 @@ pub enum SchemeKind {
     Paillier,
     /// SecAgg+ pairwise masking: no key holder; survives dropouts (`[masking]`).
     Masking,
+    /// BFV lattice encryption with SIMD packing; a separate key holder decrypts only the sum.
+    Lattice,
 }
 
 impl SchemeKind {
+    /// Whether a separate key holder decrypts the round's sum (`paillier`, `lattice`).
+    pub fn uses_key_holder(self) -> bool {
+        matches!(self, SchemeKind::Paillier | SchemeKind::Lattice)
+    }
+
     /// The name used in configuration files and reports.
     pub fn as_str(self) -> &'static str {
         match self {
             SchemeKind::Plain => "plain",
             SchemeKind::Paillier => "paillier",
             SchemeKind::Masking => "masking",
+            SchemeKind::Lattice => "lattice",
         }
     }
 }
@@ -695,10 +703,13 @@ impl JobSpec {
                 ),
             ));
         }
-        if j.scheme == SchemeKind::Paillier && j.min_owners < 2 {
+        if j.scheme.uses_key_holder() && j.min_owners < 2 {
             return Err(invalid(
                 "job.min_owners",
-                "must be at least 2 under `paillier`: with one owner the decrypted sum is that owner's update",
+                format!(
+                    "must be at least 2 under `{}`: with one owner the decrypted sum is that owner's update",
+                    j.scheme.as_str()
+                ),
             ));
         }
         if j.scheme == SchemeKind::Masking {

@@ -1,17 +1,24 @@
 //! Confide's cryptographic building blocks. Everything here wraps a maintained library
-//! (fast-paillier for Paillier, ring for Ed25519 and SHA-256); Confide adds encodings and
+//! (fast-paillier for Paillier, fhe.rs for BFV, ring for Ed25519 and SHA-256); Confide adds encodings and
 //! protocol glue, never ciphers or modular arithmetic of its own.
 //!
 //! - [`encoding`]: fixed-point encoding with clipping; packing of many coordinates into one
 //!   plaintext with overflow-free headroom computed from the number of owners.
+//! - [`lattice`]: BFV parameters derived from the job, SIMD-packed encryption, checked parsing
+//!   of ciphertexts and keys, decoding of decrypted sums.
 //! - [`paillier`]: keys, DJN short-exponent encryption, decryption, homomorphic addition.
 //! - [`sign`]: Ed25519 signatures.
 
 pub mod encoding;
+pub mod lattice;
 pub mod paillier;
 pub mod sign;
 
 pub use encoding::{EncodingError, FixedPoint, PackingLayout};
+pub use lattice::{
+    LatticeCiphertext, LatticeEncryptor, LatticeError, LatticeParams, LatticePublicKey,
+    LatticeSecretKey,
+};
 pub use paillier::{Ciphertext, PaillierError, PublicKey, PublicKeyJson, SecretKey, SecretKeyJson};
 pub use sign::{SignatureError, SigningKey};
 

@@ -26,7 +26,7 @@ use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
 use confide_secagg::masking::{MaskingConfig, MaskingServer};
 use confide_secagg::{
-    AggregateSum, AggregationServer, ExternalRequest, ExternalResult, PaillierServer, PlainServer,
+    AggregateSum, AggregationServer, ExternalRequest, ExternalResult, HolderPublicKey, PlainServer,
     Reject, Rejection, RoundContext, SchemeParams, StageResult, model_digest,
 };
 use serde::{Deserialize, Serialize};
@@ -560,10 +560,11 @@ impl Coordinator {
     }
 
     /// Runs the job to its end. `unseal` performs the key holder's part of a round (a gRPC call
-    /// in deployments); `paillier_key` is the key holder's public key under `paillier`.
+    /// in deployments); `holder_key` is the key holder's public key under `paillier` and
+    /// `lattice`.
     pub async fn run<F, Fut>(
         self: Arc<Self>,
-        paillier_key: Option<PublicKey>,
+        holder_key: Option<HolderPublicKey>,
         unseal: F,
     ) -> JobReport
     where
@@ -571,6 +572,7 @@ impl Coordinator {
         Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
     {
         let timeout = Duration::from_secs_f64(self.spec.job.round_timeout_secs);
+        let keyholder_key = holder_key.as_ref().map(HolderPublicKey::fingerprint);
         let owners = self.spec.owners.len();
         let all_joined = self
             .wait_until(Instant::now() + timeout, |s| s.joined.len() == owners)
@@ -622,7 +624,7 @@ impl Coordinator {
                 }),
             ) {
                 Ok(_) => {
-                    self.rounds_loop(&mut params, paillier_key, &unseal, timeout)
+                    self.rounds_loop(&mut params, holder_key, &unseal, timeout)
                         .await
                 }
                 Err(e) => Err(e),
@@ -710,7 +712,7 @@ impl Coordinator {
                 history: s.history.clone(),
                 rejections: s.rejections.clone(),
                 events: s.events.clone(),
-                keyholder_key: None,
+                keyholder_key,
                 param_count: self.model.param_count(),
                 privacy: s.privacy.clone(),
                 manifest_hash: hex::encode(self.manifest_hash),
@@ -757,7 +759,7 @@ impl Coordinator {
     async fn rounds_loop<F, Fut>(
         &self,
         params: &mut Arc<Vec<f32>>,
-        paillier_key: Option<PublicKey>,
+        holder_key: Option<HolderPublicKey>,
         unseal: &F,
         timeout: Duration,
     ) -> Result<(), String>
@@ -774,12 +776,11 @@ impl Coordinator {
             };
             let server: Box<dyn AggregationServer> = match self.spec.job.scheme {
                 SchemeKind::Plain => Box::new(PlainServer::new(sp.clone(), ctx)),
-                SchemeKind::Paillier => {
-                    let pk = paillier_key
-                        .clone()
-                        .ok_or("paillier needs the key holder's public key")?;
-                    Box::new(PaillierServer::new(pk, sp.clone(), ctx).map_err(|e| e.to_string())?)
-                }
+                SchemeKind::Paillier | SchemeKind::Lattice => holder_key
+                    .as_ref()
+                    .ok_or("the scheme needs the key holder's public key")?
+                    .server(&sp, ctx)
+                    .map_err(|e| e.to_string())?,
                 SchemeKind::Masking => Box::new(
                     MaskingServer::new(masking_config(&self.spec, &self.digest, round), ctx)
                         .map_err(|e| e.to_string())?,

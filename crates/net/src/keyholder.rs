@@ -1,4 +1,4 @@
-//! `confide keyholder`: holds the Paillier secret key and decrypts only sums (see
+//! `confide keyholder`: holds the secret key (Paillier or BFV) and decrypts only sums (see
 //! `confide_secagg::keyholder` for the rules it enforces). It is its own role and process,
 //! separate from the coordinator, even on one machine.
 
@@ -7,10 +7,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use confide_core::{JobSpec, Role};
-use confide_crypto::SecretKey;
+use confide_core::{JobSpec, Role, SchemeKind};
 use confide_secagg::contribution::Contribution;
-use confide_secagg::{UnsealError, UnsealRecord, Unsealer};
+use confide_secagg::{HolderKey, UnsealError, UnsealRecord, Unsealer};
 use tonic::{Request, Response, Status};
 
 use crate::coordinator::{job_digest, job_scheme_params};
@@ -78,23 +77,31 @@ impl KeyHolderService {
     /// holder reloads them; without it the record lives only as long as the process.
     pub fn new(
         spec: &JobSpec,
-        sk: SecretKey,
+        key: HolderKey,
         creds: &Credentials,
         state: Option<PathBuf>,
     ) -> Result<Arc<Self>, NetError> {
-        if sk.public_key().modulus_bits() != spec.modulus_bits {
-            return Err(crate::transport::transport_err(
-                "key holder",
-                format!(
-                    "the key has {} bits, the job asks for {}",
-                    sk.public_key().modulus_bits(),
-                    spec.modulus_bits
-                ),
-            ));
+        let refuse = |m: String| crate::transport::transport_err("key holder", m);
+        match (&key, spec.job.scheme) {
+            (HolderKey::Paillier(sk), SchemeKind::Paillier) => {
+                if sk.public_key().modulus_bits() != spec.modulus_bits {
+                    return Err(refuse(format!(
+                        "the key has {} bits, the job asks for {}",
+                        sk.public_key().modulus_bits(),
+                        spec.modulus_bits
+                    )));
+                }
+            }
+            (HolderKey::Lattice(_), SchemeKind::Lattice) => {}
+            (_, scheme) => {
+                return Err(refuse(format!(
+                    "the key does not fit the job's scheme `{}`",
+                    scheme.as_str()
+                )));
+            }
         }
         let params = job_scheme_params(spec)?;
-        let public_json = serde_json::to_string(&sk.public_key().to_json())
-            .map_err(|e| crate::transport::transport_err("key holder", e))?;
+        let public_json = key.public_json();
         let owners: BTreeSet<String> = spec.owners.iter().cloned().collect();
         let digest = job_digest(spec);
         let job_hex = hex::encode(digest);
@@ -103,7 +110,7 @@ impl KeyHolderService {
                 .map_err(|e| crate::transport::transport_err("key holder state", e))?,
             None => Vec::new(),
         };
-        let unsealer = Unsealer::new(sk, digest, owners, params, history)
+        let unsealer = Unsealer::new(key, digest, owners, params, history)
             .map_err(|e| crate::transport::transport_err("key holder", e))?;
         let ca_der = creds
             .ca_der()

@@ -11,13 +11,11 @@ use std::path::{Path, PathBuf};
 use confide_core::{JobSpec, SchemeKind, StandardizeSpec};
 use confide_ml::{CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
 use confide_secagg::{
-    AggregationClient, PaillierClient, PlainClient, Unsigned, model_digest, sign_contribution,
+    AggregationClient, HolderPublicKey, PlainClient, Unsigned, model_digest, sign_contribution,
 };
 use rand::{RngCore, SeedableRng};
 
-use crate::coordinator::{
-    fixed_point, job_digest, job_scheme_params, model_spec, parse_public_key,
-};
+use crate::coordinator::{fixed_point, job_digest, job_scheme_params, model_spec};
 use crate::pb::{self, JobState};
 use crate::pki::Credentials;
 use crate::transport::connect;
@@ -252,7 +250,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
         SchemeKind::Plain => Box::new(PlainClient),
-        SchemeKind::Paillier => {
+        SchemeKind::Paillier | SchemeKind::Lattice => {
             let ch = connect(&join.keyholder_endpoint, "keyholder", &opts.creds).await?;
             let mut kh = pb::key_holder_client::KeyHolderClient::new(ch);
             let reply = kh
@@ -260,18 +258,15 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 .await
                 .map_err(|s| NodeError::Refused(format!("key holder: {}", s.message())))?
                 .into_inner();
-            let pk = parse_public_key(&reply.public_key_json).map_err(NodeError::Job)?;
-            if pk.modulus_bits() != spec.modulus_bits {
-                return Err(NodeError::Job(format!(
-                    "the key holder's key has {} bits, the job requires {}",
-                    pk.modulus_bits(),
-                    spec.modulus_bits
-                )));
-            }
-            Box::new(
-                PaillierClient::new(pk, &params, seed)
-                    .map_err(|e| NodeError::Job(e.to_string()))?,
+            HolderPublicKey::parse(
+                spec.job.scheme,
+                &reply.public_key_json,
+                &params,
+                spec.modulus_bits,
             )
+            .map_err(NodeError::Job)?
+            .client(&params, seed)
+            .map_err(|e| NodeError::Job(e.to_string()))?
         }
         // Replaced by a fresh client (fresh keys) at every round.
         SchemeKind::Masking => masking_client(&spec, &digest, 1, &name)?,

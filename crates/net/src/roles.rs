@@ -5,14 +5,14 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use confide_core::JobSpec;
-use confide_crypto::{PublicKey, SecretKey};
 use confide_ml::Dataset;
+use confide_secagg::{HolderKey, HolderPublicKey};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::coordinator::{
-    Coordinator, CoordinatorOptions, CoordinatorService, JobReport, parse_public_key,
+    Coordinator, CoordinatorOptions, CoordinatorService, JobReport, job_scheme_params,
 };
 use crate::keyholder::{KeyHolderGrpc, KeyHolderService};
 use crate::pb;
@@ -24,12 +24,12 @@ pub async fn serve_keyholder(
     listener: TcpListener,
     creds: &Credentials,
     spec: &JobSpec,
-    sk: SecretKey,
+    key: impl Into<HolderKey>,
     state: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NetError> {
     init_crypto();
-    let service = KeyHolderService::new(spec, sk, creds, state)?;
+    let service = KeyHolderService::new(spec, key.into(), creds, state)?;
     // An unseal request carries one update per owner.
     let max = relay_limit(spec);
     let svc = pb::key_holder_server::KeyHolderServer::new(KeyHolderGrpc(service))
@@ -60,7 +60,7 @@ pub struct CoordinatorRole {
     pub spec: JobSpec,
     /// Held-out evaluation data.
     pub eval: Option<Dataset>,
-    /// The key holder's address (paillier).
+    /// The key holder's address (paillier, lattice).
     pub keyholder: Option<String>,
     /// After the job ends, keep serving this long so the model owner can fetch the model (the
     /// coordinator stops earlier once the model owner confirms receipt).
@@ -87,28 +87,37 @@ pub fn open_audit_log(
     Ok(confide_governance::audit::AuditLog::new(store))
 }
 
+/// Fetches the key holder's public key (retrying while it starts) and checks it against the
+/// job: the modulus size under `paillier`, the exact BFV parameters under `lattice`.
 async fn keyholder_public_key(
     endpoint: &str,
     creds: &Credentials,
+    spec: &JobSpec,
     wait: Duration,
-) -> Result<PublicKey, NetError> {
+) -> Result<HolderPublicKey, NetError> {
     let deadline = Instant::now() + wait;
-    loop {
+    let json = loop {
         let attempt = async {
             let ch = connect(endpoint, "keyholder", creds).await?;
             let reply = pb::key_holder_client::KeyHolderClient::new(ch)
                 .get_public_key(pb::PublicKeyRequest {})
                 .await
                 .map_err(|s| transport_err("key holder", s.message()))?;
-            parse_public_key(&reply.into_inner().public_key_json)
-                .map_err(|e| transport_err("key holder", e))
+            Ok::<_, NetError>(reply.into_inner().public_key_json)
         };
         match attempt.await {
-            Ok(pk) => return Ok(pk),
+            Ok(json) => break json,
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-    }
+    };
+    HolderPublicKey::parse(
+        spec.job.scheme,
+        &json,
+        &job_scheme_params(spec)?,
+        spec.modulus_bits,
+    )
+    .map_err(|e| transport_err("key holder", e))
 }
 
 /// Runs a whole job as the coordinator, serving on `listener`; returns the report and the
@@ -119,20 +128,19 @@ pub async fn run_coordinator(
 ) -> Result<(JobReport, Vec<f32>), NetError> {
     init_crypto();
     let timeout = Duration::from_secs_f64(role.spec.job.round_timeout_secs);
-    let paillier_key = match (&role.spec.job.scheme, &role.keyholder) {
-        (confide_core::SchemeKind::Paillier, Some(ep)) => {
-            Some(keyholder_public_key(ep, &role.creds, timeout).await?)
-        }
-        (confide_core::SchemeKind::Paillier, None) => {
+    let scheme = role.spec.job.scheme;
+    let holder_key = match (scheme.uses_key_holder(), &role.keyholder) {
+        (true, Some(ep)) => Some(keyholder_public_key(ep, &role.creds, &role.spec, timeout).await?),
+        (true, None) => {
             return Err(transport_err(
                 "coordinator",
-                "the paillier scheme needs --keyholder",
+                format!("the {} scheme needs --keyholder", scheme.as_str()),
             ));
         }
-        _ => None,
+        (false, _) => None,
     };
     let keyholder_channel = match &role.keyholder {
-        Some(ep) if paillier_key.is_some() => Some(connect(ep, "keyholder", &role.creds).await?),
+        Some(ep) if holder_key.is_some() => Some(connect(ep, "keyholder", &role.creds).await?),
         _ => None,
     };
     let max = role.spec.limits.max_message_bytes;
@@ -165,7 +173,6 @@ pub async fn run_coordinator(
         });
     let server = tokio::spawn(server);
 
-    let fingerprint = paillier_key.as_ref().map(|k| k.fingerprint());
     let unseal = |round: u32, relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| {
         let channel = keyholder_channel.clone();
         async move {
@@ -189,8 +196,7 @@ pub async fn run_coordinator(
                 .map_err(|s| s.message().to_string())
         }
     };
-    let mut report = coordinator.clone().run(paillier_key, unseal).await;
-    report.keyholder_key = fingerprint;
+    let report = coordinator.clone().run(holder_key, unseal).await;
     let params = coordinator
         .result()
         .map(|(_, p)| p.to_vec())

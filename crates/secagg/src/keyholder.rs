@@ -1,4 +1,4 @@
-//! The Paillier key holder's decision logic (sans-I/O).
+//! The key holder's decision logic (sans-I/O), under `paillier` and `lattice` alike.
 //!
 //! The key holder is the only party that can decrypt. It decrypts a round's aggregate only
 //! when, by its own checks and its own copy of the job:
@@ -15,7 +15,7 @@
 //! - KEY-006 each contribution has exactly the ciphertexts the model needs, all well formed;
 //! - KEY-007 all contributions were trained from the same global model.
 //!
-//! It then adds the ciphertexts homomorphically and decrypts only the sum.
+//! It then adds the ciphertexts homomorphically (Paillier or BFV) and decrypts only the sum.
 //!
 //! Trust assumption (until the confidential-mode issue runs it attested): the key holder is
 //! honest-but-curious and does not collude with the coordinator. It sees every ciphertext and
@@ -24,10 +24,58 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use confide_crypto::{PackingLayout, SecretKey};
+use confide_crypto::{LatticeCiphertext, LatticeSecretKey, PackingLayout, SecretKey};
 
 use crate::contribution::{self, Contribution};
+use crate::lattice::{lattice_params, parse_lattice_payload, slots_to_bytes};
 use crate::scheme::{SchemeParams, paillier_layout, parse_paillier_payload};
+
+/// The key holder's secret key: a Paillier key (`paillier`) or a BFV key (`lattice`).
+#[derive(Debug)]
+pub enum HolderKey {
+    /// `paillier`.
+    Paillier(Box<SecretKey>),
+    /// `lattice`.
+    Lattice(LatticeSecretKey),
+}
+
+impl HolderKey {
+    /// The public key's JSON, as published to owners and the coordinator.
+    pub fn public_json(&self) -> String {
+        match self {
+            Self::Paillier(sk) => {
+                serde_json::to_string(&sk.public_key().to_json()).unwrap_or_default()
+            }
+            Self::Lattice(sk) => sk.public_key().to_json(),
+        }
+    }
+
+    /// The public key's fingerprint.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Self::Paillier(sk) => sk.public_key().fingerprint(),
+            Self::Lattice(sk) => sk.public_key().fingerprint(),
+        }
+    }
+}
+
+impl From<SecretKey> for HolderKey {
+    fn from(sk: SecretKey) -> Self {
+        Self::Paillier(Box::new(sk))
+    }
+}
+
+impl From<LatticeSecretKey> for HolderKey {
+    fn from(sk: LatticeSecretKey) -> Self {
+        Self::Lattice(sk)
+    }
+}
+
+/// Parsed contributions of one round, before they are summed.
+enum Parsed {
+    Paillier(Vec<confide_crypto::Ciphertext>),
+    Lattice(Vec<LatticeCiphertext>),
+}
 
 /// Why the key holder refused to decrypt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,11 +133,12 @@ pub struct UnsealRecord {
 /// The key holder's state for one job.
 #[derive(Debug)]
 pub struct Unsealer {
-    sk: SecretKey,
+    key: HolderKey,
     job_digest: [u8; 32],
     owners: BTreeSet<String>,
     params: SchemeParams,
-    layout: PackingLayout,
+    /// The packing layout under `paillier`.
+    layout: Option<PackingLayout>,
     unsealed: BTreeSet<u32>,
     models: BTreeSet<[u8; 32]>,
 }
@@ -99,17 +148,30 @@ impl Unsealer {
     /// parameters from the key holder's own copy of the job, and the decryptions recorded by
     /// earlier runs of this key holder for this job.
     pub fn new(
-        sk: SecretKey,
+        key: HolderKey,
         job_digest: [u8; 32],
         owners: BTreeSet<String>,
         params: SchemeParams,
         history: impl IntoIterator<Item = UnsealRecord>,
     ) -> Result<Self, UnsealError> {
         let history: Vec<UnsealRecord> = history.into_iter().collect();
-        let layout = paillier_layout(&params, sk.public_key().modulus_bits())
-            .map_err(|e| UnsealError::Internal(e.to_string()))?;
+        let internal = |e: crate::scheme::SchemeError| UnsealError::Internal(e.to_string());
+        let layout = match &key {
+            HolderKey::Paillier(sk) => {
+                Some(paillier_layout(&params, sk.public_key().modulus_bits()).map_err(internal)?)
+            }
+            HolderKey::Lattice(sk) => {
+                let expected = lattice_params(&params).map_err(internal)?;
+                if expected.plaintext_modulus() != sk.params().plaintext_modulus() {
+                    return Err(UnsealError::Internal(
+                        "the BFV key was made for another job's parameters".into(),
+                    ));
+                }
+                None
+            }
+        };
         Ok(Self {
-            sk,
+            key,
             job_digest,
             owners,
             params,
@@ -119,9 +181,9 @@ impl Unsealer {
         })
     }
 
-    /// The public key to hand to owners.
-    pub fn public_key(&self) -> &confide_crypto::PublicKey {
-        self.sk.public_key()
+    /// The key.
+    pub fn key(&self) -> &HolderKey {
+        &self.key
     }
 
     /// Rounds decrypted so far.
@@ -155,7 +217,6 @@ impl Unsealer {
         {
             return Err(UnsealError::AlreadyUnsealed(round));
         }
-        let pk = self.sk.public_key().clone();
         let mut seen = BTreeMap::new();
         for (c, key) in contributions {
             if !self.owners.contains(&c.owner) {
@@ -170,13 +231,13 @@ impl Unsealer {
             let owner = c.owner.clone();
             let verified = contribution::verify(c, &key, &self.job_digest)
                 .map_err(|_| UnsealError::BadSignature(owner.clone()))?;
-            let cts =
-                parse_paillier_payload(&pk, &self.layout, self.params.len, &verified.get().payload)
+            let parsed =
+                self.parse(&verified.get().payload)
                     .map_err(|r| UnsealError::Malformed {
                         owner: owner.clone(),
                         detail: r.to_string(),
                     })?;
-            seen.insert(owner, cts);
+            seen.insert(owner, parsed);
         }
         if seen.len() < self.params.min_owners {
             return Err(UnsealError::TooFew {
@@ -184,18 +245,7 @@ impl Unsealer {
                 min: self.params.min_owners,
             });
         }
-        let mut iter = seen.into_values();
-        let mut acc = iter.next().ok_or(UnsealError::TooFew {
-            got: 0,
-            min: self.params.min_owners,
-        })?;
-        for cts in iter {
-            for (a, c) in acc.iter_mut().zip(&cts) {
-                *a = pk
-                    .add(a, c)
-                    .map_err(|e| UnsealError::Internal(e.to_string()))?;
-            }
-        }
+        let acc = self.sum(seen.into_values())?;
         // Record before decrypting: whatever happens next, this round and this model are never
         // decrypted again, even by a restarted key holder.
         let record = UnsealRecord {
@@ -205,12 +255,72 @@ impl Unsealer {
         persist(&record).map_err(UnsealError::Persist)?;
         self.unsealed.insert(round);
         self.models.insert(record.model_digest);
-        acc.iter()
-            .map(|c| {
-                self.sk
-                    .decrypt(c)
-                    .map_err(|e| UnsealError::Internal(e.to_string()))
-            })
-            .collect()
+        self.decrypt(acc)
+    }
+
+    fn parse(&self, payload: &[u8]) -> Result<Parsed, crate::Rejection> {
+        match (&self.key, &self.layout) {
+            (HolderKey::Paillier(sk), Some(layout)) => {
+                parse_paillier_payload(sk.public_key(), layout, self.params.len, payload)
+                    .map(Parsed::Paillier)
+            }
+            (HolderKey::Lattice(sk), _) => {
+                parse_lattice_payload(sk.public_key(), self.params.len, payload)
+                    .map(Parsed::Lattice)
+            }
+            (HolderKey::Paillier(_), None) => Err(crate::Rejection::new(
+                crate::Reject::Malformed,
+                "no packing layout",
+            )),
+        }
+    }
+
+    /// Adds the parsed contributions homomorphically.
+    fn sum(&self, parsed: impl Iterator<Item = Parsed>) -> Result<Parsed, UnsealError> {
+        let mut acc: Option<Parsed> = None;
+        for p in parsed {
+            acc = Some(match (acc, p, &self.key) {
+                (None, p, _) => p,
+                (Some(Parsed::Paillier(mut a)), Parsed::Paillier(c), HolderKey::Paillier(sk)) => {
+                    for (x, y) in a.iter_mut().zip(&c) {
+                        *x = sk
+                            .public_key()
+                            .add(x, y)
+                            .map_err(|e| UnsealError::Internal(e.to_string()))?;
+                    }
+                    Parsed::Paillier(a)
+                }
+                (Some(Parsed::Lattice(mut a)), Parsed::Lattice(c), HolderKey::Lattice(_)) => {
+                    for (x, y) in a.iter_mut().zip(&c) {
+                        x.add_assign(y);
+                    }
+                    Parsed::Lattice(a)
+                }
+                _ => return Err(UnsealError::Internal("mixed ciphertext kinds".into())),
+            });
+        }
+        acc.ok_or(UnsealError::TooFew {
+            got: 0,
+            min: self.params.min_owners,
+        })
+    }
+
+    fn decrypt(&self, acc: Parsed) -> Result<Vec<Vec<u8>>, UnsealError> {
+        let internal = |e: String| UnsealError::Internal(e);
+        match (acc, &self.key) {
+            (Parsed::Paillier(cts), HolderKey::Paillier(sk)) => cts
+                .iter()
+                .map(|c| sk.decrypt(c).map_err(|e| internal(e.to_string())))
+                .collect(),
+            (Parsed::Lattice(cts), HolderKey::Lattice(sk)) => cts
+                .iter()
+                .map(|c| {
+                    sk.decrypt(c)
+                        .map(|slots| slots_to_bytes(&slots))
+                        .map_err(|e| internal(e.to_string()))
+                })
+                .collect(),
+            _ => Err(internal("mixed ciphertext kinds".into())),
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! Confide's aggregation schemes as sans-I/O state machines, behind one interface
 //! ([`scheme::AggregationClient`], [`scheme::AggregationServer`]), plus the signed
-//! contribution envelope and the Paillier key holder's decision logic.
+//! contribution envelope and the key holder's decision logic (`paillier` and `lattice`).
 //!
 //! Nothing here opens a socket or reads a clock; `confide-net` drives these machines over gRPC
 //! and the tests drive them directly.
 
 pub mod contribution;
+pub mod holder;
 pub mod keyholder;
+pub mod lattice;
 pub mod masking;
 pub mod scheme;
 pub mod shamir;
@@ -15,11 +17,13 @@ pub mod threshold;
 pub use contribution::{
     Contribution, Unsigned, VerifiedContribution, model_digest, sign_contribution,
 };
-pub use keyholder::{UnsealError, UnsealRecord, Unsealer};
+pub use holder::{HolderPublicKey, KeyHolderServer};
+pub use keyholder::{HolderKey, UnsealError, UnsealRecord, Unsealer};
+pub use lattice::LatticeClient;
 pub use scheme::{
     AggregateSum, AggregationClient, AggregationServer, ExternalRequest, ExternalResult,
-    PaillierClient, PaillierServer, PlainClient, PlainServer, Reject, Rejection, RoundContext,
-    SchemeError, SchemeParams, StageResult,
+    PaillierClient, PlainClient, PlainServer, Reject, Rejection, RoundContext, SchemeError,
+    SchemeParams, StageResult,
 };
 
 #[cfg(test)]

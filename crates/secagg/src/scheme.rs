@@ -286,7 +286,7 @@ pub(crate) fn admit_stage(
 }
 
 /// Frames a list of fixed-width elements: `count u32be ‖ elements`.
-fn frame(count: usize, body: impl IntoIterator<Item = u8>) -> Vec<u8> {
+pub(crate) fn frame(count: usize, body: impl IntoIterator<Item = u8>) -> Vec<u8> {
     let mut out = (count as u32).to_be_bytes().to_vec();
     out.extend(body);
     out
@@ -294,7 +294,11 @@ fn frame(count: usize, body: impl IntoIterator<Item = u8>) -> Vec<u8> {
 
 /// Parses `count u32be ‖ count × width bytes`, requiring the exact expected count and
 /// consuming all input.
-fn unframe(payload: &[u8], expected: usize, width: usize) -> Result<Vec<&[u8]>, Rejection> {
+pub(crate) fn unframe(
+    payload: &[u8],
+    expected: usize,
+    width: usize,
+) -> Result<Vec<&[u8]>, Rejection> {
     let Some((count, body)) = payload.split_first_chunk::<4>() else {
         return Err(Rejection::new(
             Reject::Malformed,
@@ -324,7 +328,7 @@ fn unframe(payload: &[u8], expected: usize, width: usize) -> Result<Vec<&[u8]>, 
     Ok(body.chunks_exact(width).collect())
 }
 
-fn survivors_only(
+pub(crate) fn survivors_only(
     got: &mut BTreeMap<String, VerifiedContribution>,
     survivors: &BTreeSet<String>,
     min: usize,
@@ -493,40 +497,6 @@ impl AggregationClient for PaillierClient {
     }
 }
 
-/// `paillier` server (the coordinator's side): checks that each contribution holds the right
-/// number of well-formed ciphertexts, then hands the signed contributions to the key holder,
-/// which verifies them itself and decrypts only their sum. The coordinator never holds the key.
-#[derive(Debug)]
-pub struct PaillierServer {
-    pk: PublicKey,
-    params: SchemeParams,
-    layout: PackingLayout,
-    ctx: RoundContext,
-    closed: bool,
-    got: BTreeMap<String, VerifiedContribution>,
-    pending: Option<Vec<String>>,
-}
-
-impl PaillierServer {
-    /// A server for one round.
-    pub fn new(
-        pk: PublicKey,
-        params: SchemeParams,
-        ctx: RoundContext,
-    ) -> Result<Self, SchemeError> {
-        let layout = paillier_layout(&params, pk.modulus_bits())?;
-        Ok(Self {
-            pk,
-            params,
-            layout,
-            ctx,
-            closed: false,
-            got: BTreeMap::new(),
-            pending: None,
-        })
-    }
-}
-
 /// Parses a `paillier` payload into ciphertexts, with the rule that refused it.
 pub fn parse_paillier_payload(
     pk: &PublicKey,
@@ -542,43 +512,4 @@ pub fn parse_paillier_payload(
                 .map_err(|e| Rejection::new(Reject::Malformed, format!("ciphertext {i}: {e}")))
         })
         .collect()
-}
-
-impl AggregationServer for PaillierServer {
-    fn kind(&self) -> SchemeKind {
-        SchemeKind::Paillier
-    }
-    fn stage(&self) -> u32 {
-        0
-    }
-    fn accept(&mut self, c: VerifiedContribution) -> Result<(), Rejection> {
-        admit(c.get(), &self.ctx, self.closed, &self.got)?;
-        parse_paillier_payload(&self.pk, &self.layout, self.params.len, &c.get().payload)?;
-        self.got.insert(c.get().owner.clone(), c);
-        Ok(())
-    }
-    fn accepted(&self) -> BTreeSet<String> {
-        self.got.keys().cloned().collect()
-    }
-    fn close_stage(&mut self, survivors: &BTreeSet<String>) -> Result<StageResult, SchemeError> {
-        self.closed = true;
-        survivors_only(&mut self.got, survivors, self.params.min_owners)?;
-        self.pending = Some(self.got.keys().cloned().collect());
-        Ok(StageResult::External(ExternalRequest::Unseal {
-            round: self.ctx.round,
-            contributions: self.got.values().map(|c| c.get().clone()).collect(),
-        }))
-    }
-    fn finish(&mut self, result: ExternalResult) -> Result<AggregateSum, SchemeError> {
-        let contributors = self
-            .pending
-            .take()
-            .ok_or_else(|| SchemeError::Misuse("finish before close_stage".into()))?;
-        let ExternalResult::Unsealed(plaintexts) = result;
-        let sums = self
-            .layout
-            .unpack_sum(&plaintexts, self.params.len, contributors.len())
-            .map_err(|e| SchemeError::BadExternal(e.to_string()))?;
-        Ok(AggregateSum { sums, contributors })
-    }
 }

@@ -82,8 +82,8 @@ fn all(os: &[Owner]) -> BTreeSet<String> {
     os.iter().map(|o| o.name.clone()).collect()
 }
 
-fn unsealer(sk: SecretKey, os: &[Owner], p: SchemeParams) -> Unsealer {
-    Unsealer::new(sk, JOB, all(os), p, []).expect("unsealer")
+fn unsealer(key: impl Into<HolderKey>, os: &[Owner], p: SchemeParams) -> Unsealer {
+    Unsealer::new(key.into(), JOB, all(os), p, []).expect("unsealer")
 }
 
 fn with_keys(os: &[Owner], cs: Vec<Contribution>) -> Vec<(Contribution, Vec<u8>)> {
@@ -110,8 +110,12 @@ fn paillier_round_equals_plain_round_exactly() {
     let ups = updates(3, len);
 
     let mut plain = PlainServer::new(p.clone(), ctx(1));
-    let mut server =
-        PaillierServer::new(sk.public_key().clone(), p.clone(), ctx(1)).expect("server");
+    let mut server = KeyHolderServer::new(
+        HolderPublicKey::Paillier(sk.public_key().clone()),
+        p.clone(),
+        ctx(1),
+    )
+    .expect("server");
     for (o, u) in os.iter().zip(&ups) {
         let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [o.name.len() as u8; 32])
             .expect("client");
@@ -149,8 +153,12 @@ fn dropout_proceeds_with_survivors_and_fails_below_minimum() {
     let os = owners(3);
     let p = params(10, 3, 2);
     let ups = updates(3, 10);
-    let mut server =
-        PaillierServer::new(sk.public_key().clone(), p.clone(), ctx(1)).expect("server");
+    let mut server = KeyHolderServer::new(
+        HolderPublicKey::Paillier(sk.public_key().clone()),
+        p.clone(),
+        ctx(1),
+    )
+    .expect("server");
     for (o, u) in os.iter().zip(&ups) {
         let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [1; 32]).expect("client");
         server
@@ -192,8 +200,12 @@ fn server_rejections_carry_their_rule() {
     let os = owners(2);
     let p = params(40, 2, 2);
     let ups = updates(2, 40);
-    let mut server =
-        PaillierServer::new(sk.public_key().clone(), p.clone(), ctx(2)).expect("server");
+    let mut server = KeyHolderServer::new(
+        HolderPublicKey::Paillier(sk.public_key().clone()),
+        p.clone(),
+        ctx(2),
+    )
+    .expect("server");
     let mut pc = PaillierClient::new(sk.public_key().clone(), &p, [3; 32]).expect("client");
     let good = pc.start(&ups[0]).expect("protect");
 
@@ -387,7 +399,7 @@ fn key_holder_enforces_its_rules() {
         Err(UnsealError::AlreadyUnsealed(6))
     ));
     // ...nor after a restart: a new key holder loaded with the durable record refuses too.
-    let mut restarted = Unsealer::new(sk, JOB, all(&os), p, [record]).expect("unsealer");
+    let mut restarted = Unsealer::new(sk.into(), JOB, all(&os), p, [record]).expect("unsealer");
     assert!(matches!(
         restarted.unseal(4, with_keys(&os, cs[1..].to_vec()), no_persist),
         Err(UnsealError::AlreadyUnsealed(4))
@@ -429,5 +441,184 @@ fn late_and_stale_contributions_are_refused() {
     assert_eq!(
         server.accept(late).expect_err("late").reason,
         Reject::StageClosed
+    );
+}
+
+fn lattice_key(p: &SchemeParams) -> confide_crypto::LatticeSecretKey {
+    let lp = crate::lattice::lattice_params(p).expect("params");
+    confide_crypto::LatticeSecretKey::generate(lp, [11; 32]).expect("key")
+}
+
+#[test]
+fn lattice_round_equals_plain_round_exactly_with_a_dropout() {
+    let os = owners(3);
+    let len = 5000; // two ciphertexts
+    let p = params(len, 3, 2);
+    let ups = updates(3, len);
+    let sk = lattice_key(&p);
+    // The owners and the coordinator use the key as published, checked against the job.
+    let published = HolderPublicKey::parse(
+        confide_core::SchemeKind::Lattice,
+        &sk.public_key().to_json(),
+        &p,
+        2048,
+    )
+    .expect("published key");
+    let mut server = published.server(&p, ctx(1)).expect("server");
+    let mut plain = PlainServer::new(p.clone(), ctx(1));
+    for (i, (o, u)) in os.iter().zip(&ups).enumerate() {
+        let mut client = published.client(&p, [i as u8; 32]).expect("client");
+        let payload = client.start(u).expect("protect");
+        server.accept(verified(o, 1, payload)).expect("accept");
+        plain
+            .accept(verified(o, 1, PlainClient.start(u).expect("protect")))
+            .expect("accept");
+    }
+    // o1 disconnected before the stage closed.
+    let survivors: BTreeSet<String> = ["o0".to_string(), "o2".to_string()].into();
+    let StageResult::Sum(plain_sum) = plain.close_stage(&survivors).expect("close") else {
+        panic!("plain sums")
+    };
+    let StageResult::External(ExternalRequest::Unseal {
+        round,
+        contributions,
+    }) = server.close_stage(&survivors).expect("close")
+    else {
+        panic!("lattice needs the key holder")
+    };
+    let mut ks = unsealer(sk, &os, p.clone());
+    let pts = ks
+        .unseal(round, with_keys(&os, contributions), no_persist)
+        .expect("unseal");
+    let sum = server
+        .finish(ExternalResult::Unsealed(pts.clone()))
+        .expect("finish");
+    assert_eq!(sum.sums, expected_sum(&ups, &[0, 2]));
+    assert_eq!(sum, plain_sum);
+
+    // A key holder (or a path to it) that returns a sum beyond what two owners can reach is
+    // caught by the coordinator, not applied.
+    let mut server = published.server(&p, ctx(1)).expect("server");
+    for (o, u) in os.iter().zip(&ups).take(2) {
+        let mut client = published.client(&p, [3; 32]).expect("client");
+        server
+            .accept(verified(o, 1, client.start(u).expect("protect")))
+            .expect("accept");
+    }
+    server.close_stage(&all(&os)).expect("close");
+    let mut tampered = pts;
+    let t = crate::lattice::lattice_params(&p)
+        .expect("params")
+        .plaintext_modulus();
+    tampered[0][..8].copy_from_slice(&(t / 2).to_be_bytes()); // slot 0: far beyond 2·M
+    assert!(matches!(
+        server.finish(ExternalResult::Unsealed(tampered)),
+        Err(SchemeError::BadExternal(_))
+    ));
+}
+
+#[test]
+fn lattice_server_and_key_holder_refuse_what_they_must() {
+    let os = owners(3);
+    let p = params(100, 3, 2);
+    let ups = updates(3, 100);
+    let sk = lattice_key(&p);
+    let pk = sk.public_key().clone();
+    let protect = |o: usize, round: u32| {
+        let mut c = LatticeClient::new(pk.clone(), [o as u8; 32]);
+        signed(&os[o], round, c.start(&ups[o]).expect("protect"))
+    };
+    let cs: Vec<Contribution> = (0..3).map(|o| protect(o, 1)).collect();
+
+    // The coordinator's server: a truncated payload, a payload for a longer model, and a
+    // well-framed payload whose ciphertext is not canonical.
+    let mut server = KeyHolderServer::new(HolderPublicKey::Lattice(pk.clone()), p.clone(), ctx(1))
+        .expect("server");
+    let mut short = cs[0].payload.clone();
+    short.truncate(short.len() - 1);
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 1, short))
+            .expect_err("short")
+            .reason,
+        Reject::Malformed
+    );
+    let mut long_model = LatticeClient::new(pk.clone(), [1; 32]);
+    let long = long_model.start(&vec![0; 5000]).expect("protect");
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 1, long))
+            .expect_err("long")
+            .reason,
+        Reject::WrongShape
+    );
+    let mut zeros = cs[0].payload.clone();
+    zeros[4..].fill(0);
+    assert_eq!(
+        server
+            .accept(verified(&os[0], 1, zeros))
+            .expect_err("zeros")
+            .reason,
+        Reject::Malformed
+    );
+    server
+        .accept(verified(&os[0], 1, cs[0].payload.clone()))
+        .expect("genuine");
+
+    // The key holder: alone (KEY-004), malformed and validly signed (KEY-006), then once only
+    // (KEY-005).
+    let mut ks = unsealer(lattice_key(&p), &os, p.clone());
+    assert!(matches!(
+        ks.unseal(1, with_keys(&os, cs[..1].to_vec()), no_persist),
+        Err(UnsealError::TooFew { got: 1, min: 2 })
+    ));
+    let mut bad = cs[1].payload.clone();
+    bad[10] ^= 0xff;
+    let broken = signed(&os[1], 1, bad);
+    assert!(matches!(
+        ks.unseal(1, with_keys(&os, vec![cs[0].clone(), broken]), no_persist),
+        Err(UnsealError::Malformed { .. })
+    ));
+    ks.unseal(1, with_keys(&os, cs.clone()), no_persist)
+        .expect("first");
+    assert!(matches!(
+        ks.unseal(1, with_keys(&os, cs.clone()), no_persist),
+        Err(UnsealError::AlreadyUnsealed(1))
+    ));
+
+    // A BFV key made for another job's parameters is refused by the key holder, and its
+    // published form by owners.
+    let other = params(100, 1000, 2);
+    assert!(matches!(
+        Unsealer::new(lattice_key(&other).into(), JOB, all(&os), p.clone(), []),
+        Err(UnsealError::Internal(_))
+    ));
+    assert!(
+        HolderPublicKey::parse(
+            confide_core::SchemeKind::Lattice,
+            &lattice_key(&other).public_key().to_json(),
+            &p,
+            2048
+        )
+        .is_err()
+    );
+    // A Paillier key where the job says lattice, and the reverse.
+    assert!(
+        HolderPublicKey::parse(
+            confide_core::SchemeKind::Lattice,
+            &serde_json::to_string(&test_key().public_key().to_json()).expect("json"),
+            &p,
+            2048
+        )
+        .is_err()
+    );
+    assert!(
+        HolderPublicKey::parse(
+            confide_core::SchemeKind::Paillier,
+            &sk.public_key().to_json(),
+            &p,
+            2048
+        )
+        .is_err()
     );
 }
