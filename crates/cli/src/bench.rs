@@ -25,6 +25,17 @@ pub enum BenchCommand {
     /// Secure aggregation schemes on one update size and owner counts: client time, server
     /// time and bytes uploaded per client, `plain`, `masking`, `lattice` and `paillier`, in one run.
     Secagg(SecaggBench),
+    /// Attestation verification of the published SGX, TDX and SEV-SNP samples and of dev-TEE
+    /// evidence, against the dev TEE's Ed25519 check as the baseline.
+    Attest(AttestBench),
+}
+
+/// Options of `confide bench attest`.
+#[derive(clap::Args, Debug)]
+pub struct AttestBench {
+    /// Verifications per evidence type.
+    #[arg(long, default_value_t = 200)]
+    repeats: u32,
 }
 
 /// Options of `confide bench secagg`.
@@ -89,6 +100,7 @@ pub async fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Paillier(b) => paillier(b).await,
         BenchCommand::Dpsgd(b) => dpsgd(&b),
         BenchCommand::Secagg(b) => secagg(&b),
+        BenchCommand::Attest(b) => attest(&b),
     }
 }
 
@@ -432,6 +444,103 @@ fn secagg(b: &SecaggBench) -> Result<i32> {
             "threads": 1,
             "note": "every scheme measured in this run on this machine; client = one owner's work for a round, server = the aggregator's (for paillier and lattice the key holder's)",
             "results": results,
+        }))?
+    );
+    Ok(0)
+}
+
+/// `confide bench attest`: full verification (platform signatures and collateral, policy,
+/// binding) of each kind of evidence, timed per piece.
+fn attest(b: &AttestBench) -> Result<i32> {
+    use confide_attest::{Evidence, Policy, binding, dev::DevTee, verify};
+    // Inside the samples' collateral windows (see crates/attest/testdata/SOURCE.md).
+    const NOW: u64 = 1_751_328_000;
+    let sgx_quote = include_bytes!("../../attest/testdata/sgx_quote");
+    let tdx_quote = include_bytes!("../../attest/testdata/tdx_quote");
+    let snp_report = hex::decode(include_str!("../../attest/testdata/report_milan.hex").trim())?;
+    let dcap = |quote: &[u8], collateral: &str| -> Result<Evidence> {
+        Ok(Evidence::Dcap {
+            quote: hex::encode(quote),
+            collateral: serde_json::from_str(collateral)?,
+        })
+    };
+    let key = bench_key()?;
+    let signer = key.public_key();
+    let tee = DevTee::new(key, [5; 32]);
+    let expected = binding(b"trainer key", &[1; 32]);
+    let cases: Vec<(&str, Evidence, [u8; 64], String)> = vec![
+        (
+            "dev",
+            tee.evidence(&expected),
+            expected,
+            format!(
+                "[dev]\nallow = true\nsigners = [\"{}\"]\n",
+                hex::encode(signer)
+            ),
+        ),
+        (
+            "sgx",
+            dcap(
+                sgx_quote,
+                include_str!("../../attest/testdata/sgx_quote_collateral.json"),
+            )?,
+            sgx_quote[368..432].try_into()?,
+            format!(
+                "[sgx]\nmr_enclave = [\"{}\"]\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n",
+                hex::encode(&sgx_quote[112..144])
+            ),
+        ),
+        (
+            "tdx",
+            dcap(
+                tdx_quote,
+                include_str!("../../attest/testdata/tdx_quote_collateral.json"),
+            )?,
+            tdx_quote[568..632].try_into()?,
+            format!(
+                "[tdx]\nmr_td = [\"{}\"]\ntcb_statuses = [\"UpToDate\", \"OutOfDate\"]\n",
+                hex::encode(&tdx_quote[184..232])
+            ),
+        ),
+        (
+            "sev-snp",
+            Evidence::SevSnp {
+                product: "milan".into(),
+                report: hex::encode(&snp_report),
+                vcek: hex::encode(include_bytes!("../../attest/testdata/vcek_milan.der")),
+            },
+            snp_report[0x50..0x90].try_into()?,
+            format!(
+                "[sev_snp]\nmeasurements = [\"{}\"]\n",
+                hex::encode(&snp_report[0x90..0xc0])
+            ),
+        ),
+    ];
+    let mut rows = serde_json::Map::new();
+    let mut baseline = 0.0;
+    for (name, evidence, rd, policy) in cases {
+        let policy = Policy::parse(&policy)?;
+        verify(&evidence, &policy, &rd, NOW).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let (r, secs) = time(|| {
+            (0..b.repeats).try_for_each(|_| verify(&evidence, &policy, &rd, NOW).map(drop))
+        });
+        r.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let ms = secs * 1e3 / f64::from(b.repeats.max(1));
+        if name == "dev" {
+            baseline = ms;
+        }
+        rows.insert(
+            name.into(),
+            json!({ "verify_ms": ms, "vs_dev": ms / baseline.max(1e-12) }),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "benchmark": "attest",
+            "repeats": b.repeats,
+            "note": "one thread; full verification per piece of evidence (signature chain, collateral, policy, binding); baseline: the dev TEE's Ed25519 check",
+            "results": rows,
         }))?
     );
     Ok(0)

@@ -533,7 +533,6 @@ fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads the key holder's secret key from a file.
 /// The key holder's secret key for a job: under `paillier` the key in `key_file` or a fresh one,
 /// under `lattice` a fresh BFV key (it never leaves the key holder's memory; `key_file` is not
 /// used).

@@ -13,9 +13,9 @@
 //!
 //! # Security level
 //! The Homomorphic Encryption Security Standard (Albrecht et al., HomomorphicEncryption.org,
-//! November 2018, Table 1, classical attacks) allows at most `log₂ q = 109` for 128-bit
-//! security at `n = 4096` (111 with secrets from the error distribution), 75 for 192-bit and
-//! 58 for 256-bit. Our `log₂ q = 90` is below the 128-bit bound (and above the 192-bit one):
+//! November 2018, Table 1, classical attacks) allows at most `log₂ q = 111` for 128-bit
+//! security at `n = 4096` when the secret follows the error distribution, as fhe's does (CBD of
+//! variance 10), and 109 for ternary secrets; 77 (75) for 192-bit and 60 (58) for 256-bit. Our `log₂ q = 90` is below the 128-bit bound (and above the 192-bit one):
 //! the parameters reach the 128-bit level. Only additions are performed, so `q` only needs room
 //! for the plaintext modulus and the noise, which [`LatticeParams::for_job`] checks.
 //!
@@ -26,7 +26,7 @@
 //! of at most `2·n·B² + B`, where `B = 20` bounds the binomial samples (40 coin flips). The
 //! sum is exact while `K·(2nB² + B + 1) < Δ/2` with `Δ = ⌊q/t⌋`; a job whose owners could break
 //! that is refused, never decrypted wrongly. At breast_homo's encoding (`t < 2^30`) the bound
-//! allows over 10^8 owners; at the widest accepted `t < 2^44`, about 5 000.
+//! allows about 1.8·10^11 owners; at the widest accepted `t < 2^44`, about 10^7.
 
 use std::sync::Arc;
 
@@ -43,8 +43,8 @@ use crate::encoding::FixedPoint;
 pub const DEGREE: usize = 4096;
 /// The ciphertext moduli: the two largest 45-bit primes `≡ 1 (mod 2·4096)`.
 pub const MODULI: [u64; 2] = [0x1fff_fffc_e001, 0x1fff_fffa_2001];
-/// Widest centred sum accepted, in bits: `t < 2^44` stays below both moduli, which fhe requires
-/// (it checks that only with debug assertions).
+/// Widest centred sum accepted, in bits: `t < 2^44` stays below both moduli, which fhe's
+/// arithmetic assumes without checking it.
 pub const MAX_PLAINTEXT_BITS: u32 = 43;
 /// Bound on a centred-binomial sample of variance 10.
 const CBD_BOUND: u128 = 20;
@@ -131,7 +131,8 @@ impl LatticeParams {
         let max_abs = fixed.max_abs();
         // Every sum lies in [-owners·M, owners·M]; the centred range of t must hold it.
         let span = 2 * owners as u128 * max_abs as u128 + 1;
-        let bits = (128 - span.leading_zeros()).max(14);
+        // No NTT prime lies below 2^15 (8193, 16385 and 24577 are composite): 15 bits at least.
+        let bits = (128 - span.leading_zeros()).max(15);
         if bits > MAX_PLAINTEXT_BITS {
             return Err(LatticeError::Parameters(format!(
                 "sums of {owners} owners at ±{max_abs} span {bits} bits, more than the {MAX_PLAINTEXT_BITS} a plaintext modulus below the ciphertext moduli holds: lower encoding.scale_bits or encoding.clip"
@@ -215,8 +216,9 @@ impl std::fmt::Debug for LatticeSecretKey {
 }
 
 impl LatticeSecretKey {
-    /// A fresh key pair. `seed` must come from a CSPRNG; it seeds ChaCha20 for the secret, the
-    /// public key's randomness and its errors.
+    /// A fresh key pair. `seed` must come from a CSPRNG; it seeds ChaCha20 for the secret and the
+    /// public key's error (fhe draws the public key's uniform part from its own generator, so two
+    /// keys from one seed share the secret but not the public key).
     pub fn generate(params: LatticeParams, seed: [u8; 32]) -> Result<Self, LatticeError> {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let sk = fhe::bfv::SecretKey::random(&params.par, &mut rng);
@@ -306,7 +308,14 @@ impl LatticePublicKey {
                 detail: "not in canonical form".into(),
             });
         }
-        Self::from_key(params.clone(), pk)
+        // A key whose polynomials are not in NTT form decodes, then makes fhe panic when it is
+        // used: try one encryption, and refuse the key rather than crash.
+        let params = params.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::from_key(params, pk)))
+            .map_err(|_| LatticeError::Malformed {
+                what: "public key",
+                detail: "its polynomials are not in the NTT form a BFV key has".into(),
+            })?
     }
 
     /// The JSON the key holder publishes.
@@ -338,7 +347,9 @@ impl LatticePublicKey {
     }
 
     /// Parses one ciphertext, requiring the canonical encoding of a two-element ciphertext at
-    /// the top level (what a fresh public-key encryption produces).
+    /// the top level with both polynomials in NTT form (what a fresh public-key encryption
+    /// produces). fhe's decoder keeps whatever representation the bytes declare, and adding a
+    /// polynomial of another representation panics inside fhe; `Ciphertext::new` refuses them.
     pub fn parse_ciphertext(&self, bytes: &[u8]) -> Result<LatticeCiphertext, LatticeError> {
         let bad = |detail: String| LatticeError::Malformed {
             what: "ciphertext",
@@ -355,6 +366,8 @@ impl LatticePublicKey {
         if ct.len() != 2 || ct.to_bytes() != bytes {
             return Err(bad("not a canonical fresh ciphertext".into()));
         }
+        let ct = Ciphertext::new(ct.to_vec(), &self.params.par)
+            .map_err(|e| bad(format!("not a two-element NTT-form ciphertext: {e}")))?;
         Ok(LatticeCiphertext(ct))
     }
 }

@@ -530,8 +530,9 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
     };
     let cs: Vec<Contribution> = (0..3).map(|o| protect(o, 1)).collect();
 
-    // The coordinator's server: a truncated payload, a payload for a longer model, and a
-    // well-framed payload whose ciphertext is not canonical.
+    // The coordinator's server: a truncated payload, a payload for a longer model, a
+    // well-framed payload of zeros (does not decode), and a ciphertext declaring another
+    // polynomial representation (decodes, re-encodes identically, is not NTT form).
     let mut server = KeyHolderServer::new(HolderPublicKey::Lattice(pk.clone()), p.clone(), ctx(1))
         .expect("server");
     let mut short = cs[0].payload.clone();
@@ -567,7 +568,7 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
 
     // The key holder: alone (KEY-004), malformed and validly signed (KEY-006), then once only
     // (KEY-005).
-    let mut ks = unsealer(lattice_key(&p), &os, p.clone());
+    let mut ks = unsealer(sk, &os, p.clone());
     assert!(matches!(
         ks.unseal(1, with_keys(&os, cs[..1].to_vec()), no_persist),
         Err(UnsealError::TooFew { got: 1, min: 2 })
@@ -579,8 +580,20 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
         ks.unseal(1, with_keys(&os, vec![cs[0].clone(), broken]), no_persist),
         Err(UnsealError::Malformed { .. })
     ));
-    ks.unseal(1, with_keys(&os, cs.clone()), no_persist)
+    let pts = ks
+        .unseal(1, with_keys(&os, cs.clone()), no_persist)
         .expect("first");
+    server
+        .accept(verified(&os[1], 1, cs[1].payload.clone()))
+        .expect("genuine");
+    server
+        .accept(verified(&os[2], 1, cs[2].payload.clone()))
+        .expect("genuine");
+    server.close_stage(&all(&os)).expect("close");
+    let sum = server
+        .finish(ExternalResult::Unsealed(pts))
+        .expect("finish");
+    assert_eq!(sum.sums, expected_sum(&ups, &[0, 1, 2]));
     assert!(matches!(
         ks.unseal(1, with_keys(&os, cs.clone()), no_persist),
         Err(UnsealError::AlreadyUnsealed(1))
@@ -613,12 +626,7 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
         .is_err()
     );
     assert!(
-        HolderPublicKey::parse(
-            confide_core::SchemeKind::Paillier,
-            &sk.public_key().to_json(),
-            &p,
-            2048
-        )
-        .is_err()
+        HolderPublicKey::parse(confide_core::SchemeKind::Paillier, &pk.to_json(), &p, 2048)
+            .is_err()
     );
 }

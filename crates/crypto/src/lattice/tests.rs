@@ -157,6 +157,44 @@ fn malformed_ciphertexts_are_refused() {
     framing[0] ^= 0xff;
     assert!(pk.parse_ciphertext(&framing).is_err(), "broken framing");
     assert!(pk.parse_ciphertext(&vec![0u8; ct.len()]).is_err(), "zeros");
+    // The first polynomial's representation field (protobuf tag 0x08, value 2 = NTT): a
+    // ciphertext declaring power-basis (1) or NTT-Shoup (3) form keeps its size and encoding,
+    // decodes, and would make fhe panic when summed.
+    assert_eq!(
+        (ct[4], ct[5]),
+        (0x08, 0x02),
+        "layout of the first polynomial"
+    );
+    for representation in [1u8, 3] {
+        let mut forged = ct.clone();
+        forged[5] = representation;
+        assert!(
+            pk.parse_ciphertext(&forged).is_err(),
+            "representation {representation}"
+        );
+    }
+}
+
+#[test]
+fn small_encodings_get_a_valid_plaintext_modulus() {
+    // Sums spanning fewer than 2^15 values: no NTT prime below 2^15 exists, so t is the
+    // smallest 16-bit one.
+    for (scale_bits, clip, owners) in [(4, 1.0, 2), (1, 0.5, 1), (10, 1.0, 7)] {
+        let p = LatticeParams::for_job(&fixed(scale_bits, clip), owners).expect("params");
+        assert!(fhe_util::is_prime(p.plaintext_modulus()));
+        let sk = LatticeSecretKey::generate(p.clone(), [1; 32]).expect("key");
+        let mut enc = LatticeEncryptor::new(sk.public_key().clone(), [2; 32]);
+        let m = fixed(scale_bits, clip).max_abs() as i64;
+        let ct = sk
+            .public_key()
+            .parse_ciphertext(&enc.encrypt(&[m, -m, 0]).expect("encrypt")[0])
+            .expect("parse");
+        let slots = sk.decrypt(&ct).expect("decrypt");
+        assert_eq!(
+            decode_sum(&p, &[slots], 3, 1).expect("decode"),
+            [i128::from(m), -i128::from(m), 0]
+        );
+    }
 }
 
 #[test]
