@@ -1,7 +1,9 @@
 //! SGX and TDX quotes (Intel DCAP), verified by `dcap-qvl` against Intel's production root CA:
 //! the PCK certificate chain and CRLs, the QE report and identity, the TCB info and the quote's
-//! signature, all at the injected time. Debug enclaves are let through here and judged by the
-//! policy, so that "debug" is a policy decision with its own message.
+//! signature, all at the injected time. dcap-qvl judges the TCB status only to refuse `Revoked`
+//! platforms; the other statuses are the policy's to accept. Debug enclaves and untrusted TDs
+//! (any TUD attribute bit: debug, or the profiling bits) are let through dcap-qvl and marked
+//! `debug`, so that the policy refuses them with its own message.
 
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::quote::Report;
@@ -9,10 +11,16 @@ use dcap_qvl::verify::QuoteVerifier;
 
 use crate::{AttestError, Claims, TeeKind};
 
-/// SGX `ATTRIBUTES.DEBUG` (bit 1 of the flags).
-const SGX_DEBUG: u8 = 0x02;
-/// TDX `TDATTRIBUTES.DEBUG` (bit 0).
-const TDX_DEBUG: u8 = 0x01;
+/// SGX `ATTRIBUTES.DEBUG` is bit 1 of the flags.
+pub(crate) fn sgx_debug(attributes: &[u8; 16]) -> bool {
+    attributes[0] & 0x02 != 0
+}
+
+/// TDX `TDATTRIBUTES`: byte 0 is the TUD group (bit 0 DEBUG, bits 4–6 profiling and other
+/// host-visible features); any bit set there makes the TD untrusted.
+pub(crate) fn td_untrusted(td_attributes: &[u8; 8]) -> bool {
+    td_attributes[0] != 0
+}
 
 pub(crate) fn verify(
     quote: &[u8],
@@ -25,42 +33,53 @@ pub(crate) fn verify(
         .allow_debug(true)
         .verify(quote, &collateral, now_secs)
         .map_err(|e| AttestError::Platform(format!("{e:#}")))?;
-    let (kind, measurement, signer, svn, debug, report_data) = match &verified.report {
-        Report::SgxEnclave(r) => (
-            TeeKind::Sgx,
-            r.mr_enclave.to_vec(),
-            Some(r.mr_signer.to_vec()),
-            u32::from(r.isv_svn),
-            r.attributes[0] & SGX_DEBUG != 0,
-            r.report_data.to_vec(),
-        ),
+    let mut claims = match &verified.report {
+        Report::SgxEnclave(r) => Claims {
+            kind: TeeKind::Sgx,
+            measurement: r.mr_enclave.to_vec(),
+            signer: Some(r.mr_signer.to_vec()),
+            svn: u32::from(r.isv_svn),
+            product_id: Some(r.isv_prod_id),
+            tdx: None,
+            snp: None,
+            tcb_status: String::new(),
+            advisories: Vec::new(),
+            debug: sgx_debug(&r.attributes),
+            report_data: r.report_data.to_vec(),
+            insecure: false,
+        },
         Report::TD10(r) => td(r),
         Report::TD15(r) => td(&r.base),
         Report::TD15Ex(r) => td(&r.base.base),
     };
-    Ok(Claims {
-        kind,
-        measurement,
-        signer,
-        svn,
-        tcb_status: verified.status.clone(),
-        advisories: verified.advisory_ids.clone(),
-        snp_tcb: None,
-        debug,
-        report_data,
-        insecure: false,
-    })
+    claims.tcb_status = verified.status.clone();
+    claims.advisories = verified.advisory_ids.clone();
+    Ok(claims)
 }
 
-type Fields = (TeeKind, Vec<u8>, Option<Vec<u8>>, u32, bool, Vec<u8>);
-
-fn td(r: &dcap_qvl::quote::TDReport10) -> Fields {
-    (
-        TeeKind::Tdx,
-        r.mr_td.to_vec(),
-        None,
-        0,
-        r.td_attributes[0] & TDX_DEBUG != 0,
-        r.report_data.to_vec(),
-    )
+fn td(r: &dcap_qvl::quote::TDReport10) -> Claims {
+    Claims {
+        kind: TeeKind::Tdx,
+        measurement: r.mr_td.to_vec(),
+        signer: None,
+        svn: 0,
+        product_id: None,
+        tdx: Some(crate::TdxClaims {
+            rtmr: [
+                r.rt_mr0.to_vec(),
+                r.rt_mr1.to_vec(),
+                r.rt_mr2.to_vec(),
+                r.rt_mr3.to_vec(),
+            ],
+            mr_config_id: r.mr_config_id.to_vec(),
+            mr_owner: r.mr_owner.to_vec(),
+            mr_owner_config: r.mr_owner_config.to_vec(),
+        }),
+        snp: None,
+        tcb_status: String::new(),
+        advisories: Vec::new(),
+        debug: td_untrusted(&r.td_attributes),
+        report_data: r.report_data.to_vec(),
+        insecure: false,
+    }
 }

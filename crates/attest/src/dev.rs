@@ -53,7 +53,7 @@ impl std::fmt::Debug for DevTee {
 }
 
 impl DevTee {
-    /// A dev TEE with a key (PKCS#8 DER) and the measurement of the code it runs.
+    /// A dev TEE with its signing key and the measurement of the code it vouches for.
     pub fn new(key: confide_crypto::SigningKey, measurement: [u8; 32]) -> Self {
         Self { key, measurement }
     }
@@ -110,9 +110,11 @@ pub(crate) fn verify(
         measurement,
         signer: Some(signer_bytes),
         svn: 0,
+        product_id: None,
+        tdx: None,
+        snp: None,
         tcb_status: "dev-insecure".into(),
         advisories: Vec::new(),
-        snp_tcb: None,
         debug: true,
         report_data,
         insecure: true,

@@ -92,26 +92,56 @@ pub enum TeeKind {
 pub struct Claims {
     /// The environment.
     pub kind: TeeKind,
-    /// The code measurement (MRENCLAVE, MRTD, the SNP launch measurement, or the dev core's
-    /// executable hash).
+    /// The primary measurement: MRENCLAVE (SGX: the enclave's code), MRTD (TDX: the TD's
+    /// initial firmware only; the kernel and the software above it are in [`TdxClaims::rtmr`]),
+    /// the SNP launch measurement, or the dev core's executable hash.
     pub measurement: Vec<u8>,
     /// The signer of the code (MRSIGNER under SGX), if the platform reports one.
     pub signer: Option<Vec<u8>>,
     /// The security version of the code (ISVSVN under SGX, the guest SVN under SEV-SNP).
     pub svn: u32,
+    /// The product id under SGX (ISVPRODID).
+    pub product_id: Option<u16>,
+    /// TDX's other measurement registers.
+    pub tdx: Option<TdxClaims>,
+    /// SEV-SNP specifics.
+    pub snp: Option<SnpClaims>,
     /// The platform's TCB status as its verifier states it (`UpToDate`, `OutOfDate`, …), or
     /// the reported TCB under SEV-SNP.
     pub tcb_status: String,
     /// Security advisories that apply to the platform's TCB.
     pub advisories: Vec<String>,
-    /// The SEV-SNP reported TCB (bootloader, TEE, SNP, microcode).
-    pub snp_tcb: Option<[u8; 4]>,
     /// Debug mode (its memory is readable by the host).
     pub debug: bool,
     /// The 64 bytes of report data.
     pub report_data: Vec<u8>,
     /// True for evidence that protects nothing (the dev TEE). Always shown to users.
     pub insecure: bool,
+}
+
+/// The measurement registers of a TDX quote besides MRTD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TdxClaims {
+    /// RTMR0–3: firmware configuration, the OS loader and kernel, the kernel command line and
+    /// initrd, and whatever the TD extends at run time.
+    pub rtmr: [Vec<u8>; 4],
+    /// MRCONFIGID, set by the host at launch.
+    pub mr_config_id: Vec<u8>,
+    /// MROWNER.
+    pub mr_owner: Vec<u8>,
+    /// MROWNERCONFIG.
+    pub mr_owner_config: Vec<u8>,
+}
+
+/// What an SEV-SNP report says besides its measurement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnpClaims {
+    /// The reported TCB (bootloader, TEE, SNP, microcode), equal to the VCEK's.
+    pub tcb: [u8; 4],
+    /// The VM privilege level that asked for the report (0 is the guest's most privileged).
+    pub vmpl: u32,
+    /// Whether the guest policy lets a migration agent export the guest's memory.
+    pub migrate_ma: bool,
 }
 
 /// Why evidence was refused.
@@ -126,6 +156,9 @@ pub enum AttestError {
     /// The evidence verifies but the policy refuses what it says.
     #[error("ATT-003 refused by the attestation policy: {0}")]
     Policy(String),
+    /// The policy file itself is unreadable or invalid.
+    #[error("ATT-005 invalid attestation policy: {0}")]
+    InvalidPolicy(String),
     /// The report data is not the binding of the expected key and nonce (another key, or a
     /// replayed nonce).
     #[error(

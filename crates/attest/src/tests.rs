@@ -23,6 +23,12 @@ const SNP_VCEK: &[u8] = include_bytes!("../testdata/vcek_milan.der");
 const SGX_MRENCLAVE: &str = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb";
 const SGX_MRSIGNER: &str = "815f42f11cf64430c30bab7816ba596a1da0130c3b028b673133a66cf9a3e0e6";
 const TDX_MRTD: &str = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7";
+const TDX_RTMR: [&str; 4] = [
+    "44c0197b39157fdd7a4dcc44767f9d6b0bb3977c7a8e347b8492f827fe9d9e5c48aca29b220b80b6a540cf994b9bc9c0",
+    "0084452c01668329d4bc06acdf58a7205c26743304509973949e5619bf81a6a7aea8c323c173019b3093d54e579e9378",
+    "d833feef2cd945148aa38ead2c53e9b7f138190aaaebfc551dccd829fc207aa3ba80b70870d7330733642e01d48c3132",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+];
 const SNP_MEASUREMENT: &str = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
 
 fn dcap(quote: &[u8], collateral: &str) -> Evidence {
@@ -62,16 +68,20 @@ fn snp_rd() -> [u8; 64] {
 
 fn sgx_policy() -> Policy {
     Policy::parse(&format!(
-        "[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\nmr_signer = [\"{SGX_MRSIGNER}\"]\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
+        "[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\nmr_signer = [\"{SGX_MRSIGNER}\"]\nisv_prod_id = 0\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
     ))
     .expect("policy")
 }
 
+fn tdx_policy_text(mr_td: &str, rtmr3: &str, statuses: &str) -> String {
+    format!(
+        "[tdx]\nmr_td = [\"{mr_td}\"]\nrtmr = [[\"{}\"], [\"{}\"], [\"{}\"], [\"{rtmr3}\"]]\ntcb_statuses = [{statuses}]\n",
+        TDX_RTMR[0], TDX_RTMR[1], TDX_RTMR[2]
+    )
+}
+
 fn tdx_policy() -> Policy {
-    Policy::parse(&format!(
-        "[tdx]\nmr_td = [\"{TDX_MRTD}\"]\ntcb_statuses = [\"UpToDate\", \"OutOfDate\", \"ConfigurationNeeded\", \"SWHardeningNeeded\", \"ConfigurationAndSWHardeningNeeded\", \"OutOfDateConfigurationNeeded\"]\n"
-    ))
-    .expect("policy")
+    Policy::parse(&tdx_policy_text(TDX_MRTD, TDX_RTMR[3], "\"UpToDate\"")).expect("policy")
 }
 
 fn snp_policy() -> Policy {
@@ -199,19 +209,22 @@ fn sgx_sample_negative_cases() {
         "[sgx]\nmr_enclave = [\"{}\"]\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n",
         "00".repeat(32)
     ));
-    // Another signer.
+    // Another signer, and another product of the sample's signer.
     policy_err(&format!(
-        "[sgx]\nmr_signer = [\"{}\"]\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n",
+        "[sgx]\nmr_signer = [\"{}\"]\nisv_prod_id = 0\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n",
         "11".repeat(32)
+    ));
+    policy_err(&format!(
+        "[sgx]\nmr_signer = [\"{SGX_MRSIGNER}\"]\nisv_prod_id = 1\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
     ));
     // An outdated TCB: the sample is not UpToDate.
     policy_err(&format!("[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\n"));
     // A newer code version required.
     policy_err(&format!(
-        "[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\nmin_isv_svn = 1\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
+        "[sgx]\nmr_signer = [\"{SGX_MRSIGNER}\"]\nisv_prod_id = 0\nmin_isv_svn = 1\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
     ));
     // A policy for TDX only.
-    policy_err(&format!("[tdx]\nmr_td = [\"{TDX_MRTD}\"]\n"));
+    policy_err(&tdx_policy_text(TDX_MRTD, TDX_RTMR[3], "\"UpToDate\""));
     // Debug mode: the sample is a production enclave, so the verified claims are marked as
     // a debug enclave's would be and judged by the same policy.
     let mut claims = verify_platform(&ev, IN_WINDOW).expect("claims");
@@ -222,37 +235,99 @@ fn sgx_sample_negative_cases() {
 }
 
 #[test]
-fn tdx_sample_verifies_and_fails_when_changed() {
+fn tdx_sample_verifies_and_its_negative_cases_fail() {
     let ev = dcap(TDX_QUOTE, TDX_COLLATERAL);
     let policy = tdx_policy();
     let c = verify(&ev, &policy, &tdx_rd(), IN_WINDOW).expect("the sample verifies");
     assert_eq!(c.kind, TeeKind::Tdx);
     assert_eq!(hex::encode(&c.measurement), TDX_MRTD);
+    let rtmr = &c.tdx.as_ref().expect("rtmrs").rtmr;
+    assert_eq!(rtmr.clone().map(hex::encode), TDX_RTMR.map(String::from));
+    assert_eq!(c.tcb_status, "UpToDate");
     assert!(!c.debug);
-    // A changed MRTD byte; a quote cut inside its signed body (the sample ends in zero
-    // padding after the certification data, which the parser ignores, so cutting only the
-    // padding is not a change of the evidence).
+    let platform = |r: Result<Claims, AttestError>, what: &str| {
+        assert!(
+            matches!(
+                r,
+                Err(AttestError::Platform(_)) | Err(AttestError::Malformed(_))
+            ),
+            "{what}: {r:?}"
+        );
+    };
+    // A changed byte of RTMR3 (48 + 472), of MRTD, and a quote cut inside its signed body
+    // (the sample ends in zero padding after the certification data, which the parser
+    // ignores, so cutting only the padding does not change the evidence).
     for (what, bad) in [
+        ("rtmr3", flip(TDX_QUOTE, 48 + 472 + 5)),
         ("mrtd", flip(TDX_QUOTE, 200)),
         ("truncated", TDX_QUOTE[..600].to_vec()),
     ] {
-        let r = verify(&dcap(&bad, TDX_COLLATERAL), &policy, &tdx_rd(), IN_WINDOW);
-        assert!(r.is_err(), "{what}: {r:?}");
+        platform(
+            verify(&dcap(&bad, TDX_COLLATERAL), &policy, &tdx_rd(), IN_WINDOW),
+            what,
+        );
     }
-    assert!(matches!(
-        verify(&ev, &policy, &tdx_rd(), EXPIRED),
-        Err(AttestError::Platform(_))
-    ));
+    // Expired collateral, and collateral not yet issued (before 2025-06-19).
+    platform(verify(&ev, &policy, &tdx_rd(), EXPIRED), "expired");
+    platform(
+        verify(&ev, &policy, &tdx_rd(), 1_750_000_000),
+        "not yet valid",
+    );
+    // Tampered collateral.
+    let tampered = TDX_COLLATERAL.replacen("\\\"version\\\":3", "\\\"version\\\":4", 1);
+    assert_ne!(tampered, TDX_COLLATERAL, "the collateral edit applies");
+    platform(
+        verify(&dcap(TDX_QUOTE, &tampered), &policy, &tdx_rd(), IN_WINDOW),
+        "collateral",
+    );
+    // Replayed nonce, another key.
     assert_eq!(
         verify(&ev, &policy, &binding(b"k", &[0; 32]), IN_WINDOW),
         Err(AttestError::Binding)
     );
-    let wrong =
-        Policy::parse(&format!("[tdx]\nmr_td = [\"{}\"]\n", "22".repeat(48))).expect("policy");
-    assert!(matches!(
-        verify(&ev, &wrong, &tdx_rd(), IN_WINDOW),
-        Err(AttestError::Policy(_))
-    ));
+    // Policy rejections: another MRTD, another RTMR3, a TCB status the policy does not accept,
+    // an SGX-only policy, and an untrusted TD (debug or profiling bits).
+    for p in [
+        tdx_policy_text(&"22".repeat(48), TDX_RTMR[3], "\"UpToDate\""),
+        tdx_policy_text(TDX_MRTD, &"44".repeat(48), "\"UpToDate\""),
+        tdx_policy_text(TDX_MRTD, TDX_RTMR[3], "\"OutOfDate\""),
+        format!("[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\n"),
+    ] {
+        let p = Policy::parse(&p).expect("policy");
+        assert!(
+            matches!(
+                verify(&ev, &p, &tdx_rd(), IN_WINDOW),
+                Err(AttestError::Policy(_))
+            ),
+            "{p:?}"
+        );
+    }
+    let mut claims = verify_platform(&ev, IN_WINDOW).expect("claims");
+    claims.debug = true;
+    assert!(matches!(policy.check(&claims), Err(AttestError::Policy(m)) if m.contains("debug")));
+}
+
+#[test]
+fn debug_bits_are_read_from_the_right_positions() {
+    // SGX ATTRIBUTES: INIT (bit 0), DEBUG (bit 1), MODE64BIT (bit 2). The sample has 0x05.
+    let mut attrs = [0u8; 16];
+    attrs[0] = 0x05;
+    assert!(!dcap::sgx_debug(&attrs));
+    attrs[0] = 0x07;
+    assert!(dcap::sgx_debug(&attrs));
+    // TDX TDATTRIBUTES byte 0 (TUD): DEBUG is bit 0, bits 4-6 are the profiling group; the
+    // sample's attributes 00000010... have a bit only in byte 3 (SEPT_VE_DISABLE).
+    let mut td = [0x00, 0x00, 0x00, 0x10, 0, 0, 0, 0];
+    assert!(!dcap::td_untrusted(&td));
+    for bit in [0x01, 0x10, 0x20, 0x40] {
+        td[0] = bit;
+        assert!(dcap::td_untrusted(&td), "{bit:#x}");
+    }
+    // SEV-SNP guest policy bit 19 (DEBUG) and bit 18 (MIGRATE_MA): the sample has 0x30000.
+    let report = snp_report();
+    let claims = verify_platform(&snp(&report, SNP_VCEK), IN_WINDOW).expect("claims");
+    assert!(!claims.debug);
+    assert!(!claims.snp.as_ref().expect("snp").migrate_ma);
 }
 
 #[test]
@@ -266,7 +341,11 @@ fn sev_snp_sample_verifies_and_its_claims_match_the_raw_report() {
     .expect("the sample verifies");
     assert_eq!(c.kind, TeeKind::SevSnp);
     assert_eq!(hex::encode(&c.measurement), SNP_MEASUREMENT);
-    assert_eq!(c.snp_tcb, Some([3, 0, 8, 0x73]));
+    assert_eq!(c.snp.as_ref().map(|s| s.tcb), Some([3, 0, 8, 0x73]));
+    // The VCEK's own TCB extensions and hwID, which the report must match.
+    let (tcb, hwid) = snp::vcek_tcb(SNP_VCEK).expect("extensions");
+    assert_eq!(tcb, [3, 0, 8, 0x73]);
+    assert_eq!(hwid, snp_report()[0x1a0..0x1e0]);
     assert!(!c.debug && !c.insecure);
 }
 
@@ -340,7 +419,7 @@ fn sev_snp_sample_negative_cases() {
         format!("[sev_snp]\nmeasurements = [\"{}\"]\n", "33".repeat(48)),
         format!("[sev_snp]\nmeasurements = [\"{SNP_MEASUREMENT}\"]\nmin_tcb = {{ snp = 9 }}\n"),
         format!("[sev_snp]\nmeasurements = [\"{SNP_MEASUREMENT}\"]\nmin_svn = 1\n"),
-        "[dev]\nallow = true\n".to_string(),
+        format!("[dev]\nallow = true\nsigners = [\"{}\"]\n", "77".repeat(32)),
     ] {
         let p = Policy::parse(&p).expect("policy");
         assert!(
@@ -354,6 +433,15 @@ fn sev_snp_sample_negative_cases() {
     let mut claims = verify_platform(&ev, IN_WINDOW).expect("claims");
     claims.debug = true;
     assert!(matches!(policy.check(&claims), Err(AttestError::Policy(m)) if m.contains("debug")));
+    // A report requested by a less privileged VMPL, and a guest a migration agent may export.
+    let mut claims = verify_platform(&ev, IN_WINDOW).expect("claims");
+    claims.snp.as_mut().expect("snp").vmpl = 1;
+    assert!(matches!(policy.check(&claims), Err(AttestError::Policy(m)) if m.contains("VMPL")));
+    let mut claims = verify_platform(&ev, IN_WINDOW).expect("claims");
+    claims.snp.as_mut().expect("snp").migrate_ma = true;
+    assert!(
+        matches!(policy.check(&claims), Err(AttestError::Policy(m)) if m.contains("migration"))
+    );
 }
 
 fn dev_tee() -> dev::DevTee {
@@ -489,8 +577,31 @@ fn dev_evidence_negative_cases() {
 
 #[test]
 fn policies_with_errors_are_refused() {
-    assert!(Policy::parse("[sgx]\n").is_err(), "sgx must pin something");
-    assert!(Policy::parse("[sgx]\nmr_enclave = [\"aa\"]\nunknown = 1\n").is_err());
-    assert!(Policy::parse("[tpm]\n").is_err());
-    assert!(Policy::parse("[tdx]\n").is_err(), "tdx needs mr_td");
+    let bad = |text: &str, why: &str| {
+        assert!(
+            matches!(Policy::parse(text), Err(AttestError::InvalidPolicy(_))),
+            "{why}"
+        );
+    };
+    bad("[sgx]\n", "sgx must pin something");
+    bad(
+        &format!("[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\nunknown = 1\n"),
+        "unknown field",
+    );
+    bad("[tpm]\n", "unknown section");
+    bad("[tdx]\n", "tdx needs mr_td and rtmr");
+    bad(
+        &format!("[tdx]\nmr_td = [\"{TDX_MRTD}\"]\nrtmr = [[], [], [], []]\n"),
+        "empty rtmr",
+    );
+    bad("[sgx]\nmr_enclave = [\"0x33\"]\n", "not 32 bytes of hex");
+    bad(
+        &format!("[sgx]\nmr_signer = [\"{SGX_MRSIGNER}\"]\n"),
+        "signer without product",
+    );
+    bad(
+        &format!("[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\nmin_isv_svn = 2\n"),
+        "svn without signer",
+    );
+    bad("[dev]\nallow = true\n", "dev without a pinned key");
 }

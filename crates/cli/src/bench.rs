@@ -498,8 +498,12 @@ fn attest(b: &AttestBench) -> Result<i32> {
             )?,
             tdx_quote[568..632].try_into()?,
             format!(
-                "[tdx]\nmr_td = [\"{}\"]\ntcb_statuses = [\"UpToDate\", \"OutOfDate\"]\n",
-                hex::encode(&tdx_quote[184..232])
+                "[tdx]\nmr_td = [\"{}\"]\nrtmr = [[\"{}\"], [\"{}\"], [\"{}\"], [\"{}\"]]\n",
+                hex::encode(&tdx_quote[184..232]),
+                hex::encode(&tdx_quote[376..424]),
+                hex::encode(&tdx_quote[424..472]),
+                hex::encode(&tdx_quote[472..520]),
+                hex::encode(&tdx_quote[520..568])
             ),
         ),
         (
