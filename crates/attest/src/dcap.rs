@@ -44,6 +44,7 @@ pub(crate) fn verify(
             snp: None,
             tcb_status: String::new(),
             advisories: Vec::new(),
+            tcb_eval_data_number: None,
             debug: sgx_debug(&r.attributes),
             report_data: r.report_data.to_vec(),
             insecure: false,
@@ -54,6 +55,19 @@ pub(crate) fn verify(
     };
     claims.tcb_status = verified.status.clone();
     claims.advisories = verified.advisory_ids.clone();
+    // The collateral verified above (its TCB info and QE identity are signed by Intel), so its
+    // evaluation data numbers can be read from it.
+    let number = |json: &str| -> Result<u32, AttestError> {
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v["tcbEvaluationDataNumber"].as_u64())
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                AttestError::Malformed("collateral without tcbEvaluationDataNumber".into())
+            })
+    };
+    claims.tcb_eval_data_number =
+        Some(number(&collateral.tcb_info)?.min(number(&collateral.qe_identity)?));
     Ok(claims)
 }
 
@@ -78,6 +92,7 @@ fn td(r: &dcap_qvl::quote::TDReport10) -> Claims {
         snp: None,
         tcb_status: String::new(),
         advisories: Vec::new(),
+        tcb_eval_data_number: None,
         debug: td_untrusted(&r.td_attributes),
         report_data: r.report_data.to_vec(),
         insecure: false,

@@ -115,6 +115,7 @@ pub(crate) fn verify(
         snp: None,
         tcb_status: "dev-insecure".into(),
         advisories: Vec::new(),
+        tcb_eval_data_number: None,
         debug: true,
         report_data,
         insecure: true,

@@ -111,6 +111,9 @@ pub struct Claims {
     pub tcb_status: String,
     /// Security advisories that apply to the platform's TCB.
     pub advisories: Vec<String>,
+    /// DCAP: the lower of the TCB info's and the QE identity's TCB evaluation data numbers
+    /// (how recent Intel's TCB assessment in the collateral is).
+    pub tcb_eval_data_number: Option<u32>,
     /// Debug mode (its memory is readable by the host).
     pub debug: bool,
     /// The 64 bytes of report data.

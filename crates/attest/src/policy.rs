@@ -8,6 +8,7 @@
 //! isv_prod_id = 1               # required with mr_signer
 //! min_isv_svn = 0               # only with mr_signer: the signer sets the SVN
 //! tcb_statuses = ["UpToDate"]   # TCB statuses accepted, as Intel's verifier names them
+//! min_tcb_eval_data_number = 0  # refuse collateral older than this TCB recovery
 //! allow_debug = false
 //!
 //! [tdx]
@@ -69,6 +70,11 @@ pub struct SgxPolicy {
     /// Accepted TCB statuses.
     #[serde(default = "up_to_date")]
     pub tcb_statuses: Vec<String>,
+    /// Minimum TCB evaluation data number of the collateral: the prover supplies the
+    /// collateral, so without this it may present older, unexpired collateral from before a
+    /// TCB recovery, under which its platform still looks up to date.
+    #[serde(default)]
+    pub min_tcb_eval_data_number: u32,
     /// Whether debug enclaves are accepted.
     #[serde(default)]
     pub allow_debug: bool,
@@ -97,6 +103,11 @@ pub struct TdxPolicy {
     /// Accepted TCB statuses.
     #[serde(default = "up_to_date")]
     pub tcb_statuses: Vec<String>,
+    /// Minimum TCB evaluation data number of the collateral: the prover supplies the
+    /// collateral, so without this it may present older, unexpired collateral from before a
+    /// TCB recovery, under which its platform still looks up to date.
+    #[serde(default)]
+    pub min_tcb_eval_data_number: u32,
     /// Whether debug TDs are accepted.
     #[serde(default)]
     pub allow_debug: bool,
@@ -206,6 +217,16 @@ fn status_ok(accepted: &[String], claims: &Claims) -> Result<(), AttestError> {
     }
 }
 
+fn fresh_enough(min: u32, claims: &Claims) -> Result<(), AttestError> {
+    let n = claims.tcb_eval_data_number.unwrap_or(0);
+    if n < min {
+        return Err(refuse(format!(
+            "the collateral's TCB evaluation data number {n} is below the minimum {min}"
+        )));
+    }
+    Ok(())
+}
+
 fn debug_ok(allow: bool, claims: &Claims) -> Result<(), AttestError> {
     if claims.debug && !allow {
         return Err(refuse(
@@ -295,6 +316,7 @@ impl Policy {
                     )));
                 }
                 status_ok(&p.tcb_statuses, c)?;
+                fresh_enough(p.min_tcb_eval_data_number, c)?;
                 debug_ok(p.allow_debug, c)
             }
             TeeKind::Tdx => {
@@ -317,6 +339,7 @@ impl Policy {
                     }
                 }
                 status_ok(&p.tcb_statuses, c)?;
+                fresh_enough(p.min_tcb_eval_data_number, c)?;
                 debug_ok(p.allow_debug, c)
             }
             TeeKind::SevSnp => {

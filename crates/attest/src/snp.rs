@@ -66,6 +66,7 @@ pub(crate) fn verify(
             t.bootloader, t.tee, t.snp, t.microcode
         ),
         advisories: Vec::new(),
+        tcb_eval_data_number: None,
         debug: report.policy.debug_allowed(),
         report_data: report.report_data.to_vec(),
         insecure: false,

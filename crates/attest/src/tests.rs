@@ -124,6 +124,7 @@ fn sgx_sample_verifies_and_its_claims_match_the_raw_quote() {
     );
     assert_eq!(c.tcb_status, "ConfigurationAndSWHardeningNeeded");
     assert_eq!(c.advisories, ["INTEL-SA-00289", "INTEL-SA-00615"]);
+    assert_eq!(c.tcb_eval_data_number, Some(17));
     assert!(!c.debug && !c.insecure);
     assert!(c.report_data.starts_with(b"Hello, world!"));
 }
@@ -223,6 +224,10 @@ fn sgx_sample_negative_cases() {
     policy_err(&format!(
         "[sgx]\nmr_signer = [\"{SGX_MRSIGNER}\"]\nisv_prod_id = 0\nmin_isv_svn = 1\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
     ));
+    // Collateral older than the policy's TCB recovery (the sample's evaluation number is 17).
+    policy_err(&format!(
+        "[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\nmin_tcb_eval_data_number = 18\ntcb_statuses = [\"ConfigurationAndSWHardeningNeeded\"]\n"
+    ));
     // A policy for TDX only.
     policy_err(&tdx_policy_text(TDX_MRTD, TDX_RTMR[3], "\"UpToDate\""));
     // Debug mode: the sample is a production enclave, so the verified claims are marked as
@@ -244,6 +249,7 @@ fn tdx_sample_verifies_and_its_negative_cases_fail() {
     let rtmr = &c.tdx.as_ref().expect("rtmrs").rtmr;
     assert_eq!(rtmr.clone().map(hex::encode), TDX_RTMR.map(String::from));
     assert_eq!(c.tcb_status, "UpToDate");
+    assert_eq!(c.tcb_eval_data_number, Some(17));
     assert!(!c.debug);
     let platform = |r: Result<Claims, AttestError>, what: &str| {
         assert!(
@@ -291,6 +297,8 @@ fn tdx_sample_verifies_and_its_negative_cases_fail() {
         tdx_policy_text(&"22".repeat(48), TDX_RTMR[3], "\"UpToDate\""),
         tdx_policy_text(TDX_MRTD, &"44".repeat(48), "\"UpToDate\""),
         tdx_policy_text(TDX_MRTD, TDX_RTMR[3], "\"OutOfDate\""),
+        // (appended to the [tdx] section: collateral older than the policy's TCB recovery)
+        tdx_policy_text(TDX_MRTD, TDX_RTMR[3], "\"UpToDate\"") + "min_tcb_eval_data_number = 18\n",
         format!("[sgx]\nmr_enclave = [\"{SGX_MRENCLAVE}\"]\n"),
     ] {
         let p = Policy::parse(&p).expect("policy");
