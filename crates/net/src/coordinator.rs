@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use confide_core::{JobSpec, PrivacyLevel, Role, SchemeKind};
-use confide_crypto::{FixedPoint, PublicKey, PublicKeyJson};
+use confide_crypto::FixedPoint;
 use confide_dp::ddg::DdgConfig;
 use confide_governance::audit::{AuditLog, Cosignature, Event, EventKind, SignedTreeHead};
 use confide_governance::identity::Identity;
@@ -1525,11 +1525,4 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), Stri
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Parses the key holder's public key reply.
-pub fn parse_public_key(json: &str) -> Result<PublicKey, String> {
-    let parsed: PublicKeyJson =
-        serde_json::from_str(json).map_err(|e| format!("public key JSON: {e}"))?;
-    PublicKey::from_json(&parsed).map_err(|e| e.to_string())
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use confide_crypto::FixedPoint;
-use confide_net::coordinator::{fixed_point, parse_public_key, scheme_params};
+use confide_net::coordinator::{fixed_point, scheme_params};
 use confide_net::pb;
 use confide_net::pki::Credentials;
 use confide_net::roles::{CoordinatorRole, run_coordinator, serve_keyholder};
@@ -134,7 +134,17 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
                 .get_public_key(pb::PublicKeyRequest {})
                 .await
                 .expect("pk");
-            pk = Some(parse_public_key(&reply.into_inner().public_key_json).expect("pk"));
+            let published = confide_secagg::HolderPublicKey::parse(
+                spec.job.scheme,
+                &reply.into_inner().public_key_json,
+                &scheme_params(&spec, fixed_point(&spec).expect("fp")),
+                spec.modulus_bits,
+            )
+            .expect("pk");
+            let confide_secagg::HolderPublicKey::Paillier(key) = published else {
+                panic!("the job is paillier")
+            };
+            pk = Some(key);
         }
         let digest: [u8; 32] = join.job_digest.try_into().expect("32 bytes");
         owners.push(Owner {
