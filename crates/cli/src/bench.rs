@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use confide_core::SchemeKind;
 use confide_crypto::{FixedPoint, PackingLayout, SecretKey, SecretKeyJson};
 use confide_secagg::{
     AggregationClient, HolderPublicKey, PaillierClient, PlainClient, SchemeParams,
@@ -58,6 +59,10 @@ pub struct SecaggBench {
     /// Skip `paillier` (its client encrypts the whole update: tens of seconds at 100k weights).
     #[arg(long)]
     no_paillier: bool,
+    /// Skip `shares` (each aggregator checks a proof per owner: minutes for 100 owners at
+    /// 100k weights, and the owners' uploads take gigabytes of memory).
+    #[arg(long)]
+    no_shares: bool,
 }
 
 /// Options of `confide bench dpsgd`.
@@ -172,7 +177,23 @@ fn masking_round(
         .map(|o| {
             let mut seed = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
-            MaskingClient::new(cfg.clone(), o, seed)
+            let public = key.public_key().to_vec();
+            // Each owner checks the advertised keys' and U3's signatures, as a node does.
+            let check: confide_secagg::masking::KeyCheck =
+                Box::new(move |owner, stage, payload, sig| {
+                    let c = confide_secagg::Contribution {
+                        owner: owner.to_string(),
+                        round: 1,
+                        stage,
+                        model_digest: [1; 32],
+                        payload: payload.to_vec(),
+                        signature: sig.to_vec(),
+                    };
+                    confide_secagg::contribution::verify(c, &public, &[0; 32])
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
+            MaskingClient::new(cfg.clone(), o, seed, check)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut client_s = vec![0.0; n];
@@ -180,7 +201,7 @@ fn masking_round(
     let mut server_s = 0.0;
     let mut alive: std::collections::BTreeSet<usize> = (0..n).collect();
     let mut broadcast = Vec::new();
-    for stage in 0..4u32 {
+    for stage in 0..5u32 {
         if stage == 2 {
             alive.retain(|i| !drop_after_keys.contains(i));
         }
@@ -219,7 +240,143 @@ fn masking_round(
             StageResult::External(_) => anyhow::bail!("masking asked for an external party"),
         }
     }
-    anyhow::bail!("no sum after four stages")
+    anyhow::bail!("no sum after five stages")
+}
+
+/// One round of `shares` or `threshold` with `params.owners` owners sending the same update:
+/// one client's sharing and encryption, the coordinator's checks, each aggregator's work
+/// (signature checks, decryption, proof verification, partial sum; mean and max over the
+/// aggregators that answered) and the coordinator's reconstruction, with the sum checked.
+/// Aggregators in `faulty` crash if their index is the first listed and lie otherwise.
+fn multi_round(
+    kind: SchemeKind,
+    n_aggs: usize,
+    t: usize,
+    params: &SchemeParams,
+    update: &[i64],
+    key: &confide_crypto::SigningKey,
+    faulty: &[usize],
+) -> Result<serde_json::Value> {
+    use confide_secagg::aggregators::{FinishRequest, MultiParams, parse_public_key};
+    use confide_secagg::{
+        Aggregator, AggregatorKey, ExternalRequest, ExternalResult, MultiClient, MultiServer,
+        StageResult,
+    };
+    let n = params.owners;
+    let multi = MultiParams::new(kind, n_aggs, t, params.clone(), [0; 32])?;
+    let owners: std::collections::BTreeSet<String> = (0..n).map(|i| format!("o{i:04}")).collect();
+    let mut aggs = (0..n_aggs)
+        .map(|i| {
+            Aggregator::new(
+                i,
+                AggregatorKey::generate(),
+                multi.clone(),
+                (kind == SchemeKind::Shares).then_some([7; 32]),
+                owners.clone(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = aggs
+        .iter()
+        .map(|a| parse_public_key(&a.public_hex()).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let mut client = MultiClient::new(multi.clone(), &keys, "o0000", rand::random())?;
+    let (payload, client_s) = time(|| client.start(update));
+    let payload = payload?;
+    // The other owners reuse the shares but encrypt them under their own names (the
+    // encryption binds the owner).
+    let plaintexts = client.plaintexts(update)?;
+    let ctx = confide_secagg::RoundContext {
+        round: 1,
+        model_digest: [1; 32],
+    };
+    let mut server = MultiServer::new(multi.clone(), ctx);
+    let mut coordinator_s = 0.0;
+    // Every owner sends the same shares; each encrypts and signs its own contribution.
+    for o in &owners {
+        let own = MultiClient::new(multi.clone(), &keys, o, [0; 32])?.seal(&plaintexts)?;
+        let c = verified(key, o, 0, own)?;
+        let (r, s) = time(|| confide_secagg::AggregationServer::accept(&mut server, c));
+        r.map_err(|e| anyhow::anyhow!("{e}"))?;
+        coordinator_s += s;
+    }
+    let upload = payload.len();
+    drop((payload, plaintexts));
+    let StageResult::External(ExternalRequest::Aggregate { contributions, .. }) =
+        confide_secagg::AggregationServer::close_stage(&mut server, &owners)?
+    else {
+        anyhow::bail!("the scheme did not ask for its aggregators");
+    };
+    let names: Vec<String> = contributions.iter().map(|c| c.owner.clone()).collect();
+    let mut relayed: Vec<_> = contributions
+        .into_iter()
+        .map(|c| (c, key.public_key().to_vec()))
+        .collect();
+    let crashed = faulty.first().copied();
+    let mut agg_s = vec![0.0; n_aggs];
+    let mut answers = Vec::with_capacity(n_aggs);
+    for (i, a) in aggs.iter_mut().enumerate() {
+        if Some(i) == crashed {
+            answers.push(None);
+            continue;
+        }
+        // The last aggregator takes the relayed contributions themselves (no copy).
+        let input = if i + 1 == n_aggs {
+            std::mem::take(&mut relayed)
+        } else {
+            relayed.clone()
+        };
+        let (r, s) = time(|| a.prepare(1, input));
+        agg_s[i] += s;
+        answers.push(Some(r.map_err(|e| anyhow::anyhow!("{e}"))?));
+    }
+    let request = FinishRequest::assemble(1, names, &answers);
+    let mut replies = Vec::with_capacity(n_aggs);
+    for (i, a) in aggs.iter_mut().enumerate() {
+        if Some(i) == crashed {
+            replies.push(None);
+            continue;
+        }
+        let (r, s) = time(|| a.finish(&request));
+        agg_s[i] += s;
+        let mut reply = r.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if faulty.iter().skip(1).any(|&f| f == i) {
+            reply.aggregate[3] ^= 1;
+        }
+        replies.push(Some(reply));
+    }
+    let (sum, decode_s) = time(|| {
+        confide_secagg::AggregationServer::finish(
+            &mut server,
+            ExternalResult::Aggregated { request, replies },
+        )
+    });
+    let sum = sum?;
+    let exact = sum
+        .sums
+        .iter()
+        .zip(update)
+        .all(|(s, &u)| *s == i128::from(u) * n as i128);
+    anyhow::ensure!(exact, "{}: wrong sum", kind.as_str());
+    let answered: Vec<f64> = agg_s
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != crashed)
+        .map(|(_, s)| *s)
+        .collect();
+    Ok(json!({
+        "aggregators": n_aggs,
+        "threshold": t,
+        "client_ms": client_s * 1e3,
+        "aggregator": stats(&answered),
+        "aggregator_ms_per_owner": answered.iter().sum::<f64>() / answered.len().max(1) as f64 * 1e3 / n as f64,
+        "coordinator_checks_ms": coordinator_s * 1e3,
+        "coordinator_reconstruct_ms": decode_s * 1e3,
+        "upload_bytes": upload,
+        "crashed": crashed.map(confide_secagg::aggregators::aggregator_name),
+        "faulty_named": sum.faulty,
+        "sum_exact": exact,
+    }))
 }
 
 /// One round of a key-holder scheme with `params.owners` owners sending the same update: one
@@ -365,56 +522,23 @@ fn secagg(b: &SecaggBench) -> Result<i32> {
             }),
         );
 
-        // threshold (arithmetic core; not yet a wired scheme): 7 aggregators, any 4 reconstruct,
-        // one crashed and one lying at decoding.
-        {
-            use confide_secagg::threshold;
-            let (agg_n, agg_t) = (7usize, 4usize);
-            let mut rng = ChaCha20Rng::from_entropy();
-            let (shares, client_s) = time(|| threshold::share(&update, agg_n, agg_t, &mut rng));
-            let shares = shares?;
-            let per_aggregator: Vec<Vec<&[u64]>> = (0..agg_n)
-                .map(|a| (0..n).map(|_| shares[a].as_slice()).collect())
+        // shares (Prio3 SumVec, 2 aggregators) at 16-bit entries, the reference figure's width,
+        // and threshold (7 aggregators, any 4 reconstruct; one crashed and one lying).
+        if !b.no_shares {
+            let fp16 = FixedPoint::new(12, 4.0)?;
+            let update16: Vec<i64> = (0..b.weights)
+                .map(|i| fp16.encode(((i % 97) as f32 - 48.0) / 50.0))
                 .collect();
-            let (partials, agg_s) = time(|| {
-                per_aggregator
-                    .iter()
-                    .map(|s| threshold::aggregate(s.iter().copied()))
-                    .collect::<Result<Vec<_>, _>>()
-            });
-            let mut partials = partials?;
-            partials[2][5] = partials[2][5].wrapping_add(1) % confide_secagg::shamir::P;
-            let replies: Vec<(usize, Vec<u64>)> = partials
-                .into_iter()
-                .enumerate()
-                .filter(|(a, _)| *a != 6)
-                .collect();
-            let (decoded, decode_s) = time(|| threshold::reconstruct(&replies, agg_t, &mut rng));
-            let decoded = decoded?;
-            let exact = decoded
-                .sums
-                .iter()
-                .zip(&update)
-                .all(|(s, &u)| *s == i128::from(u) * n as i128);
-            anyhow::ensure!(
-                exact && decoded.liars == vec![2],
-                "threshold: wrong decoding"
-            );
-            row.insert(
-                "threshold_core".into(),
-                json!({
-                    "aggregators": agg_n,
-                    "threshold": agg_t,
-                    "client_ms": client_s * 1e3,
-                    "aggregator_ms": agg_s * 1e3 / agg_n as f64,
-                    "decode_ms_one_crashed_one_lying": decode_s * 1e3,
-                    "liar_named": decoded.liars,
-                    "sum_exact": exact,
-                    "upload_bytes": agg_n * b.weights * 8,
-                    "note": "Shamir sharing, per-aggregator sums and Berlekamp-Welch decoding; not yet run as separate aggregator processes",
-                }),
-            );
+            let p16 = SchemeParams {
+                fixed: fp16,
+                ..params.clone()
+            };
+            let mut entry = multi_round(SchemeKind::Shares, 2, 2, &p16, &update16, &key, &[])?;
+            entry["encoding"] = json!("scale_bits 12, clip 4: entries in [0, 2^15], 16 bits");
+            row.insert("shares".into(), entry);
         }
+        let entry = multi_round(SchemeKind::Threshold, 7, 4, &params, &update, &key, &[1, 4])?;
+        row.insert("threshold".into(), entry);
 
         // lattice: a fresh BFV key for these parameters (its generation is not a round cost).
         let lattice_sk = confide_crypto::LatticeSecretKey::generate(
@@ -442,7 +566,7 @@ fn secagg(b: &SecaggBench) -> Result<i32> {
         serde_json::to_string_pretty(&json!({
             "benchmark": "secagg",
             "threads": 1,
-            "note": "every scheme measured in this run on this machine; client = one owner's work for a round, server = the aggregator's (for paillier and lattice the key holder's)",
+            "note": "every scheme measured in this run on this machine; client = one owner's work for a round, server = the aggregator's (for paillier and lattice the key holder's; for shares and threshold each aggregator's, plus the coordinator's reconstruction)",
             "results": results,
         }))?
     );
@@ -807,6 +931,7 @@ async fn paillier(b: PaillierBench) -> Result<i32> {
             paillier_key: Some(key_file),
             quiet: true,
             crash: Vec::new(),
+            faulty_aggregator: Vec::new(),
             revoke_after: None,
         };
         let out = simulate(&args).await.context("round benchmark")?;

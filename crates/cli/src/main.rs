@@ -46,6 +46,9 @@ enum Command {
     Coordinator(CoordinatorArgs),
     /// Run the Paillier key holder: decrypts only sums of at least min_owners signed updates.
     Keyholder(KeyholderArgs),
+    /// Run one `shares` or `threshold` aggregator: opens only its own shares, checks proofs
+    /// jointly with the others, returns only its partial sum.
+    Aggregator(AggregatorArgs),
     /// Run a data owner's node: trains locally and sends protected updates.
     Node(NodeArgs),
     /// Benchmarks that print JSON.
@@ -247,9 +250,13 @@ struct CoordinatorArgs {
     /// This party's name in the federation directory.
     #[arg(long, default_value = "coordinator")]
     name: String,
-    /// The key holder's address (host:port), for the paillier scheme.
+    /// The key holder's address (host:port), for the paillier and lattice schemes.
     #[arg(long)]
     keyholder: Option<String>,
+    /// An aggregator's address (host:port), for the shares and threshold schemes: repeat it
+    /// once per aggregator, in index order (aggregator-1 first).
+    #[arg(long = "aggregator")]
+    aggregators: Vec<String>,
     /// Write the released model and the report here when the job ends.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -287,6 +294,26 @@ struct KeyholderArgs {
     /// in the federation directory.
     #[arg(long)]
     state: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct AggregatorArgs {
+    #[command(flatten)]
+    common: RoleCommon,
+    /// This aggregator's index, 1 to the job's `[aggregators] count`; its certificate is
+    /// `aggregator-<index>` in the federation directory.
+    #[arg(long)]
+    index: usize,
+    /// Under `shares`: the Prio3 verify key that every aggregator of the job shares and no
+    /// data owner may know (a file with 64 hex digits; `confide simulate` writes one per run).
+    #[arg(long)]
+    verify_key: Option<PathBuf>,
+    /// Chaos testing: exit abruptly when asked to prepare this round.
+    #[arg(long, hide = true)]
+    crash_at_round: Option<u32>,
+    /// Chaos testing: return a wrong partial sum.
+    #[arg(long, hide = true)]
+    lie: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -421,6 +448,7 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Coordinator(args) => coordinator(args).await,
         Command::Keyholder(args) => keyholder(args).await,
+        Command::Aggregator(args) => aggregator(args).await,
         Command::Node(args) => node(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
@@ -518,7 +546,7 @@ fn print_json(value: serde_json::Value) -> Result<i32> {
     Ok(0)
 }
 
-fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
+pub fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -612,6 +640,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
             spec: spec.clone(),
             eval,
             keyholder: args.keyholder,
+            aggregators: args.aggregators,
             linger: Duration::from_secs_f64(args.linger_secs.max(0.0)),
             manifest,
             audit_store: Some(
@@ -654,6 +683,59 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
     confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, Some(state), async {
         let _ = tokio::signal::ctrl_c().await;
     })
+    .await?;
+    Ok(0)
+}
+
+/// Reads a Prio3 verify key file (64 hex digits).
+pub fn load_verify_key(path: &Path) -> Result<[u8; 32]> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: not 64 hex digits", path.display()))?;
+    Ok(bytes)
+}
+
+async fn aggregator(args: AggregatorArgs) -> Result<i32> {
+    let config = JobConfig::load(&args.common.config)?;
+    let spec = config.spec();
+    if !spec.job.scheme.uses_aggregators() {
+        bail!(
+            "the job's scheme `{}` has no aggregators (`shares` and `threshold` do)",
+            spec.job.scheme.as_str()
+        );
+    }
+    let (n, _) = spec.aggregators_n_t();
+    if args.index == 0 || args.index > n {
+        bail!("--index must be between 1 and the job's {n} aggregators");
+    }
+    let name = confide_secagg::aggregators::aggregator_name(args.index - 1);
+    let creds = Credentials::load(&args.common.fed, &name)?;
+    let verify_key = match (&args.verify_key, spec.job.scheme) {
+        (Some(p), confide_core::SchemeKind::Shares) => Some(load_verify_key(p)?),
+        (None, confide_core::SchemeKind::Shares) => {
+            bail!("`shares` aggregators need --verify-key (the key all aggregators share)")
+        }
+        (Some(_), _) => bail!("--verify-key applies to `shares` only"),
+        (None, _) => None,
+    };
+    let listener = bind(args.common.listen, "aggregator").await?;
+    confide_net::roles::serve_aggregator(
+        listener,
+        &creds,
+        &spec,
+        args.index - 1,
+        verify_key,
+        confide_net::aggregator::Chaos {
+            crash_at_round: args.crash_at_round,
+            lie: args.lie,
+        },
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await?;
     Ok(0)
 }

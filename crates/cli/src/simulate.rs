@@ -16,6 +16,7 @@ use confide_ml::{ModelSpec, Standardizer};
 use confide_net::coordinator::{JobReport, model_spec};
 use confide_net::pb::{self, JobState};
 use confide_net::pki::{self, Credentials};
+use confide_secagg::aggregators::aggregator_name;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -42,6 +43,10 @@ pub enum SchemeArg {
     Masking,
     /// BFV with SIMD packing and a separate key holder.
     Lattice,
+    /// Prio3 shares with validity proofs among several aggregators.
+    Shares,
+    /// Shamir t-of-n shares among aggregators, robust to crashed and lying ones.
+    Threshold,
 }
 
 /// `confide simulate` arguments.
@@ -79,6 +84,11 @@ pub struct SimulateArgs {
     /// submitting ROUND (OWNER:ROUND.STAGE: after that stage of a multi-stage scheme).
     #[arg(long, hide = true)]
     pub crash: Vec<String>,
+    /// Chaos testing of `shares` and `threshold`: `aggregator-I:crash@ROUND` makes that
+    /// aggregator exit abruptly when asked to prepare ROUND (processes mode);
+    /// `aggregator-I:lie` makes it return wrong partial sums.
+    #[arg(long, hide = true)]
+    pub faulty_aggregator: Vec<String>,
     /// Revocation testing: OWNER:ROUND revokes the job in that owner's policy (its copy in
     /// the work directory) as soon as the model owner sees ROUND complete.
     #[arg(long, hide = true)]
@@ -170,6 +180,8 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
             SchemeArg::Paillier => SchemeKind::Paillier,
             SchemeArg::Masking => SchemeKind::Masking,
             SchemeArg::Lattice => SchemeKind::Lattice,
+            SchemeArg::Shares => SchemeKind::Shares,
+            SchemeArg::Threshold => SchemeKind::Threshold,
         };
     }
     if let Some(m) = args.mode {
@@ -217,6 +229,12 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
     pki::init_ca(&fed, &spec.job.id, now)?;
     pki::issue(&fed, "coordinator", Role::Coordinator, now)?;
     pki::issue(&fed, "keyholder", Role::KeyHolder, now)?;
+    let (aggregator_count, _) = spec.aggregators_n_t();
+    if spec.job.scheme.uses_aggregators() {
+        for i in 0..aggregator_count {
+            pki::issue(&fed, &aggregator_name(i), Role::Aggregator, now)?;
+        }
+    }
     for p in &config.parties {
         pki::issue(&fed, &p.name, Role::Node, now)?;
     }
@@ -261,6 +279,23 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         } else {
             None
         };
+        let aggregator_addrs = if spec.job.scheme.uses_aggregators() {
+            let sp = spinner(&format!("starting {aggregator_count} aggregators"));
+            let addrs = roles
+                .start_aggregators(
+                    mode,
+                    &job_file,
+                    &fed,
+                    &config,
+                    &args.faulty_aggregator,
+                    &work,
+                )
+                .await?;
+            sp.finish_and_clear();
+            addrs
+        } else {
+            Vec::new()
+        };
         let coord_addr = roles
             .start_coordinator(
                 mode,
@@ -268,6 +303,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
                 &fed,
                 &config,
                 keyholder_addr.as_deref(),
+                &aggregator_addrs,
                 &work,
                 &gov,
             )
@@ -578,7 +614,27 @@ fn prepare_governance(
 struct Roles {
     children: Vec<(String, Child)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    stop_keyholder: Option<tokio::sync::oneshot::Sender<()>>,
+    stop_servers: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Parsed `--faulty-aggregator` options for aggregator `index` (0-based).
+fn chaos_for(index: usize, faults: &[String]) -> Result<confide_net::aggregator::Chaos> {
+    let mut chaos = confide_net::aggregator::Chaos::default();
+    let name = aggregator_name(index);
+    for f in faults {
+        let (who, what) = f
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--faulty-aggregator needs NAME:crash@ROUND or NAME:lie"))?;
+        if who != name {
+            continue;
+        }
+        match what.strip_prefix("crash@") {
+            Some(r) => chaos.crash_at_round = Some(r.parse().context("crash@ROUND")?),
+            None if what == "lie" => chaos.lie = true,
+            None => bail!("--faulty-aggregator {f}: expected crash@ROUND or lie"),
+        }
+    }
+    Ok(chaos)
 }
 
 impl Roles {
@@ -661,7 +717,7 @@ impl Roles {
                 let addr = listener.local_addr()?.to_string();
                 let state = work.join("keyholder-state.jsonl");
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                self.stop_keyholder = Some(tx);
+                self.stop_servers.push(tx);
                 self.tasks.push(tokio::spawn(async move {
                     let shutdown = async {
                         let _ = rx.await;
@@ -684,6 +740,84 @@ impl Roles {
         }
     }
 
+    /// Starts the job's aggregators (with a fresh verify key under `shares`, written to the
+    /// work directory for the processes); returns their addresses in index order.
+    async fn start_aggregators(
+        &mut self,
+        mode: SimulateMode,
+        job: &Path,
+        fed: &Path,
+        config: &JobConfig,
+        faults: &[String],
+        work: &Path,
+    ) -> Result<Vec<String>> {
+        let spec = config.spec();
+        let (n, _) = spec.aggregators_n_t();
+        let verify_key = match spec.job.scheme {
+            SchemeKind::Shares => {
+                let mut k = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+                let path = work.join("aggregators-verify-key.hex");
+                crate::write_secret_file(&path, &hex::encode(k))?;
+                Some((k, path))
+            }
+            _ => None,
+        };
+        let mut addrs = Vec::with_capacity(n);
+        for i in 0..n {
+            let chaos = chaos_for(i, faults)?;
+            let name = aggregator_name(i);
+            let addr = match mode {
+                SimulateMode::Processes => {
+                    let (j, f) = (job.display().to_string(), fed.display().to_string());
+                    let index = (i + 1).to_string();
+                    let mut args =
+                        vec!["aggregator", "--config", &j, "--fed", &f, "--index", &index];
+                    let vk = verify_key.as_ref().map(|(_, p)| p.display().to_string());
+                    if let Some(vk) = &vk {
+                        args.extend(["--verify-key", vk]);
+                    }
+                    let crash = chaos.crash_at_round.map(|r| r.to_string());
+                    if let Some(r) = &crash {
+                        args.extend(["--crash-at-round", r]);
+                    }
+                    if chaos.lie {
+                        args.push("--lie");
+                    }
+                    self.spawn(&name, &args, work, Duration::from_secs(60))
+                        .await?
+                }
+                SimulateMode::InProcess => {
+                    if chaos.crash_at_round.is_some() {
+                        bail!("a crashing aggregator needs processes mode");
+                    }
+                    let creds = Credentials::load(fed, &name)?;
+                    let listener = TcpListener::bind("127.0.0.1:0").await?;
+                    let addr = listener.local_addr()?.to_string();
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.stop_servers.push(tx);
+                    let spec = spec.clone();
+                    let vk = verify_key.as_ref().map(|(k, _)| *k);
+                    self.tasks.push(tokio::spawn(async move {
+                        let shutdown = async {
+                            let _ = rx.await;
+                        };
+                        if let Err(e) = confide_net::roles::serve_aggregator(
+                            listener, &creds, &spec, i, vk, chaos, shutdown,
+                        )
+                        .await
+                        {
+                            eprintln!("{}: {e}", aggregator_name(i));
+                        }
+                    }));
+                    addr
+                }
+            };
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn start_coordinator(
         &mut self,
@@ -692,6 +826,7 @@ impl Roles {
         fed: &Path,
         config: &JobConfig,
         keyholder: Option<&str>,
+        aggregators: &[String],
         work: &Path,
         gov: &Governance,
     ) -> Result<String> {
@@ -717,6 +852,9 @@ impl Roles {
                 if let Some(k) = keyholder {
                     args.extend(["--keyholder", k]);
                 }
+                for a in aggregators {
+                    args.extend(["--aggregator", a]);
+                }
                 self.spawn("coordinator", &args, work, Duration::from_secs(60))
                     .await
             }
@@ -734,6 +872,7 @@ impl Roles {
                     spec,
                     eval,
                     keyholder: keyholder.map(str::to_string),
+                    aggregators: aggregators.to_vec(),
                     linger: Duration::from_secs(60),
                     manifest: confide_governance::manifest::SignedManifest::load(
                         &gov.manifest_file,
@@ -843,11 +982,11 @@ impl Roles {
         }
     }
 
-    /// Lets nodes and the coordinator finish, then stops the key holder.
+    /// Lets nodes and the coordinator finish, then stops the key holder and the aggregators.
     async fn stop(&mut self) {
         let grace = Duration::from_secs(10);
         for (name, child) in &mut self.children {
-            if name == "keyholder" {
+            if name == "keyholder" || name.starts_with("aggregator-") {
                 continue;
             }
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -857,7 +996,7 @@ impl Roles {
         for (_, child) in &mut self.children {
             let _ = child.kill().await;
         }
-        if let Some(tx) = self.stop_keyholder.take() {
+        for tx in self.stop_servers.drain(..) {
             let _ = tx.send(());
         }
         for t in self.tasks.drain(..) {

@@ -157,32 +157,69 @@ fn paillier_and_plain_train_the_same_model() {
 }
 
 #[test]
-fn masking_and_lattice_train_the_same_model_as_plain() {
+fn every_scheme_trains_the_same_model_as_plain() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config_with(dir.path(), &[]);
     let mut out = Vec::new();
-    // lattice runs as separate processes (coordinator, key holder, two nodes).
-    for (scheme, mode) in [
-        ("plain", "in-process"),
-        ("masking", "in-process"),
-        ("lattice", "processes"),
+    // lattice and threshold run as separate processes (coordinator, key holder or seven
+    // aggregators, two nodes); under threshold one aggregator crashes at round 3 and another
+    // returns wrong partial sums throughout.
+    let faults = [
+        "--faulty-aggregator",
+        "aggregator-2:crash@3",
+        "--faulty-aggregator",
+        "aggregator-5:lie",
+    ];
+    for (scheme, mode, extra) in [
+        ("plain", "in-process", &[][..]),
+        ("masking", "in-process", &[][..]),
+        ("lattice", "processes", &[][..]),
+        ("shares", "in-process", &[][..]),
+        ("threshold", "processes", &faults[..]),
     ] {
-        let (code, r, err) = simulate(
-            &cfg,
-            &dir.path().join(scheme),
-            &["--mode", mode, "--scheme", scheme, "--rounds", "5"],
-        );
+        let mut args = vec!["--mode", mode, "--scheme", scheme, "--rounds", "5"];
+        args.extend(extra);
+        let (code, r, err) = simulate(&cfg, &dir.path().join(scheme), &args);
         assert_eq!(code, 0, "{scheme}: {err}\n{r}");
         assert_eq!(r["scheme"], scheme);
         out.push(r);
     }
-    // Both sum the same fixed-point integers exactly (masks cancel mod 2^64; BFV decrypts the
-    // exact sum modulo t, which holds every possible sum), so the models are identical.
+    // All sum the same fixed-point integers exactly (masks cancel mod 2^64; BFV decrypts the
+    // exact sum modulo t, which holds every possible sum; Prio3 and Shamir shares reconstruct
+    // the exact sum in their fields), so the models are identical.
     let read =
         |r: &Value| std::fs::read(r["model"]["safetensors"].as_str().expect("p")).expect("read");
-    assert_eq!(read(&out[0]), read(&out[1]), "plain and masking differ");
-    assert_eq!(read(&out[0]), read(&out[2]), "plain and lattice differ");
+    for (i, name) in [
+        (1, "masking"),
+        (2, "lattice"),
+        (3, "shares"),
+        (4, "threshold"),
+    ] {
+        assert_eq!(read(&out[0]), read(&out[i]), "plain and {name} differ");
+    }
     assert!(out[2]["keyholder_key"].is_string(), "{}", out[2]);
+    // The liar is named in every round, the crashed aggregator from round 3 on.
+    let events: Vec<&str> = out[4]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for round in 1..=5 {
+        assert!(
+            events.iter().any(|e| e.starts_with(&format!(
+                "round {round}: faulty aggregator: aggregator-5: its partial sum is off"
+            ))),
+            "{events:?}"
+        );
+        assert_eq!(
+            events.iter().any(|e| e.starts_with(&format!(
+                "round {round}: faulty aggregator: aggregator-2: did not answer"
+            ))),
+            round >= 3,
+            "{events:?}"
+        );
+    }
 }
 
 #[test]

@@ -60,12 +60,23 @@ pub enum SchemeKind {
     Masking,
     /// BFV lattice encryption with SIMD packing; a separate key holder decrypts only the sum.
     Lattice,
+    /// Prio3 additive shares with validity proofs among `n ≥ 2` aggregators (`[aggregators]`);
+    /// private while one aggregator is honest.
+    Shares,
+    /// Shamir `t`-of-`n` shares among aggregators with robust reconstruction (`[aggregators]`).
+    Threshold,
 }
 
 impl SchemeKind {
     /// Whether a separate key holder decrypts the round's sum (`paillier`, `lattice`).
     pub fn uses_key_holder(self) -> bool {
         matches!(self, SchemeKind::Paillier | SchemeKind::Lattice)
+    }
+
+    /// Whether several aggregators (`confide aggregator`) finish each round (`shares`,
+    /// `threshold`).
+    pub fn uses_aggregators(self) -> bool {
+        matches!(self, SchemeKind::Shares | SchemeKind::Threshold)
     }
 
     /// The name used in configuration files and reports.
@@ -75,6 +86,38 @@ impl SchemeKind {
             SchemeKind::Paillier => "paillier",
             SchemeKind::Masking => "masking",
             SchemeKind::Lattice => "lattice",
+            SchemeKind::Shares => "shares",
+            SchemeKind::Threshold => "threshold",
+        }
+    }
+}
+
+/// The `[aggregators]` section: how many aggregators run a `shares` or `threshold` job and,
+/// under `threshold`, how many of them reconstruct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorsSection {
+    /// Aggregators, `n`. Default: 2 under `shares`, 7 under `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// Under `threshold`: shares that reconstruct, `t` (`t − 1` colluding aggregators learn
+    /// nothing); more than half of `n` and below `n`. Default: `⌊n/2⌋ + 1`, 4 of 7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<usize>,
+}
+
+impl AggregatorsSection {
+    /// `(n, t)` under `scheme`; under `shares` every aggregator is needed, `t = n`.
+    pub fn effective(&self, scheme: SchemeKind) -> (usize, usize) {
+        match scheme {
+            SchemeKind::Threshold => {
+                let n = self.count.unwrap_or(7);
+                (n, self.threshold.unwrap_or(n / 2 + 1))
+            }
+            _ => {
+                let n = self.count.unwrap_or(2);
+                (n, n)
+            }
         }
     }
 }
@@ -547,6 +590,9 @@ pub struct JobConfig {
     /// `[masking]`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masking: Option<MaskingSection>,
+    /// `[aggregators]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregators: Option<AggregatorsSection>,
     /// `[[parties]]`
     pub parties: Vec<PartySection>,
 }
@@ -577,6 +623,9 @@ pub struct JobSpec {
     /// `[masking]`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masking: Option<MaskingSection>,
+    /// `[aggregators]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregators: Option<AggregatorsSection>,
 }
 
 impl JobConfig {
@@ -638,6 +687,7 @@ impl JobConfig {
             limits: self.limits.clone(),
             privacy: self.privacy.clone(),
             masking: self.masking,
+            aggregators: self.aggregators,
             owners: self.parties.iter().map(|p| p.name.clone()).collect(),
         }
     }
@@ -669,6 +719,13 @@ pub fn validate_party_name(name: &str) -> Result<(), String> {
 }
 
 impl JobSpec {
+    /// `(n, t)`: the aggregators of a `shares` or `threshold` job and how many reconstruct.
+    pub fn aggregators_n_t(&self) -> (usize, usize) {
+        self.aggregators
+            .unwrap_or_default()
+            .effective(self.job.scheme)
+    }
+
     /// Checks every range and cross-field rule. Each message names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let j = &self.job;
@@ -684,7 +741,9 @@ impl JobSpec {
         let mut names = std::collections::BTreeSet::new();
         for name in &self.owners {
             validate_party_name(name).map_err(|e| invalid("parties.name", e))?;
-            if ["coordinator", "keyholder", "owner"].contains(&name.as_str()) {
+            if ["coordinator", "keyholder", "owner"].contains(&name.as_str())
+                || name.starts_with("aggregator-")
+            {
                 return Err(invalid(
                     "parties.name",
                     format!("`{name}` is reserved for a role"),
@@ -742,6 +801,51 @@ impl JobSpec {
             }
         } else if self.masking.is_some() {
             return Err(invalid("masking", "applies to scheme = \"masking\" only"));
+        }
+        if j.scheme.uses_aggregators() {
+            if j.min_owners < 2 {
+                return Err(invalid(
+                    "job.min_owners",
+                    format!(
+                        "must be at least 2 under `{}`: with one owner the reconstructed sum is that owner's update",
+                        j.scheme.as_str()
+                    ),
+                ));
+            }
+            let (n, t) = self.aggregators_n_t();
+            if j.scheme == SchemeKind::Shares && !(2..=16).contains(&n) {
+                return Err(invalid(
+                    "aggregators.count",
+                    format!("{n}: `shares` needs between 2 and 16 aggregators"),
+                ));
+            }
+            if j.scheme == SchemeKind::Shares
+                && self.aggregators.and_then(|a| a.threshold).is_some()
+            {
+                return Err(invalid(
+                    "aggregators.threshold",
+                    "applies to scheme = \"threshold\" only (`shares` needs every aggregator)",
+                ));
+            }
+            if j.scheme == SchemeKind::Threshold && !(3..=64).contains(&n) {
+                return Err(invalid(
+                    "aggregators.count",
+                    format!("{n}: `threshold` needs between 3 and 64 aggregators"),
+                ));
+            }
+            if j.scheme == SchemeKind::Threshold && (!(2..n).contains(&t) || 2 * t <= n) {
+                return Err(invalid(
+                    "aggregators.threshold",
+                    format!(
+                        "{t}: must be more than half of the {n} aggregators (so no two disjoint groups can each rebuild a sum, of different owners) and below {n} (so one may crash)"
+                    ),
+                ));
+            }
+        } else if self.aggregators.is_some() {
+            return Err(invalid(
+                "aggregators",
+                "applies to scheme = \"shares\" or \"threshold\" only",
+            ));
         }
         if !(j.round_timeout_secs > 0.0 && j.round_timeout_secs <= 86_400.0) {
             return Err(invalid("job.round_timeout_secs", "must be in (0, 86400]"));
@@ -983,6 +1087,56 @@ data = "b.csv"
     }
 
     #[test]
+    fn aggregator_parameters_have_defaults_and_are_checked() {
+        let shares = MINIMAL.replace("scheme = \"paillier\"", "scheme = \"shares\"");
+        let threshold = MINIMAL.replace("scheme = \"paillier\"", "scheme = \"threshold\"");
+        let c = JobConfig::parse(&shares).expect("valid");
+        assert_eq!(c.spec().aggregators_n_t(), (2, 2));
+        let c = JobConfig::parse(&threshold).expect("valid");
+        assert_eq!(c.spec().aggregators_n_t(), (7, 4));
+        let c =
+            JobConfig::parse(&format!("{threshold}\n[aggregators]\ncount = 5\n")).expect("valid");
+        assert_eq!(c.spec().aggregators_n_t(), (5, 3));
+        for (text, section, field) in [
+            (&shares, "[aggregators]\ncount = 1\n", "aggregators.count"),
+            (
+                &shares,
+                "[aggregators]\nthreshold = 2\n",
+                "aggregators.threshold",
+            ),
+            (
+                &threshold,
+                "[aggregators]\ncount = 2\n",
+                "aggregators.count",
+            ),
+            (
+                &threshold,
+                "[aggregators]\nthreshold = 1\n",
+                "aggregators.threshold",
+            ),
+            (
+                &threshold,
+                "[aggregators]\nthreshold = 3\n",
+                "aggregators.threshold",
+            ),
+            (
+                &threshold,
+                "[aggregators]\nthreshold = 7\n",
+                "aggregators.threshold",
+            ),
+            (&threshold, "[aggregators]\nsize = 7\n", "size"),
+        ] {
+            let err = JobConfig::parse(&format!("{text}\n{section}")).expect_err("invalid");
+            assert!(err.to_string().contains(field), "{section}: {err}");
+        }
+        let err = JobConfig::parse(&format!("{MINIMAL}\n[aggregators]\ncount = 3\n"))
+            .expect_err("aggregators without an aggregator scheme");
+        assert!(err.to_string().contains("aggregators"), "{err}");
+        let one = threshold.replace("min_owners = 2", "min_owners = 1");
+        assert!(JobConfig::parse(&one).is_err());
+    }
+
+    #[test]
     fn rejects_single_owner_paillier() {
         let text = MINIMAL.replace("min_owners = 2", "min_owners = 1");
         let err = JobConfig::parse(&text).expect_err("invalid");
@@ -1037,6 +1191,8 @@ data = "b.csv"
         let dup = MINIMAL.replace("name = \"b\"", "name = \"a\"");
         assert!(JobConfig::parse(&dup).is_err());
         let reserved = MINIMAL.replace("name = \"b\"", "name = \"keyholder\"");
+        assert!(JobConfig::parse(&reserved).is_err());
+        let reserved = MINIMAL.replace("name = \"b\"", "name = \"aggregator-1\"");
         assert!(JobConfig::parse(&reserved).is_err());
     }
 }

@@ -12,6 +12,9 @@ pub enum Role {
     Coordinator,
     /// Holds the Paillier secret key; decrypts only sums of enough signed contributions.
     KeyHolder,
+    /// One of the `shares` or `threshold` aggregators (`confide aggregator`), named
+    /// `aggregator-1`, `aggregator-2`, ….
+    Aggregator,
     /// A data owner (`confide node`).
     Node,
     /// The model owner (data scientist): watches progress and receives the released model.
@@ -24,6 +27,7 @@ impl Role {
         match self {
             Role::Coordinator => "coordinator",
             Role::KeyHolder => "keyholder",
+            Role::Aggregator => "aggregator",
             Role::Node => "node",
             Role::ModelOwner => "model-owner",
         }
@@ -42,10 +46,11 @@ impl FromStr for Role {
         match s {
             "coordinator" => Ok(Role::Coordinator),
             "keyholder" => Ok(Role::KeyHolder),
+            "aggregator" => Ok(Role::Aggregator),
             "node" => Ok(Role::Node),
             "model-owner" => Ok(Role::ModelOwner),
             other => Err(format!(
-                "unknown role `{other}` (expected coordinator, keyholder, node or model-owner)"
+                "unknown role `{other}` (expected coordinator, keyholder, aggregator, node or model-owner)"
             )),
         }
     }
@@ -60,6 +65,7 @@ mod tests {
         for r in [
             Role::Coordinator,
             Role::KeyHolder,
+            Role::Aggregator,
             Role::Node,
             Role::ModelOwner,
         ] {

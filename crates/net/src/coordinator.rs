@@ -26,8 +26,8 @@ use confide_ml::{Dataset, ModelSpec};
 use confide_secagg::contribution::{self, Contribution};
 use confide_secagg::masking::{MaskingConfig, MaskingServer};
 use confide_secagg::{
-    AggregateSum, AggregationServer, ExternalRequest, ExternalResult, HolderPublicKey, PlainServer,
-    Reject, Rejection, RoundContext, SchemeParams, StageResult, model_digest,
+    AggregateSum, AggregationServer, ExternalRequest, ExternalResult, HolderPublicKey, MultiServer,
+    PlainServer, Reject, Rejection, RoundContext, SchemeParams, StageResult, model_digest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
@@ -165,6 +165,8 @@ pub struct CoordinatorOptions {
     pub eval: Option<Dataset>,
     /// Where the key holder listens (paillier).
     pub keyholder_endpoint: Option<String>,
+    /// Where the aggregators listen, by index (`shares`, `threshold`).
+    pub aggregator_endpoints: Vec<String>,
     /// The signed manifest of the job (it must describe `spec`).
     pub manifest: SignedManifest,
     /// The coordinator's identity: it signs the audit log's tree heads.
@@ -223,6 +225,7 @@ pub struct Coordinator {
     client_dp: Option<ClientDp>,
     eval: Option<Dataset>,
     keyholder_endpoint: String,
+    aggregator_endpoints: Vec<String>,
     state: Mutex<State>,
     changed: Notify,
     fetched: Notify,
@@ -442,6 +445,7 @@ impl Coordinator {
             client_dp,
             eval: opts.eval,
             keyholder_endpoint: opts.keyholder_endpoint.unwrap_or_default(),
+            aggregator_endpoints: opts.aggregator_endpoints,
             spec: opts.spec,
             state: Mutex::new(State {
                 joined: BTreeSet::new(),
@@ -559,9 +563,9 @@ impl Coordinator {
         lock(&self.state).events.push(event);
     }
 
-    /// Runs the job to its end. `unseal` performs the key holder's part of a round (a gRPC call
-    /// in deployments); `holder_key` is the key holder's public key under `paillier` and
-    /// `lattice`.
+    /// Runs the job to its end. `unseal` performs the external part of a round: the key
+    /// holder's under `paillier` and `lattice`, the aggregators' under `shares` and `threshold`
+    /// (gRPC calls in deployments). `holder_key` is the key holder's public key.
     pub async fn run<F, Fut>(
         self: Arc<Self>,
         holder_key: Option<HolderPublicKey>,
@@ -569,7 +573,7 @@ impl Coordinator {
     ) -> JobReport
     where
         F: Fn(u32, Vec<(Contribution, Vec<u8>)>) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
+        Fut: std::future::Future<Output = Result<ExternalResult, String>>,
     {
         let timeout = Duration::from_secs_f64(self.spec.job.round_timeout_secs);
         let keyholder_key = holder_key.as_ref().map(HolderPublicKey::fingerprint);
@@ -765,7 +769,7 @@ impl Coordinator {
     ) -> Result<(), String>
     where
         F: Fn(u32, Vec<(Contribution, Vec<u8>)>) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<Vec<u8>>, String>>,
+        Fut: std::future::Future<Output = Result<ExternalResult, String>>,
     {
         let sp = job_scheme_params(&self.spec).map_err(|e| e.to_string())?;
         for round in 1..=self.spec.job.rounds {
@@ -785,6 +789,10 @@ impl Coordinator {
                     MaskingServer::new(masking_config(&self.spec, &self.digest, round), ctx)
                         .map_err(|e| e.to_string())?,
                 ),
+                SchemeKind::Shares | SchemeKind::Threshold => Box::new(MultiServer::new(
+                    crate::aggregator::multi_params(&self.spec).map_err(|e| e.to_string())?,
+                    ctx,
+                )),
             };
             lock(&self.state).server = Some(server);
             let head = self.sign_head()?;
@@ -844,10 +852,21 @@ impl Coordinator {
             };
             let sum = match closing.map_err(|e| format!("round {round} failed: {e}"))? {
                 StageResult::Sum(sum) => sum,
-                StageResult::External(ExternalRequest::Unseal {
-                    round: r,
-                    contributions,
-                }) => {
+                StageResult::External(
+                    ExternalRequest::Unseal {
+                        round: r,
+                        contributions,
+                    }
+                    | ExternalRequest::Aggregate {
+                        round: r,
+                        contributions,
+                    },
+                ) => {
+                    let party = if self.spec.job.scheme.uses_aggregators() {
+                        "the aggregators"
+                    } else {
+                        "the key holder"
+                    };
                     let relayed = {
                         let s = lock(&self.state);
                         contributions
@@ -858,19 +877,34 @@ impl Coordinator {
                             })
                             .collect()
                     };
-                    let plaintexts = tokio::time::timeout(timeout, unseal(r, relayed))
+                    let answer = tokio::time::timeout(timeout, unseal(r, relayed))
                         .await
                         .map_err(|_| {
                             format!(
-                                "round {round} failed: the key holder did not answer within {:.0} s",
+                                "round {round} failed: {party} did not answer within {:.0} s",
                                 timeout.as_secs_f64()
                             )
                         })?
-                        .map_err(|e| format!("round {round} failed: the key holder refused: {e}"))?;
-                    let mut s = lock(&self.state);
-                    let srv = s.server.as_mut().ok_or("internal: no aggregation state")?;
-                    srv.finish(ExternalResult::Unsealed(plaintexts))
-                        .map_err(|e| format!("round {round} failed: {e}"))?
+                        .map_err(|e| format!("round {round} failed: {party} refused: {e}"))?;
+                    let sum = {
+                        let mut s = lock(&self.state);
+                        let srv = s.server.as_mut().ok_or("internal: no aggregation state")?;
+                        srv.finish(answer)
+                            .map_err(|e| format!("round {round} failed: {e}"))?
+                    };
+                    for (owner, reason) in &sum.rejected {
+                        self.count_rejection(*reason);
+                        self.record_event(format!(
+                            "round {round}: the aggregators refused `{owner}`'s update: {} {}",
+                            reason.rule(),
+                            reason.name()
+                        ));
+                    }
+                    for f in &sum.faulty {
+                        tracing::warn!("round {round}: faulty aggregator: {f}");
+                        self.record_event(format!("round {round}: faulty aggregator: {f}"));
+                    }
+                    sum
                 }
                 StageResult::Broadcast { .. } => {
                     return Err("internal: a broadcast after the stage loop".into());
@@ -896,6 +930,8 @@ impl Coordinator {
                     "round": round,
                     "contributors": sum.contributors,
                     "excluded": excluded,
+                    "refused": sum.rejected.iter().map(|(o, r)| serde_json::json!({"owner": o, "rule": r.rule()})).collect::<Vec<_>>(),
+                    "faulty_aggregators": sum.faulty,
                     "model_digest": hex::encode(model_digest(params)),
                 }),
             )
@@ -1099,6 +1135,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             job_spec: c.spec_text.clone(),
             job_digest: c.digest.to_vec(),
             keyholder_endpoint: c.keyholder_endpoint.clone(),
+            aggregator_endpoints: c.aggregator_endpoints.clone(),
             manifest_json: c.manifest_json.clone(),
             coordinator_certificate: c.certificate.clone(),
         }))
@@ -1255,6 +1292,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
             .clone();
         let same = snap.round == req.round && snap.state == JobState::Running;
+        let owner_certificates = if same && snap.stage == 1 {
+            lock(&self.0.state).certs.values().cloned().collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::StageTask {
             state: snap.state as i32,
             round: snap.round,
@@ -1264,6 +1306,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             } else {
                 Vec::new()
             },
+            owner_certificates,
         }))
     }
 

@@ -131,21 +131,7 @@ impl KeyHolderService {
         round: u32,
         relayed: Vec<(Contribution, Vec<u8>)>,
     ) -> Result<Vec<Vec<u8>>, String> {
-        let mut checked = Vec::with_capacity(relayed.len());
-        for (c, cert) in relayed {
-            let id = verify_party_certificate(&cert, &self.ca_der)
-                .map_err(|e| format!("KEY-002 certificate of `{}`: {e}", c.owner))?;
-            self.revocations
-                .check(&id.id)
-                .map_err(|e| format!("KEY-002 {e}"))?;
-            if id.role != Role::Node || id.name != c.owner {
-                return Err(format!(
-                    "KEY-002 certificate names `{}` ({}), the contribution `{}`",
-                    id.name, id.role, c.owner
-                ));
-            }
-            checked.push((c, id.public_key));
-        }
+        let checked = check_relayed(relayed, &self.ca_der, &self.revocations)?;
         let mut u = self.unsealer.lock().unwrap_or_else(|p| p.into_inner());
         let result = u.unseal(round, checked, |rec| self.persist(rec));
         match &result {
@@ -176,6 +162,61 @@ impl KeyHolderService {
     }
 }
 
+/// KEY-002 for relayed contributions: each owner certificate chains to the federation CA, is
+/// not revoked, and names a node called like the contribution's owner. Returns each
+/// contribution with the public key its certificate certifies.
+pub fn check_relayed(
+    relayed: Vec<(Contribution, Vec<u8>)>,
+    ca_der: &[u8],
+    revocations: &crate::pki::Revocations,
+) -> Result<Vec<(Contribution, Vec<u8>)>, String> {
+    let mut checked = Vec::with_capacity(relayed.len());
+    for (c, cert) in relayed {
+        let id = verify_party_certificate(&cert, ca_der)
+            .map_err(|e| format!("KEY-002 certificate of `{}`: {e}", c.owner))?;
+        revocations
+            .check(&id.id)
+            .map_err(|e| format!("KEY-002 {e}"))?;
+        if id.role != Role::Node || id.name != c.owner {
+            return Err(format!(
+                "KEY-002 certificate names `{}` ({}), the contribution `{}`",
+                id.name, id.role, c.owner
+            ));
+        }
+        checked.push((c, id.public_key));
+    }
+    Ok(checked)
+}
+
+/// The relayed contributions of a request, with their owners' certificates.
+pub fn relayed_from_pb(
+    contributions: Vec<pb::RelayedContribution>,
+) -> Vec<(Contribution, Vec<u8>)> {
+    contributions
+        .into_iter()
+        .map(|r| {
+            (
+                crate::wire::from_pb(r.contribution.unwrap_or_default()),
+                r.owner_certificate,
+            )
+        })
+        .collect()
+}
+
+/// The wire form of a round's relayed contributions.
+pub fn relayed_to_pb(round: u32, relayed: Vec<(Contribution, Vec<u8>)>) -> pb::UnsealRequest {
+    pb::UnsealRequest {
+        round,
+        contributions: relayed
+            .into_iter()
+            .map(|(c, cert)| pb::RelayedContribution {
+                contribution: Some(crate::wire::to_pb(c)),
+                owner_certificate: cert,
+            })
+            .collect(),
+    }
+}
+
 /// The gRPC face of the key holder.
 #[derive(Debug, Clone)]
 pub struct KeyHolderGrpc(pub Arc<KeyHolderService>);
@@ -202,16 +243,7 @@ impl pb::key_holder_server::KeyHolder for KeyHolderGrpc {
     ) -> Result<Response<pb::UnsealReply>, Status> {
         peer(&request, &[Role::Coordinator], &self.0.revocations)?;
         let req = request.into_inner();
-        let relayed = req
-            .contributions
-            .into_iter()
-            .map(|r| {
-                (
-                    crate::wire::from_pb(r.contribution.unwrap_or_default()),
-                    r.owner_certificate,
-                )
-            })
-            .collect();
+        let relayed = relayed_from_pb(req.contributions);
         let service = self.0.clone();
         let round = req.round;
         // Summing and decrypting is CPU work: keep it off the async executor.

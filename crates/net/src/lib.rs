@@ -11,6 +11,7 @@
 //!
 //! Only this crate and the CLI open sockets (docs/ARCHITECTURE.md, "Layout").
 
+pub mod aggregator;
 pub mod coordinator;
 pub mod keyholder;
 pub mod node;

@@ -248,6 +248,9 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let params = job_scheme_params(&spec)?;
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
+    // Under masking: the owners' certified signing keys, from the certificates that come with
+    // each round's key list (checked against the CA before use).
+    let certified: Certified = Default::default();
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
         SchemeKind::Plain => Box::new(PlainClient),
         SchemeKind::Paillier | SchemeKind::Lattice => {
@@ -269,7 +272,36 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             .map_err(|e| NodeError::Job(e.to_string()))?
         }
         // Replaced by a fresh client (fresh keys) at every round.
-        SchemeKind::Masking => masking_client(&spec, &digest, 1, &name)?,
+        SchemeKind::Masking => masking_client(&spec, &digest, (1, [0; 32]), &name, &certified)?,
+        SchemeKind::Shares | SchemeKind::Threshold => {
+            let multi = crate::aggregator::multi_params(&spec)?;
+            if join.aggregator_endpoints.len() != multi.n {
+                return Err(NodeError::Refused(format!(
+                    "the coordinator lists {} aggregators, the job has {}",
+                    join.aggregator_endpoints.len(),
+                    multi.n
+                )));
+            }
+            // Each key comes straight from its aggregator, authenticated by its certificate.
+            let mut keys = Vec::with_capacity(multi.n);
+            for (i, ep) in join.aggregator_endpoints.iter().enumerate() {
+                let agg = confide_secagg::aggregators::aggregator_name(i);
+                let ch = connect(ep, &agg, &opts.creds).await?;
+                let reply = pb::aggregator_client::AggregatorClient::new(ch)
+                    .get_public_key(pb::PublicKeyRequest {})
+                    .await
+                    .map_err(|s| NodeError::Refused(format!("{agg}: {}", s.message())))?
+                    .into_inner();
+                keys.push(
+                    confide_secagg::aggregators::parse_public_key(&reply.public_key_json)
+                        .map_err(|e| NodeError::Job(format!("{agg}: {e}")))?,
+                );
+            }
+            Box::new(
+                confide_secagg::MultiClient::new(multi, &keys, &name, seed)
+                    .map_err(|e| NodeError::Job(e.to_string()))?,
+            )
+        }
     };
 
     let mut after = 0;
@@ -373,7 +405,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         after = round;
         let trained_from = model_digest(&global);
         if spec.job.scheme == SchemeKind::Masking {
-            client = masking_client(&spec, &digest, round, &name)?;
+            client = masking_client(&spec, &digest, (round, trained_from), &name, &certified)?;
         }
         let cfg = TrainConfig {
             epochs: spec.training.local_epochs,
@@ -474,6 +506,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 client,
                 &signing,
                 (&digest, &name, round, trained_from),
+                (&opts, &spec, &certified),
                 opts.crash_after_stage,
                 &|| gov.still_allowed(&opts, &request),
             )
@@ -487,20 +520,74 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     }
 }
 
-/// A fresh masking client (fresh X25519 keys and self-mask seed) for `round`.
+/// Owner name → signing key, as certified by the federation CA.
+type Certified = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>;
+
+/// A fresh masking client (fresh X25519 keys and self-mask seed) for `round`, trained from the
+/// global model `trained_from`. It accepts another owner's advertised keys, and signatures over
+/// `U3`, only when they verify under that owner's certified key.
 fn masking_client(
     spec: &JobSpec,
     digest: &[u8; 32],
-    round: u32,
+    (round, trained_from): (u32, [u8; 32]),
     name: &str,
+    certified: &Certified,
 ) -> Result<Box<dyn AggregationClient>, NodeError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let cfg = crate::coordinator::masking_config(spec, digest, round);
+    let (certified, digest) = (certified.clone(), *digest);
+    let check: confide_secagg::masking::KeyCheck =
+        Box::new(move |owner, stage, payload, signature| {
+            let key = certified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(owner)
+                .cloned()
+                .ok_or_else(|| format!("no certificate for `{owner}` came with the key list"))?;
+            let c = confide_secagg::Contribution {
+                owner: owner.to_string(),
+                round,
+                stage,
+                model_digest: trained_from,
+                payload: payload.to_vec(),
+                signature: signature.to_vec(),
+            };
+            confide_secagg::contribution::verify(c, &key, &digest)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
     Ok(Box::new(
-        confide_secagg::masking::MaskingClient::new(cfg, name, seed)
+        confide_secagg::masking::MaskingClient::new(cfg, name, seed, check)
             .map_err(|e| NodeError::Job(e.to_string()))?,
     ))
+}
+
+/// Checks the owner certificates that came with a key list (chain to the federation CA, not
+/// revoked, a node of this job) and records their keys.
+fn certify_owners(
+    opts: &NodeOptions,
+    spec: &JobSpec,
+    certs: &[Vec<u8>],
+    certified: &Certified,
+) -> Result<(), String> {
+    let ca = opts.creds.ca_der().map_err(|e| e.to_string())?;
+    let mut map = certified.lock().unwrap_or_else(|p| p.into_inner());
+    for cert in certs {
+        let id = crate::pki::verify_party_certificate(cert, &ca).map_err(|e| e.to_string())?;
+        opts.creds
+            .revocations
+            .check(&id.id)
+            .map_err(|e| e.to_string())?;
+        if id.role != confide_core::Role::Node || !spec.owners.contains(&id.name) {
+            return Err(format!(
+                "`{}` ({}) is not an owner of this job",
+                id.name, id.role
+            ));
+        }
+        map.insert(id.name, id.public_key);
+    }
+    Ok(())
 }
 
 /// The later stages of a multi-stage scheme: waits for each stage's broadcast, answers it,
@@ -510,6 +597,7 @@ async fn masking_stages(
     mut client: Box<dyn AggregationClient>,
     signing: &confide_crypto::SigningKey,
     (digest, name, round, trained_from): (&[u8; 32], &str, u32, [u8; 32]),
+    (opts, spec, certified): (&NodeOptions, &JobSpec, &Certified),
     crash_after: Option<(u32, u32)>,
     consent: &(dyn Fn() -> Result<(), String> + Sync),
 ) -> Result<Box<dyn AggregationClient>, NodeError> {
@@ -517,7 +605,7 @@ async fn masking_stages(
         tracing::warn!("`{name}`: simulated crash after round {round}, stage 0");
         std::process::exit(3);
     }
-    for stage in 1..=3u32 {
+    for stage in 1..=4u32 {
         let task = coord
             .next_stage(pb::NextStageRequest {
                 round,
@@ -529,6 +617,13 @@ async fn masking_stages(
         if task.round != round || task.state != JobState::Running as i32 || task.stage != stage {
             // The round ended without this owner (it failed, or this owner was excluded).
             return Ok(client);
+        }
+        if stage == 1
+            && let Err(problem) = certify_owners(opts, spec, &task.owner_certificates, certified)
+        {
+            let problem = format!("round {round}: owner certificates: {problem}");
+            refuse(coord, &problem, "refusal").await;
+            return Err(NodeError::Refused(problem));
         }
         // Share and mask computation is CPU work: keep it off the async executor.
         let (answer, back) = tokio::task::spawn_blocking(move || {

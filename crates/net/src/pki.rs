@@ -99,11 +99,29 @@ pub fn init_ca(dir: &Path, federation: &str, now: OffsetDateTime) -> Result<(), 
 /// Generates a key for a party (`<name>.key`, `<name>.key.pub`) and issues its certificate.
 pub fn issue(dir: &Path, name: &str, role: Role, now: OffsetDateTime) -> Result<(), PkiError> {
     confide_core::config::validate_party_name(name).map_err(PkiError::Rejected)?;
+    check_name_role(name, role)?;
     let identity = Identity::generate().map_err(PkiError::Generate)?;
     identity
         .save(&dir.join(format!("{name}.key")), None)
         .map_err(|e| PkiError::Generate(e.to_string()))?;
     issue_for_key(dir, name, role, &identity.public(), now)
+}
+
+/// Servers are authenticated by name, so a server's name is only ever issued with its role:
+/// `coordinator`, `keyholder` and `aggregator-N` are each their role's own.
+fn check_name_role(name: &str, role: Role) -> Result<(), PkiError> {
+    let reserved = match name {
+        "coordinator" => Some(Role::Coordinator),
+        "keyholder" => Some(Role::KeyHolder),
+        n if n.starts_with("aggregator-") => Some(Role::Aggregator),
+        _ => None,
+    };
+    if (reserved.is_some() || role == Role::Aggregator) && reserved != Some(role) {
+        return Err(PkiError::Rejected(format!(
+            "the name `{name}` cannot have the role {role} (coordinator, keyholder and aggregator-N are each their role's own)"
+        )));
+    }
+    Ok(())
 }
 
 /// The DER SubjectPublicKeyInfo of an Ed25519 public key (RFC 8410 §4).
@@ -130,6 +148,7 @@ pub fn issue_for_key(
             "the id is not derived from the key".into(),
         ));
     }
+    check_name_role(name, role)?;
     let spki = SubjectPublicKeyInfo::from_der(&ed25519_spki(&key))
         .map_err(|e| PkiError::Generate(e.to_string()))?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)
@@ -487,6 +506,19 @@ mod tests {
         // Refuses to overwrite.
         assert!(issue(dir.path(), "guest", Role::Node, now).is_err());
         assert!(init_ca(dir.path(), "t", now).is_err());
+        // Server names go with their roles only (servers are authenticated by name).
+        for (name, role) in [
+            ("keyholder", Role::Node),
+            ("coordinator", Role::KeyHolder),
+            ("aggregator-1", Role::Node),
+            ("agg", Role::Aggregator),
+        ] {
+            assert!(
+                issue(dir.path(), name, role, now).is_err(),
+                "{name} as {role}"
+            );
+        }
+        issue(dir.path(), "aggregator-1", Role::Aggregator, now).expect("aggregator");
     }
 
     #[test]

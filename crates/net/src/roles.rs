@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use confide_core::JobSpec;
 use confide_ml::Dataset;
-use confide_secagg::{HolderKey, HolderPublicKey};
+use confide_secagg::{ExternalResult, HolderKey, HolderPublicKey};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::aggregator::{AggregatorGrpc, AggregatorLinks, AggregatorService, Chaos};
 use crate::coordinator::{
     Coordinator, CoordinatorOptions, CoordinatorService, JobReport, job_scheme_params,
 };
@@ -44,6 +45,32 @@ pub async fn serve_keyholder(
         .map_err(|e| transport_err("key holder", e))
 }
 
+/// Serves aggregator `index` (0-based) on `listener` until `shutdown` completes.
+pub async fn serve_aggregator(
+    listener: TcpListener,
+    creds: &Credentials,
+    spec: &JobSpec,
+    index: usize,
+    verify_key: Option<[u8; 32]>,
+    chaos: Chaos,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let service = AggregatorService::new(spec, index, verify_key, creds, chaos)?;
+    // A request carries one update per owner.
+    let max = relay_limit(spec);
+    let svc = pb::aggregator_server::AggregatorServer::new(AggregatorGrpc(service))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("aggregator TLS", e))?
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("aggregator", e))
+}
+
 /// The message limit for relaying a round's contributions: one update per owner.
 fn relay_limit(spec: &JobSpec) -> usize {
     spec.limits
@@ -62,6 +89,8 @@ pub struct CoordinatorRole {
     pub eval: Option<Dataset>,
     /// The key holder's address (paillier, lattice).
     pub keyholder: Option<String>,
+    /// The aggregators' addresses, by index (shares, threshold).
+    pub aggregators: Vec<String>,
     /// After the job ends, keep serving this long so the model owner can fetch the model (the
     /// coordinator stops earlier once the model owner confirms receipt).
     pub linger: Duration,
@@ -145,10 +174,26 @@ pub async fn run_coordinator(
     };
     let max = role.spec.limits.max_message_bytes;
     let relay = relay_limit(&role.spec);
+    let aggregators = if scheme.uses_aggregators() {
+        let (n, _) = role.spec.aggregators_n_t();
+        if role.aggregators.len() != n {
+            return Err(transport_err(
+                "coordinator",
+                format!(
+                    "the job has {n} aggregators; {} --aggregator addresses were given",
+                    role.aggregators.len()
+                ),
+            ));
+        }
+        Some(AggregatorLinks::connect(&role.aggregators, &role.creds, relay, timeout).await?)
+    } else {
+        None
+    };
     let coordinator = Coordinator::new(CoordinatorOptions {
         spec: role.spec.clone(),
         eval: role.eval,
         keyholder_endpoint: role.keyholder.clone(),
+        aggregator_endpoints: role.aggregators.clone(),
         manifest: role.manifest.clone(),
         identity: role.creds.identity(),
         certificate: role
@@ -175,24 +220,18 @@ pub async fn run_coordinator(
 
     let unseal = |round: u32, relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| {
         let channel = keyholder_channel.clone();
+        let aggregators = aggregators.clone();
         async move {
+            if let Some(links) = aggregators {
+                return Ok(links.run_round(round, relayed).await);
+            }
             let channel = channel.ok_or("no key holder connection")?;
             let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
                 .max_decoding_message_size(relay)
                 .max_encoding_message_size(relay);
-            let request = pb::UnsealRequest {
-                round,
-                contributions: relayed
-                    .into_iter()
-                    .map(|(c, cert)| pb::RelayedContribution {
-                        contribution: Some(crate::wire::to_pb(c)),
-                        owner_certificate: cert,
-                    })
-                    .collect(),
-            };
-            kh.unseal(request)
+            kh.unseal(crate::keyholder::relayed_to_pb(round, relayed))
                 .await
-                .map(|r| r.into_inner().plaintexts)
+                .map(|r| ExternalResult::Unsealed(r.into_inner().plaintexts))
                 .map_err(|s| s.message().to_string())
         }
     };

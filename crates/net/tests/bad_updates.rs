@@ -104,6 +104,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         spec: spec.clone(),
         eval: None,
         keyholder: Some(kh_addr),
+        aggregators: Vec::new(),
         linger: Duration::from_millis(10),
         manifest: common::manifest(&fed, &spec),
         audit_store: None,

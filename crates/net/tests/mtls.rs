@@ -27,6 +27,7 @@ async fn start_coordinator(fed: &std::path::Path) -> String {
         spec,
         eval: None,
         keyholder_endpoint: None,
+        aggregator_endpoints: Vec::new(),
     })
     .expect("new");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

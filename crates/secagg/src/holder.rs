@@ -176,7 +176,11 @@ impl AggregationServer for KeyHolderServer {
             .pending
             .take()
             .ok_or_else(|| SchemeError::Misuse("finish before close_stage".into()))?;
-        let ExternalResult::Unsealed(plaintexts) = result;
+        let ExternalResult::Unsealed(plaintexts) = result else {
+            return Err(SchemeError::Misuse(
+                "a key-holder round finishes with the key holder's plaintexts".into(),
+            ));
+        };
         let (len, k) = (self.params.len, contributors.len());
         let sums = match (&self.key, &self.layout) {
             (HolderPublicKey::Paillier(_), Some(layout)) => layout
@@ -187,6 +191,11 @@ impl AggregationServer for KeyHolderServer {
                 return Err(SchemeError::Misuse("no packing layout".into()));
             }
         };
-        Ok(AggregateSum { sums, contributors })
+        Ok(AggregateSum {
+            sums,
+            contributors,
+            rejected: Vec::new(),
+            faulty: Vec::new(),
+        })
     }
 }

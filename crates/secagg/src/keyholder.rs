@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use confide_crypto::{LatticeCiphertext, LatticeSecretKey, PackingLayout, SecretKey};
 
-use crate::contribution::{self, Contribution};
+use crate::contribution::{self, Contribution, VerifiedContribution};
 use crate::lattice::{lattice_params, parse_lattice_payload, slots_to_bytes};
 use crate::scheme::{SchemeParams, paillier_layout, parse_paillier_payload};
 
@@ -121,6 +121,48 @@ pub enum UnsealError {
     Internal(String),
 }
 
+/// The common global model of a round's contributions (`None` when there are none) and the
+/// verified contributions by owner.
+pub type Checked = (Option<[u8; 32]>, BTreeMap<String, VerifiedContribution>);
+
+/// The checks on a round's relayed contributions that every party finishing a round makes
+/// (the key holder, and each `shares` or `threshold` aggregator): KEY-007 one global model,
+/// KEY-002 listed owners (the caller checked their certificates), KEY-003 distinct owners and
+/// KEY-001 valid signatures for this job, round and stage 0. Each contribution comes with the
+/// public key its owner's certificate certifies. Returns the common model digest and the
+/// verified contributions by owner.
+pub fn check_signed(
+    round: u32,
+    contributions: Vec<(Contribution, Vec<u8>)>,
+    owners: &BTreeSet<String>,
+    job_digest: &[u8; 32],
+) -> Result<Checked, UnsealError> {
+    let model = contributions.first().map(|(c, _)| c.model_digest);
+    if contributions
+        .iter()
+        .any(|(c, _)| Some(c.model_digest) != model)
+    {
+        return Err(UnsealError::MixedModels);
+    }
+    let mut seen = BTreeMap::new();
+    for (c, key) in contributions {
+        if !owners.contains(&c.owner) {
+            return Err(UnsealError::NotAnOwner(c.owner));
+        }
+        if seen.contains_key(&c.owner) {
+            return Err(UnsealError::Duplicate(c.owner));
+        }
+        if c.round != round || c.stage != 0 {
+            return Err(UnsealError::BadSignature(c.owner));
+        }
+        let owner = c.owner.clone();
+        let verified = contribution::verify(c, &key, job_digest)
+            .map_err(|_| UnsealError::BadSignature(owner.clone()))?;
+        seen.insert(owner, verified);
+    }
+    Ok((model, seen))
+}
+
 /// A decryption, as recorded before it happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnsealRecord {
@@ -205,32 +247,14 @@ impl Unsealer {
         if self.unsealed.contains(&round) {
             return Err(UnsealError::AlreadyUnsealed(round));
         }
-        let model = contributions.first().map(|(c, _)| c.model_digest);
-        if contributions
-            .iter()
-            .any(|(c, _)| Some(c.model_digest) != model)
-        {
-            return Err(UnsealError::MixedModels);
-        }
+        let (model, checked) = check_signed(round, contributions, &self.owners, &self.job_digest)?;
         if let Some(m) = model
             && self.models.contains(&m)
         {
             return Err(UnsealError::AlreadyUnsealed(round));
         }
         let mut seen = BTreeMap::new();
-        for (c, key) in contributions {
-            if !self.owners.contains(&c.owner) {
-                return Err(UnsealError::NotAnOwner(c.owner));
-            }
-            if seen.contains_key(&c.owner) {
-                return Err(UnsealError::Duplicate(c.owner));
-            }
-            if c.round != round || c.stage != 0 {
-                return Err(UnsealError::BadSignature(c.owner));
-            }
-            let owner = c.owner.clone();
-            let verified = contribution::verify(c, &key, &self.job_digest)
-                .map_err(|_| UnsealError::BadSignature(owner.clone()))?;
+        for (owner, verified) in checked {
             let parsed =
                 self.parse(&verified.get().payload)
                     .map_err(|r| UnsealError::Malformed {

@@ -5,6 +5,7 @@
 //! Nothing here opens a socket or reads a clock; `confide-net` drives these machines over gRPC
 //! and the tests drive them directly.
 
+pub mod aggregators;
 pub mod contribution;
 pub mod holder;
 pub mod keyholder;
@@ -14,6 +15,7 @@ pub mod scheme;
 pub mod shamir;
 pub mod threshold;
 
+pub use aggregators::{Aggregator, AggregatorKey, MultiClient, MultiParams, MultiServer};
 pub use contribution::{
     Contribution, Unsigned, VerifiedContribution, model_digest, sign_contribution,
 };

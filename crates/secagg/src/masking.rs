@@ -13,7 +13,12 @@
 //!
 //! 0. **Advertise keys.** Each owner sends two fresh X25519 public keys: `c` (to encrypt shares)
 //!    and `s` (to agree on masks). The server closes the stage with `U1`, the owners that sent.
-//! 1. **Share keys.** The server broadcasts `U1`'s keys. Each owner draws a self-mask seed `b`,
+//! 1. **Share keys.** The server broadcasts `U1`'s keys, each with the signature its owner made
+//!    over them (the stage-0 contribution's signature, which covers the job, the round, the
+//!    global model and the keys). Each owner checks every signature against the key that the
+//!    federation CA certifies for that owner ([`KeyCheck`]) before using any key, as the
+//!    actively secure version of SecAgg does (Bonawitz et al. 2017, §6), so a server cannot
+//!    substitute its own keys to read shares or masks. Each owner then draws a self-mask seed `b`,
 //!    Shamir-shares `b` and its mask secret key `s_sk` (threshold `t`) among its holders in
 //!    `U1`, and sends each neighbour its share pair, encrypted (ChaCha20-Poly1305) under a key
 //!    derived (HKDF-SHA256) from their `c` agreement. The server closes with `U2`.
@@ -21,7 +26,13 @@
 //!    sends `y = x + PRG(b) + Σ_{v ∈ N(u) ∩ U2} ±PRG(s_uv)` (mod 2^64), where `s_uv` comes from
 //!    the X25519 agreement of `s_sk_u` and `s_pk_v`, the sign is `+` when `u < v`, and the PRG
 //!    is the ChaCha20 stream keyed by the seed. The server closes with `U3`.
-//! 3. **Unmask.** The server broadcasts `U3` (which must have at least `t` owners). Each owner
+//! 3. **Consistency check.** The server broadcasts `U3`, the owners that sent a masked input
+//!    (at least `max(t, min_owners)` of them). Each owner in `U3` checks it and answers with
+//!    the same list, which its signed contribution turns into its signature over `U3` (Bonawitz
+//!    et al. 2017, §4, "ConsistencyCheck"). The server closes with `U4`.
+//! 4. **Unmask.** The server broadcasts `U3` with the signatures of `U4`. Each owner in `U4`
+//!    checks that at least `max(t, min_owners)` owners of `U3` signed exactly the `U3` it
+//!    signed ([`KeyCheck`]), so every honest holder answers for the same survivors, and
 //!    reveals, for every owner `v ∈ U2` whose shares it holds, its share of `b_v` if `v ∈ U3`
 //!    and its share of `s_sk_v` otherwise — never both. With `t` shares per owner the server
 //!    removes the self masks of `U3` and the pairwise masks that `U3` shared with the owners
@@ -32,10 +43,13 @@
 //!
 //! # Limits
 //! Semi-honest owners: a malicious owner can send a wrong share and make the round abort (not
-//! learn anything). Against a malicious server, SecAgg adds a signed consistency check of `U3`
-//! (stage 4 of Bonawitz et al.); here every message is signed (the contribution's signature
-//! covers job, round, stage and payload) and owners refuse a `U3` smaller than `t` or not
-//! contained in `U2`, but the consistency round is not implemented.
+//! learn anything). Against a malicious server: the advertised keys are authenticated (stage
+//! 1), every message is signed (the contribution's signature covers job, round, stage and
+//! payload), owners refuse a `U3` smaller than `max(t, min_owners)` or not contained in `U2`,
+//! and the signed consistency check (stages 3 and 4) stops a server from telling different
+//! holders different `U3` sets to collect both kinds of shares of one owner. Bonawitz et al.
+//! prove this design secure against an active server colluding with fewer than `t` owners; we
+//! follow the design and test it, we have not proved our code.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -281,6 +295,45 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `count u32be ‖ count × index u32be`.
+fn index_list(set: impl IntoIterator<Item = usize>) -> Vec<u8> {
+    let v: Vec<usize> = set.into_iter().collect();
+    let mut out = (v.len() as u32).to_be_bytes().to_vec();
+    for i in v {
+        out.extend_from_slice(&(i as u32).to_be_bytes());
+    }
+    out
+}
+
+/// Reads an [`index_list`]; indices must be strictly increasing.
+fn read_index_set(r: &mut Reader<'_>) -> Result<BTreeSet<usize>, SchemeError> {
+    let bad = SchemeError::BadExternal;
+    let count = r.u32().map_err(bad)? as usize;
+    let mut set = BTreeSet::new();
+    for _ in 0..count {
+        let i = r.u32().map_err(bad)? as usize;
+        if set.last().is_some_and(|&l| l >= i) {
+            return Err(bad("an owner list out of order".into()));
+        }
+        set.insert(i);
+    }
+    Ok(set)
+}
+
+/// Appends `index u32be ‖ body ‖ signature` for a broadcast that carries owners' signatures.
+fn push_signed(out: &mut Vec<u8>, i: usize, body: &[u8], sig: &[u8]) -> Result<(), SchemeError> {
+    if sig.len() != SIGNATURE {
+        return Err(SchemeError::BadExternal(format!(
+            "a {}-byte signature",
+            sig.len()
+        )));
+    }
+    out.extend_from_slice(&(i as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(sig);
+    Ok(())
+}
+
 fn put_u64s(out: &mut Vec<u8>, v: &[u64]) {
     for x in v {
         out.extend_from_slice(&x.to_be_bytes());
@@ -293,8 +346,18 @@ fn malformed(stage: u32, e: impl std::fmt::Display) -> Rejection {
 
 // ---- client ----
 
+/// Checks that another owner signed a message of this round: given the owner's name, the
+/// stage (0: its advertised keys `c_pk ‖ s_pk`; 3: its `U3` list), that stage's payload and the
+/// signature, `Ok` only when the signature of the owner's contribution for that stage verifies
+/// under the key the federation certifies for that owner, for this job, round and model.
+pub type KeyCheck = Box<dyn Fn(&str, u32, &[u8], &[u8]) -> Result<(), String> + Send>;
+
+/// Bytes of an Ed25519 signature.
+const SIGNATURE: usize = 64;
+
 /// One owner's side of a masking round.
 pub struct MaskingClient {
+    check: KeyCheck,
     cfg: MaskingConfig,
     me: usize,
     graph: Vec<BTreeSet<usize>>,
@@ -309,6 +372,8 @@ pub struct MaskingClient {
     /// Shares this owner holds: owner → (share of s_sk, share of b).
     held: BTreeMap<usize, (Vec<u64>, Vec<u64>)>,
     u2: BTreeSet<usize>,
+    /// The `U3` this owner signed.
+    u3: BTreeSet<usize>,
 }
 
 impl std::fmt::Debug for MaskingClient {
@@ -323,11 +388,17 @@ impl std::fmt::Debug for MaskingClient {
 }
 
 impl MaskingClient {
-    /// The client of owner `me` for one round; `seed` must be fresh secret randomness.
+    /// The client of owner `me` for one round; `seed` must be fresh secret randomness; `check`
+    /// authenticates the other owners' advertised keys.
     ///
     /// # Errors
     /// Invalid parameters, or `me` is not an owner.
-    pub fn new(cfg: MaskingConfig, me: &str, seed: [u8; 32]) -> Result<Self, SchemeError> {
+    pub fn new(
+        cfg: MaskingConfig,
+        me: &str,
+        seed: [u8; 32],
+        check: KeyCheck,
+    ) -> Result<Self, SchemeError> {
         cfg.validate()?;
         let me =
             cfg.sorted().iter().position(|o| o == me).ok_or_else(|| {
@@ -341,6 +412,7 @@ impl MaskingClient {
         };
         let (c, s, b) = (draw(), draw(), draw());
         Ok(Self {
+            check,
             graph: cfg.graph(),
             cfg,
             me,
@@ -354,6 +426,7 @@ impl MaskingClient {
             keys: BTreeMap::new(),
             held: BTreeMap::new(),
             u2: BTreeSet::new(),
+            u3: BTreeSet::new(),
         })
     }
 
@@ -372,15 +445,25 @@ impl MaskingClient {
         let mut r = Reader(payload);
         let count = r.u32().map_err(SchemeError::BadExternal)? as usize;
         let mut keys = BTreeMap::new();
+        let names = self.cfg.sorted();
         for _ in 0..count {
             let i = r.u32().map_err(SchemeError::BadExternal)? as usize;
             let c = r.key().map_err(SchemeError::BadExternal)?;
             let s = r.key().map_err(SchemeError::BadExternal)?;
+            let sig = r.take(SIGNATURE).map_err(SchemeError::BadExternal)?;
             if i >= self.cfg.n() || keys.insert(i, (c, s)).is_some() {
                 return Err(SchemeError::BadExternal(
                     "bad owner index in the key list".into(),
                 ));
             }
+            let mut advertised = c.to_vec();
+            advertised.extend_from_slice(&s);
+            (self.check)(&names[i], 0, &advertised, sig).map_err(|e| {
+                SchemeError::BadExternal(format!(
+                    "the keys listed for `{}` are not signed by that owner: {e}",
+                    names[i]
+                ))
+            })?;
         }
         r.end().map_err(SchemeError::BadExternal)?;
         let mine = (
@@ -533,15 +616,12 @@ impl MaskingClient {
         Ok(out)
     }
 
-    fn unmask(&mut self, payload: &[u8]) -> Result<Vec<u8>, SchemeError> {
+    /// Stage 3: checks `U3` and answers with it (the answer's signature is this owner's
+    /// signature over `U3`).
+    fn consistency(&mut self, payload: &[u8]) -> Result<Vec<u8>, SchemeError> {
         let mut r = Reader(payload);
-        let bad = SchemeError::BadExternal;
-        let count = r.u32().map_err(bad)? as usize;
-        let mut u3 = BTreeSet::new();
-        for _ in 0..count {
-            u3.insert(r.u32().map_err(bad)? as usize);
-        }
-        r.end().map_err(bad)?;
+        let u3 = read_index_set(&mut r)?;
+        r.end().map_err(SchemeError::BadExternal)?;
         if !u3.is_subset(&self.u2) {
             return Err(SchemeError::BadExternal("U3 is not a subset of U2".into()));
         }
@@ -555,6 +635,44 @@ impl MaskingClient {
         }
         if !u3.contains(&self.me) {
             return Err(SchemeError::BadExternal("this owner is not in U3".into()));
+        }
+        let answer = index_list(u3.iter().copied());
+        self.u3 = u3;
+        Ok(answer)
+    }
+
+    /// Stage 4: checks that enough owners signed the same `U3`, then reveals the shares.
+    fn unmask(&mut self, payload: &[u8]) -> Result<Vec<u8>, SchemeError> {
+        let mut r = Reader(payload);
+        let bad = SchemeError::BadExternal;
+        let u3 = read_index_set(&mut r)?;
+        if u3 != self.u3 {
+            return Err(bad(
+                "the unmasking request names another U3 than the one this owner signed".into(),
+            ));
+        }
+        let signed = index_list(u3.iter().copied());
+        let names = self.cfg.sorted();
+        let count = r.u32().map_err(bad)? as usize;
+        let mut signers = BTreeSet::new();
+        for _ in 0..count {
+            let i = r.u32().map_err(bad)? as usize;
+            let sig = r.take(SIGNATURE).map_err(bad)?;
+            if !u3.contains(&i) || !signers.insert(i) {
+                return Err(bad(format!(
+                    "a U3 signature from owner {i}, not in U3 (or twice)"
+                )));
+            }
+            (self.check)(&names[i], 3, &signed, sig)
+                .map_err(|e| bad(format!("`{}` did not sign this U3: {e}", names[i])))?;
+        }
+        r.end().map_err(bad)?;
+        let need = self.cfg.threshold.max(self.cfg.min_owners);
+        if signers.len() < need {
+            return Err(SchemeError::TooFewContributions {
+                got: signers.len(),
+                min: need,
+            });
         }
         let mut out = Vec::new();
         let mut n = 0u32;
@@ -605,7 +723,8 @@ impl AggregationClient for MaskingClient {
         let out = match stage {
             1 => self.share_keys(payload)?,
             2 => self.masked_input(payload)?,
-            3 => self.unmask(payload)?,
+            3 => self.consistency(payload)?,
+            4 => self.unmask(payload)?,
             _ => return Err(SchemeError::Misuse(format!("masking has no stage {stage}"))),
         };
         self.stage += 1;
@@ -629,6 +748,8 @@ pub struct MaskingServer {
     shares: Vec<(usize, usize, Vec<u8>)>,
     u2: BTreeSet<usize>,
     inputs: BTreeMap<usize, Vec<u64>>,
+    /// `U4`: the owners that signed `U3`.
+    signers: BTreeSet<usize>,
 }
 
 impl MaskingServer {
@@ -650,6 +771,7 @@ impl MaskingServer {
             shares: Vec::new(),
             u2: BTreeSet::new(),
             inputs: BTreeMap::new(),
+            signers: BTreeSet::new(),
         })
     }
 
@@ -722,6 +844,15 @@ impl MaskingServer {
                 if !self.inputs.contains_key(&me) {
                     return Err(Rejection::new(Reject::StageClosed, "not in U3"));
                 }
+                if payload != index_list(self.inputs.keys().copied()) {
+                    return Err(malformed(st, "the answer is not this round's U3"));
+                }
+                return Ok(());
+            }
+            4 => {
+                if !self.signers.contains(&me) {
+                    return Err(Rejection::new(Reject::StageClosed, "not in U4"));
+                }
                 let n = r.u32().map_err(|e| malformed(st, e))? as usize;
                 let mut seen = BTreeSet::new();
                 for _ in 0..n {
@@ -740,11 +871,15 @@ impl MaskingServer {
         r.end().map_err(|e| malformed(st, e))
     }
 
-    fn survivors(&mut self, survivors: &BTreeSet<String>) -> BTreeMap<usize, Vec<u8>> {
+    /// The surviving owners' payloads and signatures, by index.
+    fn survivors(&mut self, survivors: &BTreeSet<String>) -> BTreeMap<usize, (Vec<u8>, Vec<u8>)> {
         let got = std::mem::take(&mut self.got);
         got.into_iter()
             .filter(|(o, _)| survivors.contains(o))
-            .filter_map(|(o, c)| self.index(&o).map(|i| (i, c.into_inner().payload)))
+            .filter_map(|(o, c)| {
+                let c = c.into_inner();
+                self.index(&o).map(|i| (i, (c.payload, c.signature)))
+            })
             .collect()
     }
 
@@ -754,15 +889,6 @@ impl MaskingServer {
             return Err(SchemeError::TooFewContributions { got, min });
         }
         Ok(())
-    }
-
-    fn index_list(set: impl IntoIterator<Item = usize>) -> Vec<u8> {
-        let v: Vec<usize> = set.into_iter().collect();
-        let mut out = (v.len() as u32).to_be_bytes().to_vec();
-        for i in v {
-            out.extend_from_slice(&(i as u32).to_be_bytes());
-        }
-        out
     }
 
     fn unmask(&self, answers: BTreeMap<usize, Vec<u8>>) -> Result<AggregateSum, SchemeError> {
@@ -829,6 +955,8 @@ impl MaskingServer {
                 .keys()
                 .map(|&i| self.owners[i].clone())
                 .collect(),
+            rejected: Vec::new(),
+            faulty: Vec::new(),
         })
     }
 }
@@ -848,7 +976,7 @@ impl AggregationServer for MaskingServer {
             c,
             &self.ctx,
             self.stage,
-            self.failed || self.stage > 3,
+            self.failed || self.stage > 4,
             &self.got,
         )?;
         let me = self.index(&c.owner).ok_or_else(|| {
@@ -864,14 +992,15 @@ impl AggregationServer for MaskingServer {
     }
 
     fn close_stage(&mut self, survivors: &BTreeSet<String>) -> Result<StageResult, SchemeError> {
-        let got = self.survivors(survivors);
+        let signed = self.survivors(survivors);
+        let got: BTreeMap<usize, Vec<u8>> =
+            signed.iter().map(|(&i, (p, _))| (i, p.clone())).collect();
         let result = (|| match self.stage {
             0 => {
                 self.need(got.len())?;
                 let mut payload = (got.len() as u32).to_be_bytes().to_vec();
-                for (&i, p) in &got {
-                    payload.extend_from_slice(&(i as u32).to_be_bytes());
-                    payload.extend_from_slice(p);
+                for (&i, (p, sig)) in &signed {
+                    push_signed(&mut payload, i, p, sig)?;
                     let mut r = Reader(p);
                     let c = r.key().map_err(SchemeError::BadExternal)?;
                     let s = r.key().map_err(SchemeError::BadExternal)?;
@@ -895,7 +1024,7 @@ impl AggregationServer for MaskingServer {
                         }
                     }
                 }
-                let mut payload = Self::index_list(self.u2.iter().copied());
+                let mut payload = index_list(self.u2.iter().copied());
                 payload.extend_from_slice(&(self.shares.len() as u32).to_be_bytes());
                 for (from, to, ct) in &self.shares {
                     payload.extend_from_slice(&(*from as u32).to_be_bytes());
@@ -913,16 +1042,26 @@ impl AggregationServer for MaskingServer {
                 }
                 Ok(StageResult::Broadcast {
                     stage: 3,
-                    payload: Self::index_list(self.inputs.keys().copied()),
+                    payload: index_list(self.inputs.keys().copied()),
                 })
             }
-            3 => Ok(StageResult::Sum(self.unmask(got)?)),
+            3 => {
+                self.need(got.len())?;
+                let mut payload = index_list(self.inputs.keys().copied());
+                payload.extend_from_slice(&(signed.len() as u32).to_be_bytes());
+                for (&i, (_, sig)) in &signed {
+                    push_signed(&mut payload, i, &[], sig)?;
+                    self.signers.insert(i);
+                }
+                Ok(StageResult::Broadcast { stage: 4, payload })
+            }
+            4 => Ok(StageResult::Sum(self.unmask(got)?)),
             s => Err(SchemeError::Misuse(format!("masking has no stage {s}"))),
         })();
         match &result {
             Ok(StageResult::Broadcast { stage, .. }) => self.stage = *stage,
             _ => {
-                self.stage = 4;
+                self.stage = 5;
                 self.failed = result.is_err();
             }
         }

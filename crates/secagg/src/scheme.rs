@@ -42,11 +42,13 @@ pub enum Reject {
     StageClosed = 9,
     /// UPD-010: the update was trained from another model than this round's global model.
     StaleModel = 10,
+    /// UPD-011: the aggregators' joint check of the update's validity proof failed (`shares`).
+    InvalidProof = 11,
 }
 
 impl Reject {
     /// All reasons, in code order.
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 11] = [
         Reject::WrongRound,
         Reject::Duplicate,
         Reject::NotAnOwner,
@@ -57,6 +59,7 @@ impl Reject {
         Reject::OutOfRange,
         Reject::StageClosed,
         Reject::StaleModel,
+        Reject::InvalidProof,
     ];
 
     /// The rule id, such as `UPD-004`.
@@ -77,6 +80,7 @@ impl Reject {
             Reject::OutOfRange => "out_of_range",
             Reject::StageClosed => "stage_closed",
             Reject::StaleModel => "stale_model",
+            Reject::InvalidProof => "invalid_proof",
         }
     }
 
@@ -151,6 +155,12 @@ pub struct AggregateSum {
     pub sums: Vec<i128>,
     /// Owners whose contributions are in the sum.
     pub contributors: Vec<String>,
+    /// Owners whose contributions the aggregators refused while finishing the round, and why
+    /// (`shares`: an invalid proof or an undecryptable share).
+    pub rejected: Vec<(String, Reject)>,
+    /// Aggregators found faulty while finishing the round (`threshold`: a wrong partial sum),
+    /// each with what was wrong.
+    pub faulty: Vec<String>,
 }
 
 /// What a server needs from an external party to finish a round.
@@ -164,6 +174,15 @@ pub enum ExternalRequest {
         /// The contributions, with their owners' signatures, for independent verification.
         contributions: Vec<Contribution>,
     },
+    /// `shares`, `threshold`: the aggregators must check these signed contributions, open
+    /// their shares, verify them jointly and return their partial sums
+    /// ([`crate::aggregators`]).
+    Aggregate {
+        /// The round.
+        round: u32,
+        /// The contributions, with their owners' signatures, for independent verification.
+        contributions: Vec<Contribution>,
+    },
 }
 
 /// What an external party returned.
@@ -171,6 +190,14 @@ pub enum ExternalRequest {
 pub enum ExternalResult {
     /// The decrypted sum plaintexts, big-endian.
     Unsealed(Vec<Vec<u8>>),
+    /// The aggregators' answers to the finishing step, by aggregator index (`None`: no
+    /// answer), with the request they answered.
+    Aggregated {
+        /// What every aggregator was asked.
+        request: crate::aggregators::FinishRequest,
+        /// Their replies.
+        replies: Vec<Option<crate::aggregators::FinishReply>>,
+    },
 }
 
 /// The outcome of closing a stage.
@@ -428,6 +455,8 @@ impl AggregationServer for PlainServer {
         Ok(StageResult::Sum(AggregateSum {
             sums,
             contributors: self.got.keys().cloned().collect(),
+            rejected: Vec::new(),
+            faulty: Vec::new(),
         }))
     }
     fn finish(&mut self, _: ExternalResult) -> Result<AggregateSum, SchemeError> {

@@ -15,14 +15,14 @@ fn test_key() -> SecretKey {
     SecretKey::from_json(&json, false).expect("key")
 }
 
-const JOB: [u8; 32] = [9u8; 32];
+pub(crate) const JOB: [u8; 32] = [9u8; 32];
 
-struct Owner {
-    name: String,
-    key: SigningKey,
+pub(crate) struct Owner {
+    pub(crate) name: String,
+    pub(crate) key: SigningKey,
 }
 
-fn owners(n: usize) -> Vec<Owner> {
+pub(crate) fn owners(n: usize) -> Vec<Owner> {
     (0..n)
         .map(|i| Owner {
             name: format!("o{i}"),
@@ -31,7 +31,7 @@ fn owners(n: usize) -> Vec<Owner> {
         .collect()
 }
 
-fn params(len: usize, owners: usize, min: usize) -> SchemeParams {
+pub(crate) fn params(len: usize, owners: usize, min: usize) -> SchemeParams {
     SchemeParams {
         fixed: FixedPoint::new(20, 2.0).expect("fp"),
         len,
@@ -40,7 +40,7 @@ fn params(len: usize, owners: usize, min: usize) -> SchemeParams {
     }
 }
 
-fn updates(n: usize, len: usize) -> Vec<Vec<i64>> {
+pub(crate) fn updates(n: usize, len: usize) -> Vec<Vec<i64>> {
     let fp = FixedPoint::new(20, 2.0).expect("fp");
     (0..n)
         .map(|o| {
@@ -51,23 +51,23 @@ fn updates(n: usize, len: usize) -> Vec<Vec<i64>> {
         .collect()
 }
 
-fn expected_sum(ups: &[Vec<i64>], who: &[usize]) -> Vec<i128> {
+pub(crate) fn expected_sum(ups: &[Vec<i64>], who: &[usize]) -> Vec<i128> {
     (0..ups[0].len())
         .map(|i| who.iter().map(|&o| i128::from(ups[o][i])).sum())
         .collect()
 }
 
 /// A contribution signed by `o` for `round`, trained from round `round`'s test model.
-fn signed(o: &Owner, round: u32, payload: Vec<u8>) -> Contribution {
+pub(crate) fn signed(o: &Owner, round: u32, payload: Vec<u8>) -> Contribution {
     sign_contribution(&o.key, &JOB, unsigned(&o.name, round, payload))
 }
 
-fn verified(o: &Owner, round: u32, payload: Vec<u8>) -> VerifiedContribution {
+pub(crate) fn verified(o: &Owner, round: u32, payload: Vec<u8>) -> VerifiedContribution {
     contribution::verify(signed(o, round, payload), &o.key.public_key(), &JOB).expect("valid")
 }
 
 /// The context of round `round` (its model digest matches `unsigned`'s).
-fn ctx(round: u32) -> RoundContext {
+pub(crate) fn ctx(round: u32) -> RoundContext {
     RoundContext {
         round,
         model_digest: model_digest(&[round as f32]),
@@ -78,7 +78,7 @@ fn no_persist(_: &UnsealRecord) -> Result<(), String> {
     Ok(())
 }
 
-fn all(os: &[Owner]) -> BTreeSet<String> {
+pub(crate) fn all(os: &[Owner]) -> BTreeSet<String> {
     os.iter().map(|o| o.name.clone()).collect()
 }
 
@@ -86,7 +86,7 @@ fn unsealer(key: impl Into<HolderKey>, os: &[Owner], p: SchemeParams) -> Unseale
     Unsealer::new(key.into(), JOB, all(os), p, []).expect("unsealer")
 }
 
-fn with_keys(os: &[Owner], cs: Vec<Contribution>) -> Vec<(Contribution, Vec<u8>)> {
+pub(crate) fn with_keys(os: &[Owner], cs: Vec<Contribution>) -> Vec<(Contribution, Vec<u8>)> {
     cs.into_iter()
         .map(|c| {
             let k = os
