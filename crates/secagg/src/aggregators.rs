@@ -35,6 +35,9 @@
 //!   0.18 dropped) would bound the whole vector; it is not implemented.
 //! - **Privacy** holds while at least one aggregator is honest: any `n − 1` shares are
 //!   uniformly random. Every aggregator is needed to finish a round.
+//! - **Correctness against aggregators** is not provided: an aggregator that returns a wrong
+//!   aggregate share makes the sum wrong without detection (`threshold` corrects and names
+//!   wrong partial sums up to its bound).
 //!
 //! # `threshold`: Shamir `t`-of-`n`
 //! Shares are points of random degree-`(t − 1)` polynomials over GF(2^61 − 1)

@@ -15,8 +15,9 @@
 //!    and `s` (to agree on masks). The server closes the stage with `U1`, the owners that sent.
 //! 1. **Share keys.** The server broadcasts `U1`'s keys, each with the signature its owner made
 //!    over them (the stage-0 contribution's signature, which covers the job, the round, the
-//!    global model and the keys). Each owner checks every signature against the key that the
-//!    federation CA certifies for that owner ([`KeyCheck`]) before using any key, as the
+//!    global model and the keys). Each owner checks the signatures of the keys it uses (its
+//!    neighbours') against the keys that the federation CA certifies for those owners
+//!    ([`KeyCheck`]) before using them, as the
 //!    actively secure version of SecAgg does (Bonawitz et al. 2017, §6), so a server cannot
 //!    substitute its own keys to read shares or masks. Each owner then draws a self-mask seed `b`,
 //!    Shamir-shares `b` and its mask secret key `s_sk` (threshold `t`) among its holders in
@@ -455,6 +456,11 @@ impl MaskingClient {
                 return Err(SchemeError::BadExternal(
                     "bad owner index in the key list".into(),
                 ));
+            }
+            // The keys this owner uses (its neighbours', and its own as listed) must be signed;
+            // the others never enter its computation.
+            if i != self.me && !self.graph[self.me].contains(&i) {
+                continue;
             }
             let mut advertised = c.to_vec();
             advertised.extend_from_slice(&s);
@@ -992,15 +998,18 @@ impl AggregationServer for MaskingServer {
     }
 
     fn close_stage(&mut self, survivors: &BTreeSet<String>) -> Result<StageResult, SchemeError> {
-        let signed = self.survivors(survivors);
-        let got: BTreeMap<usize, Vec<u8>> =
-            signed.iter().map(|(&i, (p, _))| (i, p.clone())).collect();
+        let mut got = BTreeMap::new();
+        let mut signatures = BTreeMap::new();
+        for (i, (payload, signature)) in self.survivors(survivors) {
+            got.insert(i, payload);
+            signatures.insert(i, signature);
+        }
         let result = (|| match self.stage {
             0 => {
                 self.need(got.len())?;
                 let mut payload = (got.len() as u32).to_be_bytes().to_vec();
-                for (&i, (p, sig)) in &signed {
-                    push_signed(&mut payload, i, p, sig)?;
+                for (&i, p) in &got {
+                    push_signed(&mut payload, i, p, &signatures[&i])?;
                     let mut r = Reader(p);
                     let c = r.key().map_err(SchemeError::BadExternal)?;
                     let s = r.key().map_err(SchemeError::BadExternal)?;
@@ -1048,8 +1057,8 @@ impl AggregationServer for MaskingServer {
             3 => {
                 self.need(got.len())?;
                 let mut payload = index_list(self.inputs.keys().copied());
-                payload.extend_from_slice(&(signed.len() as u32).to_be_bytes());
-                for (&i, (_, sig)) in &signed {
+                payload.extend_from_slice(&(signatures.len() as u32).to_be_bytes());
+                for (&i, sig) in &signatures {
                     push_signed(&mut payload, i, &[], sig)?;
                     self.signers.insert(i);
                 }
