@@ -161,9 +161,11 @@ fn every_scheme_trains_the_same_model_as_plain() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config_with(dir.path(), &[]);
     let mut out = Vec::new();
-    // lattice and threshold run as separate processes (coordinator, key holder or seven
-    // aggregators, two nodes); under threshold one aggregator crashes at round 3 and another
-    // returns wrong partial sums throughout.
+    // lattice, shares and threshold run as separate processes (coordinator, the key holder or
+    // two or seven aggregators, two nodes); under threshold one aggregator crashes at round 3
+    // and another returns wrong partial sums throughout. masking runs as processes in
+    // `masking_survives_an_owner_that_crashes_between_stages`, paillier in
+    // `processes_paillier_breast_homo_reaches_target_accuracy`.
     let faults = [
         "--faulty-aggregator",
         "aggregator-2:crash@3",
@@ -174,7 +176,7 @@ fn every_scheme_trains_the_same_model_as_plain() {
         ("plain", "in-process", &[][..]),
         ("masking", "in-process", &[][..]),
         ("lattice", "processes", &[][..]),
-        ("shares", "in-process", &[][..]),
+        ("shares", "processes", &[][..]),
         ("threshold", "processes", &faults[..]),
     ] {
         let mut args = vec!["--mode", mode, "--scheme", scheme, "--rounds", "5"];

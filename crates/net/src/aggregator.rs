@@ -320,6 +320,12 @@ impl AggregatorLinks {
         })
     }
 
+    /// Each of the two steps may take a third of the round's external budget, so an aggregator
+    /// that hangs counts as crashed and the round still finishes in time.
+    fn step_timeout(&self) -> Duration {
+        self.timeout / 3
+    }
+
     fn client(&self, i: usize) -> pb::aggregator_client::AggregatorClient<Channel> {
         pb::aggregator_client::AggregatorClient::new(self.channels[i].clone())
             .max_decoding_message_size(self.limit)
@@ -339,7 +345,7 @@ impl AggregatorLinks {
             let mut client = self.client(i);
             let request = request.clone();
             async move {
-                let r = tokio::time::timeout(self.timeout, client.prepare(request)).await;
+                let r = tokio::time::timeout(self.step_timeout(), client.prepare(request)).await;
                 answer(round, i, "prepare", r).map(|reply| {
                     reply
                         .shares
@@ -360,7 +366,7 @@ impl AggregatorLinks {
                 if !answered {
                     return None;
                 }
-                let r = tokio::time::timeout(self.timeout, client.finish(wire)).await;
+                let r = tokio::time::timeout(self.step_timeout(), client.finish(wire)).await;
                 answer(round, i, "finish", r).map(finish_reply_from_pb)
             }
         });

@@ -1292,8 +1292,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
             .clone();
         let same = snap.round == req.round && snap.state == JobState::Running;
+        // The certificates of the owners still in the job (the key list's owners among them).
         let owner_certificates = if same && snap.stage == 1 {
-            lock(&self.0.state).certs.values().cloned().collect()
+            let s = lock(&self.0.state);
+            s.certs
+                .iter()
+                .filter(|(o, _)| s.alive.contains(*o))
+                .map(|(_, c)| c.clone())
+                .collect()
         } else {
             Vec::new()
         };

@@ -251,6 +251,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // Under masking: the owners' certified signing keys, from the certificates that come with
     // each round's key list (checked against the CA before use).
     let certified: Certified = Default::default();
+    // Under shares and threshold: the aggregators' last known keys.
+    let mut agg_keys: Vec<Option<Vec<u8>>> = Vec::new();
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
         SchemeKind::Plain => Box::new(PlainClient),
         SchemeKind::Paillier | SchemeKind::Lattice => {
@@ -273,34 +275,16 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
         // Replaced by a fresh client (fresh keys) at every round.
         SchemeKind::Masking => masking_client(&spec, &digest, (1, [0; 32]), &name, &certified)?,
+        // Replaced by a client with freshly fetched keys at every round.
         SchemeKind::Shares | SchemeKind::Threshold => {
-            let multi = crate::aggregator::multi_params(&spec)?;
-            if join.aggregator_endpoints.len() != multi.n {
-                return Err(NodeError::Refused(format!(
-                    "the coordinator lists {} aggregators, the job has {}",
-                    join.aggregator_endpoints.len(),
-                    multi.n
-                )));
-            }
-            // Each key comes straight from its aggregator, authenticated by its certificate.
-            let mut keys = Vec::with_capacity(multi.n);
-            for (i, ep) in join.aggregator_endpoints.iter().enumerate() {
-                let agg = confide_secagg::aggregators::aggregator_name(i);
-                let ch = connect(ep, &agg, &opts.creds).await?;
-                let reply = pb::aggregator_client::AggregatorClient::new(ch)
-                    .get_public_key(pb::PublicKeyRequest {})
-                    .await
-                    .map_err(|s| NodeError::Refused(format!("{agg}: {}", s.message())))?
-                    .into_inner();
-                keys.push(
-                    confide_secagg::aggregators::parse_public_key(&reply.public_key_json)
-                        .map_err(|e| NodeError::Job(format!("{agg}: {e}")))?,
-                );
-            }
-            Box::new(
-                confide_secagg::MultiClient::new(multi, &keys, &name, seed)
-                    .map_err(|e| NodeError::Job(e.to_string()))?,
+            multi_client(
+                &spec,
+                &join.aggregator_endpoints,
+                &opts.creds,
+                &name,
+                &mut agg_keys,
             )
+            .await?
         }
     };
 
@@ -406,6 +390,16 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         let trained_from = model_digest(&global);
         if spec.job.scheme == SchemeKind::Masking {
             client = masking_client(&spec, &digest, (round, trained_from), &name, &certified)?;
+        }
+        if spec.job.scheme.uses_aggregators() {
+            client = multi_client(
+                &spec,
+                &join.aggregator_endpoints,
+                &opts.creds,
+                &name,
+                &mut agg_keys,
+            )
+            .await?;
         }
         let cfg = TrainConfig {
             epochs: spec.training.local_epochs,
@@ -520,6 +514,55 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     }
 }
 
+/// A `shares` or `threshold` client with each aggregator's current key, fetched straight from
+/// that aggregator (authenticated by its certificate name), so a restarted aggregator's new key
+/// is used from the next round on. An aggregator that cannot be reached keeps its last known
+/// key (under `threshold` the round goes on without it); at the first round every one must
+/// answer.
+async fn multi_client(
+    spec: &JobSpec,
+    endpoints: &[String],
+    creds: &Credentials,
+    name: &str,
+    known: &mut Vec<Option<Vec<u8>>>,
+) -> Result<Box<dyn AggregationClient>, NodeError> {
+    let multi = crate::aggregator::multi_params(spec)?;
+    if endpoints.len() != multi.n {
+        return Err(NodeError::Refused(format!(
+            "the coordinator lists {} aggregators, the job has {}",
+            endpoints.len(),
+            multi.n
+        )));
+    }
+    known.resize(multi.n, None);
+    for (i, ep) in endpoints.iter().enumerate() {
+        let agg = confide_secagg::aggregators::aggregator_name(i);
+        let fetched = async {
+            let ch = connect(ep, &agg, creds).await?;
+            let reply = pb::aggregator_client::AggregatorClient::new(ch)
+                .get_public_key(pb::PublicKeyRequest {})
+                .await
+                .map_err(|s| NodeError::Refused(format!("{agg}: {}", s.message())))?
+                .into_inner();
+            confide_secagg::aggregators::parse_public_key(&reply.public_key_json)
+                .map_err(|e| NodeError::Job(format!("{agg}: {e}")))
+        }
+        .await;
+        match (fetched, &known[i]) {
+            (Ok(key), _) => known[i] = Some(key),
+            (Err(e), Some(_)) => tracing::warn!("{agg}: keeping its last key: {e}"),
+            (Err(e), None) => return Err(e),
+        }
+    }
+    let keys: Vec<Vec<u8>> = known.iter().flatten().cloned().collect();
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    Ok(Box::new(
+        confide_secagg::MultiClient::new(multi, &keys, name, seed)
+            .map_err(|e| NodeError::Job(e.to_string()))?,
+    ))
+}
+
 /// Owner name → signing key, as certified by the federation CA.
 type Certified = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>;
 
@@ -563,31 +606,43 @@ fn masking_client(
     ))
 }
 
-/// Checks the owner certificates that came with a key list (chain to the federation CA, not
-/// revoked, a node of this job) and records their keys.
-fn certify_owners(
-    opts: &NodeOptions,
-    spec: &JobSpec,
-    certs: &[Vec<u8>],
-    certified: &Certified,
-) -> Result<(), String> {
-    let ca = opts.creds.ca_der().map_err(|e| e.to_string())?;
-    let mut map = certified.lock().unwrap_or_else(|p| p.into_inner());
-    for cert in certs {
-        let id = crate::pki::verify_party_certificate(cert, &ca).map_err(|e| e.to_string())?;
-        opts.creds
-            .revocations
-            .check(&id.id)
-            .map_err(|e| e.to_string())?;
-        if id.role != confide_core::Role::Node || !spec.owners.contains(&id.name) {
-            return Err(format!(
-                "`{}` ({}) is not an owner of this job",
-                id.name, id.role
-            ));
+/// Replaces the certified keys with those of the owner certificates that came with a key list
+/// and pass the checks (chain to the federation CA, not revoked now, a node of this job). A
+/// certificate that fails is left out (with a warning): its owner's keys and signatures are then
+/// refused, and only a neighbour's refusal stops this owner's round.
+fn certify_owners(opts: &NodeOptions, spec: &JobSpec, certs: &[Vec<u8>], certified: &Certified) {
+    let mut fresh = std::collections::BTreeMap::new();
+    let ca = match opts.creds.ca_der() {
+        Ok(ca) => ca,
+        Err(e) => {
+            tracing::warn!("owner certificates: {e}");
+            Vec::new()
         }
-        map.insert(id.name, id.public_key);
+    };
+    for cert in certs {
+        let checked = crate::pki::verify_party_certificate(cert, &ca)
+            .map_err(|e| e.to_string())
+            .and_then(|id| {
+                opts.creds
+                    .revocations
+                    .check(&id.id)
+                    .map_err(|e| e.to_string())?;
+                if id.role != confide_core::Role::Node || !spec.owners.contains(&id.name) {
+                    return Err(format!(
+                        "`{}` ({}) is not an owner of this job",
+                        id.name, id.role
+                    ));
+                }
+                Ok(id)
+            });
+        match checked {
+            Ok(id) => {
+                fresh.insert(id.name, id.public_key);
+            }
+            Err(e) => tracing::warn!("an owner certificate is left out: {e}"),
+        }
     }
-    Ok(())
+    *certified.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
 }
 
 /// The later stages of a multi-stage scheme: waits for each stage's broadcast, answers it,
@@ -618,12 +673,8 @@ async fn masking_stages(
             // The round ended without this owner (it failed, or this owner was excluded).
             return Ok(client);
         }
-        if stage == 1
-            && let Err(problem) = certify_owners(opts, spec, &task.owner_certificates, certified)
-        {
-            let problem = format!("round {round}: owner certificates: {problem}");
-            refuse(coord, &problem, "refusal").await;
-            return Err(NodeError::Refused(problem));
+        if stage == 1 {
+            certify_owners(opts, spec, &task.owner_certificates, certified);
         }
         // Share and mask computation is CPU work: keep it off the async executor.
         let (answer, back) = tokio::task::spawn_blocking(move || {

@@ -46,6 +46,14 @@
 //! and names the aggregators that sent them. Past that bound the guarantee is the weaker one
 //! documented in [`crate::threshold`].
 //!
+//! # Not covered yet (a malicious coordinator)
+//! - Aggregators do not check that they were all given the same contributions and table, so a
+//!   coordinator colluding with `c ≥ 2t − n` aggregators can have two groups sum different
+//!   subsets of one round under `threshold` and subtract them (split views). A quorum of
+//!   aggregator signatures over the round's contents, `q > (n + t − 1)/2`, would stop it.
+//! - Verifier shares are relayed unsigned, so under `shares` the coordinator could replace one
+//!   to let a colluding owner's invalid update pass.
+//!
 //! # Deciding who is in the sum
 //! An owner is in the sum when every aggregator that answered step 2 opened its share
 //! (`threshold`), or when all `n` aggregators opened their shares and the proof verifies
@@ -499,7 +507,7 @@ impl AggregationServer for MultiServer {
                         aggregator_name(i)
                     )));
                 }
-                self.finish_shares(replies)
+                self.finish_shares(&request, replies)
             }
             _ => self.finish_threshold(&request, replies),
         }
@@ -509,6 +517,7 @@ impl AggregationServer for MultiServer {
 impl MultiServer {
     fn finish_shares(
         &self,
+        request: &FinishRequest,
         replies: Vec<Option<FinishReply>>,
     ) -> Result<AggregateSum, SchemeError> {
         let mut got = Vec::with_capacity(replies.len());
@@ -567,7 +576,7 @@ impl MultiServer {
             sums,
             contributors: first.accepted.clone(),
             rejected: first.rejected.clone(),
-            faulty: Vec::new(),
+            faulty: request.split_reports(),
         })
     }
 
@@ -577,6 +586,7 @@ impl MultiServer {
         replies: Vec<Option<FinishReply>>,
     ) -> Result<AggregateSum, SchemeError> {
         let (accepted, rejected) = request.decide_threshold();
+        let mut faulty = request.split_reports();
         let k = accepted.len();
         if k < self.params.scheme.min_owners {
             return Err(SchemeError::TooFewContributions {
@@ -585,7 +595,6 @@ impl MultiServer {
             });
         }
         let len = self.params.scheme.len;
-        let mut faulty = Vec::new();
         let mut points = Vec::new();
         for (i, r) in replies.into_iter().enumerate() {
             let Some(r) = r else {
@@ -704,6 +713,32 @@ impl FinishRequest {
             .get(owner)
             .copied()
             .unwrap_or(Reject::Malformed)
+    }
+
+    /// Aggregators that could not open a share that other aggregators opened: either the owner
+    /// sent them a bad share or they report falsely; the owner is refused either way, and the
+    /// report names both.
+    pub fn split_reports(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (owner, row) in &self.table {
+            let answered = || row.iter().zip(&self.answered).filter(|(_, a)| **a);
+            let opened = answered().filter(|(share, _)| share.is_some()).count();
+            if opened == 0 {
+                continue;
+            }
+            for (i, _) in row
+                .iter()
+                .zip(&self.answered)
+                .enumerate()
+                .filter(|(_, (share, answered))| **answered && share.is_none())
+            {
+                out.push(format!(
+                    "{}: could not open the share of `{owner}` that {opened} other aggregators opened (`{owner}` is refused: it sent a bad share, or this aggregator reports falsely)",
+                    aggregator_name(i)
+                ));
+            }
+        }
+        out
     }
 
     /// `threshold`'s rule: an owner is in the sum when every aggregator that answered opened

@@ -182,6 +182,13 @@ fn shares_reject_a_forged_proof_and_an_undecryptable_share_by_reason() {
         ]
     );
     assert_eq!(sum.sums, expected_sum(&ups, &[0, 3]));
+    // aggregator-2 could not open o2's share, which aggregator-1 opened: both are named.
+    assert_eq!(sum.faulty.len(), 1, "{:?}", sum.faulty);
+    assert!(
+        sum.faulty[0].starts_with("aggregator-2: could not open the share of `o2`"),
+        "{:?}",
+        sum.faulty
+    );
 }
 
 #[test]
@@ -382,4 +389,33 @@ fn the_coordinator_checks_the_payload_structure() {
     let mut big = params(8, 1 << 40, 2);
     big.fixed = confide_crypto::FixedPoint::new(24, 4.0).expect("fp");
     assert!(MultiParams::new(SchemeKind::Threshold, 7, 4, big, JOB).is_err());
+}
+
+#[test]
+fn threshold_refuses_an_owner_whose_share_one_aggregator_cannot_open_and_names_it() {
+    let os = owners(3);
+    let ups = updates(3, 12);
+    let p = multi(SchemeKind::Threshold, 7, 4, 12, 3);
+    let mut aggs = aggregators(&p, &os);
+    let keys = public_keys(&aggs);
+    let mut server = MultiServer::new(p.clone(), ctx(1));
+    for (i, (o, u)) in os.iter().zip(&ups).enumerate() {
+        let mut payload = protect(&p, &keys, o, u);
+        if i == 1 {
+            // o1 sends aggregator-7 a share that does not decrypt.
+            let last = payload.len() - 1;
+            payload[last] ^= 1;
+        }
+        server.accept(verified(o, 1, payload)).expect("accept");
+    }
+    let sum = run_round(&mut server, &mut aggs, &[Fault::Honest; 7], &os).expect("sum");
+    assert_eq!(sum.contributors, vec!["o0".to_string(), "o2".to_string()]);
+    assert_eq!(sum.rejected, vec![("o1".to_string(), Reject::Malformed)]);
+    assert_eq!(sum.sums, expected_sum(&ups, &[0, 2]));
+    assert_eq!(sum.faulty.len(), 1, "{:?}", sum.faulty);
+    assert!(
+        sum.faulty[0].starts_with("aggregator-7: could not open the share of `o1` that 6 other"),
+        "{:?}",
+        sum.faulty
+    );
 }
