@@ -24,7 +24,8 @@ pub enum BenchCommand {
     /// DP-SGD against plain SGD on the same MLP, batch 256, noise included.
     Dpsgd(DpsgdBench),
     /// Secure aggregation schemes on one update size and owner counts: client time, server
-    /// time and bytes uploaded per client, `plain`, `masking`, `lattice` and `paillier`, in one run.
+    /// time and bytes uploaded per client of every scheme (`plain`, `masking`, `shares`,
+    /// `threshold`, `lattice`, `paillier`), in one run.
     Secagg(SecaggBench),
     /// Attestation verification of the published SGX, TDX and SEV-SNP samples and of dev-TEE
     /// evidence, against the dev TEE's Ed25519 check as the baseline.
@@ -267,15 +268,17 @@ fn multi_round(
     let owners: std::collections::BTreeSet<String> = (0..n).map(|i| format!("o{i:04}")).collect();
     let mut aggs = (0..n_aggs)
         .map(|i| {
-            Aggregator::new(
+            Ok(Aggregator::new(
                 i,
                 AggregatorKey::generate(),
+                bench_key()?,
                 multi.clone(),
                 (kind == SchemeKind::Shares).then_some([7; 32]),
                 owners.clone(),
-            )
+            )?)
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>>>()?;
+    let signers: Vec<Option<[u8; 32]>> = aggs.iter().map(|a| Some(a.signer_key())).collect();
     let keys = aggs
         .iter()
         .map(|a| parse_public_key(&a.public_hex()).map_err(anyhow::Error::msg))
@@ -331,13 +334,23 @@ fn multi_round(
         answers.push(Some(r.map_err(|e| anyhow::anyhow!("{e}"))?));
     }
     let request = FinishRequest::assemble(1, names, &answers);
+    // Step 3 (commit) and step 4 (release), each timed per aggregator.
+    let mut commits = vec![Vec::new(); n_aggs];
+    for (i, a) in aggs.iter_mut().enumerate() {
+        if Some(i) == crashed {
+            continue;
+        }
+        let (r, s) = time(|| a.commit(&request, &signers));
+        agg_s[i] += s;
+        commits[i] = r.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let mut replies = Vec::with_capacity(n_aggs);
     for (i, a) in aggs.iter_mut().enumerate() {
         if Some(i) == crashed {
             replies.push(None);
             continue;
         }
-        let (r, s) = time(|| a.finish(&request));
+        let (r, s) = time(|| a.release(1, &commits, &signers));
         agg_s[i] += s;
         let mut reply = r.map_err(|e| anyhow::anyhow!("{e}"))?;
         if faulty.iter().skip(1).any(|&f| f == i) {

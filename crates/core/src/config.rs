@@ -837,7 +837,7 @@ impl JobSpec {
                 return Err(invalid(
                     "aggregators.threshold",
                     format!(
-                        "{t}: must be more than half of the {n} aggregators (so no two disjoint groups can each rebuild a sum, of different owners) and below {n} (so one may crash)"
+                        "{t}: must be more than half of the {n} aggregators (so no two disjoint groups can each rebuild a sum, of different owners) and below {n}; a round finishes while at most ⌊(n − t)/2⌋ aggregators are down (the release quorum against split views)"
                     ),
                 ));
             }

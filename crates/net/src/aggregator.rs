@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use confide_core::{JobSpec, Role};
 use confide_secagg::aggregators::{
-    FinishReply, FinishRequest, MultiParams, Prepared, aggregator_name,
+    FinishReply, FinishRequest, MultiParams, PrepareAnswer, Prepared, aggregator_name, view_digest,
 };
 use confide_secagg::contribution::Contribution;
 use confide_secagg::{Aggregator, AggregatorKey, ExternalResult, Reject};
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::coordinator::{job_digest, job_scheme_params};
 use crate::keyholder::{check_relayed, relayed_from_pb, relayed_to_pb};
 use crate::pb;
-use crate::pki::Credentials;
+use crate::pki::{Credentials, Revocations, verify_party_certificate};
 use crate::transport::{NetError, peer, transport_err};
 
 /// The parameters of a `shares` or `threshold` job.
@@ -34,6 +34,52 @@ pub fn multi_params(spec: &JobSpec) -> Result<MultiParams, NetError> {
     .map_err(|e| transport_err("aggregators", e))
 }
 
+/// The certified signing key of aggregator `index`: its certificate chains to the federation
+/// CA, is not revoked, has role aggregator and names `aggregator-{index+1}`.
+pub fn aggregator_signer(
+    der: &[u8],
+    ca_der: &[u8],
+    revocations: &Revocations,
+    index: usize,
+) -> Result<[u8; 32], String> {
+    let name = aggregator_name(index);
+    let id = verify_party_certificate(der, ca_der).map_err(|e| format!("{name}: {e}"))?;
+    revocations
+        .check(&id.id)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if id.role != Role::Aggregator || id.name != name {
+        return Err(format!(
+            "the certificate for {name} names `{}` ({})",
+            id.name, id.role
+        ));
+    }
+    id.public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("{name}: malformed key"))
+}
+
+/// Per aggregator index, the signing key its certificate certifies (`None`: no certificate, or
+/// one that does not check out, which is logged).
+fn signer_keys(
+    certificates: &[Vec<u8>],
+    ca_der: &[u8],
+    revocations: &Revocations,
+) -> Vec<Option<[u8; 32]>> {
+    certificates
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            if der.is_empty() {
+                return None;
+            }
+            aggregator_signer(der, ca_der, revocations, i)
+                .inspect_err(|e| tracing::warn!("{e}"))
+                .ok()
+        })
+        .collect()
+}
+
 /// Misbehaviour for chaos testing (`confide simulate --faulty-aggregator`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Chaos {
@@ -47,6 +93,8 @@ pub struct Chaos {
 pub struct AggregatorService {
     state: Mutex<Aggregator>,
     public_hex: String,
+    key_signature: Vec<u8>,
+    cert_der: Vec<u8>,
     ca_der: Vec<u8>,
     revocations: Arc<crate::pki::Revocations>,
     name: String,
@@ -81,11 +129,20 @@ impl AggregatorService {
         }
         let params = multi_params(spec)?;
         let owners: BTreeSet<String> = spec.owners.iter().cloned().collect();
-        let aggregator =
-            Aggregator::new(index, AggregatorKey::generate(), params, verify_key, owners)
-                .map_err(|e| refuse(e.to_string()))?;
+        let signer = creds.signing_key().map_err(|e| refuse(e.to_string()))?;
+        let aggregator = Aggregator::new(
+            index,
+            AggregatorKey::generate(),
+            signer,
+            params,
+            verify_key,
+            owners,
+        )
+        .map_err(|e| refuse(e.to_string()))?;
         Ok(Arc::new(Self {
             public_hex: aggregator.public_hex(),
+            key_signature: aggregator.key_signature(),
+            cert_der: creds.cert_der().map_err(|e| refuse(e.to_string()))?,
             state: Mutex::new(aggregator),
             ca_der: creds.ca_der().map_err(|e| refuse(e.to_string()))?,
             revocations: creds.revocations.clone(),
@@ -94,12 +151,13 @@ impl AggregatorService {
         }))
     }
 
-    /// Step 2 (sans-gRPC): checks the relayed contributions and opens this aggregator's shares.
+    /// Step 2 (sans-gRPC): checks the relayed contributions, opens this aggregator's shares
+    /// and signs the answers.
     pub fn prepare_relayed(
         &self,
         round: u32,
         relayed: Vec<(Contribution, Vec<u8>)>,
-    ) -> Result<Vec<Prepared>, String> {
+    ) -> Result<PrepareAnswer, String> {
         if self.chaos.crash_at_round == Some(round) {
             tracing::error!("chaos: {} crashes at round {round}", self.name);
             std::process::exit(3);
@@ -113,13 +171,37 @@ impl AggregatorService {
         result
     }
 
-    /// Step 3 (sans-gRPC).
-    pub fn finish(&self, request: &FinishRequest) -> Result<FinishReply, String> {
+    /// Step 3 (sans-gRPC): `certificates` are the aggregators' certificates by index.
+    pub fn commit(
+        &self,
+        request: &FinishRequest,
+        certificates: &[Vec<u8>],
+    ) -> Result<Vec<u8>, String> {
+        let keys = signer_keys(certificates, &self.ca_der, &self.revocations);
         let mut a = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut reply = a.finish(request).map_err(|e| e.to_string())?;
+        let result = a.commit(request, &keys).map_err(|e| e.to_string());
+        match &result {
+            Ok(_) => tracing::info!("round {}: committed", request.round),
+            Err(e) => tracing::warn!("round {}: refused to commit: {e}", request.round),
+        }
+        result
+    }
+
+    /// Step 4 (sans-gRPC).
+    pub fn release(
+        &self,
+        round: u32,
+        signatures: &[Vec<u8>],
+        certificates: &[Vec<u8>],
+    ) -> Result<FinishReply, String> {
+        let keys = signer_keys(certificates, &self.ca_der, &self.revocations);
+        let mut a = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reply = a
+            .release(round, signatures, &keys)
+            .inspect_err(|e| tracing::warn!("round {round}: refused to release: {e}"))
+            .map_err(|e| e.to_string())?;
         tracing::info!(
-            "round {}: partial sum over {} owners ({} refused)",
-            request.round,
+            "round {round}: partial sum over {} owners ({} refused)",
             reply.accepted.len(),
             reply.rejected.len()
         );
@@ -150,6 +232,8 @@ impl pb::aggregator_server::Aggregator for AggregatorGrpc {
         )?;
         Ok(Response::new(pb::PublicKeyReply {
             public_key_json: self.0.public_hex.clone(),
+            certificate: self.0.cert_der.clone(),
+            key_signature: self.0.key_signature.clone(),
         }))
     }
 
@@ -168,21 +252,45 @@ impl pb::aggregator_server::Aggregator for AggregatorGrpc {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::permission_denied)?;
         Ok(Response::new(pb::PrepareReply {
-            shares: prepared.into_iter().map(prepared_to_pb).collect(),
+            shares: prepared.prepared.into_iter().map(prepared_to_pb).collect(),
+            signature: prepared.signature,
+            certificate: self.0.cert_der.clone(),
         }))
     }
 
-    async fn finish(
+    async fn commit(
         &self,
         request: Request<pb::FinishRequest>,
-    ) -> Result<Response<pb::FinishReply>, Status> {
+    ) -> Result<Response<pb::CommitReply>, Status> {
         peer(&request, &[Role::Coordinator], &self.0.revocations)?;
-        let req = finish_request_from_pb(request.into_inner());
+        let wire = request.into_inner();
+        let certificates = wire.certificates.clone();
+        let req = finish_request_from_pb(wire);
         let service = self.0.clone();
-        let reply = tokio::task::spawn_blocking(move || service.finish(&req))
+        let signature = tokio::task::spawn_blocking(move || service.commit(&req, &certificates))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::permission_denied)?;
+        Ok(Response::new(pb::CommitReply {
+            signature,
+            certificate: self.0.cert_der.clone(),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::FinishReply>, Status> {
+        peer(&request, &[Role::Coordinator], &self.0.revocations)?;
+        let r = request.into_inner();
+        let service = self.0.clone();
+        // Certificate and signature checks: keep them off the async executor.
+        let reply = tokio::task::spawn_blocking(move || {
+            service.release(r.round, &r.signatures, &r.certificates)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::permission_denied)?;
         Ok(Response::new(finish_reply_to_pb(reply)))
     }
 }
@@ -224,10 +332,12 @@ fn prepared_from_pb(p: pb::PreparedShare) -> Prepared {
     }
 }
 
-fn finish_request_to_pb(r: &FinishRequest) -> pb::FinishRequest {
+fn finish_request_to_pb(r: &FinishRequest, certificates: &[Vec<u8>]) -> pb::FinishRequest {
     pb::FinishRequest {
         round: r.round,
         answered: r.answered.clone(),
+        signatures: r.signatures.clone(),
+        certificates: certificates.to_vec(),
         rows: r
             .table
             .iter()
@@ -245,6 +355,7 @@ fn finish_request_from_pb(r: pb::FinishRequest) -> FinishRequest {
     let mut out = FinishRequest {
         round: r.round,
         answered: r.answered,
+        signatures: r.signatures,
         ..FinishRequest::default()
     };
     for row in r.rows {
@@ -297,6 +408,9 @@ fn finish_reply_from_pb(r: pb::FinishReply) -> FinishReply {
 #[derive(Debug, Clone)]
 pub struct AggregatorLinks {
     channels: Vec<Channel>,
+    params: MultiParams,
+    ca_der: Vec<u8>,
+    revocations: Arc<Revocations>,
     limit: usize,
     timeout: Duration,
 }
@@ -304,6 +418,7 @@ pub struct AggregatorLinks {
 impl AggregatorLinks {
     /// Connects to every aggregator (server name `aggregator-{i+1}`).
     pub async fn connect(
+        spec: &JobSpec,
         endpoints: &[String],
         creds: &Credentials,
         limit: usize,
@@ -315,15 +430,20 @@ impl AggregatorLinks {
         }
         Ok(Self {
             channels,
+            params: multi_params(spec)?,
+            ca_der: creds
+                .ca_der()
+                .map_err(|e| transport_err("coordinator", e))?,
+            revocations: creds.revocations.clone(),
             limit,
             timeout,
         })
     }
 
-    /// Each of the two steps may take a third of the round's external budget, so an aggregator
-    /// that hangs counts as crashed and the round still finishes in time.
+    /// Each of the three steps may take a quarter of the round's external budget, so an
+    /// aggregator that hangs counts as crashed and the round still finishes in time.
     fn step_timeout(&self) -> Duration {
-        self.timeout / 3
+        self.timeout / 4
     }
 
     fn client(&self, i: usize) -> pb::aggregator_client::AggregatorClient<Channel> {
@@ -332,7 +452,33 @@ impl AggregatorLinks {
             .max_encoding_message_size(self.limit)
     }
 
-    /// Steps 2 and 3 of a round with every aggregator, in parallel. An aggregator that fails
+    /// An answer to step 2 if its certificate and signature check out; otherwise `None`,
+    /// logged, so that one aggregator's bad signature does not make the others refuse.
+    fn checked_answer(
+        &self,
+        (round, i): (u32, usize),
+        owners: &BTreeSet<String>,
+        view: &[u8; 32],
+        reply: pb::PrepareReply,
+    ) -> Option<(PrepareAnswer, Vec<u8>)> {
+        let key = aggregator_signer(&reply.certificate, &self.ca_der, &self.revocations, i)
+            .inspect_err(|e| tracing::warn!("round {round}: {e}"))
+            .ok()?;
+        let answer = PrepareAnswer {
+            prepared: reply.shares.into_iter().map(prepared_from_pb).collect(),
+            signature: reply.signature,
+        };
+        if !answer.verify(&self.params, (round, i), owners, view, &key) {
+            tracing::warn!(
+                "round {round}: {} sent an answer that is not signed over this round's contributions or not for exactly its owners",
+                aggregator_name(i)
+            );
+            return None;
+        }
+        Some((answer, reply.certificate))
+    }
+
+    /// Steps 2 to 4 of a round with every aggregator, in parallel. An aggregator that fails
     /// or does not answer within the timeout counts as not answering; what it said is logged.
     pub async fn run_round(
         &self,
@@ -340,25 +486,35 @@ impl AggregatorLinks {
         relayed: Vec<(Contribution, Vec<u8>)>,
     ) -> ExternalResult {
         let owners: Vec<String> = relayed.iter().map(|(c, _)| c.owner.clone()).collect();
+        let contributions: Vec<Contribution> = relayed.iter().map(|(c, _)| c.clone()).collect();
+        let view = view_digest(&contributions);
+        let owner_set: BTreeSet<String> = owners.iter().cloned().collect();
         let request = relayed_to_pb(round, relayed);
-        let prepares = (0..self.channels.len()).map(|i| {
+        let n = self.channels.len();
+        let prepares = (0..n).map(|i| {
             let mut client = self.client(i);
             let request = request.clone();
             async move {
                 let r = tokio::time::timeout(self.step_timeout(), client.prepare(request)).await;
-                answer(round, i, "prepare", r).map(|reply| {
-                    reply
-                        .shares
-                        .into_iter()
-                        .map(prepared_from_pb)
-                        .collect::<Vec<_>>()
-                })
+                answer(round, i, "prepare", r)
             }
         });
-        let answers = futures_util::future::join_all(prepares).await;
+        let prepared: Vec<Option<(PrepareAnswer, Vec<u8>)>> =
+            futures_util::future::join_all(prepares)
+                .await
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| r.and_then(|r| self.checked_answer((round, i), &owner_set, &view, r)))
+                .collect();
+        let certificates: Vec<Vec<u8>> = prepared
+            .iter()
+            .map(|p| p.as_ref().map(|(_, c)| c.clone()).unwrap_or_default())
+            .collect();
+        let answers: Vec<Option<PrepareAnswer>> =
+            prepared.into_iter().map(|p| p.map(|(a, _)| a)).collect();
         let finish = FinishRequest::assemble(round, owners, &answers);
-        let wire = finish_request_to_pb(&finish);
-        let finishes = (0..self.channels.len()).map(|i| {
+        let wire = finish_request_to_pb(&finish, &certificates);
+        let commits = (0..n).map(|i| {
             let mut client = self.client(i);
             let wire = wire.clone();
             let answered = finish.answered[i];
@@ -366,11 +522,39 @@ impl AggregatorLinks {
                 if !answered {
                     return None;
                 }
-                let r = tokio::time::timeout(self.step_timeout(), client.finish(wire)).await;
-                answer(round, i, "finish", r).map(finish_reply_from_pb)
+                let r = tokio::time::timeout(self.step_timeout(), client.commit(wire)).await;
+                answer(round, i, "commit", r)
             }
         });
-        let replies = futures_util::future::join_all(finishes).await;
+        let commits = futures_util::future::join_all(commits).await;
+        let release = pb::ReleaseRequest {
+            round,
+            signatures: commits
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.signature.clone()).unwrap_or_default())
+                .collect(),
+            certificates: commits
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .map(|c| c.certificate.clone())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        };
+        let releases = (0..n).map(|i| {
+            let mut client = self.client(i);
+            let release = release.clone();
+            let committed = commits[i].is_some();
+            async move {
+                if !committed {
+                    return None;
+                }
+                let r = tokio::time::timeout(self.step_timeout(), client.release(release)).await;
+                answer(round, i, "release", r).map(finish_reply_from_pb)
+            }
+        });
+        let replies = futures_util::future::join_all(releases).await;
         ExternalResult::Aggregated {
             request: finish,
             replies,
@@ -399,5 +583,45 @@ fn answer<T>(
             tracing::warn!("round {round}: {} did not answer", aggregator_name(i));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{init_ca, issue, revoke};
+    use time::OffsetDateTime;
+
+    /// Owners and the coordinator accept an aggregator's key or answer only under the
+    /// certificate of that very aggregator, from this federation, unrevoked.
+    #[test]
+    fn aggregator_signer_checks_ca_name_role_and_revocation() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        issue(dir.path(), "aggregator-1", Role::Aggregator, now).expect("issue");
+        issue(dir.path(), "aggregator-2", Role::Aggregator, now).expect("issue");
+        issue(dir.path(), "guest", Role::Node, now).expect("issue");
+        let creds = |n: &str| Credentials::load(dir.path(), n).expect("load");
+        let (one, two, guest) = (creds("aggregator-1"), creds("aggregator-2"), creds("guest"));
+        let ca = one.ca_der().expect("ca");
+        let der = |c: &Credentials| c.cert_der().expect("der");
+        let key = aggregator_signer(&der(&one), &ca, &one.revocations, 0).expect("valid");
+        assert_eq!(key, one.signing_key().expect("key").public_key());
+        // Another aggregator's certificate for index 0, and a node's.
+        assert!(aggregator_signer(&der(&two), &ca, &one.revocations, 0).is_err());
+        assert!(aggregator_signer(&der(&guest), &ca, &one.revocations, 0).is_err());
+        assert!(aggregator_signer(&[], &ca, &one.revocations, 0).is_err());
+        // Another federation's CA.
+        let other = tempfile::tempdir().expect("tmp");
+        init_ca(other.path(), "t", now).expect("ca");
+        issue(other.path(), "aggregator-1", Role::Aggregator, now).expect("issue");
+        let foreign = Credentials::load(other.path(), "aggregator-1").expect("load");
+        assert!(aggregator_signer(&der(&foreign), &ca, &one.revocations, 0).is_err());
+        // Revoked: refused from then on.
+        revoke(dir.path(), "aggregator-1", "key compromise", now).expect("revoke");
+        let err = aggregator_signer(&der(&one), &ca, &one.revocations, 0).expect_err("revoked");
+        assert!(err.contains("revoked"), "{err}");
+        assert!(aggregator_signer(&der(&two), &ca, &one.revocations, 1).is_ok());
     }
 }

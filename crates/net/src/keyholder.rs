@@ -234,6 +234,7 @@ impl pb::key_holder_server::KeyHolder for KeyHolderGrpc {
         )?;
         Ok(Response::new(pb::PublicKeyReply {
             public_key_json: self.0.public_json.clone(),
+            ..Default::default()
         }))
     }
 

@@ -251,8 +251,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // Under masking: the owners' certified signing keys, from the certificates that come with
     // each round's key list (checked against the CA before use).
     let certified: Certified = Default::default();
-    // Under shares and threshold: the aggregators' last known keys.
-    let mut agg_keys: Vec<Option<Vec<u8>>> = Vec::new();
+    // Under shares and threshold: the connections to the aggregators and their last known keys.
+    let mut agg_keys = AggregatorDirectory::default();
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
         SchemeKind::Plain => Box::new(PlainClient),
         SchemeKind::Paillier | SchemeKind::Lattice => {
@@ -514,17 +514,62 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     }
 }
 
+/// How long a node waits for one aggregator's key.
+const KEY_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The node's connections to the aggregators, kept across rounds, and their last known keys.
+#[derive(Debug, Default)]
+struct AggregatorDirectory {
+    channels: Vec<Option<tonic::transport::Channel>>,
+    keys: Vec<Option<Vec<u8>>>,
+}
+
+/// Fetches aggregator `i`'s HPKE key over `channel` and checks that the aggregator's certified
+/// key (CA, name, role, revocation) signed it: a TLS name alone does not say that the
+/// certificate is still valid.
+async fn fetch_aggregator_key(
+    multi: &confide_secagg::aggregators::MultiParams,
+    channel: tonic::transport::Channel,
+    i: usize,
+    ca_der: &[u8],
+    creds: &Credentials,
+) -> Result<Vec<u8>, NodeError> {
+    let agg = confide_secagg::aggregators::aggregator_name(i);
+    let reply = pb::aggregator_client::AggregatorClient::new(channel)
+        .get_public_key(pb::PublicKeyRequest {})
+        .await
+        .map_err(|s| NodeError::Refused(format!("{agg}: {}", s.message())))?
+        .into_inner();
+    let key = confide_secagg::aggregators::parse_public_key(&reply.public_key_json)
+        .map_err(|e| NodeError::Job(format!("{agg}: {e}")))?;
+    let signer =
+        crate::aggregator::aggregator_signer(&reply.certificate, ca_der, &creds.revocations, i)
+            .map_err(NodeError::Refused)?;
+    if !confide_secagg::aggregators::verify_key_signature(
+        multi,
+        i,
+        &key,
+        &signer,
+        &reply.key_signature,
+    ) {
+        return Err(NodeError::Refused(format!(
+            "{agg}: its public key is not signed by its certified key"
+        )));
+    }
+    Ok(key)
+}
+
 /// A `shares` or `threshold` client with each aggregator's current key, fetched straight from
-/// that aggregator (authenticated by its certificate name), so a restarted aggregator's new key
-/// is used from the next round on. An aggregator that cannot be reached keeps its last known
-/// key (under `threshold` the round goes on without it); at the first round every one must
-/// answer.
+/// that aggregator (in parallel, over connections kept across rounds) and signed by its
+/// certified key, so a restarted aggregator's new key is used from the next round on. An
+/// aggregator that cannot be reached keeps its last known key (under `threshold` the round
+/// goes on without it); at the first round every one must answer.
 async fn multi_client(
     spec: &JobSpec,
     endpoints: &[String],
     creds: &Credentials,
     name: &str,
-    known: &mut Vec<Option<Vec<u8>>>,
+    dir: &mut AggregatorDirectory,
 ) -> Result<Box<dyn AggregationClient>, NodeError> {
     let multi = crate::aggregator::multi_params(spec)?;
     if endpoints.len() != multi.n {
@@ -534,27 +579,58 @@ async fn multi_client(
             multi.n
         )));
     }
-    known.resize(multi.n, None);
-    for (i, ep) in endpoints.iter().enumerate() {
-        let agg = confide_secagg::aggregators::aggregator_name(i);
-        let fetched = async {
-            let ch = connect(ep, &agg, creds).await?;
-            let reply = pb::aggregator_client::AggregatorClient::new(ch)
-                .get_public_key(pb::PublicKeyRequest {})
-                .await
-                .map_err(|s| NodeError::Refused(format!("{agg}: {}", s.message())))?
-                .into_inner();
-            confide_secagg::aggregators::parse_public_key(&reply.public_key_json)
-                .map_err(|e| NodeError::Job(format!("{agg}: {e}")))
+    dir.keys.resize(multi.n, None);
+    dir.channels.resize(multi.n, None);
+    let ca_der = creds
+        .ca_der()
+        .map_err(|e| NodeError::Job(format!("CA: {e}")))?;
+    let fetches = endpoints.iter().enumerate().map(|(i, ep)| {
+        let (multi, ca_der, known) = (&multi, &ca_der, dir.channels[i].clone());
+        async move {
+            let channel = match known {
+                Some(ch) => ch,
+                None => {
+                    let agg = confide_secagg::aggregators::aggregator_name(i);
+                    connect(ep, &agg, creds).await?
+                }
+            };
+            // A hung aggregator must not stall the owner's round.
+            let key = tokio::time::timeout(
+                KEY_FETCH_TIMEOUT,
+                fetch_aggregator_key(multi, channel.clone(), i, ca_der, creds),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(NodeError::Refused(format!(
+                    "{}: no key within {} s",
+                    confide_secagg::aggregators::aggregator_name(i),
+                    KEY_FETCH_TIMEOUT.as_secs()
+                )))
+            });
+            Ok::<_, NodeError>((channel, key))
         }
-        .await;
-        match (fetched, &known[i]) {
-            (Ok(key), _) => known[i] = Some(key),
+    });
+    let fetched = futures_util::future::join_all(fetches).await;
+    for (i, f) in fetched.into_iter().enumerate() {
+        let agg = confide_secagg::aggregators::aggregator_name(i);
+        let key = match f {
+            Ok((channel, key)) => {
+                // A connection whose call failed is rebuilt at the next round.
+                dir.channels[i] = key.is_ok().then_some(channel);
+                key
+            }
+            Err(e) => {
+                dir.channels[i] = None;
+                Err(e)
+            }
+        };
+        match (key, &dir.keys[i]) {
+            (Ok(key), _) => dir.keys[i] = Some(key),
             (Err(e), Some(_)) => tracing::warn!("{agg}: keeping its last key: {e}"),
             (Err(e), None) => return Err(e),
         }
     }
-    let keys: Vec<Vec<u8>> = known.iter().flatten().cloned().collect();
+    let keys: Vec<Vec<u8>> = dir.keys.iter().flatten().cloned().collect();
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     Ok(Box::new(

@@ -6,17 +6,44 @@
 //!    DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, from the `hpke` crate). The
 //!    `info` string binds the job, the scheme and the aggregator's index; the associated data
 //!    is the owner's name. The signed contribution carries all the ciphertexts to the
-//!    coordinator, which can read none of them ([`MultiClient`], [`MultiServer`]).
-//! 2. The coordinator relays the round's signed contributions, with the owners' certificates,
-//!    to every aggregator. Each aggregator checks them itself (the key holder's KEY-001…003
-//!    and KEY-007, [`crate::keyholder::check_signed`]), opens its own shares and returns one
-//!    *verifier share* per owner, or the reason it could not ([`Aggregator::prepare`]).
-//! 3. The coordinator sends every aggregator the table of all verifier shares
-//!    ([`FinishRequest`]). Each aggregator decides by the same deterministic rule which
-//!    owners are in the sum, checks that they are at least `min_owners` (KEY-004) and that
-//!    this round was not finished before (KEY-005), and returns its partial sum over them
-//!    ([`Aggregator::finish`]).
-//! 4. The coordinator reconstructs the sum ([`MultiServer::finish`]).
+//!    coordinator, which can read none of them ([`MultiClient`], [`MultiServer`]). Each
+//!    aggregator signs its HPKE public key with its certified Ed25519 key
+//!    ([`Aggregator::key_signature`]); owners check that signature, the certificate's name,
+//!    role and revocation before they encrypt to the key ([`verify_key_signature`]).
+//! 2. **Prepare.** The coordinator relays the round's signed contributions, with the owners'
+//!    certificates, to every aggregator. Each aggregator checks them itself (the key holder's
+//!    KEY-001…003 and KEY-007, [`crate::keyholder::check_signed`]), opens its own shares and
+//!    returns one *verifier share* per owner, or the reason it could not, **signed** over the
+//!    digest of the contributions it was given ([`view_digest`], [`Aggregator::prepare`]).
+//! 3. **Commit.** The coordinator sends every aggregator the table of all signed answers
+//!    ([`FinishRequest`]). Each aggregator checks every answer's signature against the
+//!    contributions *it* was given (KEY-008), decides by the same deterministic rule which
+//!    owners are in the sum, checks that they are at least `min_owners` (KEY-004) and that this
+//!    round and its model were not committed before (KEY-005), computes its partial sum, keeps
+//!    it, and returns a signature over the set it will sum ([`Aggregator::commit`]).
+//! 4. **Release.** The coordinator sends every aggregator the commit signatures. An
+//!    aggregator returns its partial sum only when at least the quorum
+//!    [`MultiParams::quorum`] of aggregators (itself and others whose signatures it checks)
+//!    committed to the same set
+//!    ([`Aggregator::release`], KEY-008).
+//! 5. The coordinator reconstructs the sum ([`MultiServer::finish`]).
+//!
+//! Why the quorum: an honest aggregator commits once per round, so two different sets can
+//! both reach `q` commitments only if at least `2q − n` aggregators committed to both, i.e.
+//! lied. With `q > (n + t − 1)/2` that takes `t` or more colluding aggregators, who could
+//! reconstruct the owners' shares anyway. Without it, a coordinator colluding with
+//! `c ≥ 2t − n` aggregators could have two groups sum different subsets of one round (for
+//! example by telling only one group that an aggregator failed to open an owner's share) and
+//! subtract the two sums (a *split view*). Under `shares` every aggregator is needed, so
+//! `q = n`. The price is liveness: a round under `threshold` finishes only while at most
+//! `n − q` aggregators are down (one of seven at the default 4-of-7).
+//!
+//! Why the signed answers: a verifier share decides whether an owner's proof verifies. Were
+//! they relayed unsigned, a coordinator could replace one to let a colluding owner's invalid
+//! update pass. Signed, a replaced answer makes every honest aggregator refuse to commit.
+//!
+//! A restarted aggregator has a fresh HPKE key, so it cannot open any share sent to its
+//! predecessor; its "round already finished" memory (KEY-005) can therefore live in memory.
 //!
 //! # `shares`: Prio3 with validity proofs
 //! The shares are Prio3 input shares (Corrigan-Gibbs & Boneh, NSDI 2017; the VDAF draft,
@@ -46,14 +73,6 @@
 //! and names the aggregators that sent them. Past that bound the guarantee is the weaker one
 //! documented in [`crate::threshold`].
 //!
-//! # Not covered yet (a malicious coordinator)
-//! - Aggregators do not check that they were all given the same contributions and table, so a
-//!   coordinator colluding with `c ≥ 2t − n` aggregators can have two groups sum different
-//!   subsets of one round under `threshold` and subtract them (split views). A quorum of
-//!   aggregator signatures over the round's contents, `q > (n + t − 1)/2`, would stop it.
-//! - Verifier shares are relayed unsigned, so under `shares` the coordinator could replace one
-//!   to let a colluding owner's invalid update pass.
-//!
 //! # Deciding who is in the sum
 //! An owner is in the sum when every aggregator that answered step 2 opened its share
 //! (`threshold`), or when all `n` aggregators opened their shares and the proof verifies
@@ -64,6 +83,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use confide_core::SchemeKind;
+use confide_crypto::{SigningKey, sha256, sign};
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -132,7 +152,7 @@ impl MultiParams {
             SchemeKind::Shares if !(2..=255).contains(&n) || t != n => {
                 return bad(format!("`shares` with {n} aggregators and threshold {t}"));
             }
-            SchemeKind::Threshold if t < 2 || t > n || 2 * t <= n => {
+            SchemeKind::Threshold if t < 2 || t >= n || 2 * t <= n || n > 255 => {
                 return bad(format!(
                     "`threshold` with {n} aggregators and threshold {t}"
                 ));
@@ -158,6 +178,67 @@ impl MultiParams {
             scheme,
             job_digest,
         })
+    }
+
+    /// How many aggregators must commit to the same set of owners before any releases its
+    /// partial sum: `n` under `shares`, the least `q > (n + t − 1)/2` under `threshold` (see
+    /// the module documentation).
+    pub fn quorum(&self) -> usize {
+        match self.kind {
+            SchemeKind::Threshold => (self.n + self.t - 1) / 2 + 1,
+            _ => self.n,
+        }
+    }
+
+    /// The prefix of every statement an aggregator signs in this job.
+    fn statement(&self, what: &str, round: u32, index: usize) -> Vec<u8> {
+        let mut m = format!("confide/aggregators/{what}/v1 {} ", self.kind.as_str()).into_bytes();
+        m.extend(self.job_digest);
+        m.extend(round.to_be_bytes());
+        m.extend((index as u32).to_be_bytes());
+        m
+    }
+
+    /// What aggregator `index` signs in step 2: the contributions it was given and its answer
+    /// per owner (the verifier share, or that it could not open the share).
+    fn prepare_statement<'a>(
+        &self,
+        round: u32,
+        index: usize,
+        view: &[u8; 32],
+        column: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> Vec<u8> {
+        let mut answers = Vec::new();
+        for (owner, share) in column {
+            answers.extend((owner.len() as u32).to_be_bytes());
+            answers.extend(owner.as_bytes());
+            match share {
+                Some(share) => {
+                    answers.push(1);
+                    answers.extend((share.len() as u64).to_be_bytes());
+                    answers.extend(share);
+                }
+                None => answers.push(0),
+            }
+        }
+        let mut m = self.statement("prepare", round, index);
+        m.extend(view);
+        m.extend(sha256(&answers));
+        m
+    }
+
+    /// What aggregator `index` signs in step 3: the set of owners it will sum.
+    fn commit_statement(&self, round: u32, index: usize, content: &[u8; 32]) -> Vec<u8> {
+        let mut m = self.statement("commit", round, index);
+        m.extend(content);
+        m
+    }
+
+    /// What aggregator `index` signs about its HPKE public key.
+    fn key_statement(&self, index: usize, public_key: &[u8]) -> Vec<u8> {
+        let mut m = self.statement("hpke-key", 0, index);
+        m.extend(public_key);
+        m
     }
 
     fn offset(&self) -> i64 {
@@ -223,6 +304,61 @@ pub fn parse_public_key(text: &str) -> Result<Vec<u8>, String> {
     let bytes = hex::decode(text.trim()).map_err(|e| format!("aggregator key: {e}"))?;
     HpkePublic::from_bytes(&bytes).map_err(|e| format!("aggregator key: {e}"))?;
     Ok(bytes)
+}
+
+/// Signature checks by the owners: `signature` is aggregator `index`'s Ed25519 signature,
+/// under its certified key `signer`, over its HPKE `public_key` for this job.
+pub fn verify_key_signature(
+    params: &MultiParams,
+    index: usize,
+    public_key: &[u8],
+    signer: &[u8],
+    signature: &[u8],
+) -> bool {
+    sign::verify(signer, &params.key_statement(index, public_key), signature).is_ok()
+}
+
+/// The digest of each contribution: its owner and signature. A verified Ed25519 signature
+/// determines the message it signs (which covers the job, round, global model, owner and the
+/// payload's SHA-256), so equal digests mean equal contributions, without hashing the payloads
+/// again. (An owner that signs one message twice with different nonces only makes views
+/// differ, which makes aggregators refuse, never agree on different contents.)
+fn contribution_digests<'a>(
+    contributions: impl IntoIterator<Item = &'a Contribution>,
+) -> BTreeMap<String, [u8; 32]> {
+    contributions
+        .into_iter()
+        .map(|c| {
+            let mut m = b"confide/aggregators/contribution".to_vec();
+            m.extend((c.owner.len() as u32).to_be_bytes());
+            m.extend(c.owner.as_bytes());
+            m.extend(&c.signature);
+            (c.owner.clone(), sha256(&m))
+        })
+        .collect()
+}
+
+/// SHA-256 over a label and the named owners with their contributions' digests, in name order.
+fn owners_digest<'a>(
+    label: &str,
+    digests: &BTreeMap<String, [u8; 32]>,
+    owners: impl IntoIterator<Item = &'a String>,
+) -> [u8; 32] {
+    let mut m = label.as_bytes().to_vec();
+    for owner in owners {
+        m.extend((owner.len() as u32).to_be_bytes());
+        m.extend(owner.as_bytes());
+        m.extend(digests.get(owner).copied().unwrap_or_default());
+    }
+    sha256(&m)
+}
+
+/// The digest of a round's contributions as one party sees them: every owner with the digest
+/// of what it signed. Aggregators sign it in step 2, so each can tell whether the others were
+/// given the same contributions.
+pub fn view_digest(contributions: &[Contribution]) -> [u8; 32] {
+    let digests = contribution_digests(contributions);
+    owners_digest("confide/aggregators/view", &digests, digests.keys())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,8 +755,20 @@ impl MultiServer {
                 )),
             }
         }
+        let released = points.len();
+        let quorum = self.params.quorum();
         let decoded = threshold::reconstruct(&points, self.params.t, &mut rand::rngs::OsRng)
-            .map_err(|e| SchemeError::Unrecoverable(e.to_string()))?;
+            .map_err(|e| {
+                SchemeError::Unrecoverable(if released < quorum {
+                    format!(
+                        "{e}: only {released} aggregators released a partial sum; each releases only when {quorum} of {} commit to the same set of owners (the release quorum against split views), so at most {} may be down",
+                        self.params.n,
+                        self.params.n - quorum
+                    )
+                } else {
+                    e.to_string()
+                })
+            })?;
         faulty.extend(decoded.liars.iter().map(|&i| {
             format!(
                 "{}: its partial sum is off the decoded polynomial (a wrong answer)",
@@ -660,8 +808,43 @@ pub struct Prepared {
     pub share: Result<Vec<u8>, Reject>,
 }
 
+/// One aggregator's whole answer to step 2: per owner, and its signature over them and the
+/// contributions it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareAnswer {
+    /// Per owner, in name order.
+    pub prepared: Vec<Prepared>,
+    /// Ed25519 signature of the aggregator's certified key.
+    pub signature: Vec<u8>,
+}
+
+impl PrepareAnswer {
+    /// Whether aggregator `index`, whose certified key is `signer`, signed this answer over
+    /// contributions with digest `view`, answering for exactly the relayed `owners` in name
+    /// order (the coordinator checks this before relaying it, so that an answer the other
+    /// aggregators would refuse never reaches them).
+    pub fn verify(
+        &self,
+        params: &MultiParams,
+        (round, index): (u32, usize),
+        owners: &BTreeSet<String>,
+        view: &[u8; 32],
+        signer: &[u8],
+    ) -> bool {
+        if !self.prepared.iter().map(|p| &p.owner).eq(owners.iter()) {
+            return false;
+        }
+        let column = self
+            .prepared
+            .iter()
+            .map(|p| (p.owner.as_str(), p.share.as_ref().ok().map(Vec::as_slice)));
+        let m = params.prepare_statement(round, index, view, column);
+        sign::verify(signer, &m, &self.signature).is_ok()
+    }
+}
+
 /// Step 3's request, the same for every aggregator: who answered step 2 and, per owner, what
-/// each aggregator answered (`None`: no share, or no answer).
+/// each aggregator answered (`None`: no share, or no answer), with each answer's signature.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FinishRequest {
     /// The round.
@@ -672,22 +855,25 @@ pub struct FinishRequest {
     pub table: BTreeMap<String, Vec<Option<Vec<u8>>>>,
     /// Per owner whose share some aggregator could not open, the first reason given.
     pub reasons: BTreeMap<String, Reject>,
+    /// Per aggregator index, its step-2 signature (empty when it did not answer).
+    pub signatures: Vec<Vec<u8>>,
 }
 
 impl FinishRequest {
     /// Assembles the request from step 2's answers by aggregator index (`None`: the
-    /// aggregator did not answer). Owners come from the relayed contributions.
+    /// aggregator did not answer, or its answer's signature did not verify). Owners come from
+    /// the relayed contributions.
     pub fn assemble(
         round: u32,
         owners: impl IntoIterator<Item = String>,
-        answers: &[Option<Vec<Prepared>>],
+        answers: &[Option<PrepareAnswer>],
     ) -> Self {
         let n = answers.len();
         let mut table: BTreeMap<String, Vec<Option<Vec<u8>>>> =
             owners.into_iter().map(|o| (o, vec![None; n])).collect();
         let mut reasons = BTreeMap::new();
         for (i, a) in answers.iter().enumerate() {
-            for p in a.iter().flatten() {
+            for p in a.iter().flat_map(|a| &a.prepared) {
                 let Some(row) = table.get_mut(&p.owner) else {
                     continue;
                 };
@@ -704,7 +890,18 @@ impl FinishRequest {
             answered: answers.iter().map(Option::is_some).collect(),
             table,
             reasons,
+            signatures: answers
+                .iter()
+                .map(|a| a.as_ref().map(|a| a.signature.clone()).unwrap_or_default())
+                .collect(),
         }
+    }
+
+    /// The answers of aggregator `index` as it signed them.
+    fn column(&self, index: usize) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.table
+            .iter()
+            .map(move |(owner, row)| (owner.as_str(), row[index].as_deref()))
     }
 
     /// Why `owner` is not in the sum when a share is missing.
@@ -782,20 +979,40 @@ enum Opened {
     Shares(Box<VerifyState>),
 }
 
-/// One aggregator's state for a job (sans-I/O): its key, its copy of the job, and the rounds
+/// A prepared round: what opened, and the contributions it was given.
+struct OpenRound {
+    opened: BTreeMap<String, Opened>,
+    digests: BTreeMap<String, [u8; 32]>,
+    view: [u8; 32],
+}
+
+/// A committed round: the digest of the set of owners summed, and the reply kept until a
+/// quorum commits to the same set.
+struct Committed {
+    content: [u8; 32],
+    reply: FinishReply,
+}
+
+/// One aggregator's state for a job (sans-I/O): its keys, its copy of the job, and the rounds
 /// in progress or finished.
 pub struct Aggregator {
     index: usize,
     key: AggregatorKey,
+    signer: SigningKey,
     params: MultiParams,
     verify_key: Option<[u8; 32]>,
     owners: BTreeSet<String>,
     vdaf: Option<Prio3SumVec>,
-    open: BTreeMap<u32, BTreeMap<String, Opened>>,
+    open: BTreeMap<u32, OpenRound>,
+    committed: BTreeMap<u32, Committed>,
     finished: BTreeSet<u32>,
     models: BTreeSet<[u8; 32]>,
     round_models: BTreeMap<u32, [u8; 32]>,
 }
+
+/// Per aggregator index, its certified Ed25519 public key when the caller checked its
+/// certificate (name `aggregator-{i+1}`, role aggregator, the federation's CA, not revoked).
+pub type AggregatorKeys = [Option<[u8; 32]>];
 
 impl std::fmt::Debug for Aggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -804,11 +1021,13 @@ impl std::fmt::Debug for Aggregator {
 }
 
 impl Aggregator {
-    /// Aggregator `index` (0-based) of a job. `verify_key` is the Prio3 verify key that all
-    /// `shares` aggregators share and no owner knows; `threshold` needs none.
+    /// Aggregator `index` (0-based) of a job. `signer` is the key its certificate certifies.
+    /// `verify_key` is the Prio3 verify key that all `shares` aggregators share and no owner
+    /// knows; `threshold` needs none.
     pub fn new(
         index: usize,
         key: AggregatorKey,
+        signer: SigningKey,
         params: MultiParams,
         verify_key: Option<[u8; 32]>,
         owners: BTreeSet<String>,
@@ -834,30 +1053,49 @@ impl Aggregator {
         Ok(Self {
             index,
             key,
+            signer,
             params,
             verify_key,
             owners,
             vdaf,
             open: BTreeMap::new(),
+            committed: BTreeMap::new(),
             finished: BTreeSet::new(),
             models: BTreeSet::new(),
             round_models: BTreeMap::new(),
         })
     }
 
-    /// The public key, hex.
+    /// The HPKE public key, hex.
     pub fn public_hex(&self) -> String {
         self.key.public_hex()
     }
 
-    /// Step 2: checks the relayed contributions (each with its owner's certified public key)
-    /// and opens this aggregator's share of each. A round is prepared once.
+    /// The signature of this aggregator's certified key over its HPKE public key.
+    pub fn key_signature(&self) -> Vec<u8> {
+        let public = self.key.public.to_bytes();
+        self.signer
+            .sign(&self.params.key_statement(self.index, &public))
+            .to_vec()
+    }
+
+    /// The Ed25519 public key this aggregator signs with.
+    pub fn signer_key(&self) -> [u8; 32] {
+        self.signer.public_key()
+    }
+
+    /// Step 2: checks the relayed contributions (each with its owner's certified public key),
+    /// opens this aggregator's share of each, and signs its answers with the digest of the
+    /// contributions. A round is prepared once.
     pub fn prepare(
         &mut self,
         round: u32,
         contributions: Vec<(Contribution, Vec<u8>)>,
-    ) -> Result<Vec<Prepared>, UnsealError> {
-        if self.finished.contains(&round) || self.open.contains_key(&round) {
+    ) -> Result<PrepareAnswer, UnsealError> {
+        if self.finished.contains(&round)
+            || self.open.contains_key(&round)
+            || self.committed.contains_key(&round)
+        {
             return Err(UnsealError::AlreadyUnsealed(round));
         }
         let (model, checked) =
@@ -875,6 +1113,8 @@ impl Aggregator {
                 min: self.params.scheme.min_owners,
             });
         }
+        let digests = contribution_digests(checked.values().map(|c| c.get()));
+        let view = owners_digest("confide/aggregators/view", &digests, digests.keys());
         let mut opened = BTreeMap::new();
         let mut out = Vec::with_capacity(checked.len());
         for (owner, c) in checked {
@@ -887,9 +1127,32 @@ impl Aggregator {
             };
             out.push(Prepared { owner, share });
         }
-        self.open.insert(round, opened);
+        let answer = PrepareAnswer {
+            signature: Vec::new(),
+            prepared: out,
+        };
+        let column: BTreeMap<&str, Option<&[u8]>> = answer
+            .prepared
+            .iter()
+            .map(|p| (p.owner.as_str(), p.share.as_ref().ok().map(Vec::as_slice)))
+            .collect();
+        let statement = self
+            .params
+            .prepare_statement(round, self.index, &view, column);
+        let signature = self.signer.sign(&statement).to_vec();
+        self.open.insert(
+            round,
+            OpenRound {
+                opened,
+                digests,
+                view,
+            },
+        );
         self.round_models.insert(round, model.unwrap_or_default());
-        Ok(out)
+        Ok(PrepareAnswer {
+            signature,
+            ..answer
+        })
     }
 
     fn open_one(&self, owner: &str, payload: &[u8]) -> Result<(Opened, Vec<u8>), Reject> {
@@ -946,30 +1209,86 @@ impl Aggregator {
         }
     }
 
-    /// Step 3: decides who is in the sum by the scheme's rule, checks there are at least
-    /// `min_owners` of them, and returns this aggregator's partial sum. A round is finished
-    /// once; its global model is never aggregated again.
-    pub fn finish(&mut self, request: &FinishRequest) -> Result<FinishReply, UnsealError> {
+    /// Step 3: checks that every answer in the request is signed by its aggregator over the
+    /// contributions this aggregator was given (KEY-008), decides who is in the sum by the
+    /// scheme's rule, checks there are at least `min_owners` of them (KEY-004), computes and
+    /// keeps this aggregator's partial sum, and returns its signature over the set of owners
+    /// summed. `keys` are the certified keys of the other aggregators. A round is committed
+    /// once, and its global model is never aggregated again (KEY-005).
+    pub fn commit(
+        &mut self,
+        request: &FinishRequest,
+        keys: &AggregatorKeys,
+    ) -> Result<Vec<u8>, UnsealError> {
         let round = request.round;
-        if self.finished.contains(&round) {
+        if self.finished.contains(&round) || self.committed.contains_key(&round) {
             return Err(UnsealError::AlreadyUnsealed(round));
         }
-        let opened = self
+        let open = self
             .open
             .get(&round)
             .ok_or_else(|| UnsealError::Internal(format!("round {round} was not prepared here")))?;
-        if request.answered.len() != self.params.n || !request.answered[self.index] {
+        let n = self.params.n;
+        if request.answered.len() != n
+            || request.signatures.len() != n
+            || request.table.values().any(|row| row.len() != n)
+            || !request.answered[self.index]
+        {
             return Err(UnsealError::Internal(
-                "the request does not list this aggregator's own answer".into(),
+                "the request is malformed or does not list this aggregator's own answer".into(),
             ));
         }
+        let inconsistent = |m: String| Err(UnsealError::Inconsistent(m));
+        // Only signed answers count: a column of an aggregator that did not answer must be
+        // empty, or the coordinator could slip in verifier shares nobody signed.
+        if let Some(j) = (0..n)
+            .find(|&j| !request.answered[j] && request.table.values().any(|row| row[j].is_some()))
+        {
+            return inconsistent(format!(
+                "the request has answers for {}, which it lists as not answering",
+                aggregator_name(j)
+            ));
+        }
+        if self.vdaf.is_some()
+            && let Some(j) = request.answered.iter().position(|a| !a)
+        {
+            return inconsistent(format!(
+                "`shares` needs every aggregator's answer, and {} has none",
+                aggregator_name(j)
+            ));
+        }
+        if !request.table.keys().eq(open.digests.keys()) {
+            return inconsistent(
+                "the request lists other owners than the contributions given to this aggregator"
+                    .into(),
+            );
+        }
+        for j in (0..n).filter(|&j| request.answered[j]) {
+            let key = if j == self.index {
+                Some(self.signer_key())
+            } else {
+                keys.get(j).copied().flatten()
+            };
+            let Some(key) = key else {
+                return inconsistent(format!("no certified key for {}", aggregator_name(j)));
+            };
+            let statement = self
+                .params
+                .prepare_statement(round, j, &open.view, request.column(j));
+            if sign::verify(&key, &statement, &request.signatures[j]).is_err() {
+                return inconsistent(format!(
+                    "the answer of {} in the request is not what it signed over the contributions given here (altered, or the aggregators were given different contributions)",
+                    aggregator_name(j)
+                ));
+            }
+        }
         let (accepted, rejected, aggregate) = match &self.vdaf {
-            Some(vdaf) => self.finish_shares(vdaf, request, opened)?,
+            Some(vdaf) => self.finish_shares(vdaf, request, &open.opened)?,
             None => {
                 let (accepted, rejected) = request.decide_threshold();
                 let mut parts = Vec::with_capacity(accepted.len());
                 for o in &accepted {
-                    match opened.get(o) {
+                    match open.opened.get(o) {
                         Some(Opened::Threshold(v)) => parts.push(v.as_slice()),
                         _ => {
                             return Err(UnsealError::Internal(format!(
@@ -993,16 +1312,71 @@ impl Aggregator {
                 min: self.params.scheme.min_owners,
             });
         }
+        let content = owners_digest("confide/aggregators/commit", &open.digests, &accepted);
+        let signature = self
+            .signer
+            .sign(&self.params.commit_statement(round, self.index, &content))
+            .to_vec();
         self.open.remove(&round);
-        self.finished.insert(round);
         if let Some(m) = self.round_models.remove(&round) {
             self.models.insert(m);
         }
-        Ok(FinishReply {
-            accepted,
-            rejected,
-            aggregate,
-        })
+        self.committed.insert(
+            round,
+            Committed {
+                content,
+                reply: FinishReply {
+                    accepted,
+                    rejected,
+                    aggregate,
+                },
+            },
+        );
+        Ok(signature)
+    }
+
+    /// Step 4: returns the partial sum committed in step 3 once at least
+    /// [`MultiParams::quorum`] aggregators, this one included, signed a commitment to the same
+    /// set of owners (KEY-008). `signatures` are the commit signatures by aggregator index
+    /// (empty: none); `keys` the other aggregators' certified keys.
+    pub fn release(
+        &mut self,
+        round: u32,
+        signatures: &[Vec<u8>],
+        keys: &AggregatorKeys,
+    ) -> Result<FinishReply, UnsealError> {
+        if self.finished.contains(&round) {
+            return Err(UnsealError::AlreadyUnsealed(round));
+        }
+        let committed = self.committed.get(&round).ok_or_else(|| {
+            UnsealError::Internal(format!("round {round} was not committed here"))
+        })?;
+        // This aggregator's own commitment counts; each other index counts once, under the key
+        // certified for that index.
+        let agreeing = (0..self.params.n)
+            .filter(|&j| {
+                if j == self.index {
+                    return true;
+                }
+                let statement = self.params.commit_statement(round, j, &committed.content);
+                match (keys.get(j).copied().flatten(), signatures.get(j)) {
+                    (Some(key), Some(sig)) => sign::verify(&key, &statement, sig).is_ok(),
+                    _ => false,
+                }
+            })
+            .count();
+        let quorum = self.params.quorum();
+        if agreeing < quorum {
+            return Err(UnsealError::Inconsistent(format!(
+                "only {agreeing} aggregators committed to the set of owners this one committed to; {quorum} are needed before a partial sum is released"
+            )));
+        }
+        let committed = self
+            .committed
+            .remove(&round)
+            .ok_or_else(|| UnsealError::Internal("lost the committed round".into()))?;
+        self.finished.insert(round);
+        Ok(committed.reply)
     }
 
     #[allow(clippy::type_complexity)]

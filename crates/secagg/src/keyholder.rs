@@ -116,6 +116,11 @@ pub enum UnsealError {
         /// What is wrong.
         detail: String,
     },
+    /// KEY-008 (aggregators): the step-3 request carries an answer that its aggregator did not
+    /// sign over the contributions this aggregator was given, or fewer than the quorum of
+    /// aggregators committed to the same sum.
+    #[error("KEY-008 {0}")]
+    Inconsistent(String),
     /// The key holder itself failed (key/layout mismatch).
     #[error("key holder error: {0}")]
     Internal(String),

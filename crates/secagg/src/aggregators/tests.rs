@@ -21,6 +21,7 @@ fn aggregators(p: &MultiParams, os: &[Owner]) -> Vec<Aggregator> {
             Aggregator::new(
                 i,
                 AggregatorKey::generate(),
+                crate::contribution::tests::key(),
                 p.clone(),
                 (p.kind == SchemeKind::Shares).then_some(VERIFY_KEY),
                 all(os),
@@ -28,6 +29,11 @@ fn aggregators(p: &MultiParams, os: &[Owner]) -> Vec<Aggregator> {
             .expect("aggregator")
         })
         .collect()
+}
+
+/// The aggregators' certified signing keys, as the network layer hands them over.
+fn signer_keys(aggs: &[Aggregator]) -> Vec<Option<[u8; 32]>> {
+    aggs.iter().map(|a| Some(a.signer_key())).collect()
 }
 
 fn public_keys(aggs: &[Aggregator]) -> Vec<Vec<u8>> {
@@ -53,41 +59,117 @@ fn run_round(
     faults: &[Fault],
     os: &[Owner],
 ) -> Result<AggregateSum, SchemeError> {
+    run_round_with_refusals(server, aggs, faults, os).0
+}
+
+/// As [`run_round`], with the honest aggregators' refusals to release.
+fn run_round_with_refusals(
+    server: &mut MultiServer,
+    aggs: &mut [Aggregator],
+    faults: &[Fault],
+    os: &[Owner],
+) -> (Result<AggregateSum, SchemeError>, Vec<String>) {
     let StageResult::External(ExternalRequest::Aggregate {
         round,
         contributions,
-    }) = server.close_stage(&all(os))?
+    }) = server.close_stage(&all(os)).expect("close")
     else {
         panic!("the aggregators finish the round")
     };
     let relayed = with_keys(os, contributions.clone());
-    let answers: Vec<Option<Vec<Prepared>>> = aggs
+    let answers: Vec<Option<PrepareAnswer>> = aggs
         .iter_mut()
         .zip(faults)
         .map(|(a, f)| {
             (*f != Fault::Crashed).then(|| a.prepare(round, relayed.clone()).expect("prepare"))
         })
         .collect();
+    // The coordinator checks each answer's signature before relaying it.
+    let view = view_digest(&contributions);
+    for (i, (a, answer)) in aggs.iter().zip(&answers).enumerate() {
+        if let Some(answer) = answer {
+            let owners = all(os);
+            assert!(answer.verify(&server.params, (round, i), &owners, &view, &a.signer_key()));
+        }
+    }
     let request = FinishRequest::assemble(
         round,
         contributions.iter().map(|c| c.owner.clone()),
         &answers,
     );
+    let keys = signer_keys(aggs);
+    // An honest aggregator refuses to commit a round that cannot be finished.
+    let commits: Vec<Vec<u8>> = aggs
+        .iter_mut()
+        .zip(faults)
+        .map(|(a, f)| match f {
+            Fault::Crashed => Vec::new(),
+            _ => a.commit(&request, &keys).unwrap_or_default(),
+        })
+        .collect();
+    let mut refusals = Vec::new();
     let replies = aggs
         .iter_mut()
         .zip(faults)
         .map(|(a, f)| match f {
             Fault::Crashed => None,
-            // An honest aggregator refuses to finish a round that cannot be finished.
-            Fault::Honest => a.finish(&request).ok(),
+            Fault::Honest => a
+                .release(round, &commits, &keys)
+                .map_err(|e| refusals.push(e.to_string()))
+                .ok(),
             Fault::Lies => {
-                let mut r = a.finish(&request).expect("finish");
+                let mut r = a.release(round, &commits, &keys).expect("release");
                 r.aggregate[7] ^= 1;
                 Some(r)
             }
         })
         .collect();
-    server.finish(ExternalResult::Aggregated { request, replies })
+    let sum = server.finish(ExternalResult::Aggregated { request, replies });
+    (sum, refusals)
+}
+
+/// Every owner's honest, signed contribution for `round`.
+fn contributions(
+    p: &MultiParams,
+    keys: &[Vec<u8>],
+    os: &[Owner],
+    ups: &[Vec<i64>],
+    round: u32,
+) -> Vec<Contribution> {
+    os.iter()
+        .zip(ups)
+        .map(|(o, u)| signed(o, round, protect(p, keys, o, u)))
+        .collect()
+}
+
+/// Step 2 at every aggregator, with the same contributions.
+fn prepare_all(
+    aggs: &mut [Aggregator],
+    round: u32,
+    os: &[Owner],
+    cs: &[Contribution],
+) -> Vec<Option<PrepareAnswer>> {
+    aggs.iter_mut()
+        .map(|a| {
+            Some(
+                a.prepare(round, with_keys(os, cs.to_vec()))
+                    .expect("prepare"),
+            )
+        })
+        .collect()
+}
+
+/// Steps 3 and 4 at every aggregator, with the same request: all must succeed.
+fn commit_and_release_all(aggs: &mut [Aggregator], request: &FinishRequest) {
+    let signers = signer_keys(aggs);
+    let commits: Vec<Vec<u8>> = aggs
+        .iter_mut()
+        .map(|a| a.commit(request, &signers).expect("commit"))
+        .collect();
+    for a in aggs.iter_mut() {
+        a.release(request.round, &commits, &signers)
+            .expect("release");
+    }
 }
 
 fn plain_sum(os: &[Owner], ups: &[Vec<i64>]) -> AggregateSum {
@@ -210,18 +292,29 @@ fn shares_need_every_aggregator() {
     );
 }
 
-fn threshold_round(faults: &[Fault]) -> (Result<AggregateSum, SchemeError>, Vec<Vec<i64>>) {
+/// A 4-of-n round with the given faults: the sum, the updates, and the honest aggregators'
+/// refusals to release.
+fn threshold_round(
+    faults: &[Fault],
+) -> (
+    Result<AggregateSum, SchemeError>,
+    Vec<Vec<i64>>,
+    Vec<String>,
+) {
     let os = owners(3);
     let ups = updates(3, 25);
     let p = multi(SchemeKind::Threshold, faults.len(), 4, 25, 3);
     let (mut aggs, mut server) = honest_round(&p, &os, &ups);
-    (run_round(&mut server, &mut aggs, faults, &os), ups)
+    let (sum, refusals) = run_round_with_refusals(&mut server, &mut aggs, faults, &os);
+    (sum, ups, refusals)
 }
 
 #[test]
 fn threshold_seven_four_survives_one_crash_and_one_liar_and_names_the_liar() {
     use Fault::*;
-    let (sum, ups) = threshold_round(&[Honest, Crashed, Honest, Honest, Lies, Honest, Honest]);
+    let (sum, ups, refusals) =
+        threshold_round(&[Honest, Crashed, Honest, Honest, Lies, Honest, Honest]);
+    assert!(refusals.is_empty(), "{refusals:?}");
     let sum = sum.expect("sum");
     assert_eq!(sum.sums, expected_sum(&ups, &[0, 1, 2]));
     assert_eq!(sum.contributors.len(), 3);
@@ -237,23 +330,37 @@ fn threshold_seven_four_survives_one_crash_and_one_liar_and_names_the_liar() {
         sum.faulty
     );
     // Up to the bound with 7 replies: (7 − 4) / 2 = 1 liar; with no crash and 1 liar it also
-    // holds; with 2 crashes and no liar too.
-    let (sum, ups) = threshold_round(&[Lies, Honest, Honest, Honest, Honest, Honest, Honest]);
+    // holds.
+    let (sum, ups, _) = threshold_round(&[Lies, Honest, Honest, Honest, Honest, Honest, Honest]);
     assert_eq!(sum.expect("sum").sums, expected_sum(&ups, &[0, 1, 2]));
-    let (sum, ups) = threshold_round(&[Crashed, Crashed, Honest, Honest, Honest, Honest, Crashed]);
-    assert_eq!(sum.expect("sum").sums, expected_sum(&ups, &[0, 1, 2]));
+    // The decoder alone would need only t = 4 replies, but with two aggregators down only 5
+    // commit, below the release quorum of 6 (against split views): every honest aggregator
+    // refuses to release, and the round fails with the reason.
+    let (sum, _, refusals) =
+        threshold_round(&[Crashed, Crashed, Honest, Honest, Honest, Honest, Honest]);
+    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r.contains("KEY-008 only 5 aggregators committed")),
+        "{refusals:?}"
+    );
+    let err = sum.expect_err("below the release quorum");
+    assert!(
+        err.to_string().contains("only 0 aggregators released"),
+        "{err}"
+    );
 }
 
 #[test]
 fn threshold_past_the_bound_fails_with_an_error_not_a_wrong_sum() {
     use Fault::*;
     // One crash and two uncoordinated liars: 6 replies correct only 1.
-    let (sum, _) = threshold_round(&[Honest, Crashed, Lies, Honest, Lies, Honest, Honest]);
+    let (sum, _, refusals) =
+        threshold_round(&[Honest, Crashed, Lies, Honest, Lies, Honest, Honest]);
+    assert!(refusals.is_empty(), "{refusals:?}");
     let err = sum.expect_err("past the bound");
     assert!(err.to_string().contains("cannot be decoded"), "{err}");
-    // Four crashes: fewer replies than the threshold.
-    let (sum, _) = threshold_round(&[Crashed, Crashed, Crashed, Honest, Honest, Crashed, Honest]);
-    assert!(sum.is_err());
 }
 
 #[test]
@@ -263,11 +370,7 @@ fn aggregators_refuse_a_second_round_too_few_owners_and_forged_contributions() {
     let p = multi(SchemeKind::Threshold, 3, 2, 8, 3);
     let mut aggs = aggregators(&p, &os);
     let keys = public_keys(&aggs);
-    let cs: Vec<Contribution> = os
-        .iter()
-        .zip(&ups)
-        .map(|(o, u)| signed(o, 1, protect(&p, &keys, o, u)))
-        .collect();
+    let cs = contributions(&p, &keys, &os, &ups, 1);
     let a = &mut aggs[0];
     // A forged signature (KEY-001) and an unknown owner (KEY-002).
     let mut forged = with_keys(&os, cs.clone());
@@ -314,17 +417,59 @@ fn aggregators_refuse_a_second_round_too_few_owners_and_forged_contributions() {
         a.prepare(2, same_model(2)),
         Err(UnsealError::AlreadyUnsealed(2))
     ));
+    let no_keys = [None, None, None];
+    // The request must list exactly the owners this aggregator was given (KEY-008).
     let mut request = FinishRequest::assemble(
         1,
         os.iter().map(|o| o.name.clone()),
-        &[Some(prepared.clone()), Some(prepared.clone()), None],
+        &[Some(prepared.clone()), None, None],
     );
     request.table.retain(|o, _| o == "o0");
     assert!(matches!(
-        a.finish(&request),
-        Err(UnsealError::TooFew { .. })
+        a.commit(&request, &no_keys),
+        Err(UnsealError::Inconsistent(_))
     ));
-    // A round is prepared and finished once (KEY-005).
+    // Too few owners in the sum at step 3 (KEY-004): aggregator-3 could not open the shares of
+    // o1 and o2, so by the rule only o0 is in the sum.
+    let broken: Vec<Contribution> = os
+        .iter()
+        .zip(&ups)
+        .enumerate()
+        .map(|(i, (o, u))| {
+            let mut payload = protect(&p, &keys, o, u);
+            if i > 0 {
+                let last = payload.len() - 1;
+                payload[last] ^= 1;
+            }
+            crate::sign_contribution(
+                &o.key,
+                &JOB,
+                crate::Unsigned {
+                    owner: o.name.clone(),
+                    round: 4,
+                    stage: 0,
+                    model_digest: crate::model_digest(&[4.0]),
+                    payload,
+                },
+            )
+        })
+        .collect();
+    let keys3 = signer_keys(&aggs);
+    let mine = aggs[0]
+        .prepare(4, with_keys(&os, broken.clone()))
+        .expect("prepare");
+    let third = aggs[2].prepare(4, with_keys(&os, broken)).expect("prepare");
+    let request = FinishRequest::assemble(
+        4,
+        os.iter().map(|o| o.name.clone()),
+        &[Some(mine), None, Some(third)],
+    );
+    assert!(matches!(
+        aggs[0].commit(&request, &keys3),
+        Err(UnsealError::TooFew { got: 1, min: 2 })
+    ));
+    let a = &mut aggs[0];
+    // A round is prepared and committed once (KEY-005).
     assert!(matches!(
         a.prepare(1, with_keys(&os, cs.clone())),
         Err(UnsealError::AlreadyUnsealed(1))
@@ -332,17 +477,212 @@ fn aggregators_refuse_a_second_round_too_few_owners_and_forged_contributions() {
     let request = FinishRequest::assemble(
         1,
         os.iter().map(|o| o.name.clone()),
-        &[Some(prepared.clone()), Some(prepared), None],
+        &[Some(prepared), None, None],
     );
-    a.finish(&request).expect("finish");
+    let mine = a.commit(&request, &no_keys).expect("commit");
     assert!(matches!(
-        a.finish(&request),
+        a.commit(&request, &no_keys),
         Err(UnsealError::AlreadyUnsealed(1))
     ));
     assert!(matches!(
         a.prepare(3, same_model(3)),
         Err(UnsealError::AlreadyUnsealed(3))
     ));
+    // Its own commitment alone is below the quorum of 3: nothing is released.
+    assert!(matches!(
+        a.release(1, &[mine, Vec::new(), Vec::new()], &no_keys),
+        Err(UnsealError::Inconsistent(_))
+    ));
+}
+
+/// Under `shares`, a verifier share replaced by the coordinator, or aggregators given
+/// different contributions, make the honest aggregators refuse to commit.
+#[test]
+fn shares_aggregators_refuse_altered_answers_and_different_contributions() {
+    let os = owners(3);
+    let ups = updates(3, 12);
+    let p = multi(SchemeKind::Shares, 2, 2, 12, 2);
+    let mut aggs = aggregators(&p, &os);
+    let keys = public_keys(&aggs);
+    let signers = signer_keys(&aggs);
+    let cs = contributions(&p, &keys, &os, &ups, 1);
+    let answers = prepare_all(&mut aggs, 1, &os, &cs);
+    let names = || os.iter().map(|o| o.name.clone());
+    let request = FinishRequest::assemble(1, names(), &answers);
+    // One byte of aggregator-2's verifier share for o1, changed in transit.
+    let mut altered = request.clone();
+    let share = altered.table.get_mut("o1").expect("o1")[1]
+        .as_mut()
+        .expect("share");
+    share[0] ^= 1;
+    let err = aggs[0].commit(&altered, &signers).expect_err("altered");
+    assert!(
+        matches!(&err, UnsealError::Inconsistent(m) if m.contains("aggregator-2")),
+        "{err}"
+    );
+    // The same altered share in a column listed as not answering (so that no signature would
+    // be checked), and a request that leaves aggregator-2 out altogether.
+    let mut unlisted = altered.clone();
+    unlisted.answered[1] = false;
+    unlisted.signatures[1].clear();
+    let err = aggs[0]
+        .commit(&unlisted, &signers)
+        .expect_err("unsigned column");
+    assert!(
+        matches!(&err, UnsealError::Inconsistent(m) if m.contains("lists as not answering")),
+        "{err}"
+    );
+    let mut alone = request.clone();
+    alone.answered[1] = false;
+    alone.signatures[1].clear();
+    for row in alone.table.values_mut() {
+        row[1] = None;
+    }
+    let err = aggs[0].commit(&alone, &signers).expect_err("one answer");
+    assert!(
+        matches!(&err, UnsealError::Inconsistent(m) if m.contains("every aggregator")),
+        "{err}"
+    );
+    // An aggregator's answer that is validly signed but not for exactly the relayed owners (one
+    // left out) is refused by the coordinator before it can make the others refuse.
+    let view = view_digest(&cs);
+    let owner_set = all(&os);
+    let good = answers[1].clone().expect("answer");
+    assert!(good.verify(&p, (1, 1), &owner_set, &view, &aggs[1].signer_key()));
+    let mut short = good.clone();
+    short.prepared.pop();
+    let column = short
+        .prepared
+        .iter()
+        .map(|x| (x.owner.as_str(), x.share.as_ref().ok().map(Vec::as_slice)));
+    short.signature = aggs[1]
+        .signer
+        .sign(&p.prepare_statement(1, 1, &view, column))
+        .to_vec();
+    assert!(!short.verify(&p, (1, 1), &owner_set, &view, &aggs[1].signer_key()));
+    // Nor is a good answer under another index or key.
+    assert!(!good.verify(&p, (1, 0), &owner_set, &view, &aggs[1].signer_key()));
+    assert!(!good.verify(&p, (1, 1), &owner_set, &view, &aggs[0].signer_key()));
+    // A signature that is not aggregator-2's key (say, the coordinator's own).
+    let mut foreign = signers.clone();
+    foreign[1] = Some(crate::contribution::tests::key().public_key());
+    assert!(matches!(
+        aggs[0].commit(&request, &foreign),
+        Err(UnsealError::Inconsistent(_))
+    ));
+    // Aggregator-2 answered round 2 over o0 and o1 only; aggregator-1 was given all three.
+    let cs2 = contributions(&p, &keys, &os, &ups, 2);
+    let first = aggs[0]
+        .prepare(2, with_keys(&os, cs2.clone()))
+        .expect("prepare");
+    let second = aggs[1]
+        .prepare(2, with_keys(&os, cs2[..2].to_vec()))
+        .expect("prepare");
+    let split = FinishRequest::assemble(2, names(), &[Some(first), Some(second)]);
+    assert!(matches!(
+        aggs[0].commit(&split, &signers),
+        Err(UnsealError::Inconsistent(_))
+    ));
+    // The untouched request still commits and releases at both.
+    commit_and_release_all(&mut aggs, &request);
+}
+
+/// The split-view attack under `threshold` 4-of-7: o1's share for aggregator-7 does not
+/// open, so a coordinator that tells aggregators 1–3 that aggregator-7 answered and 4–6 that it
+/// did not gets two groups to sum {o0, o2} and {o0, o1, o2}. With aggregator-7 colluding and
+/// signing both, neither set reaches the quorum of 6, and no honest aggregator releases.
+#[test]
+fn threshold_split_views_never_reach_the_release_quorum() {
+    let os = owners(3);
+    let ups = updates(3, 12);
+    let p = multi(SchemeKind::Threshold, 7, 4, 12, 2);
+    assert_eq!(p.quorum(), 6);
+    let mut aggs = aggregators(&p, &os);
+    let keys = public_keys(&aggs);
+    let signers = signer_keys(&aggs);
+    let cs: Vec<Contribution> = os
+        .iter()
+        .zip(&ups)
+        .enumerate()
+        .map(|(i, (o, u))| {
+            let mut payload = protect(&p, &keys, o, u);
+            if i == 1 {
+                let last = payload.len() - 1;
+                payload[last] ^= 1;
+            }
+            signed(o, 1, payload)
+        })
+        .collect();
+    let answers = prepare_all(&mut aggs, 1, &os, &cs);
+    let names = || os.iter().map(|o| o.name.clone());
+    let with_seventh = FinishRequest::assemble(1, names(), &answers);
+    let mut without = answers.clone();
+    without[6] = None;
+    let without_seventh = FinishRequest::assemble(1, names(), &without);
+    assert_eq!(with_seventh.decide_threshold().0, vec!["o0", "o2"]);
+    assert_eq!(without_seventh.decide_threshold().0, vec!["o0", "o1", "o2"]);
+    let mut commits = vec![Vec::new(); 7];
+    for (i, a) in aggs.iter_mut().enumerate().take(6) {
+        let request = if i < 3 {
+            &with_seventh
+        } else {
+            &without_seventh
+        };
+        commits[i] = a.commit(request, &signers).expect("commit");
+        // An honest aggregator commits once: the other view is refused.
+        let other = if i < 3 {
+            &without_seventh
+        } else {
+            &with_seventh
+        };
+        assert!(matches!(
+            a.commit(other, &signers),
+            Err(UnsealError::AlreadyUnsealed(1))
+        ));
+    }
+    // Aggregator-7 colludes: it signs a commitment to both sets.
+    let content = |accepted: &[&str]| {
+        let digests = contribution_digests(&cs);
+        let accepted: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
+        owners_digest("confide/aggregators/commit", &digests, &accepted)
+    };
+    let seventh = |accepted: &[&str]| {
+        aggs[6]
+            .signer
+            .sign(&p.commit_statement(1, 6, &content(accepted)))
+            .to_vec()
+    };
+    let mut both = commits.clone();
+    both[6] = seventh(&["o0", "o2"]);
+    let for_first_group = both.clone();
+    both[6] = seventh(&["o0", "o1", "o2"]);
+    let for_second_group = both;
+    // A signature counts once, at its own index: aggregator-4's commitment copied into every
+    // slot counts once at aggregator-5 (which committed to the same set).
+    let copies = vec![commits[3].clone(); 7];
+    let err = aggs[4].release(1, &copies, &signers).expect_err("copies");
+    assert!(
+        matches!(&err, UnsealError::Inconsistent(m) if m.contains("only 2 aggregators")),
+        "{err}"
+    );
+    for (i, a) in aggs.iter_mut().enumerate().take(6) {
+        let sigs = if i < 3 {
+            &for_first_group
+        } else {
+            &for_second_group
+        };
+        let err = a.release(1, sigs, &signers).expect_err("split view");
+        assert!(
+            matches!(&err, UnsealError::Inconsistent(m) if m.contains("only 4 aggregators")),
+            "{err}"
+        );
+    }
+    // Control: had the coordinator shown everyone the same table, the honest commitments
+    // would have reached the quorum.
+    let mut fresh = aggregators(&p, &os);
+    let cs = contributions(&p, &public_keys(&fresh), &os, &ups, 1);
+    let answers = prepare_all(&mut fresh, 1, &os, &cs);
+    commit_and_release_all(&mut fresh, &FinishRequest::assemble(1, names(), &answers));
 }
 
 #[test]
