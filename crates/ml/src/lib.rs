@@ -15,6 +15,7 @@
 pub mod dataset;
 pub mod dpsgd;
 pub mod export;
+pub mod job;
 pub mod model;
 pub mod standardize;
 pub mod train;

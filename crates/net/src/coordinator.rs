@@ -265,15 +265,7 @@ pub fn masking_config(spec: &JobSpec, digest: &[u8; 32], round: u32) -> MaskingC
     }
 }
 
-/// The model architecture of a job.
-pub fn model_spec(spec: &JobSpec) -> ModelSpec {
-    ModelSpec {
-        kind: spec.model.kind,
-        input_dim: spec.input_dim(),
-        hidden: spec.model.hidden.clone(),
-        classes: spec.model.classes,
-    }
-}
+pub use confide_ml::job::model_spec;
 
 /// The fixed-point encoding of a job.
 pub fn fixed_point(spec: &JobSpec) -> Result<FixedPoint, NetError> {

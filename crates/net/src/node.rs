@@ -6,10 +6,10 @@
 //! job for this owner) and witnesses the coordinator's audit log: it cosigns each signed tree
 //! head only if it extends the last head it saw.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use confide_core::{JobSpec, SchemeKind, StandardizeSpec};
-use confide_ml::{CsvSpec, DataError, Dataset, Standardizer, TrainConfig};
+use confide_core::{JobSpec, SchemeKind};
+use confide_ml::{DataError, TrainConfig};
 use confide_secagg::{
     AggregationClient, HolderPublicKey, PlainClient, Unsigned, model_digest, sign_contribution,
 };
@@ -41,28 +41,7 @@ pub enum NodeError {
     Job(String),
 }
 
-/// Loads a CSV with the job's schema, checks it, and applies the job's standardisation.
-pub fn load_job_data(spec: &JobSpec, path: &Path) -> Result<Dataset, DataError> {
-    let csv = CsvSpec {
-        has_header: spec.data.has_header,
-        label: spec.data.label.clone(),
-        exclude: spec.data.exclude.clone(),
-    };
-    let mut data = confide_ml::dataset::load_csv(path, &csv, spec.model.classes)?;
-    data.check_schema(
-        &path.display().to_string(),
-        spec.data.feature_count,
-        &spec.data.features,
-    )?;
-    if let StandardizeSpec::Fixed { mean, std } = &spec.data.standardize {
-        Standardizer {
-            mean: mean.clone(),
-            std: std.clone(),
-        }
-        .apply(&mut data);
-    }
-    Ok(data)
-}
+pub use confide_ml::job::load_job_data;
 
 /// What a node needs.
 #[derive(Debug, Clone)]

@@ -1,0 +1,53 @@
+//! What a job file says about the model and the data, in the ML crate's terms: shared by the
+//! federated roles and the confidential trainer's trusted core (which must not link the
+//! network crate).
+
+use std::path::Path;
+
+use confide_core::{JobSpec, StandardizeSpec};
+
+use crate::{CsvSpec, DataError, Dataset, ModelSpec, Standardizer};
+
+/// The model a job trains.
+pub fn model_spec(spec: &JobSpec) -> ModelSpec {
+    ModelSpec {
+        kind: spec.model.kind,
+        input_dim: spec.input_dim(),
+        hidden: spec.model.hidden.clone(),
+        classes: spec.model.classes,
+    }
+}
+
+/// Loads an owner's CSV as the job describes it: its label column and exclusions, checked
+/// against the job's schema, with the job's fixed standardisation applied.
+pub fn load_job_data(spec: &JobSpec, path: &Path) -> Result<Dataset, DataError> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| DataError::Io {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
+    read_job_data(spec, file, &shown)
+}
+
+/// As [`load_job_data`], from any reader (`shown` names it in errors).
+pub fn read_job_data(
+    spec: &JobSpec,
+    reader: impl std::io::Read,
+    shown: &str,
+) -> Result<Dataset, DataError> {
+    let csv = CsvSpec {
+        has_header: spec.data.has_header,
+        label: spec.data.label.clone(),
+        exclude: spec.data.exclude.clone(),
+    };
+    let mut data = crate::dataset::read_csv(reader, shown, &csv, spec.model.classes)?;
+    data.check_schema(shown, spec.data.feature_count, &spec.data.features)?;
+    if let StandardizeSpec::Fixed { mean, std } = &spec.data.standardize {
+        Standardizer {
+            mean: mean.clone(),
+            std: std.clone(),
+        }
+        .apply(&mut data);
+    }
+    Ok(data)
+}

@@ -1,0 +1,25 @@
+//! Confide's confidential trainer (confidential-mode issue, in progress): data owners encrypt
+//! their datasets to an attested trusted core, which trains with DP-SGD, seals what it keeps
+//! and releases the model only to the configured recipients.
+//!
+//! - [`protocol`]: the narrow typed channel between the untrusted host and the trusted core
+//!   (length-prefixed JSON frames), the core's configuration and what each party signs.
+//! - [`core`]: the trusted core's state machine (sans-I/O): attestation evidence binding its
+//!   upload key and configuration, signed and encrypted uploads, sealed storage with rollback
+//!   detection, DP-SGD, release to signed recipient keys.
+//! - [`owner`]: the owners' and recipients' side.
+//! - [`sandbox`]: the confinement the trusted core applies to itself before it touches data:
+//!   resource limits, landlock (its own directory only) and seccomp (no sockets, no exec).
+//!
+//! It links chunked HPKE envelopes and sealed storage from `confide_crypto::{envelope, seal}`,
+//! attestation from `confide_attest`, DP-SGD from `confide_ml::dpsgd`, and no network crate.
+//! Not built yet: the core as its own confined process behind the channel, and the
+//! `confide trainer`, `upload` and `fetch` commands.
+
+pub mod core;
+pub mod owner;
+pub mod protocol;
+pub mod sandbox;
+
+#[cfg(test)]
+mod tests;
