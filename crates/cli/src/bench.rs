@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// Attestation verification of the published SGX, TDX and SEV-SNP samples and of dev-TEE
     /// evidence, against the dev TEE's Ed25519 check as the baseline.
     Attest(AttestBench),
+    /// The confidential mode's cryptography (attestation, envelopes, sealing, release)
+    /// against the same DP-SGD training without it.
+    Confidential(crate::bench_confidential::ConfidentialBench),
 }
 
 /// Options of `confide bench attest`.
@@ -107,6 +110,7 @@ pub async fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Dpsgd(b) => dpsgd(&b),
         BenchCommand::Secagg(b) => secagg(&b),
         BenchCommand::Attest(b) => attest(&b),
+        BenchCommand::Confidential(b) => crate::bench_confidential::run(&b),
     }
 }
 

@@ -1,10 +1,13 @@
 //! `confide`: the command-line entry point for every role.
 
 mod bench;
+mod bench_confidential;
+mod confidential;
 mod governance;
 mod simulate;
 mod sweep;
 mod train;
+mod trainer_core;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,10 @@ enum Command {
     Aggregator(AggregatorArgs),
     /// Run a data owner's node: trains locally and sends protected updates.
     Node(NodeArgs),
+    /// Run the confidential trainer's trusted core (started by its host, `confide simulate`
+    /// for a job with a [confidential] section): confined to --dir, it speaks the typed
+    /// channel on stdin and stdout.
+    TrainerCore(trainer_core::TrainerCoreArgs),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -365,6 +372,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The trusted core confines itself: it must run before any runtime thread exists.
+    if let Command::TrainerCore(args) = &cli.command {
+        let code = trainer_core::run(args).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            1
+        });
+        std::process::exit(code);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -387,6 +402,7 @@ fn main() {
 async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Simulate(args) => simulate::run(args).await,
+        Command::TrainerCore(_) => anyhow::bail!("`trainer-core` runs before the async runtime"),
         Command::Ca(CaCommand::Init { dir, federation }) => {
             pki::init_ca(&dir, &federation, time::OffsetDateTime::now_utc())?;
             println!("created {}/ca.crt and ca.key", dir.display());
@@ -546,7 +562,7 @@ fn print_json(value: serde_json::Value) -> Result<i32> {
     Ok(0)
 }
 
-pub fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
+pub fn write_secret_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -557,7 +573,7 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
     let mut f = opts
         .open(path)
         .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(contents.as_bytes())?;
+    f.write_all(contents.as_ref())?;
     Ok(())
 }
 

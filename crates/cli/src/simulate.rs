@@ -220,6 +220,13 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
             PathBuf::from("runs").join(format!("{}-{stamp}", spec.job.id))
         }
     };
+    if config.confidential.is_some() {
+        let args = args.clone();
+        return tokio::task::spawn_blocking(move || {
+            crate::confidential::simulate(&args, config, work)
+        })
+        .await?;
+    }
     let fed = work.join("fed");
     if fed.exists() {
         bail!("{} already exists; choose a new --work-dir", fed.display());
@@ -758,7 +765,7 @@ impl Roles {
                 let mut k = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
                 let path = work.join("aggregators-verify-key.hex");
-                crate::write_secret_file(&path, &hex::encode(k))?;
+                crate::write_secret_file(&path, hex::encode(k))?;
                 Some((k, path))
             }
             _ => None,

@@ -126,19 +126,11 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         Some(p) => vec![p.clone()],
         None => config.parties.iter().map(|p| p.data.clone()).collect(),
     };
-    let mut train: Option<Dataset> = None;
-    for path in &paths {
-        let part = confide_net::node::load_job_data(&spec, path)?;
-        train = Some(match train {
-            None => part,
-            Some(mut all) => {
-                all.features.extend_from_slice(&part.features);
-                all.labels.extend_from_slice(&part.labels);
-                all
-            }
-        });
-    }
-    let Some(train) = train else {
+    let parts = paths
+        .iter()
+        .map(|path| confide_ml::job::load_job_data(&spec, path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(train) = Dataset::concat(parts) else {
         bail!("no training data: give --data or a [[parties]] entry");
     };
     if train.is_empty() {

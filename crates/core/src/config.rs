@@ -593,8 +593,34 @@ pub struct JobConfig {
     /// `[aggregators]`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregators: Option<AggregatorsSection>,
+    /// `[confidential]`: train centrally in an attested trusted core instead of federating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidential: Option<ConfidentialSection>,
     /// `[[parties]]`
     pub parties: Vec<PartySection>,
+}
+
+/// The `[confidential]` section (confidential mode): the owners encrypt their data to an
+/// attested trusted core, which trains centrally with DP-SGD and releases the model to the
+/// recipients named here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidentialSection {
+    /// Who may receive the model (`confide simulate` creates their keys).
+    #[serde(default = "default_recipients")]
+    pub recipients: Vec<String>,
+    /// The trusted execution environment: `dev` (the insecure simulated TEE, the only one
+    /// that runs without TEE hardware).
+    #[serde(default = "default_tee")]
+    pub tee: String,
+}
+
+fn default_recipients() -> Vec<String> {
+    vec!["model-owner".into()]
+}
+
+fn default_tee() -> String {
+    "dev".into()
 }
 
 /// The part of a job that every role must agree on. It carries no local paths.

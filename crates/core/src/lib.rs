@@ -5,7 +5,7 @@ pub mod config;
 pub mod role;
 
 pub use config::{
-    AccountantKind, AggregatorsSection, ColumnRef, ConfigError, JobConfig, JobSpec, ModelKind,
-    PrivacyLevel, PrivacySection, SchemeKind, SimulateMode, StandardizeSpec,
+    AccountantKind, AggregatorsSection, ColumnRef, ConfidentialSection, ConfigError, JobConfig,
+    JobSpec, ModelKind, PrivacyLevel, PrivacySection, SchemeKind, SimulateMode, StandardizeSpec,
 };
 pub use role::Role;

@@ -24,8 +24,7 @@
 //!
 //! [`open`] writes each chunk as soon as its tag verifies; an error at a later chunk (a
 //! truncated stream, say) therefore leaves a prefix written. Callers must treat the output as
-//! garbage unless `open` returns `Ok` (the CLI writes to a temporary file and renames it only
-//! then).
+//! garbage unless `open` returns `Ok`.
 
 use std::io::{Read, Write};
 

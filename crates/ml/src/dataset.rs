@@ -121,6 +121,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The rows of several datasets with the same columns, in order (`None` for no parts).
+    pub fn concat(parts: impl IntoIterator<Item = Dataset>) -> Option<Dataset> {
+        let mut parts = parts.into_iter();
+        let mut all = parts.next()?;
+        for part in parts {
+            all.features.extend_from_slice(&part.features);
+            all.labels.extend_from_slice(&part.labels);
+        }
+        Some(all)
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.labels.len()

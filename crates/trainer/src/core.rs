@@ -44,6 +44,8 @@ pub struct TrustedCore {
     versions: BTreeMap<String, u64>,
     /// Owners whose dataset was accepted, with the envelope id.
     accepted: BTreeMap<String, String>,
+    /// Whether the model was trained: a core trains once, so the job's ε is spent once.
+    trained: bool,
 }
 
 impl std::fmt::Debug for TrustedCore {
@@ -82,15 +84,27 @@ impl TrustedCore {
                 return Err(format!("`{name}`: not a 32-byte Ed25519 public key in hex"));
             }
         }
+        // The sealing key is bound to this configuration and to this instance: a blob sealed
+        // for another job, or by an earlier core with the same root, does not open here
+        // (versions live in this instance's memory, so nothing may outlive it).
+        let mut instance = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut instance);
+        let config_digest = config.digest();
+        let identity = format!(
+            "{IDENTITY} config={} instance={}",
+            hex::encode(config_digest),
+            hex::encode(instance)
+        );
         Ok(Self {
-            config_digest: config.digest(),
+            config_digest,
             job_digest: config.job_digest(),
             config,
             attester,
             upload_key: RecipientKey::generate(),
-            sealing: SealingKey::derive(seal_root, measurement, IDENTITY),
+            sealing: SealingKey::derive(seal_root, measurement, &identity),
             versions: BTreeMap::new(),
             accepted: BTreeMap::new(),
+            trained: false,
         })
     }
 
@@ -177,6 +191,9 @@ impl TrustedCore {
         envelope_bytes: &[u8],
         signature: &[u8],
     ) -> Result<CoreReply, Refusal> {
+        if self.trained {
+            return Err("the model was trained: no more data is accepted".into());
+        }
         let key = self.owner_key(owner)?;
         let id = envelope::content_id(envelope_bytes);
         confide_crypto::sign::verify(
@@ -204,8 +221,18 @@ impl TrustedCore {
         })
     }
 
+    /// Parses a CSV under the job's schema. The error names the source and, for a bad cell,
+    /// its line, never its content: refusals go to the untrusted host.
     fn parse(&self, csv: &[u8], shown: &str) -> Result<Dataset, Refusal> {
-        confide_ml::job::read_job_data(&self.config.spec, csv, shown).map_err(|e| e.to_string())
+        use confide_ml::DataError;
+        confide_ml::job::read_job_data(&self.config.spec, csv, shown).map_err(|e| match e {
+            DataError::BadNumber { line, .. } | DataError::BadLabel { line, .. } => format!(
+                "`{shown}` does not parse under the job's schema: a bad value on line {line} (its content is withheld from the host)"
+            ),
+            _ => format!(
+                "`{shown}` does not parse under the job's schema (details withheld from the host)"
+            ),
+        })
     }
 
     fn train(
@@ -214,6 +241,12 @@ impl TrustedCore {
         public_test: &[u8],
         seed: u64,
     ) -> Result<CoreReply, Refusal> {
+        if self.trained {
+            return Err(
+                "the model was already trained: a core trains once, so the job's ε is spent once"
+                    .into(),
+            );
+        }
         let spec = &self.config.spec;
         let missing: Vec<&String> = self
             .config
@@ -228,8 +261,8 @@ impl TrustedCore {
                 spec.job.min_owners
             ));
         }
-        let mut train: Option<Dataset> = None;
         let mut seen = std::collections::BTreeSet::new();
+        let mut parts = Vec::with_capacity(datasets.len());
         for b in datasets {
             let owner = b
                 .slot
@@ -241,15 +274,7 @@ impl TrustedCore {
                     b.slot
                 ));
             }
-            let part = self.parse(&self.unseal(b)?, owner)?;
-            train = Some(match train {
-                None => part,
-                Some(mut all) => {
-                    all.features.extend_from_slice(&part.features);
-                    all.labels.extend_from_slice(&part.labels);
-                    all
-                }
-            });
+            parts.push(self.parse(&self.unseal(b)?, owner)?);
         }
         if seen.len() != self.accepted.len() {
             return Err(format!(
@@ -258,7 +283,7 @@ impl TrustedCore {
                 self.accepted.len()
             ));
         }
-        let train = train.ok_or("no dataset")?;
+        let train = Dataset::concat(parts).ok_or("no dataset")?;
         let privacy = spec.privacy.as_ref().ok_or("no [privacy] section")?;
         let epochs = spec
             .job
@@ -298,6 +323,7 @@ impl TrustedCore {
             )
         };
         let bytes: Vec<u8> = out.params.iter().flat_map(|p| p.to_le_bytes()).collect();
+        self.trained = true;
         let sealed = self.seal("model", &bytes)?;
         Ok(CoreReply::Trained {
             model: sealed,

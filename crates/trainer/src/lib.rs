@@ -7,16 +7,20 @@
 //! - [`core`]: the trusted core's state machine (sans-I/O): attestation evidence binding its
 //!   upload key and configuration, signed and encrypted uploads, sealed storage with rollback
 //!   detection, DP-SGD, release to signed recipient keys.
+//! - [`host`]: the untrusted host's end of the channel to the core as its own process, and
+//!   the loop the core runs at its end.
 //! - [`owner`]: the owners' and recipients' side.
 //! - [`sandbox`]: the confinement the trusted core applies to itself before it touches data:
 //!   resource limits, landlock (its own directory only) and seccomp (no sockets, no exec).
 //!
 //! It links chunked HPKE envelopes and sealed storage from `confide_crypto::{envelope, seal}`,
 //! attestation from `confide_attest`, DP-SGD from `confide_ml::dpsgd`, and no network crate.
-//! Not built yet: the core as its own confined process behind the channel, and the
-//! `confide trainer`, `upload` and `fetch` commands.
+//! `confide trainer-core` runs the core as its own confined process; `confide simulate` drives
+//! it for a job with a `[confidential]` section. Not built yet: the networked `confide
+//! trainer`, `upload` and `fetch` commands.
 
 pub mod core;
+pub mod host;
 pub mod owner;
 pub mod protocol;
 pub mod sandbox;

@@ -8,7 +8,8 @@ use confide_crypto::SigningKey;
 use confide_crypto::envelope::{self, EnvelopeSummary, RecipientKey};
 
 use crate::protocol::{
-    CoreConfig, bound_key, dataset_context, model_context, recipient_key_message, upload_message,
+    CoreConfig, CoreReply, CoreRequest, bound_key, dataset_context, model_context,
+    recipient_key_message, upload_message,
 };
 
 /// Checks the core's evidence against the owner's attestation policy, its own nonce and the
@@ -76,6 +77,42 @@ pub fn seal_dataset(
         signature,
         summary,
     })
+}
+
+/// An owner's whole upload step: asks the core for evidence with a fresh nonce through `ask`
+/// (the host's channel), checks it with [`check_core`], then seals and signs `csv` to the
+/// checked key with [`seal_dataset`]. Returns the upload (for the host to pass on as an
+/// `Ingest` request) and the verified claims.
+pub fn attest_and_seal(
+    ask: &mut dyn FnMut(CoreRequest) -> Result<CoreReply, String>,
+    (expected, policy): (&CoreConfig, &Policy),
+    (owner, key): (&str, &SigningKey),
+    csv: &mut dyn Read,
+    now_secs: u64,
+) -> Result<(Upload, Claims), String> {
+    let nonce: [u8; 32] = rand::random();
+    let CoreReply::Evidence {
+        evidence,
+        public_key,
+        config_digest,
+    } = ask(CoreRequest::Attest {
+        nonce: nonce.to_vec(),
+    })?
+    else {
+        return Err("the trusted core answered attestation with something else".into());
+    };
+    let claims = check_core(
+        &evidence,
+        &public_key,
+        &config_digest,
+        expected,
+        policy,
+        &nonce,
+        now_secs,
+    )
+    .map_err(|e| format!("`{owner}` refuses the trainer: {e}"))?;
+    let upload = seal_dataset(expected, owner, key, &public_key, &mut &mut *csv)?;
+    Ok((upload, claims))
 }
 
 /// A recipient's signature over the X25519 key it wants the model under.

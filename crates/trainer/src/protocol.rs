@@ -121,7 +121,8 @@ pub enum CoreRequest {
     },
 }
 
-/// What training reports: only figures covered by the DP guarantee or computed on public data.
+/// What training reports: the DP parameters, the accuracy on the public test set, and the
+/// row count (not covered by the DP guarantee; the envelopes' sizes reveal it roughly anyway).
 /// The training loss and the fraction of clipped gradients are data-dependent and not
 /// privatised, so they are not returned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,8 +275,15 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
     if len > MAX_FRAME as u64 {
         return Err(FrameError::TooLarge(len));
     }
-    let mut body = vec![0u8; len as usize];
-    input.read_exact(&mut body)?;
+    // Grows with what arrives, not with what the prefix claims.
+    let mut body = Vec::new();
+    input.take(len).read_to_end(&mut body)?;
+    if body.len() as u64 != len {
+        return Err(FrameError::Malformed(format!(
+            "the channel closed after {} of {len} bytes",
+            body.len()
+        )));
+    }
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| FrameError::Malformed(e.to_string()))

@@ -3,13 +3,17 @@
 //!
 //! 1. **Resource limits** (`setrlimit(2)`, through rustix): address space, CPU seconds, the
 //!    largest file it may write, and open files.
-//! 2. **landlock** (the `landlock` crate, ABI v3: Linux 6.2+): the process may read and write
-//!    only beneath its own directory, and read (never write) the extra paths it is given. Every
-//!    other path fails with `EACCES`, including reads.
+//! 2. **landlock** (the `landlock` crate, ABI v3: Linux 6.2+): the process may read, write,
+//!    create, remove and execute files only beneath its own directory, and read (never write)
+//!    the extra paths it is given; elsewhere those operations fail with `EACCES`. (ABI v3 does
+//!    not cover metadata changes such as `chmod`, nor signals; those are outside this
+//!    confinement.)
 //! 3. **seccomp** (the `seccompiler` crate, a BPF filter on all threads): `socket`,
-//!    `socketpair`, `execve`, `execveat` and `ptrace` fail with `EPERM`. The core therefore has
-//!    no network stack of its own and cannot start other programs; it talks to the host only
-//!    through the descriptors it already holds (its pipes).
+//!    `socketpair`, the three `io_uring` calls, `execve`, `execveat` and `ptrace` fail with
+//!    `EPERM`. The core therefore cannot create sockets or start other programs; it talks to
+//!    the host only through the descriptors it already holds (its pipes). The filter is a deny
+//!    list for the native ABI: it does not handle the x32 system-call numbers of kernels built
+//!    with x32 support (an allow list would).
 //!
 //! The confinement cannot be undone and is inherited by threads created afterwards. landlock
 //! applies to the calling thread only (Linux has no landlock `TSYNC`), so [`confine`] must run
@@ -31,9 +35,13 @@ use serde::Serialize;
 const LANDLOCK_ABI: ABI = ABI::V3;
 
 /// The system calls the filter refuses.
-const DENIED: [(&str, libc::c_long); 5] = [
+const DENIED: [(&str, libc::c_long); 8] = [
     ("socket", libc::SYS_socket),
     ("socketpair", libc::SYS_socketpair),
+    // io_uring can create and connect sockets without `socket(2)` (IORING_OP_SOCKET).
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
     ("execve", libc::SYS_execve),
     ("execveat", libc::SYS_execveat),
     ("ptrace", libc::SYS_ptrace),

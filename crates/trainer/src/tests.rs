@@ -294,11 +294,16 @@ fn the_core_refuses_forged_misdirected_and_replayed_data() {
         ingest(&w, &mut core, "hospital-a", &w.halves[0], &other),
         "does not authenticate",
     );
-    // A CSV that does not match the job's schema.
-    refused(
-        ingest(&w, &mut core, "hospital-a", b"label,x\n1,2\n", &key),
-        "",
-    );
+    // A CSV with a bad cell: refused, and the cell's content does not reach the host.
+    let mut bad = String::from_utf8(w.halves[0].clone()).expect("utf8");
+    let first_row_end = bad.find('\n').expect("header") + 1;
+    bad.insert_str(first_row_end, "SECRET-PATIENT-42,");
+    let reply = ingest(&w, &mut core, "hospital-a", bad.as_bytes(), &key);
+    let CoreReply::Refused { reason } = reply else {
+        panic!("a refusal expected")
+    };
+    assert!(reason.contains("does not parse"), "{reason}");
+    assert!(!reason.contains("SECRET"), "{reason}");
     // Rollback: hospital-a uploads twice; the host hands back the first sealed copy.
     let first = stored(ingest(&w, &mut core, "hospital-a", &w.halves[0], &key));
     let second = stored(ingest(&w, &mut core, "hospital-a", &w.halves[0], &key));
@@ -320,11 +325,28 @@ fn the_core_refuses_forged_misdirected_and_replayed_data() {
     );
     refused(core.handle(train(vec![b.clone()])), "handed over");
     refused(core.handle(train(vec![b.clone(), b.clone()])), "repeated");
+    // hospital-b's blob relabelled as hospital-a's latest version.
+    let relabelled = SealedBlob {
+        slot: second.slot.clone(),
+        version: second.version,
+        blob: b.blob.clone(),
+    };
+    refused(
+        core.handle(train(vec![relabelled, b.clone()])),
+        "authenticate",
+    );
     // Release: to a recipient the configuration does not name, under an unsigned key, or of
     // a blob that is not the model.
-    let CoreReply::Trained { model, .. } = core.handle(train(vec![second.clone(), b])) else {
+    let CoreReply::Trained { model, .. } = core.handle(train(vec![second.clone(), b.clone()]))
+    else {
         panic!("trained expected")
     };
+    // A core trains once (the job's ε is spent once), and takes no data after that.
+    refused(core.handle(train(vec![second.clone(), b])), "trains once");
+    refused(
+        ingest(&w, &mut core, "hospital-a", &w.halves[0], &key),
+        "no more data",
+    );
     let release = RecipientKey::generate().public_bytes();
     let good = sign_release_key(&w.config, "auditor", &w.auditor, &release);
     let request = |recipient: &str, signature: Vec<u8>, model: SealedBlob| CoreRequest::Release {
@@ -367,15 +389,26 @@ fn a_job_without_differential_privacy_or_recipients_is_refused() {
     let mut nobody = w.config.clone();
     nobody.recipients.clear();
     assert!(TrustedCore::new(nobody, attester(), &SEAL_ROOT, &MEASUREMENT).is_err());
-    // The sealing key depends on the measurement: a core built from other code cannot open
-    // what this one sealed.
-    let mut core = core(&w);
-    let key = checked_key(&w, &mut core);
-    let a = stored(ingest(&w, &mut core, "hospital-a", &w.halves[0], &key));
-    let other =
-        confide_crypto::seal::SealingKey::derive(&SEAL_ROOT, &[7u8; 32], crate::core::IDENTITY);
-    assert!(other.unseal(&a.slot, &a.blob).is_err());
-    let same =
-        confide_crypto::seal::SealingKey::derive(&SEAL_ROOT, &MEASUREMENT, crate::core::IDENTITY);
-    assert_eq!(same.unseal(&a.slot, &a.blob).expect("open").1, w.halves[0]);
+    // What one core sealed does not open in another with the same root, measurement and
+    // configuration (the key is bound to the instance): a host cannot feed one job's sealed
+    // data or model to a core it configured itself.
+    let mut first = core(&w);
+    let key = checked_key(&w, &mut first);
+    let a = stored(ingest(&w, &mut first, "hospital-a", &w.halves[0], &key));
+    let mut second = core(&w);
+    let key2 = checked_key(&w, &mut second);
+    let dummy = stored(ingest(&w, &mut second, "hospital-a", &w.halves[1], &key2));
+    let b = stored(ingest(&w, &mut second, "hospital-b", &w.halves[1], &key2));
+    assert_eq!(
+        (dummy.slot.as_str(), dummy.version),
+        (a.slot.as_str(), a.version)
+    );
+    refused(
+        second.handle(CoreRequest::Train {
+            datasets: vec![a, b],
+            public_test: Vec::new(),
+            seed: 1,
+        }),
+        "does not authenticate",
+    );
 }
