@@ -155,6 +155,7 @@ fn confidential_run(config: &JobConfig, csvs: &[(String, Vec<u8>)]) -> Result<f6
         key: release.public_bytes(),
         signature,
         model,
+        nonce: vec![0u8; 32],
     }) else {
         bail!("release failed");
     };

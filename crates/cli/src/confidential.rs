@@ -21,14 +21,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use confide_attest::Policy;
-use confide_core::{JobConfig, StandardizeSpec};
+use confide_attest::dev::DevTee;
+use confide_core::{ConfidentialSection, JobConfig, JobSpec, Partition, StandardizeSpec};
 use confide_crypto::SigningKey;
 use confide_crypto::envelope::RecipientKey;
 use confide_ml::Standardizer;
 use confide_ml::export::{ModelCard, export_model};
-use confide_trainer::host::CoreProcess;
-use confide_trainer::owner::{attest_and_seal, open_model, sign_release_key};
-use confide_trainer::protocol::{CoreConfig, CoreReply, CoreRequest, SealedBlob};
+use confide_trainer::core::TrustedCore;
+use confide_trainer::host::{Core, CoreProcess};
+use confide_trainer::owner::{attest_and_seal, open_release, sign_release_key};
+use confide_trainer::protocol::{CoreConfig, CoreReply, CoreRequest, SealedBlob, TrainingReport};
 use rand::RngCore;
 use serde_json::json;
 
@@ -42,11 +44,18 @@ fn fresh_key() -> Result<(Vec<u8>, SigningKey)> {
     Ok((der.as_ref().to_vec(), key))
 }
 
-fn call(core: &mut CoreProcess, request: &CoreRequest, what: &str) -> Result<CoreReply> {
+fn call(core: &mut Core, request: &CoreRequest, what: &str) -> Result<CoreReply> {
     match core.call(request)? {
         CoreReply::Refused { reason } => bail!("the trusted core refused {what}: {reason}"),
         reply => Ok(reply),
     }
+}
+
+/// Seconds since the Unix epoch (the time attestation is verified at).
+pub(crate) fn unix_now() -> Result<u64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs())
 }
 
 /// Stores a sealed blob on the host's disk; returns its path.
@@ -60,9 +69,9 @@ fn keep(store: &Path, b: &SealedBlob) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs a confidential job.
-pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result<Outcome> {
-    let started = Instant::now();
+/// Checks a `[confidential]` job: the dev TEE (the only one without hardware), at least one
+/// recipient, a model owner among them, and DP-SGD. Returns the section.
+pub(crate) fn checked_section(config: &JobConfig) -> Result<ConfidentialSection> {
     let section = config
         .confidential
         .clone()
@@ -76,29 +85,127 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
     if section.recipients.is_empty() {
         bail!("[confidential] recipients is empty: nobody could receive the model");
     }
-    let spec = config.spec();
-    if spec.privacy.is_none() {
+    if let Some(m) = &section.model_owner
+        && !section.recipients.contains(m)
+    {
+        bail!("[confidential] model_owner `{m}` is not one of the recipients");
+    }
+    if config.spec().privacy.is_none() {
         bail!("the confidential trainer trains with DP-SGD only: add a [privacy] section");
     }
-    let core_dir = work.join("core");
+    Ok(section)
+}
+
+/// Starts the trusted core for `core_config` with a fresh dev-TEE key and root sealing key in
+/// `core_dir` (which must not exist yet): as its own confined process (`confide trainer-core`,
+/// logging to `log`) under SML-2, or inside this process under SML-1. Returns the core and the
+/// attestation policy (TOML) that pins the dev TEE's key and this binary's measurement, which
+/// owners who audited this binary would hold.
+pub(crate) fn start_core(
+    partition: Partition,
+    core_dir: &Path,
+    log: &Path,
+    core_config: &CoreConfig,
+) -> Result<(Core, String)> {
     if core_dir.exists() {
         bail!(
-            "{} already exists; choose a new --work-dir",
+            "{} already exists; choose a new work directory",
             core_dir.display()
         );
     }
-    let store = work.join("host").join("store");
-    let uploads = work.join("host").join("uploads");
-    for d in [&core_dir, &store, &uploads, &work.join("logs")] {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
-
+    std::fs::create_dir_all(core_dir)
+        .with_context(|| format!("cannot create {}", core_dir.display()))?;
     // The core's secrets, in its directory (dev mode: the host can read them too).
     let (tee_der, tee_key) = fresh_key()?;
     crate::write_secret_file(&core_dir.join("tee.key"), &tee_der)?;
     let mut seal_root = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seal_root);
     crate::write_secret_file(&core_dir.join("seal.key"), seal_root)?;
+    let exe = std::env::current_exe()?;
+    let measurement = confide_attest::dev::measure_file(&exe)?;
+    let policy = format!(
+        "# The dev TEE (insecure): its signing key and the measurement of the audited binary.\n[dev]\nallow = true\nsigners = [\"{}\"]\nmeasurements = [\"{}\"]\n",
+        hex::encode(tee_key.public_key()),
+        hex::encode(measurement)
+    );
+    let core = match partition {
+        Partition::Sml2 => {
+            let log = std::fs::File::create(log)
+                .with_context(|| format!("cannot create {}", log.display()))?;
+            let mut command = std::process::Command::new(&exe);
+            command
+                .arg("trainer-core")
+                .arg("--dir")
+                .arg(core_dir)
+                .env("CONFIDE_LOG", "warn")
+                .stderr(log);
+            Core::Process(CoreProcess::spawn(command, core_config)?)
+        }
+        Partition::Sml1 => Core::InProcess(Box::new(
+            TrustedCore::new(
+                core_config.clone(),
+                Box::new(DevTee::new(tee_key, measurement)),
+                &seal_root,
+                &measurement,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
+    };
+    Ok((core, policy))
+}
+
+/// Exports a released model (safetensors and model card) into `dir`; returns the weights' path.
+pub(crate) fn export_released(
+    spec: &JobSpec,
+    params: &[f32],
+    report: &TrainingReport,
+    dir: &Path,
+) -> Result<PathBuf> {
+    let standardization = match &spec.data.standardize {
+        StandardizeSpec::None => None,
+        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
+            mean: mean.clone(),
+            std: std.clone(),
+        }),
+    };
+    let provenance = [
+        ("job_id".to_string(), spec.job.id.clone()),
+        (
+            "trainer".to_string(),
+            "confide trainer-core (dev TEE)".into(),
+        ),
+        ("epsilon".to_string(), report.epsilon.to_string()),
+        ("delta".to_string(), report.delta.to_string()),
+        ("accountant".to_string(), report.accountant.clone()),
+    ]
+    .into();
+    let card = ModelCard::new(
+        &confide_ml::job::model_spec(spec),
+        spec.data.features.clone(),
+        standardization,
+        provenance,
+    );
+    let (weights, _) = export_model(dir, "model", params, &card)?;
+    Ok(weights)
+}
+
+/// Runs a confidential job.
+pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result<Outcome> {
+    let started = Instant::now();
+    let section = checked_section(&config)?;
+    let spec = config.spec();
+    let store = work.join("host").join("store");
+    let uploads = work.join("host").join("uploads");
+    let (core_dir, logs) = (work.join("core"), work.join("logs"));
+    if core_dir.exists() {
+        bail!(
+            "{} already exists; choose a new --work-dir",
+            core_dir.display()
+        );
+    }
+    for d in [&store, &uploads, &logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
 
     // Owners and recipients with fresh signing keys.
     let mut owner_keys = BTreeMap::new();
@@ -119,25 +226,14 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         owners: hex_keys(&owner_keys),
         recipients: hex_keys(&recipient_keys),
     };
-
+    let (mut core, policy) = start_core(
+        section.partition,
+        &core_dir,
+        &logs.join("trainer-core.log"),
+        &core_config,
+    )?;
     // The owners' attestation policy: the dev TEE's key and the binary they audited.
-    let exe = std::env::current_exe()?;
-    let measurement = confide_attest::dev::measure_file(&exe)?;
-    let policy = Policy::parse(&format!(
-        "[dev]\nallow = true\nsigners = [\"{}\"]\nmeasurements = [\"{}\"]\n",
-        hex::encode(tee_key.public_key()),
-        hex::encode(measurement)
-    ))?;
-
-    let log = std::fs::File::create(work.join("logs").join("trainer-core.log"))?;
-    let mut command = std::process::Command::new(&exe);
-    command
-        .arg("trainer-core")
-        .arg("--dir")
-        .arg(&core_dir)
-        .env("CONFIDE_LOG", "warn")
-        .stderr(log);
-    let mut core = CoreProcess::spawn(command, &core_config)?;
+    let policy = Policy::parse(&policy)?;
 
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
@@ -150,9 +246,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
     let mut claims = None;
     for p in &config.parties {
         bar.set_message(format!("`{}` checks the trainer and uploads", p.name));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
+        let now = unix_now()?;
         let mut file = std::fs::File::open(&p.data)
             .with_context(|| format!("cannot read {}", p.data.display()))?;
         let (up, c) = attest_and_seal(
@@ -225,9 +319,11 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
     for (name, signer) in &recipient_keys {
         let release_key = RecipientKey::generate();
         let signature = sign_release_key(&core_config, name, signer, &release_key.public_bytes());
+        let nonce: [u8; 32] = rand::random();
         let CoreReply::Released {
             envelope,
             envelope_id,
+            evidence,
         } = call(
             &mut core,
             &CoreRequest::Release {
@@ -235,41 +331,28 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
                 key: release_key.public_bytes(),
                 signature,
                 model: model.clone(),
+                nonce: nonce.to_vec(),
             },
             &format!("the release to `{name}`"),
         )?
         else {
             bail!("the trusted core answered a release with something else");
         };
-        let params =
-            open_model(&core_config, name, &release_key, &envelope).map_err(anyhow::Error::msg)?;
+        let (params, _) = open_release(
+            (&core_config, &policy),
+            (name, &release_key),
+            (&envelope, &evidence),
+            &nonce,
+            unix_now()?,
+        )
+        .map_err(anyhow::Error::msg)?;
         if exported.is_none() {
-            let standardization = match &spec.data.standardize {
-                StandardizeSpec::None => None,
-                StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
-                    mean: mean.clone(),
-                    std: std.clone(),
-                }),
-            };
-            let provenance = [
-                ("job_id".to_string(), spec.job.id.clone()),
-                (
-                    "trainer".to_string(),
-                    "confide trainer-core (dev TEE)".into(),
-                ),
-                ("epsilon".to_string(), report.epsilon.to_string()),
-                ("delta".to_string(), report.delta.to_string()),
-                ("accountant".to_string(), report.accountant.clone()),
-            ]
-            .into();
-            let card = ModelCard::new(
-                &model_spec,
-                spec.data.features.clone(),
-                standardization,
-                provenance,
-            );
-            let (weights, _) = export_model(&work.join("model"), "model", &params, &card)?;
-            exported = Some(weights);
+            exported = Some(export_released(
+                &spec,
+                &params,
+                &report,
+                &work.join("model"),
+            )?);
             if let Some(e) = &config.evaluation {
                 let test = confide_ml::job::load_job_data(&spec, &e.test)?;
                 test_metrics = Some(confide_ml::train::evaluate(&model_spec, &params, &test)?);
@@ -278,11 +361,8 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         releases
             .push(json!({"recipient": name, "envelope_id": envelope_id, "bytes": envelope.len()}));
     }
-    let status = core.finish()?;
+    core.finish()?;
     bar.finish_and_clear();
-    if !status.success() {
-        bail!("the trusted core exited with {status} (see logs/trainer-core.log)");
-    }
     let claims = claims.context("no owner checked the trainer")?;
     let report_json = json!({
         "job_id": spec.job.id,
@@ -290,6 +370,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         "message": "",
         "scheme": "confidential",
         "mode": "dev TEE, insecure: it protects nothing against the host",
+        "partition": section.partition.as_str(),
         "parties": config.parties.len(),
         "rounds": 1,
         "test_accuracy": test_metrics.map(|m| m.accuracy),

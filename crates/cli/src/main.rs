@@ -8,6 +8,7 @@ mod simulate;
 mod sweep;
 mod train;
 mod trainer_core;
+mod trainer_net;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,16 @@ enum Command {
     /// for a job with a [confidential] section): confined to --dir, it speaks the typed
     /// channel on stdin and stdout.
     TrainerCore(trainer_core::TrainerCoreArgs),
+    /// Run the confidential trainer's untrusted host for a job with a [confidential] section:
+    /// starts the trusted core, relays owners' encrypted uploads and recipients' fetches to
+    /// it over mutual TLS, and keeps ciphertext and the audit log only.
+    Trainer(trainer_net::TrainerArgs),
+    /// As a data owner: check the trainer's attestation evidence, your dataset policy and
+    /// ledger, then upload your CSV encrypted to the attested core (prints JSON).
+    Upload(trainer_net::UploadArgs),
+    /// As a model recipient: fetch the model encrypted to a fresh key, check the core's
+    /// evidence of the release, and export it (prints JSON).
+    Fetch(trainer_net::FetchArgs),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -466,6 +477,9 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Keyholder(args) => keyholder(args).await,
         Command::Aggregator(args) => aggregator(args).await,
         Command::Node(args) => node(args).await,
+        Command::Trainer(args) => trainer_net::trainer(args).await,
+        Command::Upload(args) => trainer_net::upload(args).await,
+        Command::Fetch(args) => trainer_net::fetch_model(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
         Command::Dp(DpCommand::Sweep(args)) => {

@@ -85,6 +85,19 @@ fn a_confidential_job_needs_the_dev_tee_here_and_dp() {
             text.replace("recipients = [\"model-owner\"]", "recipients = []"),
             "nobody could receive",
         ),
+        (
+            "owner",
+            text.replace(
+                "recipients = [\"model-owner\"]",
+                "recipients = [\"model-owner\"]\nmodel_owner = \"mallory\"",
+            ),
+            "not one of the recipients",
+        ),
+        (
+            "partition",
+            text.replace("tee = \"dev\"", "tee = \"dev\"\npartition = \"sml3\""),
+            "sml3",
+        ),
     ] {
         assert_ne!(edited, text, "{what}");
         let config = tmp.path().join(format!("{what}.toml"));
@@ -93,4 +106,30 @@ fn a_confidential_job_needs_the_dev_tee_here_and_dp() {
         assert!(!ok, "{what} ran");
         assert!(err.contains(expected), "{what}: {err}");
     }
+}
+
+#[test]
+fn the_sml1_partition_runs_the_same_core_inside_the_host_process() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = format!("\"{}/", repo("data").display());
+    let text = std::fs::read_to_string(repo("examples/confidential_digits.toml"))
+        .expect("toml")
+        .replace("\"../data/", &data)
+        .replace("tee = \"dev\"", "tee = \"dev\"\npartition = \"sml1\"");
+    let config = tmp.path().join("sml1.toml");
+    std::fs::write(&config, text).expect("write");
+    let work = tmp.path().join("run");
+    let (ok, err) = simulate(&config, &work);
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(report["partition"], "sml1");
+    assert_eq!(report["train_rows"], 1438);
+    assert!(
+        report["test_accuracy"].as_f64().expect("accuracy") > 0.85,
+        "{report}"
+    );
+    // No core process was started, so it wrote no log of its own.
+    assert!(!work.join("logs/trainer-core.log").exists());
 }

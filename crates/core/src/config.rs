@@ -613,6 +613,45 @@ pub struct ConfidentialSection {
     /// that runs without TEE hardware).
     #[serde(default = "default_tee")]
     pub tee: String,
+    /// The recipient that commissions the job (its party id is the "model owner" that the
+    /// owners' dataset policies allow or refuse); default: the first recipient.
+    #[serde(default)]
+    pub model_owner: Option<String>,
+    /// What runs in the trusted part: `sml2` (default), the trusted core alone, as its own
+    /// confined process behind a typed channel; or `sml1`, everything, the host and the
+    /// coordination included (Soteria's two partitionings).
+    #[serde(default)]
+    pub partition: Partition,
+}
+
+impl ConfidentialSection {
+    /// The recipient that commissions the job.
+    pub fn model_owner(&self) -> Option<&str> {
+        self.model_owner
+            .as_deref()
+            .or_else(|| self.recipients.first().map(String::as_str))
+    }
+}
+
+/// What runs inside the trusted part in confidential mode (Soteria's SML-1 and SML-2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partition {
+    /// Everything, host and coordination included, in the trusted part (one process).
+    Sml1,
+    /// Only the trusted core, as its own confined process; the host is untrusted.
+    #[default]
+    Sml2,
+}
+
+impl Partition {
+    /// Its name in job files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partition::Sml1 => "sml1",
+            Partition::Sml2 => "sml2",
+        }
+    }
 }
 
 fn default_recipients() -> Vec<String> {

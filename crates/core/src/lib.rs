@@ -6,6 +6,7 @@ pub mod role;
 
 pub use config::{
     AccountantKind, AggregatorsSection, ColumnRef, ConfidentialSection, ConfigError, JobConfig,
-    JobSpec, ModelKind, PrivacyLevel, PrivacySection, SchemeKind, SimulateMode, StandardizeSpec,
+    JobSpec, ModelKind, Partition, PrivacyLevel, PrivacySection, SchemeKind, SimulateMode,
+    StandardizeSpec,
 };
 pub use role::Role;

@@ -12,7 +12,8 @@
 //! name = "breast-homo study"
 //! model_owners = ["<party id>"]     # who may train, by key (party id); at least one
 //! modes = ["federated"]             # federated | confidential
-//! schemes = ["paillier"]            # plain | paillier | …
+//! schemes = ["paillier"]            # plain | paillier | … | confidential (the confidential
+//!                                   # trainer, with modes = ["confidential"])
 //! max_epsilon = 4.0                 # optional: ε per job; when set, a job without DP is refused
 //! recipients = ["<party id>"]       # optional: who may receive the model (default: the
 //!                                   # rule's model owners)
@@ -202,6 +203,7 @@ pub const SCHEMES: &[&str] = &[
     "shares",
     "threshold",
     "lattice",
+    "confidential",
 ];
 
 impl Policy {

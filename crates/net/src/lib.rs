@@ -7,6 +7,8 @@
 //! - [`coordinator`]: rounds, FedAvg, deadlines, dropouts; never holds a key.
 //! - [`keyholder`]: the Paillier key holder.
 //! - [`node`]: a data owner.
+//! - [`trainer`]: the confidential trainer's untrusted host, and the owners' upload and the
+//!   recipients' fetch.
 //! - [`roles`]: starting each role on a listener.
 //!
 //! Only this crate and the CLI open sockets (docs/ARCHITECTURE.md, "Layout").
@@ -17,6 +19,7 @@ pub mod keyholder;
 pub mod node;
 pub mod pki;
 pub mod roles;
+pub mod trainer;
 pub mod transport;
 
 /// Generated protocol types and gRPC stubs (`proto/confide.proto`).

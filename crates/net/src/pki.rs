@@ -398,6 +398,29 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
         .map_err(|e| PkiError::Rejected(format!("PEM: {e}")))
 }
 
+/// Loads `<name>.crt` from a federation directory and checks it: issued by the directory's CA,
+/// currently valid, naming `name` with `role`, and not revoked. For parties whose keys must be
+/// known before they connect (the confidential trainer's owners and recipients).
+pub fn load_party_certificate(
+    dir: &Path,
+    name: &str,
+    role: Role,
+) -> Result<PeerIdentity, PkiError> {
+    let ca_der = pem_to_der(&read(&dir.join("ca.crt"))?)?;
+    let der = pem_to_der(&read(&dir.join(format!("{name}.crt")))?)?;
+    let id = verify_party_certificate(&der, &ca_der)?;
+    if id.name != name || id.role != role {
+        return Err(PkiError::Rejected(format!(
+            "{name}.crt certifies `{}` as {}, not `{name}` as {role}",
+            id.name, id.role
+        )));
+    }
+    Revocations::new(dir, &ca_der)?
+        .check(&id.id)
+        .map_err(PkiError::Rejected)?;
+    Ok(id)
+}
+
 /// What a verified certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {

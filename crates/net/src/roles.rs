@@ -20,6 +20,32 @@ use crate::pb;
 use crate::pki::Credentials;
 use crate::transport::{NetError, connect, init_crypto, server_tls, transport_err};
 
+/// Serves the confidential trainer's host on `listener` until `shutdown` completes, then stops
+/// the trusted core.
+pub async fn serve_trainer(
+    listener: TcpListener,
+    creds: &Credentials,
+    service: crate::trainer::TrainerService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let max = crate::trainer::MAX_UPLOAD_BYTES + crate::trainer::PIECE_BYTES;
+    let svc = pb::trainer_server::TrainerServer::new(service.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let served = Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("trainer TLS", e))?
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("trainer", e));
+    let stopped = service
+        .shutdown()
+        .map_err(|e| transport_err("stopping the trusted core", e));
+    served.and(stopped)
+}
+
 /// Serves the key holder on `listener` until `shutdown` completes.
 pub async fn serve_keyholder(
     listener: TcpListener,

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 
 use crate::protocol::{
     CoreConfig, CoreReply, CoreRequest, SealedBlob, TrainingReport, bound_key, dataset_context,
-    model_context, recipient_key_message, upload_message,
+    model_context, recipient_key_message, release_statement, upload_message,
 };
 
 /// The trusted core's identity in its sealing key derivation.
@@ -127,7 +127,8 @@ impl TrustedCore {
                 key,
                 signature,
                 model,
-            } => self.release(&recipient, &key, &signature, &model),
+                nonce,
+            } => self.release(&recipient, &key, &signature, &model, &nonce),
         };
         result.unwrap_or_else(|reason| CoreReply::Refused { reason })
     }
@@ -345,7 +346,11 @@ impl TrustedCore {
         key: &[u8],
         signature: &[u8],
         model: &SealedBlob,
+        nonce: &[u8],
     ) -> Result<CoreReply, Refusal> {
+        let nonce: [u8; 32] = nonce
+            .try_into()
+            .map_err(|_| format!("a nonce must be 32 bytes, not {}", nonce.len()))?;
         let signer = self
             .config
             .recipients
@@ -371,9 +376,12 @@ impl TrustedCore {
             &mut out,
         )
         .map_err(|e| e.to_string())?;
+        let report_data =
+            confide_attest::binding(&release_statement(&summary.id, &self.config_digest), &nonce);
         Ok(CoreReply::Released {
             envelope: out,
             envelope_id: summary.id,
+            evidence: self.attester.evidence(&report_data),
         })
     }
 }

@@ -1,4 +1,9 @@
 //! The untrusted host's end of the channel, and the loop the trusted core runs at its end.
+//!
+//! Where the core runs is a configuration (`[confidential] partition`), not a second code
+//! base: [`Core`] is either the core as its own confined process behind the typed channel
+//! (Soteria's SML-2), or the same [`TrustedCore`] inside the host's process, when the whole
+//! host, coordinator included, is in the trusted part (SML-1).
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
@@ -45,6 +50,52 @@ impl CoreProcess {
     pub fn finish(mut self) -> Result<ExitStatus, FrameError> {
         drop(self.input);
         Ok(self.child.wait()?)
+    }
+}
+
+/// The trusted core as the host reaches it.
+pub enum Core {
+    /// Its own confined process, behind the typed channel (SML-2).
+    Process(CoreProcess),
+    /// In this process (SML-1): everything is in the trusted part, and requests are still the
+    /// same typed values.
+    InProcess(Box<TrustedCore>),
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Core::Process(p) => write!(f, "Core::Process({})", p.child.id()),
+            Core::InProcess(c) => write!(f, "Core::InProcess({c:?})"),
+        }
+    }
+}
+
+impl Core {
+    /// One request and its reply.
+    pub fn call(&mut self, request: &CoreRequest) -> Result<CoreReply, FrameError> {
+        match self {
+            Core::Process(p) => p.call(request),
+            Core::InProcess(c) => Ok(c.handle(request.clone())),
+        }
+    }
+
+    /// Ends the core: closes the channel and waits for the process. `Err` names a process
+    /// that did not exit cleanly.
+    pub fn finish(self) -> Result<(), FrameError> {
+        match self {
+            Core::Process(p) => {
+                let status = p.finish()?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(FrameError::Malformed(format!(
+                        "the trusted core exited with {status} (see its log)"
+                    )))
+                }
+            }
+            Core::InProcess(_) => Ok(()),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use confide_crypto::envelope::{self, EnvelopeSummary, RecipientKey};
 
 use crate::protocol::{
     CoreConfig, CoreReply, CoreRequest, bound_key, dataset_context, model_context,
-    recipient_key_message, upload_message,
+    recipient_key_message, release_statement, upload_message,
 };
 
 /// Checks the core's evidence against the owner's attestation policy, its own nonce and the
@@ -128,6 +128,32 @@ pub fn sign_release_key(
         release_key,
     ))
     .to_vec()
+}
+
+/// A recipient's check of a release: the evidence must bind the envelope's content id (as the
+/// recipient computes it) and the expected configuration to the recipient's nonce, under the
+/// recipient's attestation policy; then the envelope is opened with [`open_model`]. The host
+/// relays the envelope but cannot substitute one: it has neither the core's attestation key
+/// nor a way to make the core attest an envelope it did not produce.
+pub fn open_release(
+    (expected, policy): (&CoreConfig, &Policy),
+    (recipient, key): (&str, &RecipientKey),
+    (envelope_bytes, evidence): (&[u8], &Evidence),
+    nonce: &[u8; 32],
+    now_secs: u64,
+) -> Result<(Vec<f32>, Claims), String> {
+    let id = envelope::content_id(envelope_bytes);
+    let claims = confide_attest::verify(
+        evidence,
+        policy,
+        &confide_attest::binding(&release_statement(&id, &expected.digest()), nonce),
+        now_secs,
+    )
+    .map_err(|e| format!("`{recipient}` refuses the release {id}: {e}"))?;
+    Ok((
+        open_model(expected, recipient, key, envelope_bytes)?,
+        claims,
+    ))
 }
 
 /// Opens a released model: the parameters as little-endian `f32`.

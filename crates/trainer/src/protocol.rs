@@ -118,6 +118,10 @@ pub enum CoreRequest {
         signature: Vec<u8>,
         /// The sealed model.
         model: SealedBlob,
+        /// The recipient's fresh nonce: the reply carries evidence that the core released
+        /// this envelope ([`release_statement`]), so the host cannot substitute a model.
+        #[serde(with = "hex_bytes")]
+        nonce: Vec<u8>,
     },
 }
 
@@ -181,6 +185,8 @@ pub enum CoreReply {
         envelope: Vec<u8>,
         /// Its content id.
         envelope_id: String,
+        /// Evidence binding [`release_statement`] to the recipient's nonce.
+        evidence: confide_attest::Evidence,
     },
     /// The core refused the request.
     Refused {
@@ -214,6 +220,17 @@ pub fn bound_key(public_key: &[u8], config_digest: &[u8; 32]) -> Vec<u8> {
     let mut k = public_key.to_vec();
     k.extend(config_digest);
     k
+}
+
+/// What the evidence of a release binds: the envelope's content id and the configuration
+/// digest. (Its length and prefix differ from [`bound_key`]'s 64 bytes, so one is never taken
+/// for the other.)
+pub fn release_statement(envelope_id: &str, config_digest: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"confide/trainer/release/v1\n".to_vec();
+    m.extend((envelope_id.len() as u32).to_be_bytes());
+    m.extend(envelope_id.as_bytes());
+    m.extend(config_digest);
+    m
 }
 
 /// The envelope context of an owner's dataset: names the job and the owner, so the core

@@ -12,7 +12,7 @@ use confide_crypto::SigningKey;
 use confide_crypto::envelope::RecipientKey;
 
 use crate::core::TrustedCore;
-use crate::owner::{check_core, open_model, seal_dataset, sign_release_key};
+use crate::owner::{check_core, open_model, open_release, seal_dataset, sign_release_key};
 use crate::protocol::{CoreConfig, CoreReply, CoreRequest, SealedBlob};
 
 const MEASUREMENT: [u8; 32] = [5u8; 32];
@@ -186,15 +186,45 @@ fn owners_upload_encrypted_the_core_trains_with_dp_and_releases_to_the_auditor()
     // Release to the auditor under a key it signed.
     let release = RecipientKey::generate();
     let signature = sign_release_key(&w.config, "auditor", &w.auditor, &release.public_bytes());
-    let CoreReply::Released { envelope, .. } = core.handle(CoreRequest::Release {
+    let nonce = [7u8; 32];
+    let CoreReply::Released {
+        envelope, evidence, ..
+    } = core.handle(CoreRequest::Release {
         recipient: "auditor".into(),
         key: release.public_bytes(),
         signature,
         model: model.clone(),
-    }) else {
+        nonce: nonce.to_vec(),
+    })
+    else {
         panic!("released expected")
     };
-    let params = open_model(&w.config, "auditor", &release, &envelope).expect("open");
+    let open = |envelope: &[u8], nonce: &[u8; 32]| {
+        open_release(
+            (&w.config, &policy(&w)),
+            ("auditor", &release),
+            (envelope, &evidence),
+            nonce,
+            NOW,
+        )
+    };
+    // The evidence binds this envelope and this nonce: a replay under another nonce, or an
+    // envelope the host made itself for the auditor's key, is refused.
+    let err = open(&envelope, &[8u8; 32]).expect_err("replayed evidence");
+    assert!(err.contains("refuses the release"), "{err}");
+    let mut forged = Vec::new();
+    confide_crypto::envelope::seal(
+        &release.public_bytes(),
+        &crate::protocol::model_context(&w.config.job_digest(), "auditor"),
+        1024,
+        &mut &[0u8; 64][..],
+        &mut forged,
+    )
+    .expect("seal");
+    let err = open(&forged, &nonce).expect_err("substituted model");
+    assert!(err.contains("refuses the release"), "{err}");
+    assert!(open_model(&w.config, "auditor", &release, &forged).is_ok());
+    let (params, _) = open(&envelope, &nonce).expect("open");
     let spec = confide_ml::job::model_spec(&w.config.spec);
     assert_eq!(params.len(), spec.param_count());
     let test =
@@ -354,6 +384,7 @@ fn the_core_refuses_forged_misdirected_and_replayed_data() {
         key: release.clone(),
         signature,
         model,
+        nonce: vec![1u8; 32],
     };
     refused(
         core.handle(request("mallory", good.clone(), model.clone())),
