@@ -101,6 +101,7 @@ fn confidential_run(config: &JobConfig, csvs: &[(String, Vec<u8>)]) -> Result<f6
             hex::encode(recipient.public_key()),
         )]
         .into(),
+        partition: confide_core::Partition::Sml2,
     };
     let (_, tee) = key()?;
     let measurement = [1u8; 32];

@@ -96,6 +96,34 @@ pub(crate) fn checked_section(config: &JobConfig) -> Result<ConfidentialSection>
     Ok(section)
 }
 
+/// The dev TEE of a trusted process in `dir`: its signing key `tee.key` (PKCS#8, created on
+/// first use, mode 0600), the measurement of this binary, and the attestation policy that pins
+/// both (also written to `dir/attestation-policy.toml`, for the parties who check it).
+pub(crate) fn dev_tee_files(dir: &Path) -> Result<(SigningKey, [u8; 32], String)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key_path = dir.join("tee.key");
+    let key = if key_path.exists() {
+        SigningKey::from_pkcs8_der(
+            &std::fs::read(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?,
+        )?
+    } else {
+        let (der, key) = fresh_key()?;
+        crate::write_secret_file(&key_path, &der)?;
+        key
+    };
+    let exe = std::env::current_exe()?;
+    let measurement = confide_attest::dev::measure_file(&exe)?;
+    let policy = format!(
+        "# The dev TEE (insecure): its signing key and the measurement of the audited binary.\n[dev]\nallow = true\nsigners = [\"{}\"]\nmeasurements = [\"{}\"]\n",
+        hex::encode(key.public_key()),
+        hex::encode(measurement)
+    );
+    let path = dir.join("attestation-policy.toml");
+    std::fs::write(&path, &policy).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((key, measurement, policy))
+}
+
 /// Starts the trusted core for `core_config` with a fresh dev-TEE key and root sealing key in
 /// `core_dir` (which must not exist yet): as its own confined process (`confide trainer-core`,
 /// logging to `log`) under SML-2, or inside this process under SML-1. Returns the core and the
@@ -116,18 +144,11 @@ pub(crate) fn start_core(
     std::fs::create_dir_all(core_dir)
         .with_context(|| format!("cannot create {}", core_dir.display()))?;
     // The core's secrets, in its directory (dev mode: the host can read them too).
-    let (tee_der, tee_key) = fresh_key()?;
-    crate::write_secret_file(&core_dir.join("tee.key"), &tee_der)?;
+    let (tee_key, measurement, policy) = dev_tee_files(core_dir)?;
     let mut seal_root = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seal_root);
     crate::write_secret_file(&core_dir.join("seal.key"), seal_root)?;
     let exe = std::env::current_exe()?;
-    let measurement = confide_attest::dev::measure_file(&exe)?;
-    let policy = format!(
-        "# The dev TEE (insecure): its signing key and the measurement of the audited binary.\n[dev]\nallow = true\nsigners = [\"{}\"]\nmeasurements = [\"{}\"]\n",
-        hex::encode(tee_key.public_key()),
-        hex::encode(measurement)
-    );
     let core = match partition {
         Partition::Sml2 => {
             let log = std::fs::File::create(log)
@@ -225,6 +246,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         spec: spec.clone(),
         owners: hex_keys(&owner_keys),
         recipients: hex_keys(&recipient_keys),
+        partition: section.partition,
     };
     let (mut core, policy) = start_core(
         section.partition,
@@ -323,6 +345,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         let CoreReply::Released {
             envelope,
             envelope_id,
+            report_json,
             evidence,
         } = call(
             &mut core,
@@ -338,10 +361,10 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         else {
             bail!("the trusted core answered a release with something else");
         };
-        let (params, _) = open_release(
+        let (params, _, _) = open_release(
             (&core_config, &policy),
             (name, &release_key),
-            (&envelope, &evidence),
+            (&envelope, &report_json, &evidence),
             &nonce,
             unix_now()?,
         )

@@ -312,6 +312,12 @@ struct KeyholderArgs {
     /// in the federation directory.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Run as a trusted core under the dev TEE (insecure; see the README): its key is
+    /// DIR/tee.key (created on first use), and DIR/attestation-policy.toml is the policy that
+    /// nodes pass as --keyholder-attestation-policy. The key holder then answers a node's
+    /// nonce with evidence binding the job and its public key.
+    #[arg(long)]
+    tee_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -369,6 +375,11 @@ struct NodeArgs {
     /// <fed>/<name>-witness.redb.
     #[arg(long)]
     witness_store: Option<PathBuf>,
+    /// Under `paillier` and `lattice`: the attestation policy the key holder's evidence must
+    /// satisfy before this owner encrypts anything to its key (e.g. the key holder's
+    /// <tee-dir>/attestation-policy.toml under the dev TEE).
+    #[arg(long)]
+    keyholder_attestation_policy: Option<PathBuf>,
     #[command(flatten)]
     passphrase: governance::Passphrase,
 }
@@ -706,13 +717,31 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
     }
     let key_file = args.key.or(config.paillier.key_file.clone());
     let sk = holder_key(&spec, key_file.as_deref(), true).await?;
+    let attester = match &args.tee_dir {
+        Some(dir) => {
+            let (key, measurement, _) = confidential::dev_tee_files(dir)?;
+            eprintln!(
+                "keyholder: attested by the dev TEE (insecure); nodes check it with {}",
+                dir.join("attestation-policy.toml").display()
+            );
+            Some(confide_attest::dev::DevTee::new(key, measurement))
+        }
+        None => None,
+    };
     let listener = bind(args.common.listen, "keyholder").await?;
     let state = args
         .state
         .unwrap_or_else(|| args.common.fed.join("keyholder-state.jsonl"));
-    confide_net::roles::serve_keyholder(listener, &creds, &spec, sk, Some(state), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    confide_net::roles::serve_keyholder(
+        listener,
+        &creds,
+        &spec,
+        sk,
+        (Some(state), attester),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await?;
     Ok(0)
 }
@@ -802,6 +831,7 @@ async fn node(args: NodeArgs) -> Result<i32> {
             None => None,
         },
         ledger: args.ledger.zip(dataset),
+        keyholder_attestation: args.keyholder_attestation_policy,
         policy: args.policy,
         witness_store: Some(witness_store),
     })

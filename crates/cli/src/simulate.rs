@@ -404,6 +404,9 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         "param_count": report.param_count,
         "min_owners": spec.job.min_owners,
         "keyholder_key": report.keyholder_key,
+        "keyholder_attestation": uses_key_holder.then_some(
+            "dev TEE (insecure): every node checked its evidence of the job and public key before encrypting"
+        ),
         "seed": spec.job.seed,
         "privacy_level": spec.privacy.as_ref().map(|p| match p.level {
             confide_core::PrivacyLevel::Record => "record",
@@ -622,6 +625,9 @@ struct Roles {
     children: Vec<(String, Child)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_servers: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The key holder's attestation policy (it runs as a trusted core under the dev TEE),
+    /// which every node checks before encrypting to its key.
+    keyholder_policy: Option<PathBuf>,
 }
 
 /// Parsed `--faulty-aggregator` options for aggregator `index` (0-based).
@@ -704,11 +710,27 @@ impl Roles {
         key: Option<&Path>,
         work: &Path,
     ) -> Result<String> {
+        // The key holder runs as a trusted core (dev TEE): its evidence binds the job and its
+        // public key, and every node checks it against this policy before encrypting.
+        let tee_dir = work.join("keyholder-tee");
+        let (tee_key, measurement, _) = crate::confidential::dev_tee_files(&tee_dir)?;
+        self.keyholder_policy = Some(tee_dir.join("attestation-policy.toml"));
         match mode {
             SimulateMode::Processes => {
                 let (j, f) = (job.display().to_string(), fed.display().to_string());
                 let state = work.join("keyholder-state.jsonl").display().to_string();
-                let mut args = vec!["keyholder", "--config", &j, "--fed", &f, "--state", &state];
+                let t = tee_dir.display().to_string();
+                let mut args = vec![
+                    "keyholder",
+                    "--config",
+                    &j,
+                    "--fed",
+                    &f,
+                    "--state",
+                    &state,
+                    "--tee-dir",
+                    &t,
+                ];
                 let k = key.map(|k| k.display().to_string());
                 if let Some(k) = &k {
                     args.extend(["--key", k]);
@@ -734,7 +756,10 @@ impl Roles {
                         &creds,
                         &spec,
                         sk,
-                        Some(state),
+                        (
+                            Some(state),
+                            Some(confide_attest::dev::DevTee::new(tee_key, measurement)),
+                        ),
                         shutdown,
                     )
                     .await
@@ -941,6 +966,13 @@ impl Roles {
                 if let Some(p) = &p {
                     args.extend(["--policy", p]);
                 }
+                let k = self
+                    .keyholder_policy
+                    .as_ref()
+                    .map(|k| k.display().to_string());
+                if let Some(k) = &k {
+                    args.extend(["--keyholder-attestation-policy", k]);
+                }
                 let l = ledger
                     .as_ref()
                     .map(|(l, d)| (l.display().to_string(), d.clone()));
@@ -977,6 +1009,7 @@ impl Roles {
                     ledger,
                     policy,
                     witness_store: Some(witness),
+                    keyholder_attestation: self.keyholder_policy.clone(),
                 };
                 let name = name.to_string();
                 self.tasks.push(tokio::spawn(async move {

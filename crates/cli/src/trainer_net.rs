@@ -11,9 +11,10 @@ use confide_governance::manifest::Mode;
 use confide_governance::policy::{JobRequest, Policy as DatasetPolicy};
 use confide_net::pki::Credentials;
 use confide_net::trainer::{
-    TrainerHostOptions, TrainerService, attest_trainer, connect_trainer, expected_config, fetch,
-    send_dataset,
+    MAX_UPLOAD_BYTES, TrainerHostOptions, TrainerService, attest_trainer, connect_trainer,
+    expected_config, fetch, send_dataset,
 };
+use confide_trainer::owner::seal_dataset;
 use serde_json::json;
 
 use crate::confidential::{checked_section, export_released, start_core, unix_now};
@@ -118,7 +119,7 @@ pub async fn trainer(args: TrainerArgs) -> Result<i32> {
             creds.role
         );
     }
-    let core_config = expected_config(&spec, &section.recipients, &args.common.fed)?;
+    let core_config = expected_config(&spec, &section, &args.common.fed)?;
     let work = &args.work_dir;
     let (host_dir, logs) = (work.join("host"), work.join("logs"));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
@@ -204,7 +205,7 @@ async fn link(l: &TrainerLink, role: Role) -> Result<Linked> {
     if creds.role != role {
         bail!("`{}` has role {}, not {role}", creds.name, creds.role);
     }
-    let expected = expected_config(&config.spec(), &section.recipients, &l.fed)?;
+    let expected = expected_config(&config.spec(), &section, &l.fed)?;
     let policy = confide_attest::Policy::load(&l.attestation_policy)
         .with_context(|| format!("attestation policy {}", l.attestation_policy.display()))?;
     let client = connect_trainer(&l.trainer, &l.trainer_name, &creds).await?;
@@ -317,17 +318,6 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
                 .context("--ledger needs --dataset (or a --policy naming the dataset)")?;
             let l = confide_dp::ledger::BudgetLedger::open(path)
                 .with_context(|| format!("privacy ledger {}", path.display()))?;
-            if let Some((e, d)) = dataset_policy.as_ref().and_then(|p| p.lifetime) {
-                let b = confide_dp::ledger::Budget::new(e, d)?;
-                if l.budget(&dataset)? != Some(b) {
-                    l.set_budget(&dataset, b)?;
-                }
-            }
-            let (epsilon, delta) = job_budget(&spec)?;
-            let cost = confide_dp::ledger::Budget::new(epsilon, delta)?;
-            // Idempotent for a retry of the same job with the same cost.
-            l.debit(&dataset, &spec.job.id, cost)
-                .map_err(|e| anyhow::anyhow!("privacy budget: {e}"))?;
             Some((l, dataset))
         }
         (None, _) => None,
@@ -340,20 +330,41 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
         unix_now()?,
     )
     .await
-    .map_err(|e| {
-        let refund = if ledger.is_some() {
-            " (the ledger's debit stays; `confide ledger release` refunds it if this job will not be retried)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("{e}{refund}")
-    })?;
-    // From here on the core may train on the data: the debit can never be refunded.
-    if let Some((l, dataset)) = &ledger {
-        l.mark_started(dataset, &spec.job.id)?;
-    }
+    .map_err(anyhow::Error::msg)?;
+    // Sealed here, before anything is debited: a missing file or a dataset too large fails
+    // without spending ε.
     let mut file =
         std::fs::File::open(&data).with_context(|| format!("cannot read {}", data.display()))?;
+    let sealed = seal_dataset(&linked.expected, &owner, &key, &attested_key, &mut file)
+        .map_err(anyhow::Error::msg)?;
+    if sealed.envelope.len() > MAX_UPLOAD_BYTES {
+        bail!(
+            "the sealed dataset has {} bytes; a trainer accepts at most {MAX_UPLOAD_BYTES}",
+            sealed.envelope.len()
+        );
+    }
+    // Each core instance trains once: its spend is an entry of its own, named after the
+    // attested key. A retry to the same core debits nothing more; another core with the same
+    // configuration (a restarted trainer) is another training, and is debited again.
+    let ledger_job = format!(
+        "{}@core-{}",
+        spec.job.id,
+        &hex::encode(confide_crypto::sha256(&attested_key))[..16]
+    );
+    if let Some((l, dataset)) = &ledger {
+        if let Some((e, d)) = dataset_policy.as_ref().and_then(|p| p.lifetime) {
+            let b = confide_dp::ledger::Budget::new(e, d)?;
+            if l.budget(dataset)? != Some(b) {
+                l.set_budget(dataset, b)?;
+            }
+        }
+        let (epsilon, delta) = job_budget(&spec)?;
+        let cost = confide_dp::ledger::Budget::new(epsilon, delta)?;
+        l.debit(dataset, &ledger_job, cost)
+            .map_err(|e| anyhow::anyhow!("privacy budget: {e}"))?;
+        // From here on the core may train on the data: the debit can never be refunded.
+        l.mark_started(dataset, &ledger_job)?;
+    }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -363,12 +374,9 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
     );
     bar.set_message(format!("`{owner}` uploads"));
     let shown = bar.clone();
-    let (reply, summary) = send_dataset(
+    let reply = send_dataset(
         &mut linked.client,
-        &linked.expected,
-        (&owner, &key),
-        &attested_key,
-        &mut file,
+        &sealed,
         Arc::new(move |sent, total| {
             shown.set_length(total);
             shown.set_position(sent);
@@ -377,6 +385,7 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
     .await
     .map_err(anyhow::Error::msg)?;
     bar.finish_and_clear();
+    let summary = &sealed.summary;
     let out = json!({
         "owner": owner,
         "job_id": spec.job.id,
@@ -391,6 +400,7 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
         "attestation": claims_json(&claims),
         "policy_rule": rule,
         "ledger_dataset": ledger.as_ref().map(|(_, d)| d.clone()),
+        "ledger_job": ledger.as_ref().map(|_| ledger_job),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(0)

@@ -136,6 +136,27 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
         stderr_of(&out)
     );
 
+    // An owner whose job file names one more recipient expects another configuration than
+    // the one the core attests, and refuses it too.
+    let widened = tmp.path().join("widened.toml");
+    std::fs::write(
+        &widened,
+        common::absolute_example_paths(&std::fs::read_to_string(&config).expect("job")).replace(
+            "recipients = [\"model-owner\"]",
+            "recipients = [\"model-owner\", \"eve\"]",
+        ),
+    )
+    .expect("write");
+    let widened_s = widened.display().to_string();
+    let mut args = vec!["upload"];
+    args.extend(link(&widened_s, &fed_s, "clinic-a", &addr, &policy_s));
+    let out = run(&args);
+    assert!(
+        stderr_of(&out).contains("the trainer serves configuration"),
+        "{}",
+        stderr_of(&out)
+    );
+
     // A fetch before training is refused as "not trained yet"; one by a party the core was
     // not configured for is refused by the host (and logged).
     let mut args = vec!["fetch", "--wait-secs", "0", "--out"];
@@ -189,8 +210,21 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
     ]));
     let text = shown.to_string();
     assert!(
-        text.contains("confidential-digits") && text.contains("started"),
+        text.contains("confidential-digits@core-") && text.contains("started"),
         "{text}"
+    );
+    assert_eq!(
+        up["ledger_job"].as_str().map(|j| text.contains(j)),
+        Some(true)
+    );
+    // A second upload by the same owner is refused by the host (and logged).
+    let mut args = vec!["upload"];
+    args.extend(link(&config_s, &fed_s, "clinic-a", &addr, &policy_s));
+    let out = run(&args);
+    assert!(
+        stderr_of(&out).contains("already uploaded"),
+        "{}",
+        stderr_of(&out)
     );
 
     // clinic-b's policy caps ε at 4: it does not upload, and nothing reaches the trainer.
@@ -256,7 +290,8 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
     assert_eq!(audit["valid"], true);
     assert_eq!(audit["kinds"]["upload"], 2);
     assert_eq!(audit["kinds"]["model-release"], 1);
-    assert_eq!(audit["kinds"]["refusal"], 1);
+    assert_eq!(audit["kinds"]["refusal"], 2, "{audit}");
+    assert_eq!(audit["kinds"]["round"], 1);
     assert_eq!(audit["kinds"]["job-end"], 1);
 
     // The host keeps ciphertext only.

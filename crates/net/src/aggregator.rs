@@ -234,6 +234,7 @@ impl pb::aggregator_server::Aggregator for AggregatorGrpc {
             public_key_json: self.0.public_hex.clone(),
             certificate: self.0.cert_der.clone(),
             key_signature: self.0.key_signature.clone(),
+            evidence_json: String::new(),
         }))
     }
 

@@ -17,8 +17,46 @@ use crate::pb;
 use crate::pki::{Credentials, verify_party_certificate};
 use crate::transport::{NetError, peer};
 
+/// What the key holder's attestation evidence binds (with the verifier's nonce): the job
+/// digest and the SHA-256 of the public key it publishes.
+pub fn public_key_statement(job_digest: &[u8; 32], public_json: &str) -> Vec<u8> {
+    let mut m = b"confide/keyholder/public-key/v1\n".to_vec();
+    m.extend(job_digest);
+    m.extend(confide_crypto::sha256(public_json.as_bytes()));
+    m
+}
+
+/// A node's check of the key holder's evidence, before it encrypts anything to the key:
+/// the evidence must bind this job and exactly this public key to the node's `nonce`, under
+/// the node's attestation `policy` (pinned measurement of the key holder's code, which
+/// decrypts only sums of at least `min_owners` signed contributions).
+pub fn check_keyholder_evidence(
+    policy: &confide_attest::Policy,
+    job_digest: &[u8; 32],
+    public_json: &str,
+    evidence_json: &str,
+    nonce: &[u8; 32],
+    now_secs: u64,
+) -> Result<confide_attest::Claims, String> {
+    if evidence_json.is_empty() {
+        return Err("the key holder sent no attestation evidence (run it with --tee-dir)".into());
+    }
+    let evidence: confide_attest::Evidence = serde_json::from_str(evidence_json)
+        .map_err(|e| format!("malformed key holder evidence: {e}"))?;
+    confide_attest::verify(
+        &evidence,
+        policy,
+        &confide_attest::binding(&public_key_statement(job_digest, public_json), nonce),
+        now_secs,
+    )
+    .map_err(|e| format!("the key holder's attestation: {e}"))
+}
+
 /// The key holder service.
 pub struct KeyHolderService {
+    /// The dev TEE vouching for this process (`None`: it gives no evidence).
+    attester: Option<confide_attest::dev::DevTee>,
+    digest: [u8; 32],
     unsealer: Mutex<Unsealer>,
     public_json: String,
     ca_der: Vec<u8>,
@@ -80,6 +118,7 @@ impl KeyHolderService {
         key: HolderKey,
         creds: &Credentials,
         state: Option<PathBuf>,
+        attester: Option<confide_attest::dev::DevTee>,
     ) -> Result<Arc<Self>, NetError> {
         let refuse = |m: String| crate::transport::transport_err("key holder", m);
         match (&key, spec.job.scheme) {
@@ -116,6 +155,8 @@ impl KeyHolderService {
             .ca_der()
             .map_err(|e| crate::transport::transport_err("key holder", e))?;
         Ok(Arc::new(Self {
+            attester,
+            digest,
             unsealer: Mutex::new(unsealer),
             public_json,
             ca_der,
@@ -232,8 +273,24 @@ impl pb::key_holder_server::KeyHolder for KeyHolderGrpc {
             &[Role::Node, Role::Coordinator, Role::ModelOwner],
             &self.0.revocations,
         )?;
+        let nonce = request.into_inner().nonce;
+        let evidence_json = match (&self.0.attester, nonce.is_empty()) {
+            (Some(tee), false) => {
+                let nonce: [u8; 32] = nonce.as_slice().try_into().map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "a nonce must be 32 bytes, not {}",
+                        nonce.len()
+                    ))
+                })?;
+                let statement = public_key_statement(&self.0.digest, &self.0.public_json);
+                let evidence = tee.evidence(&confide_attest::binding(&statement, &nonce));
+                serde_json::to_string(&evidence).map_err(|e| Status::internal(e.to_string()))?
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(pb::PublicKeyReply {
             public_key_json: self.0.public_json.clone(),
+            evidence_json,
             ..Default::default()
         }))
     }

@@ -67,6 +67,9 @@ pub struct NodeOptions {
     /// The witness's memory of the coordinator's tree heads (a redb file); `None` keeps it in
     /// memory for this run only.
     pub witness_store: Option<PathBuf>,
+    /// An attestation policy the key holder's evidence must satisfy before this owner
+    /// encrypts to its key (`paillier`, `lattice`); `None` trusts the key holder unattested.
+    pub keyholder_attestation: Option<PathBuf>,
 }
 
 /// What a node did.
@@ -237,11 +240,36 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         SchemeKind::Paillier | SchemeKind::Lattice => {
             let ch = connect(&join.keyholder_endpoint, "keyholder", &opts.creds).await?;
             let mut kh = pb::key_holder_client::KeyHolderClient::new(ch);
+            let nonce: [u8; 32] = rand::random();
             let reply = kh
-                .get_public_key(pb::PublicKeyRequest {})
+                .get_public_key(pb::PublicKeyRequest {
+                    nonce: nonce.to_vec(),
+                })
                 .await
                 .map_err(|s| NodeError::Refused(format!("key holder: {}", s.message())))?
                 .into_inner();
+            if let Some(path) = &opts.keyholder_attestation {
+                let policy = confide_attest::Policy::load(path).map_err(|e| {
+                    NodeError::Job(format!("attestation policy {}: {e}", path.display()))
+                })?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let claims = crate::keyholder::check_keyholder_evidence(
+                    &policy,
+                    &digest,
+                    &reply.public_key_json,
+                    &reply.evidence_json,
+                    &nonce,
+                    now,
+                )
+                .map_err(NodeError::Refused)?;
+                tracing::info!(
+                    "`{name}`: the key holder is attested ({:?}, measurement {})",
+                    claims.kind,
+                    hex::encode(&claims.measurement)
+                );
+            }
             HolderPublicKey::parse(
                 spec.job.scheme,
                 &reply.public_key_json,
@@ -515,7 +543,7 @@ async fn fetch_aggregator_key(
 ) -> Result<Vec<u8>, NodeError> {
     let agg = confide_secagg::aggregators::aggregator_name(i);
     let reply = pb::aggregator_client::AggregatorClient::new(channel)
-        .get_public_key(pb::PublicKeyRequest {})
+        .get_public_key(pb::PublicKeyRequest::default())
         .await
         .map_err(|s| NodeError::Refused(format!("{agg}: {}", s.message())))?
         .into_inner();

@@ -42,21 +42,27 @@ pub async fn serve_trainer(
         .map_err(|e| transport_err("trainer", e));
     let stopped = service
         .shutdown()
+        .await
         .map_err(|e| transport_err("stopping the trusted core", e));
     served.and(stopped)
 }
 
-/// Serves the key holder on `listener` until `shutdown` completes.
+/// Serves the key holder on `listener` until `shutdown` completes. With `state`, every
+/// decryption is recorded there first; with `attester`, it answers a nonce with evidence of
+/// its public key (it runs as a trusted core).
 pub async fn serve_keyholder(
     listener: TcpListener,
     creds: &Credentials,
     spec: &JobSpec,
     key: impl Into<HolderKey>,
-    state: Option<std::path::PathBuf>,
+    (state, attester): (
+        Option<std::path::PathBuf>,
+        Option<confide_attest::dev::DevTee>,
+    ),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NetError> {
     init_crypto();
-    let service = KeyHolderService::new(spec, key.into(), creds, state)?;
+    let service = KeyHolderService::new(spec, key.into(), creds, state, attester)?;
     // An unseal request carries one update per owner.
     let max = relay_limit(spec);
     let svc = pb::key_holder_server::KeyHolderServer::new(KeyHolderGrpc(service))
@@ -172,7 +178,7 @@ async fn keyholder_public_key(
         let attempt = async {
             let ch = connect(endpoint, "keyholder", creds).await?;
             let reply = pb::key_holder_client::KeyHolderClient::new(ch)
-                .get_public_key(pb::PublicKeyRequest {})
+                .get_public_key(pb::PublicKeyRequest::default())
                 .await
                 .map_err(|s| transport_err("key holder", s.message()))?;
             Ok::<_, NetError>(reply.into_inner().public_key_json)

@@ -15,9 +15,11 @@
 //!   key and returns evidence that binds the envelope's content id to the nonce, so the host
 //!   can neither read the model nor substitute another.
 //!
-//! Every upload, refusal, training start and end, and release is an event in the host's audit
-//! log (a redb file; each event is followed by a newly signed tree head), which `confide audit
-//! verify --store` checks. A release is recorded before its envelope leaves the host.
+//! Every upload, refusal (by the host or the core), training start and end, and release is an
+//! event in the host's audit log (a redb file; each event is followed by a newly signed tree
+//! head), which `confide audit verify --store` checks. A release is recorded before its
+//! envelope leaves the host. Calls refused by the TLS layer or for a revoked certificate never
+//! reach the service and are not logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,11 +29,11 @@ use std::time::{Duration, Instant};
 use confide_attest::{Claims, Evidence, Policy as AttestPolicy};
 use confide_core::Role;
 use confide_crypto::SigningKey;
-use confide_crypto::envelope::{EnvelopeSummary, RecipientKey};
+use confide_crypto::envelope::RecipientKey;
 use confide_governance::audit::{AuditLog, Event, EventKind};
 use confide_governance::identity::Identity;
 use confide_trainer::host::Core;
-use confide_trainer::owner::{check_core, open_release, seal_dataset, sign_release_key};
+use confide_trainer::owner::{Upload, check_core, open_release, sign_release_key};
 use confide_trainer::protocol::{CoreConfig, CoreReply, CoreRequest, SealedBlob, TrainingReport};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -86,6 +88,8 @@ impl Phase {
 
 #[derive(Debug)]
 struct HostState {
+    /// Owners whose upload is being received or ingested (one stream per owner at a time).
+    in_flight: std::collections::BTreeSet<String>,
     uploads: BTreeMap<String, Value>,
     sealed: BTreeMap<String, SealedBlob>,
     phase: Phase,
@@ -148,6 +152,7 @@ impl TrainerService {
             inner: Arc::new(Inner {
                 core: Mutex::new(Some(opts.core)),
                 state: Mutex::new(HostState {
+                    in_flight: Default::default(),
                     uploads: BTreeMap::new(),
                     sealed: BTreeMap::new(),
                     phase: Phase::Uploading,
@@ -196,18 +201,23 @@ impl TrainerService {
         })
     }
 
-    /// Stops the trusted core (closing its channel) once no call is in flight.
-    pub fn shutdown(&self) -> Result<(), String> {
-        let core = self
-            .inner
-            .core
-            .lock()
-            .map_err(|_| "the core's lock is poisoned".to_string())?
-            .take();
-        match core {
-            Some(c) => c.finish().map_err(|e| e.to_string()),
-            None => Ok(()),
-        }
+    /// Stops the trusted core (closing its channel) once no call is in flight (training may
+    /// hold it; this waits off the async threads).
+    pub async fn shutdown(&self) -> Result<(), String> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let core = inner
+                .core
+                .lock()
+                .map_err(|_| "the core's lock is poisoned".to_string())?
+                .take();
+            match core {
+                Some(c) => c.finish().map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, HostState> {
@@ -274,6 +284,52 @@ impl TrainerService {
         Err(Status::permission_denied(refusal))
     }
 
+    fn refuse_upload(&self, owner: &str, reason: &str) -> Result<(), Status> {
+        self.record(
+            EventKind::Refusal,
+            owner,
+            json!({"what": "upload", "reason": reason}),
+        )
+    }
+
+    /// Receives an owner's stream, within the per-upload limit and within what the training
+    /// request can carry to the core (every sealed dataset, hex-encoded, in one frame).
+    async fn receive(
+        &self,
+        owner: &str,
+        mut stream: Streaming<pb::UploadPiece>,
+    ) -> Result<pb::UploadReply, Status> {
+        let stored: usize = self
+            .lock_state()
+            .sealed
+            .values()
+            .map(|b| b.blob.len())
+            .sum();
+        let room = (confide_trainer::protocol::MAX_FRAME / 2)
+            .saturating_sub(stored + self.inner.public_test.len() + (1 << 20))
+            .min(MAX_UPLOAD_BYTES);
+        let mut signature = None;
+        let mut envelope = Vec::new();
+        while let Some(piece) = stream.message().await? {
+            if signature.is_none() {
+                signature = Some(piece.signature);
+            }
+            if envelope.len() + piece.data.len() > room {
+                let reason = format!(
+                    "the upload exceeds the {room} bytes left for it (at most {MAX_UPLOAD_BYTES} per owner, and every dataset must fit one request to the core)"
+                );
+                self.refuse_upload(owner, &reason)?;
+                return Err(Status::resource_exhausted(reason));
+            }
+            envelope.extend(piece.data);
+        }
+        let Some(signature) = signature else {
+            self.refuse_upload(owner, "an empty upload")?;
+            return Err(Status::invalid_argument("an empty upload"));
+        };
+        self.ingest(owner.to_string(), envelope, signature).await
+    }
+
     async fn ingest(
         &self,
         owner: String,
@@ -281,10 +337,15 @@ impl TrainerService {
         signature: Vec<u8>,
     ) -> Result<pb::UploadReply, Status> {
         let bytes = envelope.len();
+        let id = confide_crypto::envelope::content_id(&envelope);
+        let dir = &self.inner.dir;
+        // Kept under its content id before the core sees it (the core answers with the same id).
+        let upload_path = dir.join("uploads").join(id.trim_start_matches("sha256:"));
+        write_atomic(&upload_path, &envelope).map_err(|e| internal("storing the upload", e))?;
         let reply = self
             .call(CoreRequest::Ingest {
                 owner: owner.clone(),
-                envelope: envelope.clone(),
+                envelope,
                 signature,
             })
             .await?;
@@ -295,21 +356,20 @@ impl TrainerService {
                 rows,
             } => (sealed, envelope_id, rows),
             CoreReply::Refused { reason } => {
-                self.record(
-                    EventKind::Refusal,
-                    &owner,
-                    json!({"what": "upload", "reason": reason}),
-                )?;
+                // The refused ciphertext is not kept.
+                let _ = std::fs::remove_file(&upload_path);
+                self.refuse_upload(&owner, &reason)?;
                 return Err(Status::permission_denied(format!(
                     "the trusted core refused the upload: {reason}"
                 )));
             }
             _ => return Err(Status::internal("the trusted core answered out of turn")),
         };
-        let dir = &self.inner.dir;
-        let hex_id = envelope_id.trim_start_matches("sha256:");
-        write_atomic(&dir.join("uploads").join(hex_id), &envelope)
-            .map_err(|e| internal("storing the upload", e))?;
+        if envelope_id != id {
+            return Err(Status::internal(format!(
+                "the trusted core names the upload {envelope_id}, the host computed {id}"
+            )));
+        }
         write_atomic(&sealed_path(&dir.join("store"), &sealed), &sealed.blob)
             .map_err(|e| internal("storing the sealed dataset", e))?;
         let detail = json!({
@@ -345,6 +405,11 @@ impl TrainerService {
             }
         };
         if let Some(datasets) = start {
+            self.record(
+                EventKind::Round,
+                "trusted-core",
+                json!({"status": "training", "datasets": datasets.iter().map(|b| json!({"slot": b.slot, "version": b.version})).collect::<Vec<_>>()}),
+            )?;
             let service = self.clone();
             tokio::spawn(async move { service.train(datasets).await });
         }
@@ -432,42 +497,60 @@ impl pb::trainer_server::Trainer for TrainerService {
         request: Request<Streaming<pb::UploadPiece>>,
     ) -> Result<Response<pb::UploadReply>, Status> {
         let owner = self.configured_peer(&request, Role::Node, &self.inner.config.owners)?;
-        if !matches!(self.lock_state().phase, Phase::Uploading) {
-            return Err(Status::failed_precondition(
-                "uploads are closed: every owner has uploaded and training has started",
-            ));
-        }
-        let mut stream = request.into_inner();
-        let mut signature = None;
-        let mut envelope = Vec::new();
-        while let Some(piece) = stream.message().await? {
-            if signature.is_none() {
-                signature = Some(piece.signature);
+        // One dataset per owner, received once: a second stream (a retry racing the first,
+        // or a replacement after the last owner's upload) would hand the core a version the
+        // training request no longer carries.
+        let closed = {
+            let mut state = self.lock_state();
+            if !matches!(state.phase, Phase::Uploading) {
+                Some("uploads are closed: every owner has uploaded and training has started")
+            } else if state.sealed.contains_key(&owner) {
+                Some("this owner's dataset is already uploaded (a core accepts one per owner)")
+            } else if !state.in_flight.insert(owner.clone()) {
+                Some("this owner's upload is already in progress")
+            } else {
+                None
             }
-            if envelope.len() + piece.data.len() > MAX_UPLOAD_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "an upload may hold at most {MAX_UPLOAD_BYTES} bytes"
-                )));
-            }
-            envelope.extend(piece.data);
+        };
+        if let Some(reason) = closed {
+            self.refuse_upload(&owner, reason)?;
+            return Err(Status::failed_precondition(reason));
         }
-        let signature = signature.ok_or_else(|| Status::invalid_argument("an empty upload"))?;
-        self.ingest(owner, envelope, signature)
-            .await
-            .map(Response::new)
+        let result = self.receive(&owner, request.into_inner()).await;
+        self.lock_state().in_flight.remove(&owner);
+        result.map(Response::new)
     }
 
     async fn trainer_status(
         &self,
         request: Request<pb::TrainerStatusRequest>,
     ) -> Result<Response<pb::TrainerStatusReply>, Status> {
-        peer(
+        let id = peer(
             &request,
-            &[Role::Node, Role::ModelOwner, Role::Coordinator],
+            &[Role::Node, Role::ModelOwner],
             &self.inner.revocations,
         )?;
+        let config = &self.inner.config;
+        let key = hex::encode(&id.public_key);
+        let is = |keys: &BTreeMap<String, String>| keys.get(&id.name) == Some(&key);
+        let mut state = self.state_json();
+        // A party of this job only, and each sees what it needs: an owner its own upload, a
+        // recipient the report of the model it receives.
+        if is(&config.recipients) {
+            state["uploads"] = json!(state["uploads"].as_object().map_or(0, |u| u.len()));
+        } else if is(&config.owners) {
+            let mine = state["uploads"][&id.name].clone();
+            state["uploads"] = json!({ id.name.clone(): mine });
+            state["report"] = Value::Null;
+            state["releases"] = json!(state["releases"].as_array().map_or(0, |r| r.len()));
+        } else {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not a party of job `{}`",
+                id.name, config.spec.job.id
+            )));
+        }
         Ok(Response::new(pb::TrainerStatusReply {
-            state_json: self.state_json().to_string(),
+            state_json: state.to_string(),
         }))
     }
 
@@ -478,15 +561,14 @@ impl pb::trainer_server::Trainer for TrainerService {
         let recipient =
             self.configured_peer(&request, Role::ModelOwner, &self.inner.config.recipients)?;
         let phase = self.lock_state().phase.clone();
-        let (model, report) = match phase {
-            Phase::Trained { model, report } => (model, report),
+        let model = match phase {
+            Phase::Trained { model, .. } => model,
             Phase::Failed(m) => return Err(Status::aborted(format!("training failed: {m}"))),
-            Phase::Uploading | Phase::Training => {
-                let state = self.lock_state();
+            phase @ (Phase::Uploading | Phase::Training) => {
+                let uploaded = self.lock_state().uploads.len();
                 return Err(Status::failed_precondition(format!(
-                    "the model is not trained yet ({}; {} of {} owners uploaded)",
-                    state.phase.name(),
-                    state.uploads.len(),
+                    "the model is not trained yet ({}; {uploaded} of {} owners uploaded)",
+                    phase.name(),
                     self.inner.config.owners.len()
                 )));
             }
@@ -501,12 +583,13 @@ impl pb::trainer_server::Trainer for TrainerService {
                 nonce: r.nonce,
             })
             .await?;
-        let (envelope, envelope_id, evidence) = match reply {
+        let (envelope, envelope_id, report_json, evidence) = match reply {
             CoreReply::Released {
                 envelope,
                 envelope_id,
+                report_json,
                 evidence,
-            } => (envelope, envelope_id, evidence),
+            } => (envelope, envelope_id, report_json, evidence),
             CoreReply::Refused { reason } => {
                 self.record(
                     EventKind::Refusal,
@@ -531,7 +614,7 @@ impl pb::trainer_server::Trainer for TrainerService {
         Ok(Response::new(pb::FetchReply {
             envelope,
             envelope_id,
-            report_json: serde_json::to_string(&report).map_err(|e| internal("report", e))?,
+            report_json,
             evidence_json: serde_json::to_string(&evidence).map_err(|e| internal("evidence", e))?,
         }))
     }
@@ -558,7 +641,7 @@ pub async fn connect_trainer(
 /// federation directory `fed`.
 pub fn expected_config(
     spec: &confide_core::JobSpec,
-    recipients: &[String],
+    section: &confide_core::ConfidentialSection,
     fed: &Path,
 ) -> Result<CoreConfig, NetError> {
     let keys = |names: &[String], role: Role| -> Result<BTreeMap<String, String>, NetError> {
@@ -574,7 +657,8 @@ pub fn expected_config(
     Ok(CoreConfig {
         spec: spec.clone(),
         owners: keys(&spec.owners, Role::Node)?,
-        recipients: keys(recipients, Role::ModelOwner)?,
+        recipients: keys(&section.recipients, Role::ModelOwner)?,
+        partition: section.partition,
     })
 }
 
@@ -610,19 +694,20 @@ pub async fn attest_trainer(
     Ok((reply.public_key, claims))
 }
 
-/// An owner's upload to a key checked with [`attest_trainer`]: the CSV sealed to it (chunked
-/// HPKE), signed, and streamed in [`PIECE_BYTES`] pieces (`progress` gets bytes sent and the
-/// total). Returns the host's reply, checked to name the envelope's content id, and what was
-/// sealed.
+/// Streams an owner's sealed upload ([`confide_trainer::owner::seal_dataset`] to a key checked
+/// with [`attest_trainer`]) in [`PIECE_BYTES`] pieces (`progress` gets bytes sent and the
+/// total). Returns the host's reply, checked to name the envelope's content id.
 pub async fn send_dataset(
     client: &mut TrainerClient<Channel>,
-    expected: &CoreConfig,
-    (owner, key): (&str, &SigningKey),
-    attested_key: &[u8],
-    csv: &mut dyn std::io::Read,
+    sealed: &Upload,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
-) -> Result<(pb::UploadReply, EnvelopeSummary), String> {
-    let sealed = seal_dataset(expected, owner, key, attested_key, &mut &mut *csv)?;
+) -> Result<pb::UploadReply, String> {
+    if sealed.envelope.len() > MAX_UPLOAD_BYTES {
+        return Err(format!(
+            "the sealed dataset has {} bytes; a trainer accepts at most {MAX_UPLOAD_BYTES}",
+            sealed.envelope.len()
+        ));
+    }
     let total = sealed.envelope.len() as u64;
     let mut pieces: Vec<pb::UploadPiece> = sealed
         .envelope
@@ -652,7 +737,7 @@ pub async fn send_dataset(
             reply.envelope_id, sealed.summary.id
         ));
     }
-    Ok((reply, sealed.summary))
+    Ok(reply)
 }
 
 /// What a fetch returned.
@@ -698,12 +783,10 @@ pub async fn fetch(
     };
     let evidence: Evidence = serde_json::from_str(&reply.evidence_json)
         .map_err(|e| format!("malformed evidence: {e}"))?;
-    let report: TrainingReport =
-        serde_json::from_str(&reply.report_json).map_err(|e| format!("malformed report: {e}"))?;
-    let (params, claims) = open_release(
+    let (params, report, claims) = open_release(
         (expected, policy),
         (recipient, &key),
-        (&reply.envelope, &evidence),
+        (&reply.envelope, &reply.report_json, &evidence),
         &nonce,
         now_secs(),
     )?;

@@ -92,7 +92,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
             &kh_creds,
             &kh_spec,
             common::test_key(),
-            None,
+            (None, None),
             std::future::pending(),
         )
         .await

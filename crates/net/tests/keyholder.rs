@@ -20,6 +20,14 @@ async fn start(
     fed: &std::path::Path,
     state: &std::path::Path,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
+    start_with(fed, state, None).await
+}
+
+async fn start_with(
+    fed: &std::path::Path,
+    state: &std::path::Path,
+    attester: Option<confide_attest::dev::DevTee>,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let creds = Credentials::load(fed, "keyholder").expect("creds");
@@ -35,7 +43,7 @@ async fn start(
             &creds,
             &spec,
             common::test_key(),
-            Some(state),
+            (Some(state), attester),
             stop,
         )
         .await
@@ -176,4 +184,83 @@ async fn key_holder_checks_callers_certificates_and_remembers_decryptions() {
         .await
         .expect_err("after restart");
     assert!(err.message().contains("KEY-005"), "{}", err.message());
+}
+
+fn dev_tee(measurement: [u8; 32]) -> confide_attest::dev::DevTee {
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
+    let key = confide_crypto::SigningKey::from_pkcs8_der(der.as_ref()).expect("key");
+    confide_attest::dev::DevTee::new(key, measurement)
+}
+
+async fn public_key(addr: &str, node: &Credentials, nonce: &[u8; 32]) -> pb::PublicKeyReply {
+    KeyHolder::new(connect(addr, "keyholder", node).await.expect("connect"))
+        .get_public_key(pb::PublicKeyRequest {
+            nonce: nonce.to_vec(),
+        })
+        .await
+        .expect("public key")
+        .into_inner()
+}
+
+/// The key holder as a trusted core: its evidence binds the job and its public key to the
+/// node's nonce, and a node refuses it under a policy pinning other code, for another nonce,
+/// another job, a substituted key, or without evidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_check_the_key_holders_evidence_before_encrypting_to_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fed = dir.path().join("fed");
+    common::federation(&fed, &["guest", "host"]);
+    let measurement = [9u8; 32];
+    let tee = dev_tee(measurement);
+    let policy = |m: [u8; 32]| {
+        confide_attest::Policy::parse(&format!(
+            "[dev]\nallow = true\nsigners = [\"{}\"]\nmeasurements = [\"{}\"]\n",
+            hex::encode(tee.signer()),
+            hex::encode(m)
+        ))
+        .expect("policy")
+    };
+    let (good, other_code) = (policy(measurement), policy([8u8; 32]));
+    let (addr, stop) = start_with(&fed, &dir.path().join("s1"), Some(tee)).await;
+    let node = Credentials::load(&fed, "guest").expect("creds");
+    let job = confide_crypto::sha256(&common::breast_homo_spec(&[]).digest_input());
+    let nonce = [4u8; 32];
+    let reply = public_key(&addr, &node, &nonce).await;
+    let now = 1_800_000_000;
+    let check = |policy: &confide_attest::Policy, job: &[u8; 32], key: &str, nonce: &[u8; 32]| {
+        confide_net::keyholder::check_keyholder_evidence(
+            policy,
+            job,
+            key,
+            &reply.evidence_json,
+            nonce,
+            now,
+        )
+    };
+    let claims = check(&good, &job, &reply.public_key_json, &nonce).expect("attested");
+    assert!(claims.insecure);
+    assert_eq!(claims.measurement, measurement.to_vec());
+    assert!(check(&other_code, &job, &reply.public_key_json, &nonce).is_err());
+    assert!(check(&good, &job, &reply.public_key_json, &[5u8; 32]).is_err());
+    assert!(check(&good, &[0u8; 32], &reply.public_key_json, &nonce).is_err());
+    let substituted = reply.public_key_json.replace('1', "2");
+    assert_ne!(substituted, reply.public_key_json);
+    assert!(check(&good, &job, &substituted, &nonce).is_err());
+    let _ = stop.send(());
+
+    // A key holder without a TEE gives no evidence, and a node that requires it refuses.
+    let (addr, stop) = start_with(&fed, &dir.path().join("s2"), None).await;
+    let reply = public_key(&addr, &node, &nonce).await;
+    let err = confide_net::keyholder::check_keyholder_evidence(
+        &good,
+        &job,
+        &reply.public_key_json,
+        &reply.evidence_json,
+        &nonce,
+        now,
+    )
+    .expect_err("no evidence");
+    assert!(err.contains("no attestation evidence"), "{err}");
+    let _ = stop.send(());
 }

@@ -46,6 +46,8 @@ pub struct TrustedCore {
     accepted: BTreeMap<String, String>,
     /// Whether the model was trained: a core trains once, so the job's ε is spent once.
     trained: bool,
+    /// The training report as released (its digest is bound into each release's evidence).
+    report_json: Option<String>,
 }
 
 impl std::fmt::Debug for TrustedCore {
@@ -105,6 +107,7 @@ impl TrustedCore {
             versions: BTreeMap::new(),
             accepted: BTreeMap::new(),
             trained: false,
+            report_json: None,
         })
     }
 
@@ -326,17 +329,19 @@ impl TrustedCore {
         let bytes: Vec<u8> = out.params.iter().flat_map(|p| p.to_le_bytes()).collect();
         self.trained = true;
         let sealed = self.seal("model", &bytes)?;
+        let report = TrainingReport {
+            rows: train.len(),
+            steps: out.steps,
+            epsilon: run.plan.epsilon,
+            delta: run.plan.delta,
+            accountant: run.plan.accountant.as_str().to_string(),
+            noise_multiplier: run.config.noise_multiplier,
+            public_test_accuracy,
+        };
+        self.report_json = Some(serde_json::to_string(&report).map_err(|e| e.to_string())?);
         Ok(CoreReply::Trained {
             model: sealed,
-            report: TrainingReport {
-                rows: train.len(),
-                steps: out.steps,
-                epsilon: run.plan.epsilon,
-                delta: run.plan.delta,
-                accountant: run.plan.accountant.as_str().to_string(),
-                noise_multiplier: run.config.noise_multiplier,
-                public_test_accuracy,
-            },
+            report,
         })
     }
 
@@ -376,11 +381,18 @@ impl TrustedCore {
             &mut out,
         )
         .map_err(|e| e.to_string())?;
-        let report_data =
-            confide_attest::binding(&release_statement(&summary.id, &self.config_digest), &nonce);
+        let report_json = self
+            .report_json
+            .clone()
+            .ok_or("the model has no training report: this core did not train it")?;
+        let report_data = confide_attest::binding(
+            &release_statement(&summary.id, &report_json, &self.config_digest),
+            &nonce,
+        );
         Ok(CoreReply::Released {
             envelope: out,
             envelope_id: summary.id,
+            report_json,
             evidence: self.attester.evidence(&report_data),
         })
     }

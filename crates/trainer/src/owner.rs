@@ -8,7 +8,7 @@ use confide_crypto::SigningKey;
 use confide_crypto::envelope::{self, EnvelopeSummary, RecipientKey};
 
 use crate::protocol::{
-    CoreConfig, CoreReply, CoreRequest, bound_key, dataset_context, model_context,
+    CoreConfig, CoreReply, CoreRequest, TrainingReport, bound_key, dataset_context, model_context,
     recipient_key_message, release_statement, upload_message,
 };
 
@@ -131,27 +131,33 @@ pub fn sign_release_key(
 }
 
 /// A recipient's check of a release: the evidence must bind the envelope's content id (as the
-/// recipient computes it) and the expected configuration to the recipient's nonce, under the
-/// recipient's attestation policy; then the envelope is opened with [`open_model`]. The host
-/// relays the envelope but cannot substitute one: it has neither the core's attestation key
-/// nor a way to make the core attest an envelope it did not produce.
+/// recipient computes it), the training report and the expected configuration to the
+/// recipient's nonce, under the recipient's attestation policy; then the envelope is opened
+/// with [`open_model`]. The host relays the envelope and the report but can alter neither: it
+/// has no attestation key, and the core attests only what it produced.
 pub fn open_release(
     (expected, policy): (&CoreConfig, &Policy),
     (recipient, key): (&str, &RecipientKey),
-    (envelope_bytes, evidence): (&[u8], &Evidence),
+    (envelope_bytes, report_json, evidence): (&[u8], &str, &Evidence),
     nonce: &[u8; 32],
     now_secs: u64,
-) -> Result<(Vec<f32>, Claims), String> {
+) -> Result<(Vec<f32>, TrainingReport, Claims), String> {
     let id = envelope::content_id(envelope_bytes);
     let claims = confide_attest::verify(
         evidence,
         policy,
-        &confide_attest::binding(&release_statement(&id, &expected.digest()), nonce),
+        &confide_attest::binding(
+            &release_statement(&id, report_json, &expected.digest()),
+            nonce,
+        ),
         now_secs,
     )
     .map_err(|e| format!("`{recipient}` refuses the release {id}: {e}"))?;
+    let report: TrainingReport =
+        serde_json::from_str(report_json).map_err(|e| format!("malformed training report: {e}"))?;
     Ok((
         open_model(expected, recipient, key, envelope_bytes)?,
+        report,
         claims,
     ))
 }

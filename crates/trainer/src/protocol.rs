@@ -44,6 +44,9 @@ pub struct CoreConfig {
     /// Each model recipient's Ed25519 public key (hex), which signs the key it receives the
     /// model under.
     pub recipients: BTreeMap<String, String>,
+    /// What runs in the trusted part (`sml2`: the core alone, confined; `sml1`: the host too).
+    /// Part of the digest, so owners see which partition they are trusting.
+    pub partition: confide_core::Partition,
 }
 
 impl CoreConfig {
@@ -57,7 +60,10 @@ impl CoreConfig {
         let mut m = b"confide/trainer/config/v1\n".to_vec();
         m.extend(self.job_digest());
         // Serialising maps of strings cannot fail; BTreeMaps make the text canonical.
-        m.extend(serde_json::to_vec(&(&self.owners, &self.recipients)).unwrap_or_default());
+        m.extend(
+            serde_json::to_vec(&(&self.owners, &self.recipients, self.partition.as_str()))
+                .unwrap_or_default(),
+        );
         confide_crypto::sha256(&m)
     }
 }
@@ -185,6 +191,9 @@ pub enum CoreReply {
         envelope: Vec<u8>,
         /// Its content id.
         envelope_id: String,
+        /// The training report ([`TrainingReport`] as JSON), bound into the evidence too, so
+        /// the host cannot alter the ε or the accuracy a recipient is told.
+        report_json: String,
         /// Evidence binding [`release_statement`] to the recipient's nonce.
         evidence: confide_attest::Evidence,
     },
@@ -222,13 +231,18 @@ pub fn bound_key(public_key: &[u8], config_digest: &[u8; 32]) -> Vec<u8> {
     k
 }
 
-/// What the evidence of a release binds: the envelope's content id and the configuration
-/// digest. (Its length and prefix differ from [`bound_key`]'s 64 bytes, so one is never taken
-/// for the other.)
-pub fn release_statement(envelope_id: &str, config_digest: &[u8; 32]) -> Vec<u8> {
-    let mut m = b"confide/trainer/release/v1\n".to_vec();
+/// What the evidence of a release binds: the envelope's content id, the SHA-256 of the
+/// training report's JSON, and the configuration digest. (Its length and prefix differ from
+/// [`bound_key`]'s 64 bytes, so one is never taken for the other.)
+pub fn release_statement(
+    envelope_id: &str,
+    report_json: &str,
+    config_digest: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = b"confide/trainer/release/v2\n".to_vec();
     m.extend((envelope_id.len() as u32).to_be_bytes());
     m.extend(envelope_id.as_bytes());
+    m.extend(confide_crypto::sha256(report_json.as_bytes()));
     m.extend(config_digest);
     m
 }

@@ -68,6 +68,7 @@ fn world() -> World {
             .map(|(o, k)| (o.clone(), hex::encode(k.public_key())))
             .collect(),
         recipients: [("auditor".to_string(), hex::encode(auditor.public_key()))].into(),
+        partition: confide_core::Partition::Sml2,
     };
     let text = std::fs::read_to_string(repo("data/digits/digits_train.csv")).expect("csv");
     let mut lines = text.lines();
@@ -188,7 +189,10 @@ fn owners_upload_encrypted_the_core_trains_with_dp_and_releases_to_the_auditor()
     let signature = sign_release_key(&w.config, "auditor", &w.auditor, &release.public_bytes());
     let nonce = [7u8; 32];
     let CoreReply::Released {
-        envelope, evidence, ..
+        envelope,
+        evidence,
+        report_json,
+        ..
     } = core.handle(CoreRequest::Release {
         recipient: "auditor".into(),
         key: release.public_bytes(),
@@ -199,15 +203,21 @@ fn owners_upload_encrypted_the_core_trains_with_dp_and_releases_to_the_auditor()
     else {
         panic!("released expected")
     };
-    let open = |envelope: &[u8], nonce: &[u8; 32]| {
+    let open_with = |envelope: &[u8], report: &str, nonce: &[u8; 32]| {
         open_release(
             (&w.config, &policy(&w)),
             ("auditor", &release),
-            (envelope, &evidence),
+            (envelope, report, &evidence),
             nonce,
             NOW,
         )
     };
+    let open = |envelope: &[u8], nonce: &[u8; 32]| open_with(envelope, &report_json, nonce);
+    // A report the host edited (a smaller ε) is refused too.
+    let edited = report_json.replace("\"epsilon\":", "\"epsilon\":0.5e0,\"was\":");
+    assert_ne!(edited, report_json);
+    let err = open_with(&envelope, &edited, &nonce).expect_err("edited report");
+    assert!(err.contains("refuses the release"), "{err}");
     // The evidence binds this envelope and this nonce: a replay under another nonce, or an
     // envelope the host made itself for the auditor's key, is refused.
     let err = open(&envelope, &[8u8; 32]).expect_err("replayed evidence");
@@ -224,7 +234,8 @@ fn owners_upload_encrypted_the_core_trains_with_dp_and_releases_to_the_auditor()
     let err = open(&forged, &nonce).expect_err("substituted model");
     assert!(err.contains("refuses the release"), "{err}");
     assert!(open_model(&w.config, "auditor", &release, &forged).is_ok());
-    let (params, _) = open(&envelope, &nonce).expect("open");
+    let (params, released_report, _) = open(&envelope, &nonce).expect("open");
+    assert_eq!(released_report, report);
     let spec = confide_ml::job::model_spec(&w.config.spec);
     assert_eq!(params.len(), spec.param_count());
     let test =
