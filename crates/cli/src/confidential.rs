@@ -97,9 +97,10 @@ pub(crate) fn checked_section(config: &JobConfig) -> Result<ConfidentialSection>
 }
 
 /// The dev TEE of a trusted process in `dir`: its signing key `tee.key` (PKCS#8, created on
-/// first use, mode 0600), the measurement of this binary, and the attestation policy that pins
-/// both (also written to `dir/attestation-policy.toml`, for the parties who check it).
-pub(crate) fn dev_tee_files(dir: &Path) -> Result<(SigningKey, [u8; 32], String)> {
+/// first use, mode 0600), the measurement of the `measured` binary (the one the process
+/// runs), and the attestation policy that pins both (also written to
+/// `dir/attestation-policy.toml`, for the parties who check it).
+pub(crate) fn dev_tee_files(dir: &Path, measured: &Path) -> Result<(SigningKey, [u8; 32], String)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let key_path = dir.join("tee.key");
     let key = if key_path.exists() {
@@ -112,8 +113,8 @@ pub(crate) fn dev_tee_files(dir: &Path) -> Result<(SigningKey, [u8; 32], String)
         crate::write_secret_file(&key_path, &der)?;
         key
     };
-    let exe = std::env::current_exe()?;
-    let measurement = confide_attest::dev::measure_file(&exe)?;
+    let measurement = confide_attest::dev::measure_file(measured)
+        .with_context(|| format!("cannot measure {}", measured.display()))?;
     let policy = format!(
         "# The dev TEE (insecure): its signing key and the measurement of the audited binary.\n[dev]\nallow = true\nsigners = [\"{}\"]\nmeasurements = [\"{}\"]\n",
         hex::encode(key.public_key()),
@@ -122,6 +123,19 @@ pub(crate) fn dev_tee_files(dir: &Path) -> Result<(SigningKey, [u8; 32], String)
     let path = dir.join("attestation-policy.toml");
     std::fs::write(&path, &policy).with_context(|| format!("cannot write {}", path.display()))?;
     Ok((key, measurement, policy))
+}
+
+/// The binary the trusted core runs (and is measured) as: under SML-2 the minimal
+/// `confide-trainer-core` when it sits next to this executable (`cargo build --release
+/// --workspace` builds it), else this executable's `trainer-core` command; under SML-1 this
+/// executable, host and all.
+pub(crate) fn core_binary(partition: Partition) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let minimal = exe.with_file_name(confide_trainer::entry::CORE_BINARY);
+    Ok(match partition {
+        Partition::Sml2 if minimal.is_file() => minimal,
+        _ => exe,
+    })
 }
 
 /// Starts the trusted core for `core_config` with a fresh dev-TEE key and root sealing key in
@@ -143,19 +157,22 @@ pub(crate) fn start_core(
     }
     std::fs::create_dir_all(core_dir)
         .with_context(|| format!("cannot create {}", core_dir.display()))?;
+    let exe = std::env::current_exe()?;
+    let binary = core_binary(partition)?;
     // The core's secrets, in its directory (dev mode: the host can read them too).
-    let (tee_key, measurement, policy) = dev_tee_files(core_dir)?;
+    let (tee_key, measurement, policy) = dev_tee_files(core_dir, &binary)?;
     let mut seal_root = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seal_root);
     crate::write_secret_file(&core_dir.join("seal.key"), seal_root)?;
-    let exe = std::env::current_exe()?;
     let core = match partition {
         Partition::Sml2 => {
             let log = std::fs::File::create(log)
                 .with_context(|| format!("cannot create {}", log.display()))?;
-            let mut command = std::process::Command::new(&exe);
+            let mut command = std::process::Command::new(&binary);
+            if binary == exe {
+                command.arg("trainer-core");
+            }
             command
-                .arg("trainer-core")
                 .arg("--dir")
                 .arg(core_dir)
                 .env("CONFIDE_LOG", "warn")
@@ -394,6 +411,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         "scheme": "confidential",
         "mode": "dev TEE, insecure: it protects nothing against the host",
         "partition": section.partition.as_str(),
+        "core_binary": core_binary(section.partition)?.display().to_string(),
         "parties": config.parties.len(),
         "rounds": 1,
         "test_accuracy": test_metrics.map(|m| m.accuracy),

@@ -719,7 +719,8 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
     let sk = holder_key(&spec, key_file.as_deref(), true).await?;
     let attester = match &args.tee_dir {
         Some(dir) => {
-            let (key, measurement, _) = confidential::dev_tee_files(dir)?;
+            let (key, measurement, _) =
+                confidential::dev_tee_files(dir, &std::env::current_exe()?)?;
             eprintln!(
                 "keyholder: attested by the dev TEE (insecure); nodes check it with {}",
                 dir.join("attestation-policy.toml").display()

@@ -713,7 +713,8 @@ impl Roles {
         // The key holder runs as a trusted core (dev TEE): its evidence binds the job and its
         // public key, and every node checks it against this policy before encrypting.
         let tee_dir = work.join("keyholder-tee");
-        let (tee_key, measurement, _) = crate::confidential::dev_tee_files(&tee_dir)?;
+        let (tee_key, measurement, _) =
+            crate::confidential::dev_tee_files(&tee_dir, &std::env::current_exe()?)?;
         self.keyholder_policy = Some(tee_dir.join("attestation-policy.toml"));
         match mode {
             SimulateMode::Processes => {

@@ -149,10 +149,11 @@ pub async fn trainer(args: TrainerArgs) -> Result<i32> {
     )?;
     let listener = bind(args.common.listen, "trainer").await?;
     eprintln!(
-        "trainer: job `{}`, configuration {}, {} (dev TEE, insecure); dev attestation policy in {}",
+        "trainer: job `{}`, configuration {}, {} (dev TEE, insecure), core binary {}; dev attestation policy in {}",
         spec.job.id,
         hex::encode(core_config.digest()),
         section.partition.as_str(),
+        crate::confidential::core_binary(section.partition)?.display(),
         policy_path.display()
     );
     let watched = service.clone();

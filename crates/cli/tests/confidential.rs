@@ -44,6 +44,16 @@ fn the_confidential_example_trains_in_the_confined_core_and_the_host_sees_cipher
     assert_eq!(Some(accuracy), report["core_public_test_accuracy"].as_f64());
     assert!(accuracy > 0.85, "{report}");
     assert!(work.join("model/model.safetensors").exists());
+    // The core ran as the minimal binary when it was built next to `confide` (as `cargo
+    // test --workspace` builds it), else as `confide trainer-core`.
+    let exe = Path::new(env!("CARGO_BIN_EXE_confide"));
+    let minimal = exe.with_file_name("confide-trainer-core");
+    let expected = if minimal.is_file() {
+        minimal
+    } else {
+        exe.to_path_buf()
+    };
+    assert_eq!(report["core_binary"], expected.display().to_string());
     // The core confined itself before serving.
     let log = std::fs::read_to_string(work.join("logs/trainer-core.log")).expect("log");
     assert!(log.contains("fully enforced"), "{log}");

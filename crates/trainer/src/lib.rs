@@ -10,6 +10,8 @@
 //! - [`host`]: the untrusted host's end of the channel to the core (its own process, SML-2,
 //!   or in the host's process, SML-1), and the loop the core runs at its end.
 //! - [`owner`]: the owners' and recipients' side.
+//! - [`entry`]: the core's process entry point (the minimal `confide-trainer-core` binary,
+//!   and `confide trainer-core`).
 //! - [`sandbox`]: the confinement the trusted core applies to itself before it touches data:
 //!   resource limits, landlock (its own directory only) and seccomp (no sockets, no exec).
 //!
@@ -20,6 +22,7 @@
 //! network (`confide_net::trainer`) to `confide upload` and `confide fetch`.
 
 pub mod core;
+pub mod entry;
 pub mod host;
 pub mod owner;
 pub mod protocol;
