@@ -132,7 +132,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
                 .await
                 .expect("kh");
             let reply = pb::key_holder_client::KeyHolderClient::new(ch)
-                .get_public_key(pb::PublicKeyRequest {})
+                .get_public_key(pb::PublicKeyRequest::default())
                 .await
                 .expect("pk");
             let published = confide_secagg::HolderPublicKey::parse(
