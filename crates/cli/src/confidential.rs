@@ -139,16 +139,16 @@ pub(crate) fn core_binary(partition: Partition) -> Result<PathBuf> {
 }
 
 /// Starts the trusted core for `core_config` with a fresh dev-TEE key and root sealing key in
-/// `core_dir` (which must not exist yet): as its own confined process (`confide trainer-core`,
-/// logging to `log`) under SML-2, or inside this process under SML-1. Returns the core and the
-/// attestation policy (TOML) that pins the dev TEE's key and this binary's measurement, which
-/// owners who audited this binary would hold.
+/// `core_dir` (which must not exist yet): as its own confined process ([`core_binary`],
+/// logging to `log`) under SML-2, or inside this process under SML-1. Returns the core, the
+/// attestation policy (TOML) that pins the dev TEE's key and the core binary's measurement
+/// (which owners who audited that binary would hold), and that binary.
 pub(crate) fn start_core(
     partition: Partition,
     core_dir: &Path,
     log: &Path,
     core_config: &CoreConfig,
-) -> Result<(Core, String)> {
+) -> Result<(Core, String, PathBuf)> {
     if core_dir.exists() {
         bail!(
             "{} already exists; choose a new work directory",
@@ -189,7 +189,7 @@ pub(crate) fn start_core(
             .map_err(anyhow::Error::msg)?,
         )),
     };
-    Ok((core, policy))
+    Ok((core, policy, binary))
 }
 
 /// Exports a released model (safetensors and model card) into `dir`; returns the weights' path.
@@ -265,7 +265,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         recipients: hex_keys(&recipient_keys),
         partition: section.partition,
     };
-    let (mut core, policy) = start_core(
+    let (mut core, policy, binary) = start_core(
         section.partition,
         &core_dir,
         &logs.join("trainer-core.log"),
@@ -411,7 +411,7 @@ pub fn simulate(args: &SimulateArgs, config: JobConfig, work: PathBuf) -> Result
         "scheme": "confidential",
         "mode": "dev TEE, insecure: it protects nothing against the host",
         "partition": section.partition.as_str(),
-        "core_binary": core_binary(section.partition)?.display().to_string(),
+        "core_binary": binary.display().to_string(),
         "parties": config.parties.len(),
         "rounds": 1,
         "test_accuracy": test_metrics.map(|m| m.accuracy),

@@ -718,6 +718,9 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
     let key_file = args.key.or(config.paillier.key_file.clone());
     let sk = holder_key(&spec, key_file.as_deref(), true).await?;
     let attester = match &args.tee_dir {
+        Some(_) if key_file.is_some() => bail!(
+            "--tee-dir with a key file: whoever holds the file could decrypt any update, whatever the attested code does; let the attested key holder generate its key"
+        ),
         Some(dir) => {
             let (key, measurement, _) =
                 confidential::dev_tee_files(dir, &std::env::current_exe()?)?;

@@ -404,7 +404,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         "param_count": report.param_count,
         "min_owners": spec.job.min_owners,
         "keyholder_key": report.keyholder_key,
-        "keyholder_attestation": uses_key_holder.then_some(
+        "keyholder_attestation": (uses_key_holder && key_file.is_none()).then_some(
             "dev TEE (insecure): every node checked its evidence of the job and public key before encrypting"
         ),
         "seed": spec.job.seed,
@@ -710,28 +710,29 @@ impl Roles {
         key: Option<&Path>,
         work: &Path,
     ) -> Result<String> {
-        // The key holder runs as a trusted core (dev TEE): its evidence binds the job and its
-        // public key, and every node checks it against this policy before encrypting.
+        // The key holder runs as a trusted core (dev TEE) when it generates its key: its
+        // evidence binds the job and its public key, and every node checks it against this
+        // policy before encrypting. A key from a file is not attested (whoever holds the file
+        // could decrypt anything).
         let tee_dir = work.join("keyholder-tee");
-        let (tee_key, measurement, _) =
-            crate::confidential::dev_tee_files(&tee_dir, &std::env::current_exe()?)?;
-        self.keyholder_policy = Some(tee_dir.join("attestation-policy.toml"));
+        let tee = match key {
+            None => {
+                let (tee_key, measurement, _) =
+                    crate::confidential::dev_tee_files(&tee_dir, &std::env::current_exe()?)?;
+                self.keyholder_policy = Some(tee_dir.join("attestation-policy.toml"));
+                Some((tee_key, measurement))
+            }
+            Some(_) => None,
+        };
         match mode {
             SimulateMode::Processes => {
                 let (j, f) = (job.display().to_string(), fed.display().to_string());
                 let state = work.join("keyholder-state.jsonl").display().to_string();
                 let t = tee_dir.display().to_string();
-                let mut args = vec![
-                    "keyholder",
-                    "--config",
-                    &j,
-                    "--fed",
-                    &f,
-                    "--state",
-                    &state,
-                    "--tee-dir",
-                    &t,
-                ];
+                let mut args = vec!["keyholder", "--config", &j, "--fed", &f, "--state", &state];
+                if tee.is_some() {
+                    args.extend(["--tee-dir", &t]);
+                }
                 let k = key.map(|k| k.display().to_string());
                 if let Some(k) = &k {
                     args.extend(["--key", k]);
@@ -759,7 +760,7 @@ impl Roles {
                         sk,
                         (
                             Some(state),
-                            Some(confide_attest::dev::DevTee::new(tee_key, measurement)),
+                            tee.map(|(k, m)| confide_attest::dev::DevTee::new(k, m)),
                         ),
                         shutdown,
                     )

@@ -123,7 +123,7 @@ pub async fn trainer(args: TrainerArgs) -> Result<i32> {
     let work = &args.work_dir;
     let (host_dir, logs) = (work.join("host"), work.join("logs"));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let (core, policy) = start_core(
+    let (core, policy, binary) = start_core(
         section.partition,
         &work.join("core"),
         &logs.join("trainer-core.log"),
@@ -153,7 +153,7 @@ pub async fn trainer(args: TrainerArgs) -> Result<i32> {
         spec.job.id,
         hex::encode(core_config.digest()),
         section.partition.as_str(),
-        crate::confidential::core_binary(section.partition)?.display(),
+        binary.display(),
         policy_path.display()
     );
     let watched = service.clone();
@@ -332,11 +332,13 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    // Sealed here, before anything is debited: a missing file or a dataset too large fails
-    // without spending ε.
-    let mut file =
-        std::fs::File::open(&data).with_context(|| format!("cannot read {}", data.display()))?;
-    let sealed = seal_dataset(&linked.expected, &owner, &key, &attested_key, &mut file)
+    // Checked and sealed here, before anything is debited: a missing file, a CSV that does not
+    // fit the job or a dataset too large fails without spending ε.
+    let csv = std::fs::read(&data).with_context(|| format!("cannot read {}", data.display()))?;
+    // The same parsing the core does: a CSV it would refuse is refused here, before any ε is
+    // debited.
+    confide_ml::job::read_job_data(&spec, &csv[..], &data.display().to_string())?;
+    let sealed = seal_dataset(&linked.expected, &owner, &key, &attested_key, &mut &csv[..])
         .map_err(anyhow::Error::msg)?;
     if sealed.envelope.len() > MAX_UPLOAD_BYTES {
         bail!(

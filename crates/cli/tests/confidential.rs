@@ -44,8 +44,8 @@ fn the_confidential_example_trains_in_the_confined_core_and_the_host_sees_cipher
     assert_eq!(Some(accuracy), report["core_public_test_accuracy"].as_f64());
     assert!(accuracy > 0.85, "{report}");
     assert!(work.join("model/model.safetensors").exists());
-    // The core ran as the minimal binary when it was built next to `confide` (as `cargo
-    // test --workspace` builds it), else as `confide trainer-core`.
+    // The core ran as the binary the report names (the minimal one when it was built next to
+    // `confide`, as `cargo test --workspace` builds it), and that process confined itself.
     let exe = Path::new(env!("CARGO_BIN_EXE_confide"));
     let minimal = exe.with_file_name("confide-trainer-core");
     let expected = if minimal.is_file() {
@@ -53,9 +53,14 @@ fn the_confidential_example_trains_in_the_confined_core_and_the_host_sees_cipher
     } else {
         exe.to_path_buf()
     };
-    assert_eq!(report["core_binary"], expected.display().to_string());
-    // The core confined itself before serving.
+    let binary = report["core_binary"].as_str().expect("core_binary");
+    assert_eq!(Path::new(binary), expected);
     let log = std::fs::read_to_string(work.join("logs/trainer-core.log")).expect("log");
+    let started = std::fs::canonicalize(binary).expect("binary");
+    assert!(
+        log.contains(&format!("trusted core {} confined", started.display())),
+        "{log}"
+    );
     assert!(log.contains("fully enforced"), "{log}");
     // Everything the host stores is ciphertext: no CSV header, no row of the data.
     let csv = std::fs::read_to_string(repo("data/digits/clinic_a.csv")).expect("csv");

@@ -100,6 +100,12 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let spec =
         JobSpec::from_wire(&join.job_spec).map_err(|e| NodeError::Job(format!("job spec: {e}")))?;
     let digest = job_digest(&spec);
+    if opts.keyholder_attestation.is_some() && !spec.job.scheme.uses_key_holder() {
+        return Err(NodeError::Job(format!(
+            "a key holder attestation policy was given, but scheme `{}` has no key holder",
+            spec.job.scheme.as_str()
+        )));
+    }
     if join.job_digest != digest {
         return Err(NodeError::Job(
             "the coordinator's job digest does not match its spec".into(),

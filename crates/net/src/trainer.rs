@@ -88,8 +88,9 @@ impl Phase {
 
 #[derive(Debug)]
 struct HostState {
-    /// Owners whose upload is being received or ingested (one stream per owner at a time).
-    in_flight: std::collections::BTreeSet<String>,
+    /// Owners whose upload is being received or ingested (one stream per owner at a time),
+    /// with the bytes received so far, which count against the room left for uploads.
+    in_flight: BTreeMap<String, usize>,
     uploads: BTreeMap<String, Value>,
     sealed: BTreeMap<String, SealedBlob>,
     phase: Phase,
@@ -105,6 +106,18 @@ struct Inner {
     audit: AuditLog,
     identity: Arc<Identity>,
     revocations: Arc<Revocations>,
+}
+
+/// An owner's upload slot, released when dropped.
+struct InFlight {
+    service: TrainerService,
+    owner: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.service.lock_state().in_flight.remove(&self.owner);
+    }
 }
 
 /// The host's gRPC service.
@@ -293,28 +306,43 @@ impl TrainerService {
     }
 
     /// Receives an owner's stream, within the per-upload limit and within what the training
-    /// request can carry to the core (every sealed dataset, hex-encoded, in one frame).
+    /// request can carry to the core (every sealed dataset and every upload in progress,
+    /// hex-encoded, in one frame). Returns the envelope and the owner's signature.
     async fn receive(
         &self,
         owner: &str,
         mut stream: Streaming<pb::UploadPiece>,
-    ) -> Result<pb::UploadReply, Status> {
-        let stored: usize = self
-            .lock_state()
-            .sealed
-            .values()
-            .map(|b| b.blob.len())
-            .sum();
-        let room = (confide_trainer::protocol::MAX_FRAME / 2)
-            .saturating_sub(stored + self.inner.public_test.len() + (1 << 20))
-            .min(MAX_UPLOAD_BYTES);
+    ) -> Result<(Vec<u8>, Vec<u8>), Status> {
+        let limit = (confide_trainer::protocol::MAX_FRAME / 2)
+            .saturating_sub(self.inner.public_test.len() + (1 << 20));
         let mut signature = None;
         let mut envelope = Vec::new();
         while let Some(piece) = stream.message().await? {
             if signature.is_none() {
                 signature = Some(piece.signature);
             }
-            if envelope.len() + piece.data.len() > room {
+            let size = envelope.len() + piece.data.len();
+            let room = {
+                let mut state = self.lock_state();
+                let others: usize = state
+                    .sealed
+                    .values()
+                    .map(|b| b.blob.len())
+                    .chain(
+                        state
+                            .in_flight
+                            .iter()
+                            .filter(|(o, _)| o.as_str() != owner)
+                            .map(|(_, n)| *n),
+                    )
+                    .sum();
+                let room = limit.saturating_sub(others).min(MAX_UPLOAD_BYTES);
+                if size <= room {
+                    state.in_flight.insert(owner.to_string(), size);
+                }
+                room
+            };
+            if size > room {
                 let reason = format!(
                     "the upload exceeds the {room} bytes left for it (at most {MAX_UPLOAD_BYTES} per owner, and every dataset must fit one request to the core)"
                 );
@@ -327,7 +355,7 @@ impl TrainerService {
             self.refuse_upload(owner, "an empty upload")?;
             return Err(Status::invalid_argument("an empty upload"));
         };
-        self.ingest(owner.to_string(), envelope, signature).await
+        Ok((envelope, signature))
     }
 
     async fn ingest(
@@ -405,11 +433,6 @@ impl TrainerService {
             }
         };
         if let Some(datasets) = start {
-            self.record(
-                EventKind::Round,
-                "trusted-core",
-                json!({"status": "training", "datasets": datasets.iter().map(|b| json!({"slot": b.slot, "version": b.version})).collect::<Vec<_>>()}),
-            )?;
             let service = self.clone();
             tokio::spawn(async move { service.train(datasets).await });
         }
@@ -418,6 +441,19 @@ impl TrainerService {
 
     async fn train(&self, datasets: Vec<SealedBlob>) {
         tracing::info!("every owner uploaded: the trusted core trains");
+        let versions: Vec<Value> = datasets
+            .iter()
+            .map(|b| json!({"slot": b.slot, "version": b.version}))
+            .collect();
+        if let Err(e) = self.record(
+            EventKind::Round,
+            "trusted-core",
+            json!({"status": "training", "datasets": versions}),
+        ) {
+            // Nothing is trained unlogged.
+            self.lock_state().phase = Phase::Failed(e.message().to_string());
+            return;
+        }
         let started = Instant::now();
         let reply = self
             .call(CoreRequest::Train {
@@ -470,11 +506,18 @@ impl pb::trainer_server::Trainer for TrainerService {
         &self,
         request: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::AttestReply>, Status> {
-        peer(
+        // Only the job's parties: an owner before uploading, a recipient checking the core.
+        let id = peer(
             &request,
             &[Role::Node, Role::ModelOwner],
             &self.inner.revocations,
         )?;
+        let keys = if id.role == Role::Node {
+            &self.inner.config.owners
+        } else {
+            &self.inner.config.recipients
+        };
+        self.configured_peer(&request, id.role, keys)?;
         let nonce = request.into_inner().nonce;
         match self.call(CoreRequest::Attest { nonce }).await? {
             CoreReply::Evidence {
@@ -506,9 +549,10 @@ impl pb::trainer_server::Trainer for TrainerService {
                 Some("uploads are closed: every owner has uploaded and training has started")
             } else if state.sealed.contains_key(&owner) {
                 Some("this owner's dataset is already uploaded (a core accepts one per owner)")
-            } else if !state.in_flight.insert(owner.clone()) {
+            } else if state.in_flight.contains_key(&owner) {
                 Some("this owner's upload is already in progress")
             } else {
+                state.in_flight.insert(owner.clone(), 0);
                 None
             }
         };
@@ -516,9 +560,24 @@ impl pb::trainer_server::Trainer for TrainerService {
             self.refuse_upload(&owner, reason)?;
             return Err(Status::failed_precondition(reason));
         }
-        let result = self.receive(&owner, request.into_inner()).await;
-        self.lock_state().in_flight.remove(&owner);
-        result.map(Response::new)
+        // Releases the owner's slot however this ends, a client that disconnects included
+        // (its handler future is then dropped).
+        let slot = InFlight {
+            service: self.clone(),
+            owner: owner.clone(),
+        };
+        let (envelope, signature) = self.receive(&owner, request.into_inner()).await?;
+        // Once the whole envelope is here, ingesting runs to its end even if the client goes
+        // away: the core may accept it, and the host must then store and log it.
+        let service = self.clone();
+        tokio::spawn(async move {
+            let reply = service.ingest(owner, envelope, signature).await;
+            drop(slot);
+            reply
+        })
+        .await
+        .map_err(|e| internal("upload task", e))?
+        .map(Response::new)
     }
 
     async fn trainer_status(
@@ -538,16 +597,32 @@ impl pb::trainer_server::Trainer for TrainerService {
         // recipient the report of the model it receives.
         if is(&config.recipients) {
             state["uploads"] = json!(state["uploads"].as_object().map_or(0, |u| u.len()));
+            let mine: Vec<Value> = state["releases"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter(|x| x["recipient"] == id.name.as_str())
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            state["releases"] = json!(mine);
         } else if is(&config.owners) {
             let mine = state["uploads"][&id.name].clone();
             state["uploads"] = json!({ id.name.clone(): mine });
             state["report"] = Value::Null;
             state["releases"] = json!(state["releases"].as_array().map_or(0, |r| r.len()));
         } else {
-            return Err(Status::permission_denied(format!(
+            let reason = format!(
                 "`{}` is not a party of job `{}`",
                 id.name, config.spec.job.id
-            )));
+            );
+            self.record(
+                EventKind::Refusal,
+                &id.name,
+                json!({"what": "status", "party_id": id.id, "reason": reason}),
+            )?;
+            return Err(Status::permission_denied(reason));
         }
         Ok(Response::new(pb::TrainerStatusReply {
             state_json: state.to_string(),
