@@ -127,13 +127,26 @@ fn print_summary(r: &Value) {
     if let Some(m) = r["message"].as_str().filter(|m| !m.is_empty()) {
         println!("  reason:        {m}");
     }
-    println!(
-        "  scheme:        {} ({} mode)",
-        r["scheme"].as_str().unwrap_or(""),
-        r["mode"].as_str().unwrap_or("")
-    );
-    println!("  parties:       {}", r["parties"]);
-    println!("  rounds:        {}", r["rounds"]);
+    if r["scheme"] == "confidential" {
+        println!(
+            "  mode:          confidential, {} ({})",
+            r["partition"].as_str().unwrap_or(""),
+            r["mode"].as_str().unwrap_or("")
+        );
+        println!("  parties:       {}", r["parties"]);
+        println!(
+            "  trained:       centrally, {} DP-SGD steps on {} rows",
+            r["steps"], r["train_rows"]
+        );
+    } else {
+        println!(
+            "  scheme:        {} ({} mode)",
+            r["scheme"].as_str().unwrap_or(""),
+            r["mode"].as_str().unwrap_or("")
+        );
+        println!("  parties:       {}", r["parties"]);
+        println!("  rounds:        {}", r["rounds"]);
+    }
     if let (Some(a), Some(c), Some(n)) = (
         f("test_accuracy"),
         r["test_correct"].as_u64(),
