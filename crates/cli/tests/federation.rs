@@ -200,6 +200,20 @@ fn every_scheme_trains_the_same_model_as_plain() {
         assert_eq!(read(&out[0]), read(&out[i]), "plain and {name} differ");
     }
     assert!(out[2]["keyholder_key"].is_string(), "{}", out[2]);
+    // The lattice key holder generated its key, so it ran attested (dev TEE) and each node
+    // checked its evidence before encrypting.
+    assert!(out[2]["keyholder_attestation"].is_string(), "{}", out[2]);
+    for node in ["guest", "host"] {
+        let log = std::fs::read_to_string(
+            dir.path()
+                .join("lattice")
+                .join("run")
+                .join("logs")
+                .join(format!("node-{node}.log")),
+        )
+        .expect("node log");
+        assert!(log.contains("the key holder is attested"), "{node}: {log}");
+    }
     // The liar is named in every round, the crashed aggregator from round 3 on.
     let events: Vec<&str> = out[4]["events"]
         .as_array()
