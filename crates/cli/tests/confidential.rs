@@ -103,14 +103,14 @@ fn a_confidential_job_needs_the_dev_tee_here_and_dp() {
         (
             "owner",
             text.replace(
-                "recipients = [\"model-owner\"]",
-                "recipients = [\"model-owner\"]\nmodel_owner = \"mallory\"",
+                "model_owner = \"model-owner\"",
+                "model_owner = \"mallory\"",
             ),
             "not one of the recipients",
         ),
         (
             "partition",
-            text.replace("tee = \"dev\"", "tee = \"dev\"\npartition = \"sml3\""),
+            text.replace("partition = \"sml2\"", "partition = \"sml3\""),
             "sml3",
         ),
     ] {
@@ -130,7 +130,7 @@ fn the_sml1_partition_runs_the_same_core_inside_the_host_process() {
     let text = std::fs::read_to_string(repo("examples/confidential_digits.toml"))
         .expect("toml")
         .replace("\"../data/", &data)
-        .replace("tee = \"dev\"", "tee = \"dev\"\npartition = \"sml1\"");
+        .replace("partition = \"sml2\"", "partition = \"sml1\"");
     let config = tmp.path().join("sml1.toml");
     std::fs::write(&config, text).expect("write");
     let work = tmp.path().join("run");
