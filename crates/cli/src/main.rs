@@ -69,6 +69,9 @@ enum Command {
     /// As a model recipient: fetch the model encrypted to a fresh key, check the core's
     /// evidence of the release, and export it (prints JSON).
     Fetch(trainer_net::FetchArgs),
+    /// As an owner or a recipient of a confidential job: the trainer's state as you may see
+    /// it (an owner its own upload, a recipient the report and its releases; prints JSON).
+    TrainerStatus(trainer_net::StatusArgs),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -491,6 +494,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Trainer(args) => trainer_net::trainer(args).await,
         Command::Upload(args) => trainer_net::upload(args).await,
         Command::Fetch(args) => trainer_net::fetch_model(args).await,
+        Command::TrainerStatus(args) => trainer_net::status(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::run(args)).await?,
         Command::Dp(DpCommand::Sweep(args)) => {

@@ -102,6 +102,40 @@ pub struct FetchArgs {
     wait_secs: f64,
 }
 
+/// `confide trainer-status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// This party's name (an owner or a recipient of the job).
+    #[arg(long)]
+    name: String,
+    /// The trainer host's address (host:port).
+    #[arg(long)]
+    trainer: String,
+    /// The trainer host's certificate name.
+    #[arg(long, default_value = "coordinator")]
+    trainer_name: String,
+    #[command(flatten)]
+    passphrase: governance::Passphrase,
+}
+
+/// Prints the trainer's state as this party may see it: an owner its own upload, a recipient
+/// the report and its own releases (JSON).
+pub async fn status(args: StatusArgs) -> Result<i32> {
+    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
+    let mut client = connect_trainer(&args.trainer, &args.trainer_name, &creds).await?;
+    let reply = client
+        .trainer_status(confide_net::pb::TrainerStatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("trainer status: {}", s.message()))?
+        .into_inner();
+    let state: serde_json::Value = serde_json::from_str(&reply.state_json)?;
+    println!("{}", serde_json::to_string_pretty(&state)?);
+    Ok(0)
+}
+
 /// Runs the trainer host until interrupted (or until every recipient fetched the model).
 pub async fn trainer(args: TrainerArgs) -> Result<i32> {
     let config = JobConfig::load(&args.common.config)?;

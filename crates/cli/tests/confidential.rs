@@ -102,10 +102,7 @@ fn a_confidential_job_needs_the_dev_tee_here_and_dp() {
         ),
         (
             "owner",
-            text.replace(
-                "model_owner = \"model-owner\"",
-                "model_owner = \"mallory\"",
-            ),
+            text.replace("model_owner = \"model-owner\"", "model_owner = \"mallory\""),
             "not one of the recipients",
         ),
         (

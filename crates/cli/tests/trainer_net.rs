@@ -217,6 +217,29 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
         up["ledger_job"].as_str().map(|j| text.contains(j)),
         Some(true)
     );
+    // What each party may see: clinic-a its own upload, not the other's; a stranger nothing.
+    let status = |name: &str| {
+        run(&[
+            "trainer-status",
+            "--fed",
+            &fed_s,
+            "--name",
+            name,
+            "--trainer",
+            &addr,
+        ])
+    };
+    let seen = json_out(&status("clinic-a"));
+    assert_eq!(seen["phase"], "uploading");
+    assert_eq!(seen["uploads"]["clinic-a"]["rows"], 719);
+    assert_eq!(seen["uploads"].as_object().map(|u| u.len()), Some(1));
+    assert!(seen["report"].is_null());
+    let out = status("eve");
+    assert!(
+        stderr_of(&out).contains("is not a party of job"),
+        "{}",
+        stderr_of(&out)
+    );
     // A second upload by the same owner is refused by the host (and logged).
     let mut args = vec!["upload"];
     args.extend(link(&config_s, &fed_s, "clinic-a", &addr, &policy_s));
@@ -257,6 +280,19 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
     let mut args = vec!["upload"];
     args.extend(link(&config_s, &fed_s, "clinic-b", &addr, &policy_s));
     json_out(&run(&args));
+    // The recipient sees the report once trained, and the number of uploads, not the
+    // owners' entries (polled: training runs in the background).
+    let seen = (0..600)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            json_out(&status("model-owner"))
+        })
+        .find(|s| s["phase"] != "training")
+        .expect("status");
+    assert_eq!(seen["phase"], "trained", "{seen}");
+    assert_eq!(seen["report"]["rows"], 1438);
+    assert_eq!(seen["uploads"], 2);
+    assert_eq!(seen["releases"].as_array().map(Vec::len), Some(0));
     let model_dir = tmp.path().join("model").display().to_string();
     let mut args = vec!["fetch", "--out", &model_dir];
     args.extend(link(&config_s, &fed_s, "model-owner", &addr, &policy_s));
@@ -290,7 +326,7 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
     assert_eq!(audit["valid"], true);
     assert_eq!(audit["kinds"]["upload"], 2);
     assert_eq!(audit["kinds"]["model-release"], 1);
-    assert_eq!(audit["kinds"]["refusal"], 2, "{audit}");
+    assert_eq!(audit["kinds"]["refusal"], 3, "{audit}");
     assert_eq!(audit["kinds"]["round"], 1);
     assert_eq!(audit["kinds"]["job-end"], 1);
 
