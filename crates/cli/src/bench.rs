@@ -578,7 +578,7 @@ fn secagg(b: &SecaggBench) -> Result<i32> {
         }
         results.push(serde_json::Value::Object(row));
     }
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&json!({
             "benchmark": "secagg",
@@ -679,7 +679,7 @@ fn attest(b: &AttestBench) -> Result<i32> {
             json!({ "verify_ms": ms, "vs_dev": ms / baseline.max(1e-12) }),
         );
     }
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&json!({
             "benchmark": "attest",
@@ -834,7 +834,7 @@ fn dpsgd(b: &DpsgdBench) -> Result<i32> {
             "dpsgd_rows": dp_rows,
         }));
     }
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&json!({
             "benchmark": "dpsgd",
@@ -1026,6 +1026,6 @@ async fn paillier(b: PaillierBench) -> Result<i32> {
         "breast_homo_round": rounds,
         "round_time_ratio_paillier_over_plain": round_ratio,
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(0)
 }

@@ -187,7 +187,7 @@ pub fn run(b: &ConfidentialBench) -> Result<i32> {
         confidential.push(confidential_run(&config, &csvs)?);
     }
     let (p, c) = (median(&mut plain), median(&mut confidential));
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&json!({
             "benchmark": "confidential",

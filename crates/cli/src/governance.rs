@@ -339,8 +339,24 @@ pub fn policy(cmd: PolicyCommand) -> Result<Value> {
     match cmd {
         PolicyCommand::Check { policy } => {
             let p = Policy::load(&policy)?;
+            // Valid, yet allowing nothing: say so rather than let `valid: true` mislead.
+            let mut warnings = Vec::new();
+            if p.expires <= time::OffsetDateTime::now_utc() {
+                warnings.push(format!(
+                    "the policy expired at {}: it allows no job",
+                    rfc3339(p.expires)
+                ));
+            }
+            if p.rules.is_empty() {
+                warnings.push("the policy has no rules: it allows no job".to_string());
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(json!({
                 "valid": true,
+                "allows_jobs": warnings.is_empty(),
+                "warnings": warnings,
                 "dataset": p.dataset,
                 "expires": rfc3339(p.expires),
                 "lifetime_epsilon": p.lifetime.map(|l| l.0),

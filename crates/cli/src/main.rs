@@ -1,5 +1,14 @@
 //! `confide`: the command-line entry point for every role.
 
+/// Writes a line to standard output. A failed write (a closed pipe, a full disk) returns a
+/// [`StdoutError`] from the enclosing function instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::StdoutError)?;
+    }};
+}
+
 mod bench;
 mod bench_confidential;
 mod confidential;
@@ -387,6 +396,27 @@ struct NodeArgs {
     passphrase: governance::Passphrase,
 }
 
+/// Standard output could not be written.
+#[derive(Debug)]
+pub struct StdoutError(pub std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+/// Whether `e` is a write to a closed pipe (`confide … | head`): the reader has what it
+/// wanted, so the command ends quietly.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<StdoutError>()
+            .is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -417,6 +447,7 @@ fn main() {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
+        Err(e) if is_broken_pipe(&e) => std::process::exit(0),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(1);
@@ -430,7 +461,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::TrainerCore(_) => anyhow::bail!("`trainer-core` runs before the async runtime"),
         Command::Ca(CaCommand::Init { dir, federation }) => {
             pki::init_ca(&dir, &federation, time::OffsetDateTime::now_utc())?;
-            println!("created {}/ca.crt and ca.key", dir.display());
+            outln!("created {}/ca.crt and ca.key", dir.display());
             Ok(0)
         }
         Command::Ca(CaCommand::Issue {
@@ -444,7 +475,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 Some(p) => {
                     let public = confide_governance::identity::PublicIdentity::load(&p)?;
                     pki::issue_for_key(&dir, &name, role, &public, now)?;
-                    println!(
+                    outln!(
                         "issued {}/{name}.crt ({role}) for party {}",
                         dir.display(),
                         public.id
@@ -452,7 +483,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
                 None => {
                     pki::issue(&dir, &name, role, now)?;
-                    println!(
+                    outln!(
                         "issued {}/{name}.crt and {name}.key ({role})",
                         dir.display()
                     );
@@ -462,7 +493,7 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Ca(CaCommand::Revoke { dir, name, reason }) => {
             let id = pki::revoke(&dir, &name, &reason, time::OffsetDateTime::now_utc())?;
-            println!(
+            outln!(
                 "revoked `{name}` ({id}) in {}",
                 dir.join(pki::REVOCATIONS).display()
             );
@@ -479,7 +510,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 &out,
                 &serde_json::to_string_pretty(&sk.to_json("confide key holder"))?,
             )?;
-            println!(
+            outln!(
                 "{bits}-bit Paillier key written to {} in {:.1} s (fingerprint {})",
                 out.display(),
                 start.elapsed().as_secs_f64(),
@@ -501,12 +532,12 @@ async fn run(cli: Cli) -> Result<i32> {
             tokio::task::spawn_blocking(move || sweep::run(&args)).await?
         }
         Command::Ledger(cmd) => {
-            println!("{}", serde_json::to_string_pretty(&ledger_json(cmd)?)?);
+            outln!("{}", serde_json::to_string_pretty(&ledger_json(cmd)?)?);
             Ok(0)
         }
         Command::Dp(cmd) => {
             let out = dp_json(cmd)?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
             Ok(0)
         }
     }
@@ -587,7 +618,7 @@ fn dp_json(cmd: DpCommand) -> Result<serde_json::Value> {
 }
 
 fn print_json(value: serde_json::Value) -> Result<i32> {
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    outln!("{}", serde_json::to_string_pretty(&value)?);
     Ok(0)
 }
 
@@ -657,7 +688,7 @@ async fn bind(addr: SocketAddr, role: &str) -> Result<TcpListener> {
         .await
         .with_context(|| format!("{role}: cannot listen on {addr}"))?;
     // The first line on stdout is the bound address: `confide simulate` reads it.
-    println!("confide {role} listening on {}", listener.local_addr()?);
+    outln!("confide {role} listening on {}", listener.local_addr()?);
     Ok(listener)
 }
 

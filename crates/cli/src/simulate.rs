@@ -111,57 +111,58 @@ pub async fn run(args: SimulateArgs) -> Result<i32> {
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     if !args.quiet {
-        print_summary(&out.report);
+        print_summary(&out.report)?;
     }
     Ok(if out.finished { 0 } else { 2 })
 }
 
-fn print_summary(r: &Value) {
+fn print_summary(r: &Value) -> Result<()> {
     let f = |k: &str| r.get(k).and_then(Value::as_f64);
-    println!();
-    println!(
+    outln!();
+    outln!(
         "job `{}`: {}",
         r["job_id"].as_str().unwrap_or(""),
         r["status"].as_str().unwrap_or("")
     );
     if let Some(m) = r["message"].as_str().filter(|m| !m.is_empty()) {
-        println!("  reason:        {m}");
+        outln!("  reason:        {m}");
     }
     if r["scheme"] == "confidential" {
-        println!(
+        outln!(
             "  mode:          confidential, {} ({})",
             r["partition"].as_str().unwrap_or(""),
             r["mode"].as_str().unwrap_or("")
         );
-        println!("  parties:       {}", r["parties"]);
-        println!(
+        outln!("  parties:       {}", r["parties"]);
+        outln!(
             "  trained:       centrally, {} DP-SGD steps on {} rows",
-            r["steps"], r["train_rows"]
+            r["steps"],
+            r["train_rows"]
         );
     } else {
-        println!(
+        outln!(
             "  scheme:        {} ({} mode)",
             r["scheme"].as_str().unwrap_or(""),
             r["mode"].as_str().unwrap_or("")
         );
-        println!("  parties:       {}", r["parties"]);
-        println!("  rounds:        {}", r["rounds"]);
+        outln!("  parties:       {}", r["parties"]);
+        outln!("  rounds:        {}", r["rounds"]);
     }
     if let (Some(a), Some(c), Some(n)) = (
         f("test_accuracy"),
         r["test_correct"].as_u64(),
         r["test_rows"].as_u64(),
     ) {
-        println!("  test accuracy: {a:.4} ({c}/{n})");
+        outln!("  test accuracy: {a:.4} ({c}/{n})");
     }
     if let Some(a) = f("test_auc") {
-        println!("  test AUC:      {a:.4}");
+        outln!("  test AUC:      {a:.4}");
     }
     if let Some(l) = f("test_log_loss") {
-        println!("  test log-loss: {l:.4}");
+        outln!("  test log-loss: {l:.4}");
     }
     if let (Some(e), Some(d)) = (f("epsilon"), f("delta")) {
-        println!(
+        outln!(
             "  privacy:       {}-level (ε = {e:.3}, δ = {d:e}; {} accountant, σ = {:.3}, C = {})",
             r["privacy_level"].as_str().unwrap_or(""),
             r["accountant"].as_str().unwrap_or(""),
@@ -169,13 +170,14 @@ fn print_summary(r: &Value) {
             f("clip_norm").unwrap_or(f64::NAN)
         );
     } else {
-        println!("  privacy:       no differential privacy (updates protected by the scheme only)");
+        outln!("  privacy:       no differential privacy (updates protected by the scheme only)");
     }
-    println!("  wall time:     {:.2} s", f("wall_seconds").unwrap_or(0.0));
+    outln!("  wall time:     {:.2} s", f("wall_seconds").unwrap_or(0.0));
     if let Some(m) = r["model"]["safetensors"].as_str() {
-        println!("  model:         {m}");
+        outln!("  model:         {m}");
     }
-    println!("  work dir:      {}", r["work_dir"].as_str().unwrap_or(""));
+    outln!("  work dir:      {}", r["work_dir"].as_str().unwrap_or(""));
+    Ok(())
 }
 
 /// Loads the job, applies overrides, and returns the config.
@@ -525,6 +527,9 @@ async fn follow(
     );
     bar.set_prefix(format!("{} ({})", spec.job.id, spec.job.scheme.as_str()));
     bar.set_message("waiting for owners");
+    // Without a terminal the bar draws nothing: print a line per round instead, so a long run
+    // does not look hung.
+    let lines = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut stream = client.watch(pb::WatchRequest {}).await?.into_inner();
     while let Some(p) = stream.message().await? {
         match JobState::try_from(p.state).unwrap_or(JobState::Failed) {
@@ -539,6 +544,12 @@ async fn follow(
                 }
                 if let Some(a) = rec["test_auc"].as_f64() {
                     msg.push_str(&format!(" auc {a:.4}"));
+                }
+                if lines {
+                    eprintln!(
+                        "{} round {}/{}: {msg}",
+                        spec.job.id, p.round, spec.job.rounds
+                    );
                 }
                 bar.set_message(msg);
                 bar.set_position(u64::from(p.round));
@@ -607,9 +618,11 @@ fn prepare_governance(
         match &p.policy {
             Some(src) => {
                 let copy = work.join("policies").join(format!("{}.toml", p.name));
+                // Checked where the user wrote it, so an error names the user's file.
+                confide_governance::policy::Policy::load(src)
+                    .with_context(|| format!("party `{}`: policy {}", p.name, src.display()))?;
                 std::fs::copy(src, &copy)
                     .with_context(|| format!("party `{}`: policy {}", p.name, src.display()))?;
-                confide_governance::policy::Policy::load(&copy)?;
                 policies.insert(p.name.clone(), copy);
             }
             None => {

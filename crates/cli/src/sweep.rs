@@ -126,7 +126,7 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
         "no_noise_mean_accuracy": baseline,
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    outln!("{}", serde_json::to_string_pretty(&json)?);
     eprintln!("wrote {} and {}", args.out.display(), json_path.display());
     Ok(0)
 }

@@ -106,7 +106,7 @@ pub struct TrainReport {
 /// Runs `confide train`.
 pub fn run(args: TrainArgs) -> Result<i32> {
     let report = train(&args)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(0)
 }
 

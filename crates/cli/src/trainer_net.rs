@@ -132,7 +132,7 @@ pub async fn status(args: StatusArgs) -> Result<i32> {
         .map_err(|s| anyhow::anyhow!("trainer status: {}", s.message()))?
         .into_inner();
     let state: serde_json::Value = serde_json::from_str(&reply.state_json)?;
-    println!("{}", serde_json::to_string_pretty(&state)?);
+    outln!("{}", serde_json::to_string_pretty(&state)?);
     Ok(0)
 }
 
@@ -218,7 +218,7 @@ pub async fn trainer(args: TrainerArgs) -> Result<i32> {
     };
     confide_net::roles::serve_trainer(listener, &creds, service.clone(), shutdown).await?;
     let state = service.state_json();
-    println!("{}", serde_json::to_string_pretty(&state)?);
+    outln!("{}", serde_json::to_string_pretty(&state)?);
     Ok(if state["phase"] == "failed" { 1 } else { 0 })
 }
 
@@ -439,7 +439,7 @@ pub async fn upload(args: UploadArgs) -> Result<i32> {
         "ledger_dataset": ledger.as_ref().map(|(_, d)| d.clone()),
         "ledger_job": ledger.as_ref().map(|_| ledger_job),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(0)
 }
 
@@ -490,6 +490,6 @@ pub async fn fetch_model(args: FetchArgs) -> Result<i32> {
         "train_rows": fetched.report.rows,
         "attestation": claims_json(&fetched.claims),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(0)
 }

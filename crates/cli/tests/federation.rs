@@ -1,42 +1,21 @@
 //! End-to-end federations through the `confide` binary: separate processes on loopback, the
 //! in-process mode, scheme equivalence, and the bad-input rules for data and disconnects.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::root;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn test_key() -> PathBuf {
-    root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json")
-}
-
-/// Runs `confide simulate` and returns (exit code, report, stderr).
+/// Runs `confide simulate --quiet` and returns (exit code, report, stderr).
 fn simulate(config: &Path, work: &Path, extra: &[&str]) -> (i32, Value, String) {
-    let report = work.join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
-        .arg("simulate")
-        .arg("--config")
-        .arg(config)
-        .arg("--work-dir")
-        .arg(work.join("run"))
-        .arg("--report")
-        .arg(&report)
-        .arg("--paillier-key")
-        .arg(test_key())
-        .arg("--quiet")
-        .args(extra)
-        .output()
-        .expect("run confide");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let json = std::fs::read_to_string(&report)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
+    let args: Vec<&str> = ["--quiet"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let s = common::simulate(config, work, &args);
+    (s.code, s.report, s.stderr)
 }
 
 /// Writes a copy of the example with text replacements and absolute data paths.
@@ -283,7 +262,7 @@ fn malformed_csv_row_withdraws_that_owner_and_the_round_proceeds() {
     }
     let events = r["events"].to_string();
     assert!(
-        events.contains("`third` withdrew") && events.contains("third.csv:22"),
+        events.contains("`third` withdrew") && events.contains("DATA-003 line 22"),
         "{events}"
     );
 }

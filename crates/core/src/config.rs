@@ -11,6 +11,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The most parameters a job's model may have (64 MiB as f32): every process of a job
+/// allocates several vectors of this length, and an unallocatable model would abort each one.
+pub const MAX_PARAMS: usize = 1 << 24;
+
+/// The largest learning rate accepted (local and server). Far above any useful value; it
+/// keeps a typo such as `1e300` from passing validation.
+pub const MAX_LEARNING_RATE: f64 = 100.0;
+
 /// Errors found while reading or validating a job configuration. These are configuration
 /// mistakes: the person who wrote the file must fix it.
 #[derive(Debug, thiserror::Error)]
@@ -791,6 +799,17 @@ impl JobSpec {
             .effective(self.job.scheme)
     }
 
+    /// An upper bound on the model's parameter count (saturating): the layers from the
+    /// features through the hidden widths to one output per class.
+    pub fn param_count_bound(&self) -> usize {
+        let mut dims = vec![self.data.feature_count];
+        dims.extend(&self.model.hidden);
+        dims.push(self.model.classes);
+        dims.windows(2).fold(0usize, |acc, w| {
+            acc.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1]))
+        })
+    }
+
     /// Checks every range and cross-field rule. Each message names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let j = &self.job;
@@ -944,8 +963,22 @@ impl JobSpec {
             ));
         }
         let d = &self.data;
-        if d.feature_count == 0 {
-            return Err(invalid("data.feature_count", "must be positive"));
+        if d.feature_count == 0 || d.feature_count > 1_000_000 {
+            return Err(invalid(
+                "data.feature_count",
+                "must be between 1 and 1000000",
+            ));
+        }
+        // Each width may be within bounds while their products are not: bound the model.
+        let params = self.param_count_bound();
+        if params > MAX_PARAMS {
+            return Err(invalid(
+                "model.hidden",
+                format!(
+                    "the model has {params} parameters; at most {MAX_PARAMS} are accepted (each process holds several copies, {} MiB each as f32)",
+                    (MAX_PARAMS * 4) >> 20
+                ),
+            ));
         }
         if !d.features.is_empty() && d.features.len() != d.feature_count {
             return Err(invalid(
@@ -992,19 +1025,19 @@ impl JobSpec {
         if t.batch_size == 0 {
             return Err(invalid("training.batch_size", "must be positive"));
         }
-        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+        if !(t.learning_rate > 0.0 && t.learning_rate <= MAX_LEARNING_RATE) {
             return Err(invalid(
                 "training.learning_rate",
-                "must be positive and finite",
+                format!("must be in (0, {MAX_LEARNING_RATE}]"),
             ));
         }
         if !(t.l2 >= 0.0 && t.l2.is_finite()) {
             return Err(invalid("training.l2", "must be non-negative and finite"));
         }
-        if !(t.server_learning_rate > 0.0 && t.server_learning_rate.is_finite()) {
+        if !(t.server_learning_rate > 0.0 && t.server_learning_rate <= MAX_LEARNING_RATE) {
             return Err(invalid(
                 "training.server_learning_rate",
-                "must be positive and finite",
+                format!("must be in (0, {MAX_LEARNING_RATE}]"),
             ));
         }
         let e = &self.encoding;

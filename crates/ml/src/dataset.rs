@@ -57,8 +57,8 @@ pub enum DataError {
         /// Fields in this row.
         found: usize,
     },
-    /// A feature value is not a finite number.
-    #[error("{path}:{line}: column {column}: `{value}` is not a finite number")]
+    /// A feature value is not a number, not finite, or outside f32's range.
+    #[error("{path}:{line}: column {column}: `{value}` {why}")]
     BadNumber {
         /// File path.
         path: String,
@@ -68,6 +68,8 @@ pub enum DataError {
         column: String,
         /// The offending text.
         value: String,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// A label is not a non-negative integer below the number of classes.
     #[error("{path}:{line}: label `{value}` is not a class index in 0..{classes}")]
@@ -104,7 +106,47 @@ pub enum DataError {
         path: String,
         /// What differs.
         message: String,
+        /// What differs, in terms of the job's schema only (no header text from the file).
+        public: String,
     },
+}
+
+impl DataError {
+    /// What may cross the network about this error: a numbered reason, a line number, and a
+    /// column name only when the job's schema (`schema`, its feature names) has it. Never a
+    /// cell's content, a parser's message (it may quote the data) or a local path.
+    pub fn public_reason(&self, schema: &[String]) -> String {
+        let column = |c: &str| {
+            if schema.iter().any(|s| s == c) {
+                format!("column `{c}`")
+            } else {
+                "a column".to_string()
+            }
+        };
+        match self {
+            Self::Io { .. } => "DATA-001 the data file cannot be read".into(),
+            Self::MissingColumn { .. } => {
+                "DATA-002 a column the job needs is not in the data file".into()
+            }
+            Self::FieldCount {
+                line,
+                expected,
+                found,
+                ..
+            } => format!("DATA-003 line {line}: {found} fields where {expected} were expected"),
+            Self::BadNumber {
+                line, column: c, ..
+            } => {
+                format!("DATA-004 line {line}: {} holds no finite number", column(c))
+            }
+            Self::BadLabel { line, classes, .. } => {
+                format!("DATA-005 line {line}: the label is not a class index in 0..{classes}")
+            }
+            Self::Malformed { line, .. } => format!("DATA-006 malformed CSV near line {line}"),
+            Self::Empty { .. } => "DATA-007 the data file has no data rows".into(),
+            Self::Schema { public, .. } => format!("DATA-008 {public}"),
+        }
+    }
 }
 
 /// A loaded dataset, row-major.
@@ -198,12 +240,14 @@ impl Dataset {
         names: &[String],
     ) -> Result<(), DataError> {
         if self.feature_count != feature_count {
+            let message = format!(
+                "the job expects {feature_count} feature columns, the file has {}",
+                self.feature_count
+            );
             return Err(DataError::Schema {
                 path: path.to_string(),
-                message: format!(
-                    "the job expects {feature_count} feature columns, the file has {}",
-                    self.feature_count
-                ),
+                public: message.clone(),
+                message,
             });
         }
         if !names.is_empty() && names != self.feature_names.as_slice() {
@@ -217,6 +261,10 @@ impl Dataset {
                 message: format!(
                     "feature {first} is `{}` in the file but `{}` in the job",
                     self.feature_names[first], names[first]
+                ),
+                public: format!(
+                    "feature {first} is not `{}` in the file, as the job expects",
+                    names[first]
                 ),
             });
         }
@@ -335,18 +383,22 @@ pub fn read_csv(
         labels.push(label);
         for (k, &c) in cols.iter().enumerate() {
             let raw = record.get(c).unwrap_or("").trim();
-            let v: f32 = raw
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && v.abs() <= f32::MAX as f64)
-                .map(|v| v as f32)
-                .ok_or_else(|| DataError::BadNumber {
-                    path: shown.to_string(),
-                    line,
-                    column: names[k].clone(),
-                    value: raw.to_string(),
-                })?;
-            features.push(v);
+            let why = match raw.parse::<f64>() {
+                Ok(v) if v.is_finite() && v.abs() <= f64::from(f32::MAX) => {
+                    features.push(v as f32);
+                    continue;
+                }
+                Ok(v) if v.is_finite() => "does not fit a 32-bit float (|x| > 3.4e38)",
+                Ok(_) => "is not a finite number",
+                Err(_) => "is not a number",
+            };
+            return Err(DataError::BadNumber {
+                path: shown.to_string(),
+                line,
+                column: names[k].clone(),
+                value: raw.to_string(),
+                why,
+            });
         }
     }
     let Some((_, cols)) = plan else {

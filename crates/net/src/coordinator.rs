@@ -82,6 +82,9 @@ pub struct JobReport {
     pub history: Vec<RoundRecord>,
     /// Rejected contributions by reason.
     pub rejections: BTreeMap<String, u64>,
+    /// Refused requests by rule (NET-xxx from the request guard, and the coordinator's own).
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
     /// Notable events (withdrawals, exclusions), in order.
     pub events: Vec<String>,
     /// Fingerprint of the key holder's public key (paillier).
@@ -204,7 +207,15 @@ struct State {
     history: Vec<RoundRecord>,
     privacy: BTreeMap<String, OwnerPrivacy>,
     report: Option<(JobReport, Arc<Vec<f32>>)>,
+    /// Parties whose registration is in the audit log (once each, however often they join).
+    registered: BTreeSet<String>,
+    /// Refusals per caller (party id); past [`AUDITED_REFUSALS`] they are only counted.
+    refusals: BTreeMap<String, u64>,
 }
+
+/// How many refusals of one caller get an audit entry each; later ones are counted, and the
+/// counts logged once when the job ends.
+pub const AUDITED_REFUSALS: u64 = 8;
 
 /// The coordinator's shared state, served by [`CoordinatorService`] and driven by
 /// [`Coordinator::run`].
@@ -231,6 +242,7 @@ pub struct Coordinator {
     fetched: Notify,
     rounds: watch::Sender<Snapshot>,
     progress: broadcast::Sender<pb::Progress>,
+    guard: crate::guard::Guard,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -431,6 +443,7 @@ impl Coordinator {
             certificate: opts.certificate,
             audit: opts.audit,
             audit_export: opts.audit_export,
+            guard: crate::guard::coordinator(&opts.spec, opts.revocations.clone()),
             revocations: opts.revocations,
             model,
             fixed,
@@ -451,6 +464,8 @@ impl Coordinator {
                 history: Vec::new(),
                 privacy: BTreeMap::new(),
                 report: None,
+                registered: BTreeSet::new(),
+                refusals: BTreeMap::new(),
             }),
             changed: Notify::new(),
             fetched: Notify::new(),
@@ -499,6 +514,45 @@ impl Coordinator {
         self.audit
             .record(&Event::now(kind, &self.spec.job.id, actor, detail))
             .map_err(|e| format!("audit log: {e}"))
+    }
+
+    /// The request guard of this coordinator's server (its refusal counters are the
+    /// coordinator's own).
+    pub fn guard(&self) -> crate::guard::Guard {
+        self.guard.clone()
+    }
+
+    /// Records a refusal of `caller` (party id) under `rule`: an audit entry for each of its
+    /// first [`AUDITED_REFUSALS`], a count after that. `detail` holds only authenticated
+    /// identities, rule ids and capped excerpts.
+    fn refusal(&self, rule: &str, caller: &str, detail: serde_json::Value) {
+        self.guard.stats().refuse(rule, caller, "coordinator");
+        let n = {
+            let mut s = lock(&self.state);
+            let n = s.refusals.entry(caller.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        if n <= AUDITED_REFUSALS {
+            self.log_or_warn(EventKind::Refusal, "coordinator", detail);
+        }
+    }
+
+    /// Logs the refusals that were only counted, once, at the job's end.
+    fn log_counted_refusals(&self) {
+        let counted: BTreeMap<String, u64> = lock(&self.state)
+            .refusals
+            .iter()
+            .filter(|(_, n)| **n > AUDITED_REFUSALS)
+            .map(|(id, n)| (id.clone(), n - AUDITED_REFUSALS))
+            .collect();
+        if !counted.is_empty() {
+            self.log_or_warn(
+                EventKind::Refusal,
+                "coordinator",
+                serde_json::json!({ "what": "refusals counted, not logged one by one", "counts": counted }),
+            );
+        }
     }
 
     /// Appends an event where a failure cannot be returned to anyone (it is logged loudly).
@@ -638,6 +692,7 @@ impl Coordinator {
                 "rounds": rounds_done,
             }),
         );
+        self.log_counted_refusals();
         let release = if rounds_done > 0 && end.is_ok() {
             self.log(
                 EventKind::ModelRelease,
@@ -707,6 +762,7 @@ impl Coordinator {
                 rounds_planned: self.spec.job.rounds,
                 history: s.history.clone(),
                 rejections: s.rejections.clone(),
+                refusals: self.guard.stats().by_rule(),
                 events: s.events.clone(),
                 keyholder_key,
                 param_count: self.model.param_count(),
@@ -877,7 +933,7 @@ impl Coordinator {
                                 timeout.as_secs_f64()
                             )
                         })?
-                        .map_err(|e| format!("round {round} failed: {party} refused: {e}"))?;
+                        .map_err(|e| format!("round {round} failed: {party} {e}"))?;
                     let sum = {
                         let mut s = lock(&self.state);
                         let srv = s.server.as_mut().ok_or("internal: no aggregation state")?;
@@ -976,6 +1032,47 @@ impl Coordinator {
             .collect())
     }
 
+    /// NET-007: `id` is an owner admitted to this job (approved it in time) and still in it.
+    fn admitted(&self, id: &crate::pki::PeerIdentity) -> Result<(), Status> {
+        let (joined, alive) = {
+            let s = lock(&self.state);
+            (s.joined.contains(&id.name), s.alive.contains(&id.name))
+        };
+        if joined && alive && self.spec.owners.contains(&id.name) {
+            return Ok(());
+        }
+        self.guard.stats().refuse("NET-007", &id.id, "round model");
+        Err(Status::permission_denied(format!(
+            "NET-007 `{}` is not an admitted owner of this job ({})",
+            id.name,
+            if joined {
+                "it withdrew or was excluded"
+            } else {
+                "it has not approved it"
+            }
+        )))
+    }
+
+    /// The job's result; once the rounds have ended, waits (bounded) for the report, which
+    /// follows the witnesses' final cosignatures.
+    async fn result_when_ended(&self) -> Result<(JobReport, Arc<Vec<f32>>), Status> {
+        let mut rx = self.rounds.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(r) = self.result() {
+                return Ok(r);
+            }
+            let ended = matches!(
+                rx.borrow_and_update().state,
+                JobState::Finished | JobState::Failed
+            );
+            if !ended || Instant::now() >= deadline {
+                return Err(Status::failed_precondition("the job has not ended yet"));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.changed.notified()).await;
+        }
+    }
+
     fn count_rejection(&self, reason: Reject) {
         *lock(&self.state)
             .rejections
@@ -1003,14 +1100,17 @@ impl Coordinator {
                     Reject::NotAnOwner,
                     format!(
                         "contribution names `{}` but the certificate is `{peer_name}`",
-                        c.owner
+                        crate::guard::excerpt(&c.owner)
                     ),
                 ));
             }
             if !self.spec.owners.contains(&c.owner) {
                 return Err(Rejection::new(
                     Reject::NotAnOwner,
-                    format!("`{}` is not an owner of this job", c.owner),
+                    format!(
+                        "`{}` is not an owner of this job",
+                        crate::guard::excerpt(&c.owner)
+                    ),
                 ));
             }
             if !lock(&self.state).alive.contains(peer_name) {
@@ -1062,11 +1162,19 @@ impl Coordinator {
         match &result {
             Ok(()) => self.changed.notify_waiters(),
             Err(r) => {
-                tracing::warn!("rejected a contribution from `{peer_name}`: {r}");
                 self.count_rejection(r.reason);
-                self.log_or_warn(
-                    EventKind::Refusal,
-                    "coordinator",
+                if lock(&self.state)
+                    .refusals
+                    .get(peer_id)
+                    .copied()
+                    .unwrap_or(0)
+                    < AUDITED_REFUSALS
+                {
+                    tracing::warn!("rejected a contribution from `{peer_name}`: {r}");
+                }
+                self.refusal(
+                    &r.reason.rule(),
+                    peer_id,
                     serde_json::json!({
                         "what": "contribution",
                         "owner": peer_name,
@@ -1080,6 +1188,9 @@ impl Coordinator {
         result
     }
 }
+
+/// The most characters of a withdrawal reason the coordinator keeps.
+pub const WITHDRAW_REASON_CHARS: usize = 200;
 
 /// The gRPC face of a [`Coordinator`].
 #[derive(Debug, Clone)]
@@ -1096,9 +1207,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let c = &self.0;
         let id = peer(&request, &[Role::Node], &c.revocations)?;
         if !c.spec.owners.contains(&id.name) {
-            c.log_or_warn(
-                EventKind::Refusal,
-                "coordinator",
+            c.refusal(
+                "UPD-003",
+                &id.id,
                 serde_json::json!({ "what": "join", "party": id.name, "id": id.id, "detail": "not an owner of this job" }),
             );
             return Err(Status::permission_denied(format!(
@@ -1116,13 +1227,19 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 )));
             }
         }
-        c.log(
-            EventKind::Registration,
-            &id.name,
-            serde_json::json!({ "party": id.name, "id": id.id, "role": id.role.as_str() }),
-        )
-        .map_err(Status::internal)?;
-        tracing::info!("`{}` joined", id.name);
+        // One registration entry per party, however often it joins (a rejoin is not news).
+        let first = lock(&c.state).registered.insert(id.name.clone());
+        if first {
+            if let Err(e) = c.log(
+                EventKind::Registration,
+                &id.name,
+                serde_json::json!({ "party": id.name, "id": id.id, "role": id.role.as_str() }),
+            ) {
+                lock(&c.state).registered.remove(&id.name);
+                return Err(Status::internal(e));
+            }
+            tracing::info!("`{}` joined", id.name);
+        }
         Ok(Response::new(pb::JoinReply {
             job_spec: c.spec_text.clone(),
             job_digest: c.digest.to_vec(),
@@ -1162,9 +1279,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 .map_err(|()| "the approval signature does not verify")
         };
         if let Err(why) = checked {
-            c.log_or_warn(
-                EventKind::Refusal,
-                "coordinator",
+            c.refusal(
+                "UPD-004",
+                &id.id,
                 serde_json::json!({ "what": "approval", "owner": id.name, "id": id.id, "detail": why }),
             );
             return Err(Status::permission_denied(why));
@@ -1194,7 +1311,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 "owner": id.name,
                 "id": id.id,
                 "manifest_hash": req.manifest_hash,
-                "basis": req.basis,
+                "basis": crate::guard::excerpt(&req.basis),
                 "signature": req.signature,
             }),
         ) {
@@ -1203,7 +1320,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             s.alive.remove(&id.name);
             return Err(Status::internal(e));
         }
-        tracing::info!("`{}` approved the job ({})", id.name, req.basis);
+        tracing::info!(
+            "`{}` approved the job ({})",
+            id.name,
+            crate::guard::excerpt(&req.basis)
+        );
         c.changed.notify_waiters();
         Ok(Response::new(pb::ApproveReply {}))
     }
@@ -1254,7 +1375,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         // Entries appended after the last head (late refusals) are covered by a fresh head.
         let behind = match (c.audit.latest_head(), c.audit.size()) {
             (Ok(Some(h)), Ok(n)) => h.size < n,
-            (Ok(None), Ok(n)) => n > 0,
+            // No head yet (even an empty log): sign one so the export verifies.
+            (Ok(None), Ok(_)) => true,
             _ => false,
         };
         if behind {
@@ -1271,7 +1393,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::NextStageRequest>,
     ) -> Result<Response<pb::StageTask>, Status> {
-        peer(&request, &[Role::Node], &self.0.revocations)?;
+        let id = peer(&request, &[Role::Node], &self.0.revocations)?;
+        self.0.admitted(&id)?;
         let req = request.into_inner();
         let mut rx = self.0.rounds.subscribe();
         let snap = rx
@@ -1312,7 +1435,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::NextRoundRequest>,
     ) -> Result<Response<pb::RoundTask>, Status> {
-        peer(&request, &[Role::Node], &self.0.revocations)?;
+        let id = peer(&request, &[Role::Node], &self.0.revocations)?;
+        self.0.admitted(&id)?;
         let after = request.get_ref().after_round;
         let witnessed = request.get_ref().witnessed_size;
         let mut rx = self.0.rounds.subscribe();
@@ -1404,11 +1528,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             )));
         }
         let req = request.into_inner();
-        let reason = req.reason;
+        // A node sends a numbered reason; whatever arrives is kept only as a capped excerpt.
+        let reason = crate::guard::excerpt_n(&req.reason, WITHDRAW_REASON_CHARS);
         let kind = if req.kind == "revocation" {
             EventKind::Revocation
         } else {
             EventKind::Refusal
+        };
+        let kind_name = match req.kind.as_str() {
+            "" | "data" => "data",
+            "refusal" => "refusal",
+            "revocation" => "revocation",
+            _ => "other",
         };
         self.0
             .log(
@@ -1418,7 +1549,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     "what": "withdrawal",
                     "owner": id.name,
                     "id": id.id,
-                    "kind": if req.kind.is_empty() { "data" } else { req.kind.as_str() },
+                    "kind": kind_name,
                     "reason": reason,
                 }),
             )
@@ -1440,7 +1571,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
+        let id = peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
+        if !self.0.recipients.contains(&id.id) {
+            self.0.guard.stats().refuse("NET-008", &id.id, "Watch");
+            return Err(Status::permission_denied(format!(
+                "NET-008 `{}` ({}) is not a recipient of this job; only recipients follow its metrics",
+                id.name, id.id
+            )));
+        }
         let c = self.0.clone();
         let rx = c.progress.subscribe();
         // Replay what already happened, then follow live events.
@@ -1486,9 +1624,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ModelRelease>, Status> {
         let id = peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
         if !self.0.recipients.contains(&id.id) {
-            self.0.log_or_warn(
-                EventKind::Refusal,
-                "coordinator",
+            self.0.refusal(
+                "NET-008",
+                &id.id,
                 serde_json::json!({ "what": "model fetch", "party": id.name, "id": id.id, "detail": "not a recipient in the manifest" }),
             );
             return Err(Status::permission_denied(format!(
@@ -1496,10 +1634,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 id.name, id.id
             )));
         }
-        let (report, params) = self
-            .0
-            .result()
-            .ok_or_else(|| Status::failed_precondition("the job has not ended yet"))?;
+        let (report, params) = self.0.result_when_ended().await?;
         Ok(Response::new(pb::ModelRelease {
             params: params.to_vec(),
             report_json: serde_json::to_string(&report)

@@ -213,15 +213,21 @@ pub fn check_relayed(
 ) -> Result<Vec<(Contribution, Vec<u8>)>, String> {
     let mut checked = Vec::with_capacity(relayed.len());
     for (c, cert) in relayed {
-        let id = verify_party_certificate(&cert, ca_der)
-            .map_err(|e| format!("KEY-002 certificate of `{}`: {e}", c.owner))?;
+        let id = verify_party_certificate(&cert, ca_der).map_err(|e| {
+            format!(
+                "KEY-002 certificate of `{}`: {e}",
+                crate::guard::excerpt(&c.owner)
+            )
+        })?;
         revocations
             .check(&id.id)
             .map_err(|e| format!("KEY-002 {e}"))?;
         if id.role != Role::Node || id.name != c.owner {
             return Err(format!(
                 "KEY-002 certificate names `{}` ({}), the contribution `{}`",
-                id.name, id.role, c.owner
+                id.name,
+                id.role,
+                crate::guard::excerpt(&c.owner)
             ));
         }
         checked.push((c, id.public_key));

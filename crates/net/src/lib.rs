@@ -4,6 +4,8 @@
 //! - [`pki`]: `confide ca`: an Ed25519 CA per federation, party certificates naming role and
 //!   name, identity checks.
 //! - [`transport`]: mutual-TLS servers and clients; the caller's identity and role per call.
+//! - [`guard`]: every server's first layer: role, revocation and size checks before a body is
+//!   read (NET-xxx).
 //! - [`coordinator`]: rounds, FedAvg, deadlines, dropouts; never holds a key.
 //! - [`keyholder`]: the Paillier key holder.
 //! - [`node`]: a data owner.
@@ -15,9 +17,11 @@
 
 pub mod aggregator;
 pub mod coordinator;
+pub mod guard;
 pub mod keyholder;
 pub mod node;
 pub mod pki;
+pub mod raw;
 pub mod roles;
 pub mod trainer;
 pub mod transport;

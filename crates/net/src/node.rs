@@ -140,7 +140,8 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let data = match data {
         Ok(d) => std::sync::Arc::new(d),
         Err(e) => {
-            refuse(&mut coord, &e.to_string(), "data").await;
+            // The owner sees the full error; the coordinator gets a numbered reason only.
+            refuse(&mut coord, &e.public_reason(&spec.data.features), "data").await;
             return Err(e.into());
         }
     };
@@ -387,6 +388,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 global.len(),
                 model.param_count()
             ))
+        } else if global.iter().any(|v| !v.is_finite()) {
+            Some(format!(
+                "TRAIN-002 round {round}: the global model has non-finite parameters"
+            ))
         } else if !seen_models.insert(model_digest(&global)) {
             // Training twice from one model would let the coordinator difference two sums.
             Some(format!(
@@ -428,7 +433,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         let mut ddg_rng_round = ddg_rng.take();
         let ddg_seed = crate::coordinator::ClientDp::round_seed(&digest, round);
         // Training and encryption are CPU work: run them off the async executor.
-        let (payload, returned, dp_rngs, ddg_back) = tokio::task::spawn_blocking(move || {
+        let trained = tokio::task::spawn_blocking(move || {
             let params = match (&dp_cfg, &mut dp_rngs) {
                 (Some(c), Some((sampler, noise))) => {
                     confide_ml::dpsgd::train_dp(
@@ -450,6 +455,13 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 }
             };
             let delta: Vec<f32> = params.iter().zip(&global).map(|(n, o)| n - o).collect();
+            // A NaN or infinity would be encoded as some number and the model would stop
+            // moving without a word: say that training diverged instead.
+            if delta.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "{DIVERGED} in round {round}: local training produced non-finite parameters (lower training.learning_rate)"
+                ));
+            }
             let encoded = match (&client_level, &mut ddg_rng_round) {
                 (Some(c), Some(rng)) => c
                     .ddg
@@ -461,8 +473,16 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round))
         })
         .await
-        .map_err(|e| NodeError::Job(e.to_string()))?
-        .map_err(NodeError::Job)?;
+        .map_err(|e| NodeError::Job(e.to_string()))?;
+        let (payload, returned, dp_rngs, ddg_back) = match trained {
+            Ok(t) => t,
+            Err(problem) => {
+                if problem.starts_with(DIVERGED) {
+                    refuse(&mut coord, &problem, "refusal").await;
+                }
+                return Err(NodeError::Job(problem));
+            }
+        };
         client = returned;
         dp_state = dp_rngs;
         ddg_rng = ddg_back;
@@ -935,6 +955,9 @@ fn debit_ledger(
     }
     Ok(Some((spend, ledger)))
 }
+
+/// The numbered reason a node gives when local training diverged.
+pub const DIVERGED: &str = "TRAIN-001 training diverged";
 
 /// Tells the coordinator this owner leaves the job, and why (`kind`: data, refusal or
 /// revocation); the coordinator records it in the audit log.

@@ -43,6 +43,14 @@ pub enum PkiError {
     /// A certificate is malformed or does not satisfy the federation's rules.
     #[error("certificate rejected: {0}")]
     Rejected(String),
+    /// A private key file cannot be used (truncated, malformed, wrong passphrase).
+    #[error("key file {path}: {message}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> PkiError {
@@ -328,8 +336,11 @@ impl Credentials {
     /// As [`Credentials::load`], with the passphrase of an encrypted key.
     pub fn load_with(dir: &Path, name: &str, passphrase: Option<&str>) -> Result<Self, PkiError> {
         let cert_pem = read(&dir.join(format!("{name}.crt")))?;
-        let identity = Identity::load(&dir.join(format!("{name}.key")), passphrase)
-            .map_err(|e| PkiError::Rejected(e.to_string()))?;
+        let key_path = dir.join(format!("{name}.key"));
+        let identity = Identity::load(&key_path, passphrase).map_err(|e| PkiError::Key {
+            path: key_path.clone(),
+            message: e.to_string(),
+        })?;
         let key_pem = identity.pkcs8_pem();
         let ca_pem = read(&dir.join("ca.crt"))?;
         let der = pem_to_der(&cert_pem)?;

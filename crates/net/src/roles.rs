@@ -30,12 +30,14 @@ pub async fn serve_trainer(
 ) -> Result<(), NetError> {
     init_crypto();
     let max = crate::trainer::MAX_UPLOAD_BYTES + crate::trainer::PIECE_BYTES;
+    let guard = crate::guard::trainer(crate::trainer::PIECE_BYTES, creds.revocations.clone());
     let svc = pb::trainer_server::TrainerServer::new(service.clone())
-        .max_decoding_message_size(max)
+        .max_decoding_message_size(guard.max_bytes())
         .max_encoding_message_size(max);
     let served = Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("trainer TLS", e))?
+        .layer(guard)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
@@ -63,14 +65,15 @@ pub async fn serve_keyholder(
 ) -> Result<(), NetError> {
     init_crypto();
     let service = KeyHolderService::new(spec, key.into(), creds, state, attester)?;
-    // An unseal request carries one update per owner.
-    let max = relay_limit(spec);
+    // An unseal request carries one update per owner; the guard bounds each method.
+    let guard = crate::guard::keyholder(spec, creds.revocations.clone());
     let svc = pb::key_holder_server::KeyHolderServer::new(KeyHolderGrpc(service))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        .max_decoding_message_size(guard.max_bytes())
+        .max_encoding_message_size(relay_limit(spec));
     Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("key holder TLS", e))?
+        .layer(guard)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
@@ -89,14 +92,15 @@ pub async fn serve_aggregator(
 ) -> Result<(), NetError> {
     init_crypto();
     let service = AggregatorService::new(spec, index, verify_key, creds, chaos)?;
-    // A request carries one update per owner.
-    let max = relay_limit(spec);
+    // A request carries one update per owner; the guard bounds each method.
+    let guard = crate::guard::aggregator(spec, creds.revocations.clone());
     let svc = pb::aggregator_server::AggregatorServer::new(AggregatorGrpc(service))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        .max_decoding_message_size(guard.max_bytes())
+        .max_encoding_message_size(relay_limit(spec));
     Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("aggregator TLS", e))?
+        .layer(guard)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
@@ -125,6 +129,19 @@ fn relay_limit(spec: &JobSpec) -> usize {
     spec.limits
         .max_message_bytes
         .saturating_mul(spec.owners.len().max(1))
+}
+
+/// A failed call to another role in words: a refusal (the peer answered no) or a transport
+/// failure (it could not be reached or the connection broke); the callers prefix the peer.
+pub fn describe_failure(s: &tonic::Status) -> String {
+    use tonic::Code;
+    let msg = crate::guard::excerpt_n(s.message(), 512);
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            format!("could not be reached ({:?}): {msg}", s.code())
+        }
+        _ => format!("refused: {msg}"),
+    }
 }
 
 /// What the coordinator role needs.
@@ -256,14 +273,16 @@ pub async fn run_coordinator(
         audit_export: role.audit_export.clone(),
         revocations: role.creds.revocations.clone(),
     })?;
+    let guard = coordinator.guard();
     let svc =
         pb::coordinator_server::CoordinatorServer::new(CoordinatorService(coordinator.clone()))
-            .max_decoding_message_size(max)
+            .max_decoding_message_size(guard.max_bytes())
             .max_encoding_message_size(max);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .tls_config(server_tls(&role.creds))
         .map_err(|e| transport_err("coordinator TLS", e))?
+        .layer(guard)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = stop_rx.await;
@@ -277,14 +296,14 @@ pub async fn run_coordinator(
             if let Some(links) = aggregators {
                 return Ok(links.run_round(round, relayed).await);
             }
-            let channel = channel.ok_or("no key holder connection")?;
+            let channel = channel.ok_or("has no open connection")?;
             let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
                 .max_decoding_message_size(relay)
                 .max_encoding_message_size(relay);
             kh.unseal(crate::keyholder::relayed_to_pb(round, relayed))
                 .await
                 .map(|r| ExternalResult::Unsealed(r.into_inner().plaintexts))
-                .map_err(|s| s.message().to_string())
+                .map_err(|s| describe_failure(&s))
         }
     };
     let report = coordinator.clone().run(holder_key, unseal).await;

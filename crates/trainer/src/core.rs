@@ -228,14 +228,11 @@ impl TrustedCore {
     /// Parses a CSV under the job's schema. The error names the source and, for a bad cell,
     /// its line, never its content: refusals go to the untrusted host.
     fn parse(&self, csv: &[u8], shown: &str) -> Result<Dataset, Refusal> {
-        use confide_ml::DataError;
-        confide_ml::job::read_job_data(&self.config.spec, csv, shown).map_err(|e| match e {
-            DataError::BadNumber { line, .. } | DataError::BadLabel { line, .. } => format!(
-                "`{shown}` does not parse under the job's schema: a bad value on line {line} (its content is withheld from the host)"
-            ),
-            _ => format!(
-                "`{shown}` does not parse under the job's schema (details withheld from the host)"
-            ),
+        confide_ml::job::read_job_data(&self.config.spec, csv, shown).map_err(|e| {
+            format!(
+                "`{shown}` does not parse under the job's schema: {} (details withheld from the host)",
+                e.public_reason(&self.config.spec.data.features)
+            )
         })
     }
 

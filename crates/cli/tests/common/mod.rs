@@ -40,3 +40,41 @@ pub fn absolute_example_paths(text: &str) -> String {
         )
         .replace("\"keys/", &format!("\"{}/keys/", examples.display()))
 }
+
+/// What a `confide simulate` run left: its exit code, its report (`Null` when none was
+/// written), and its output.
+#[derive(Debug)]
+pub struct Simulated {
+    pub code: i32,
+    pub report: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `confide simulate` on `config` in `work/run` with the test Paillier key, the report
+/// in `work/out.json`, and `extra` arguments.
+pub fn simulate(config: &Path, work: &Path, extra: &[&str]) -> Simulated {
+    let report = work.join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .arg("simulate")
+        .arg("--config")
+        .arg(config)
+        .arg("--work-dir")
+        .arg(work.join("run"))
+        .arg("--report")
+        .arg(&report)
+        .arg("--paillier-key")
+        .arg(root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json"))
+        .args(extra)
+        .output()
+        .expect("run confide");
+    Simulated {
+        code: out.status.code().unwrap_or(-1),
+        report: std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}

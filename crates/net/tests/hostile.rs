@@ -1,0 +1,413 @@
+//! Hostile input against the role servers (the hardening issue): every method refuses an
+//! unauthorised role before reading its body, sizes and repeated fields are bounded before
+//! decoding, peer strings never flood the audit log or replies, and only a job's admitted
+//! owners and recipients see its rounds. The soak of random requests against role processes,
+//! with peak memory and a valid job afterwards, is `crates/cli/tests/hostile_processes.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use confide_core::{JobSpec, Role};
+use confide_net::coordinator::JobReport;
+use confide_net::guard::{self, Guard, MAX_STATUS_MESSAGE};
+use confide_net::pb;
+use confide_net::pki::{self, Credentials};
+use confide_net::raw::long_field;
+use confide_net::roles::{CoordinatorRole, run_coordinator, serve_aggregator, serve_keyholder};
+use confide_net::transport::connect;
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tonic::{Code, Status};
+
+/// Sends `body` to `/{service}/{method}`; long polls get 3 s.
+async fn raw_call(
+    channel: &tonic::transport::Channel,
+    service: &str,
+    method: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    confide_net::raw::call(channel, service, method, body, Duration::from_secs(3)).await
+}
+
+/// The servers of one job, with the guards that protect them.
+struct Servers {
+    fed: std::path::PathBuf,
+    /// (server name for TLS, address, guard)
+    endpoints: Vec<(&'static str, String, Guard)>,
+    coordinator:
+        tokio::task::JoinHandle<Result<(JobReport, Vec<f32>), confide_net::transport::NetError>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The parties of the test federation: the job's owners, an outsider node, a model owner who
+/// is not a recipient, and every other role.
+const PARTIES: &[&str] = &[
+    "guest",
+    "host",
+    "outsider",
+    "owner",
+    "snoop",
+    "coordinator",
+    "keyholder",
+    "aggregator-1",
+];
+
+fn spec() -> JobSpec {
+    let mut spec =
+        common::breast_homo_spec(&[("round_timeout_secs = 60.0", "round_timeout_secs = 600.0")]);
+    // Small enough that every limit can be exceeded cheaply in a test.
+    spec.limits.max_message_bytes = 256 << 10;
+    spec
+}
+
+async fn start() -> Servers {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fed = dir.path().join("fed");
+    common::federation(&fed, &["guest", "host", "outsider"]);
+    let now = time::OffsetDateTime::now_utc();
+    pki::issue(&fed, "snoop", Role::ModelOwner, now).expect("issue");
+    pki::issue(&fed, "aggregator-1", Role::Aggregator, now).expect("issue");
+    let spec = spec();
+
+    let kh = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let kh_addr = kh.local_addr().expect("addr").to_string();
+    let kh_creds = Credentials::load(&fed, "keyholder").expect("creds");
+    let (kh_spec, kh_guard) = (
+        spec.clone(),
+        guard::keyholder(&spec, kh_creds.revocations.clone()),
+    );
+    tokio::spawn(async move {
+        serve_keyholder(
+            kh,
+            &kh_creds,
+            &kh_spec,
+            common::test_key(),
+            (None, None),
+            std::future::pending(),
+        )
+        .await
+    });
+
+    // An aggregator of a `shares` job over the same owners.
+    let mut shares = spec.clone();
+    shares.job.scheme = confide_core::SchemeKind::Shares;
+    let ag = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ag_addr = ag.local_addr().expect("addr").to_string();
+    let ag_creds = Credentials::load(&fed, "aggregator-1").expect("creds");
+    let ag_guard = guard::aggregator(&shares, ag_creds.revocations.clone());
+    tokio::spawn(async move {
+        serve_aggregator(
+            ag,
+            &ag_creds,
+            &shares,
+            0,
+            Some([7; 32]),
+            confide_net::aggregator::Chaos::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+
+    let co = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let co_addr = co.local_addr().expect("addr").to_string();
+    let co_creds = Credentials::load(&fed, "coordinator").expect("creds");
+    let co_guard = guard::coordinator(&spec, co_creds.revocations.clone());
+    let mut manifest = common::manifest(&fed, &spec);
+    for owner in ["guest", "host"] {
+        let id =
+            confide_governance::identity::Identity::load(&fed.join(format!("{owner}.key")), None)
+                .expect("key");
+        manifest.approve(&id).expect("co-sign");
+    }
+    let eval = confide_net::node::load_job_data(
+        &spec,
+        &common::repo_root().join("data/breast_homo/breast_homo_test.csv"),
+    )
+    .expect("test set");
+    let role = CoordinatorRole {
+        creds: co_creds,
+        spec: spec.clone(),
+        eval: Some(eval),
+        keyholder: Some(kh_addr.clone()),
+        aggregators: Vec::new(),
+        linger: Duration::from_secs(5),
+        manifest,
+        audit_store: None,
+        audit_export: None,
+    };
+    let coordinator = tokio::spawn(run_coordinator(co, role));
+    Servers {
+        fed,
+        endpoints: vec![
+            ("coordinator", co_addr, co_guard),
+            ("keyholder", kh_addr, kh_guard),
+            ("aggregator-1", ag_addr, ag_guard),
+        ],
+        coordinator,
+        _dir: dir,
+    }
+}
+
+impl Servers {
+    fn creds(&self, party: &str) -> Credentials {
+        Credentials::load(&self.fed, party).expect("creds")
+    }
+
+    async fn channel(&self, server: &str, party: &str) -> tonic::transport::Channel {
+        let (name, addr, _) = self
+            .endpoints
+            .iter()
+            .find(|(n, _, _)| *n == server)
+            .expect("server");
+        // The coordinator may still be fetching the key holder's key: retry briefly.
+        for _ in 0..100 {
+            if let Ok(ch) = connect(addr, name, &self.creds(party)).await {
+                return ch;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cannot reach {server}");
+    }
+
+    fn coordinator_client(
+        ch: tonic::transport::Channel,
+    ) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+        pb::coordinator_client::CoordinatorClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    async fn audit_bytes(&self) -> usize {
+        let mut c = Self::coordinator_client(self.channel("coordinator", "guest").await);
+        c.export_audit(pb::ExportAuditRequest {})
+            .await
+            .expect("export works")
+            .into_inner()
+            .log_file
+            .len()
+    }
+}
+
+fn role_of(party: &str) -> Role {
+    match party {
+        "guest" | "host" | "outsider" => Role::Node,
+        "owner" | "snoop" => Role::ModelOwner,
+        "coordinator" => Role::Coordinator,
+        "keyholder" => Role::KeyHolder,
+        _ => Role::Aggregator,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_refuses_an_unauthorised_role_before_reading_its_body() {
+    let s = start().await;
+    let mut checked = 0;
+    for (server, _, guard) in &s.endpoints {
+        for (method, rule) in guard.methods() {
+            for party in PARTIES {
+                if rule.roles().contains(&role_of(party)) {
+                    continue;
+                }
+                // A body over the method's limit: a server that decoded before checking the
+                // role would answer about the size (or the content), not the role.
+                let body = long_field(15, rule.max_bytes() + 1024);
+                let ch = s.channel(server, party).await;
+                let err = raw_call(&ch, guard.service(), &method, body)
+                    .await
+                    .expect_err("refused");
+                assert_eq!(
+                    err.code(),
+                    Code::PermissionDenied,
+                    "{server}/{method} {party}: {err:?}"
+                );
+                assert!(
+                    err.message().starts_with("NET-001"),
+                    "{server}/{method} {party}: {}",
+                    err.message()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "{checked} refusals checked");
+    let stats = s.endpoints[0].2.stats().by_rule();
+    eprintln!("checked {checked} (method, role) refusals; coordinator: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_unseal_or_commit_is_refused_from_its_length_prefix() {
+    let s = start().await;
+    for (server, method) in [
+        ("keyholder", "Unseal"),
+        ("aggregator-1", "Commit"),
+        ("aggregator-1", "Prepare"),
+    ] {
+        let (_, _, guard) = s
+            .endpoints
+            .iter()
+            .find(|(n, _, _)| *n == server)
+            .expect("server");
+        let limit = guard
+            .methods()
+            .into_iter()
+            .find(|(m, _)| m == method)
+            .expect("method")
+            .1
+            .max_bytes();
+        let ch = s.channel(server, "coordinator").await;
+        let err = raw_call(&ch, guard.service(), method, long_field(15, limit + 1))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.code(),
+            Code::ResourceExhausted,
+            "{server}/{method}: {err:?}"
+        );
+        assert!(err.message().starts_with("NET-003"), "{}", err.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_empty_contributions_are_counted_before_they_are_decoded() {
+    let s = start().await;
+    // 100,000 empty relayed contributions: 200 kB on the wire, ~13 MB once decoded.
+    let many = pb::UnsealRequest {
+        round: 1,
+        contributions: vec![pb::RelayedContribution::default(); 100_000],
+    }
+    .encode_to_vec();
+    for (server, method) in [("keyholder", "Unseal"), ("aggregator-1", "Prepare")] {
+        let (_, _, guard) = s
+            .endpoints
+            .iter()
+            .find(|(n, _, _)| *n == server)
+            .expect("server");
+        let ch = s.channel(server, "coordinator").await;
+        let err = raw_call(&ch, guard.service(), method, many.clone())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{server}: {err:?}");
+        assert!(err.message().starts_with("NET-004"), "{}", err.message());
+    }
+    // The same for the rows of a Commit.
+    let rows = pb::FinishRequest {
+        round: 1,
+        rows: vec![pb::FinishRow::default(); 50_000],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let ch = s.channel("aggregator-1", "coordinator").await;
+    let err = raw_call(&ch, "confide.v1.Aggregator", "Commit", rows)
+        .await
+        .expect_err("refused");
+    assert!(err.message().starts_with("NET-004"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_owner_cannot_fetch_a_running_jobs_round_model() {
+    let s = start().await;
+    let mut outsider = Servers::coordinator_client(s.channel("coordinator", "outsider").await);
+    let err = outsider
+        .next_round(pb::NextRoundRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().starts_with("NET-007"), "{}", err.message());
+    let err = outsider
+        .next_stage(pb::NextStageRequest::default())
+        .await
+        .expect_err("refused");
+    assert!(err.message().starts_with("NET-007"), "{}", err.message());
+    // An owner of the job that has not approved it yet is not admitted either.
+    let mut guest = Servers::coordinator_client(s.channel("coordinator", "guest").await);
+    let err = guest
+        .next_round(pb::NextRoundRequest::default())
+        .await
+        .expect_err("refused");
+    assert!(err.message().starts_with("NET-007"), "{}", err.message());
+    s.coordinator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_owner_who_is_not_a_recipient_cannot_watch_the_metrics() {
+    let s = start().await;
+    let mut snoop = Servers::coordinator_client(s.channel("coordinator", "snoop").await);
+    let err = snoop.watch(pb::WatchRequest {}).await.expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().starts_with("NET-008"), "{}", err.message());
+    let mut owner = Servers::coordinator_client(s.channel("coordinator", "owner").await);
+    owner
+        .watch(pb::WatchRequest {})
+        .await
+        .expect("a recipient may watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_strings_do_not_flood_the_audit_log_or_the_replies() {
+    let s = start().await;
+    let before = s.audit_bytes().await;
+    // Three Submits naming a 32 MiB owner, from a node outside the job.
+    let mut outsider = Servers::coordinator_client(s.channel("coordinator", "outsider").await);
+    for _ in 0..3 {
+        let huge = pb::SubmitRequest {
+            contribution: Some(pb::Contribution {
+                owner: "PATIENT".repeat(32 << 20 >> 3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = outsider.submit(huge).await.expect_err("refused");
+        assert!(
+            err.message().len() <= MAX_STATUS_MESSAGE,
+            "{} bytes",
+            err.message().len()
+        );
+        assert!(
+            err.message().starts_with("NET-003") || err.message().starts_with("NET-004"),
+            "{}",
+            err.message()
+        );
+    }
+    // A 250-byte owner name (within the field's cap) is refused with an excerpt of it.
+    let reply = outsider
+        .submit(pb::SubmitRequest {
+            contribution: Some(pb::Contribution {
+                owner: "\u{1b}[31m".to_string() + &"x".repeat(240),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(!reply.accepted);
+    assert!(
+        reply.detail.len() < 300 && !reply.detail.contains('\u{1b}'),
+        "{}",
+        reply.detail
+    );
+    // A hundred joins and forty refused joins.
+    let mut guest = Servers::coordinator_client(s.channel("coordinator", "guest").await);
+    for _ in 0..100 {
+        guest.join(pb::JoinRequest {}).await.expect("join");
+    }
+    for _ in 0..40 {
+        outsider
+            .join(pb::JoinRequest {})
+            .await
+            .expect_err("not an owner");
+    }
+    // A withdrawal reason at its field's cap is kept as an excerpt.
+    let mut host = Servers::coordinator_client(s.channel("coordinator", "host").await);
+    host.withdraw(pb::WithdrawRequest {
+        reason: "R".repeat(2000),
+        kind: "x".repeat(32),
+    })
+    .await
+    .expect("withdraw");
+    let grown = s.audit_bytes().await.saturating_sub(before);
+    eprintln!("audit log grew by {grown} bytes");
+    assert!(grown < 16 << 10, "the audit log grew by {grown} bytes");
+    s.coordinator.abort();
+}
