@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use confide_core::JobConfig;
 use confide_governance::audit::{self, AuditLog, InclusionProof};
-use confide_governance::identity::{Identity, public_path};
+use confide_governance::identity::{Identity, TlsKey, public_path, tls_key_path};
 use confide_governance::manifest::{Manifest, Mode, SignedManifest};
 use confide_governance::policy::{JobRequest, Policy, rfc3339};
 use serde_json::{Value, json};
@@ -43,9 +43,14 @@ impl Passphrase {
 /// `confide keygen`.
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {
-    /// The key file to create (mode 0600); the public half goes to `<out>.pub`.
+    /// The key file to create (mode 0600); the public half goes to `<out>.pub`, and the
+    /// P-256 TLS key bound to it to `<stem>.tls.key`.
     #[arg(long)]
     pub out: PathBuf,
+    /// Make no TLS key: the certificate will certify the Ed25519 key itself for TLS, which
+    /// Confide accepts but gRPC's BoringSSL clients (grpc-python, grpc-core) do not.
+    #[arg(long)]
+    pub no_tls_key: bool,
     #[command(flatten)]
     pub passphrase: Passphrase,
 }
@@ -216,11 +221,17 @@ impl LogSource {
 /// Runs `confide keygen`.
 pub fn keygen(args: &KeygenArgs) -> Result<Value> {
     let id = Identity::generate().map_err(anyhow::Error::msg)?;
-    id.save(&args.out, args.passphrase.get()?.as_deref())?;
+    let tls = if args.no_tls_key {
+        None
+    } else {
+        Some(TlsKey::generate().map_err(anyhow::Error::msg)?)
+    };
+    id.save_with(&args.out, args.passphrase.get()?.as_deref(), tls.as_ref())?;
     Ok(json!({
         "id": id.id(),
         "public_key": hex::encode(id.public_key()),
         "key_file": args.out.display().to_string(),
+        "tls_key_file": tls.map(|_| tls_key_path(&args.out).display().to_string()),
         "public_file": public_path(&args.out).display().to_string(),
         "encrypted": args.passphrase.get()?.is_some(),
     }))

@@ -90,8 +90,8 @@ enum Command {
     /// A data owner's privacy budget ledger (a redb file; prints JSON).
     #[command(subcommand)]
     Ledger(LedgerCommand),
-    /// Create a party's Ed25519 identity key (mode 0600, optionally passphrase-encrypted);
-    /// prints its party id (JSON).
+    /// Create a party's Ed25519 identity key and the P-256 TLS key bound to it (mode 0600,
+    /// optionally passphrase-encrypted); prints its party id (JSON).
     Keygen(governance::KeygenArgs),
     /// Signed job manifests: sign (model owner), verify, approve (data owner). Prints JSON.
     #[command(subcommand)]

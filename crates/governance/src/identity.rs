@@ -9,11 +9,17 @@
 //!   PBES2 (RFC 8018) using scrypt (N = 2^15, r = 8, p = 1) and AES-256-CBC, as implemented by
 //!   the RustCrypto `pkcs8` crate, which OpenSSL also reads. The file is created with mode
 //!   0600 and never overwritten.
+//!   Keys are written as PKCS#8 v1 (no embedded public key), which OpenSSL 3.0 reads; v2 files
+//!   from earlier versions are still read.
 //! - **Public file**: `<key>.pub`, JSON `{"id": …, "public_key": …}` with the key in hex, to
-//!   hand to the certificate authority and to the owners who write policies.
-//!
-//! The same key is the party's TLS key: the federation CA certifies it (`confide ca issue
-//! --public-key`), so a TLS peer, a signature and an id are one identity.
+//!   hand to the certificate authority and to the owners who write policies. With a TLS key
+//!   it also holds `tls_public_key` (the SubjectPublicKeyInfo, hex) and `tls_binding`.
+//! - **TLS key**: `<stem>.tls.key`, an ECDSA P-256 key (PKCS#8, encrypted like the identity
+//!   key when a passphrase is given). Standard TLS stacks (gRPC's BoringSSL among them) do
+//!   not offer Ed25519 in TLS, so the transport uses this key. The identity key signs
+//!   [`tls_binding_message`] over the TLS key's SubjectPublicKeyInfo, and the federation CA
+//!   puts the identity key and that signature in the certificate (`net::pki`), so a TLS peer,
+//!   a signer and a party id remain one identity.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +78,9 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// A bound TLS key: its SubjectPublicKeyInfo (DER) and the identity's binding signature.
+pub type TlsBinding = (Vec<u8>, Vec<u8>);
+
 /// The public half, as written to `<key>.pub`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +89,12 @@ pub struct PublicIdentity {
     pub id: String,
     /// The Ed25519 public key, hex.
     pub public_key: String,
+    /// The TLS key's SubjectPublicKeyInfo (DER, hex), when the party has a TLS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_public_key: Option<String>,
+    /// The identity key's signature over [`tls_binding_message`] of that key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_binding: Option<String>,
 }
 
 impl PublicIdentity {
@@ -99,7 +114,26 @@ impl PublicIdentity {
         if party_id(&key) != p.id {
             return Err(bad("the id is not derived from the public key".into()));
         }
+        p.tls().map_err(bad)?;
         Ok(p)
+    }
+
+    /// The TLS key's SubjectPublicKeyInfo and its binding signature, checked against the
+    /// identity key; `None` for a party without a TLS key.
+    ///
+    /// # Errors
+    /// Only one of the two fields, bad hex, or a binding that does not verify.
+    pub fn tls(&self) -> Result<Option<TlsBinding>, String> {
+        match (&self.tls_public_key, &self.tls_binding) {
+            (None, None) => Ok(None),
+            (Some(spki), Some(sig)) => {
+                let spki = hex::decode(spki).map_err(|e| format!("tls_public_key: {e}"))?;
+                let sig = hex::decode(sig).map_err(|e| format!("tls_binding: {e}"))?;
+                verify_tls_binding(&self.key()?, &spki, &sig)?;
+                Ok(Some((spki, sig)))
+            }
+            _ => Err("tls_public_key and tls_binding come together".into()),
+        }
     }
 
     /// The raw public key.
@@ -136,7 +170,9 @@ impl Identity {
     /// Not an Ed25519 PKCS#8 key.
     pub fn from_pkcs8(der: Vec<u8>) -> Result<Self, confide_crypto::SignatureError> {
         let key = SigningKey::from_pkcs8_der(&der)?;
-        Ok(Self { key, pkcs8: der })
+        // Kept (and written) as PKCS#8 v1: OpenSSL 3.0 does not read Ed25519 v2 documents.
+        let pkcs8 = pkcs8_v1(&der).map_err(confide_crypto::SignatureError::BadKey)?;
+        Ok(Self { key, pkcs8 })
     }
 
     /// The signing key.
@@ -159,7 +195,23 @@ impl Identity {
         PublicIdentity {
             id: self.id(),
             public_key: hex::encode(self.public_key()),
+            tls_public_key: None,
+            tls_binding: None,
         }
+    }
+
+    /// The public half with `tls`'s key bound to this identity.
+    pub fn public_with_tls(&self, tls: &TlsKey) -> PublicIdentity {
+        PublicIdentity {
+            tls_public_key: Some(hex::encode(&tls.spki)),
+            tls_binding: Some(hex::encode(self.bind_tls(&tls.spki))),
+            ..self.public()
+        }
+    }
+
+    /// This identity's signature binding the TLS key whose SubjectPublicKeyInfo is `spki`.
+    pub fn bind_tls(&self, spki: &[u8]) -> Vec<u8> {
+        self.key.sign(&tls_binding_message(spki)).to_vec()
     }
 
     /// The unencrypted PKCS#8 PEM (for the TLS stack, in memory only).
@@ -173,26 +225,36 @@ impl Identity {
     /// # Errors
     /// The file exists or cannot be written, or encryption failed.
     pub fn save(&self, path: &Path, passphrase: Option<&str>) -> Result<(), IdentityError> {
-        let text = match passphrase {
-            None => self.pkcs8_pem(),
-            Some(p) => {
-                if p.is_empty() {
-                    return Err(IdentityError::BadKey {
-                        path: path.to_path_buf(),
-                        message: "the passphrase is empty".into(),
-                    });
-                }
-                let info = PrivateKeyInfo::from_der(&self.pkcs8).map_err(|e| io(path, e))?;
-                let doc = info
-                    .encrypt(rand::rngs::OsRng, p.as_bytes())
-                    .map_err(|e| io(path, format!("encrypting the key: {e}")))?;
-                pem("ENCRYPTED PRIVATE KEY", doc.as_bytes())
+        self.save_with(path, passphrase, None)
+    }
+
+    /// As [`Identity::save`], with a TLS key: it goes to [`tls_key_path`] of `path` (encrypted
+    /// under the same passphrase), and the public file binds it.
+    ///
+    /// # Errors
+    /// As [`Identity::save`].
+    pub fn save_with(
+        &self,
+        path: &Path,
+        passphrase: Option<&str>,
+        tls: Option<&TlsKey>,
+    ) -> Result<(), IdentityError> {
+        write_new(path, &private_pem(&self.pkcs8, path, passphrase)?, true)?;
+        let public = match tls {
+            Some(t) => {
+                let tls_path = tls_key_path(path);
+                write_new(
+                    &tls_path,
+                    &private_pem(&t.pkcs8, &tls_path, passphrase)?,
+                    true,
+                )?;
+                self.public_with_tls(t)
             }
+            None => self.public(),
         };
-        write_new(path, &text, true)?;
-        let public = public_path(path);
-        let json = serde_json::to_string_pretty(&self.public()).map_err(|e| io(&public, e))?;
-        write_new(&public, &(json + "\n"), false)
+        let public_file = public_path(path);
+        let json = serde_json::to_string_pretty(&public).map_err(|e| io(&public_file, e))?;
+        write_new(&public_file, &(json + "\n"), false)
     }
 
     /// Reads a key file written by [`Identity::save`] (or any Ed25519 PKCS#8 PEM).
@@ -211,7 +273,165 @@ impl Identity {
     }
 
     fn from_pem(text: &str, passphrase: Option<&str>) -> Result<Self, PemProblem> {
-        let (label, der) = unpem(text).map_err(PemProblem::Bad)?;
+        let der = private_der(text, passphrase)?;
+        Self::from_pkcs8(der).map_err(|e| PemProblem::Bad(format!("not an Ed25519 key: {e}")))
+    }
+}
+
+/// A party's TLS key: ECDSA P-256, bound to its identity (see the module's documentation).
+pub struct TlsKey {
+    pkcs8: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsKey(P-256, key ***)")
+    }
+}
+
+/// The DER prefix of a P-256 SubjectPublicKeyInfo (RFC 5480: id-ecPublicKey, prime256v1),
+/// followed by the 65-byte uncompressed point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+impl TlsKey {
+    /// A fresh P-256 key from the operating system's random generator.
+    ///
+    /// # Errors
+    /// The generator failed.
+    pub fn generate() -> Result<Self, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .map_err(|_| "P-256 key generation failed".to_string())?;
+        Self::from_pkcs8(doc.as_ref().to_vec())
+    }
+
+    /// From PKCS#8 DER.
+    ///
+    /// # Errors
+    /// Not a P-256 PKCS#8 key.
+    pub fn from_pkcs8(der: Vec<u8>) -> Result<Self, String> {
+        use ring::signature::KeyPair as _;
+        let rng = ring::rand::SystemRandom::new();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &der,
+            &rng,
+        )
+        .map_err(|e| format!("not a P-256 key: {e}"))?;
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        Ok(Self { pkcs8: der, spki })
+    }
+
+    /// Reads a TLS key file.
+    ///
+    /// # Errors
+    /// Unreadable, not a P-256 key, encrypted without a passphrase, or a wrong passphrase.
+    pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Self, IdentityError> {
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let bad = |message| IdentityError::BadKey {
+            path: path.to_path_buf(),
+            message,
+        };
+        let der = private_der(&text, passphrase).map_err(|e| match e {
+            PemProblem::NeedsPassphrase => IdentityError::NeedsPassphrase(path.to_path_buf()),
+            PemProblem::Bad(m) => bad(m),
+        })?;
+        Self::from_pkcs8(der).map_err(bad)
+    }
+
+    /// Writes the key to `path` (mode 0600; refuses to overwrite), encrypted when a passphrase
+    /// is given.
+    ///
+    /// # Errors
+    /// The file exists or cannot be written, or encryption failed.
+    pub fn save(&self, path: &Path, passphrase: Option<&str>) -> Result<(), IdentityError> {
+        write_new(path, &private_pem(&self.pkcs8, path, passphrase)?, true)
+    }
+
+    /// The SubjectPublicKeyInfo (DER).
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    /// The unencrypted PKCS#8 PEM (for the TLS stack, in memory only).
+    pub fn pkcs8_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.pkcs8)
+    }
+}
+
+/// What an identity key signs to bind a TLS key (its SubjectPublicKeyInfo, DER).
+pub fn tls_binding_message(spki: &[u8]) -> Vec<u8> {
+    let mut m = b"confide/tls-key-binding/v1\n".to_vec();
+    m.extend_from_slice(spki);
+    m
+}
+
+/// Checks that `identity` (an Ed25519 public key) bound the TLS key `spki` with `signature`.
+///
+/// # Errors
+/// The signature does not verify.
+pub fn verify_tls_binding(identity: &[u8], spki: &[u8], signature: &[u8]) -> Result<(), String> {
+    confide_crypto::sign::verify(identity, &tls_binding_message(spki), signature).map_err(|_| {
+        "the TLS key's binding signature does not verify under the identity key".into()
+    })
+}
+
+/// `<stem>.tls.key` beside an identity key file `<stem>.key` (or `<name>.tls.key` beside any
+/// other name).
+pub fn tls_key_path(identity_key: &Path) -> PathBuf {
+    let stem = identity_key
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    identity_key.with_file_name(format!("{stem}.tls.key"))
+}
+
+/// An Ed25519 PKCS#8 document as v1 (RFC 5208 shape: no public key field), the form
+/// OpenSSL 3.0 reads.
+///
+/// # Errors
+/// Not a PKCS#8 document.
+pub fn pkcs8_v1(der: &[u8]) -> Result<Vec<u8>, String> {
+    use pkcs8::der::Encode as _;
+    let info = PrivateKeyInfo::from_der(der).map_err(|e| format!("PKCS#8: {e}"))?;
+    PrivateKeyInfo {
+        public_key: None,
+        ..info
+    }
+    .to_der()
+    .map_err(|e| format!("PKCS#8: {e}"))
+}
+
+/// A private key's PEM: PKCS#8, or encrypted PKCS#8 (PBES2) under `passphrase`.
+fn private_pem(der: &[u8], path: &Path, passphrase: Option<&str>) -> Result<String, IdentityError> {
+    match passphrase {
+        None => Ok(pem("PRIVATE KEY", der)),
+        Some("") => Err(IdentityError::BadKey {
+            path: path.to_path_buf(),
+            message: "the passphrase is empty".into(),
+        }),
+        Some(p) => {
+            let info = PrivateKeyInfo::from_der(der).map_err(|e| io(path, e))?;
+            let doc = info
+                .encrypt(rand::rngs::OsRng, p.as_bytes())
+                .map_err(|e| io(path, format!("encrypting the key: {e}")))?;
+            Ok(pem("ENCRYPTED PRIVATE KEY", doc.as_bytes()))
+        }
+    }
+}
+
+/// The PKCS#8 DER of a private key PEM, decrypted with `passphrase` when encrypted.
+fn private_der(text: &str, passphrase: Option<&str>) -> Result<Vec<u8>, PemProblem> {
+    let (label, der) = unpem(text).map_err(PemProblem::Bad)?;
+    {
         let der = match label.as_str() {
             "PRIVATE KEY" => der,
             "ENCRYPTED PRIVATE KEY" => {
@@ -229,7 +449,7 @@ impl Identity {
                 )));
             }
         };
-        Self::from_pkcs8(der).map_err(|e| PemProblem::Bad(format!("not an Ed25519 key: {e}")))
+        Ok(der)
     }
 }
 
@@ -341,9 +561,54 @@ mod tests {
         let p = dir.path().join("x.pub");
         let forged = PublicIdentity {
             id: b.id(),
-            public_key: a.public().public_key,
+            ..a.public()
         };
         std::fs::write(&p, serde_json::to_string(&forged).expect("json")).expect("write");
         assert!(PublicIdentity::load(&p).is_err());
+    }
+
+    #[test]
+    fn a_tls_key_is_saved_encrypted_and_bound_to_the_identity() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (id, tls) = (
+            Identity::generate().expect("id"),
+            TlsKey::generate().expect("tls"),
+        );
+        let path = dir.path().join("owner.key");
+        id.save_with(&path, Some("pw"), Some(&tls)).expect("save");
+        let tls_path = tls_key_path(&path);
+        assert_eq!(tls_path, dir.path().join("owner.tls.key"));
+        assert!(matches!(
+            TlsKey::load(&tls_path, None),
+            Err(IdentityError::NeedsPassphrase(_))
+        ));
+        let back = TlsKey::load(&tls_path, Some("pw")).expect("load");
+        assert_eq!(back.spki(), tls.spki());
+        let public = PublicIdentity::load(&public_path(&path)).expect("pub");
+        assert_eq!(
+            public.tls().expect("bound"),
+            Some((tls.spki().to_vec(), id.bind_tls(tls.spki())))
+        );
+        // Another identity's binding, or a binding of another key, does not verify.
+        let other = Identity::generate().expect("id");
+        let swapped = PublicIdentity {
+            tls_binding: Some(hex::encode(other.bind_tls(tls.spki()))),
+            ..public.clone()
+        };
+        assert!(swapped.tls().is_err());
+        let half = PublicIdentity {
+            tls_binding: None,
+            ..public
+        };
+        assert!(half.tls().is_err());
+        // Identity keys are kept as PKCS#8 v1 whatever form they were read from.
+        let v2 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .expect("v2");
+        let read = Identity::from_pkcs8(v2.as_ref().to_vec()).expect("reads v2");
+        assert!(read.pkcs8.len() < v2.as_ref().len());
+        assert_eq!(
+            Identity::from_pkcs8(read.pkcs8.clone()).expect("v1").id(),
+            read.id()
+        );
     }
 }

@@ -16,11 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use confide_core::Role;
-use confide_governance::identity::{Identity, PublicIdentity, party_id};
+use confide_governance::identity::{
+    Identity, PublicIdentity, TlsKey, party_id, pem, pkcs8_v1, tls_key_path,
+};
 use confide_governance::revocation::{RevocationList, Revoked};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SubjectPublicKeyInfo,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType, SubjectPublicKeyInfo,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use time::{Duration, OffsetDateTime};
@@ -100,7 +102,9 @@ pub fn init_ca(dir: &Path, federation: &str, now: OffsetDateTime) -> Result<(), 
     let cert = params
         .self_signed(&key)
         .map_err(|e| PkiError::Generate(e.to_string()))?;
-    write_secret(&dir.join("ca.key"), &key.serialize_pem())?;
+    // PKCS#8 v1, which OpenSSL reads (ring writes Ed25519 keys as v2).
+    let der = pkcs8_v1(&key.serialize_der()).map_err(PkiError::Generate)?;
+    write_secret(&dir.join("ca.key"), &pem("PRIVATE KEY", &der))?;
     write_public(&dir.join("ca.crt"), &cert.pem())
 }
 
@@ -109,11 +113,16 @@ pub fn issue(dir: &Path, name: &str, role: Role, now: OffsetDateTime) -> Result<
     confide_core::config::validate_party_name(name).map_err(PkiError::Rejected)?;
     check_name_role(name, role)?;
     let identity = Identity::generate().map_err(PkiError::Generate)?;
+    let tls = TlsKey::generate().map_err(PkiError::Generate)?;
     identity
-        .save(&dir.join(format!("{name}.key")), None)
+        .save_with(&dir.join(format!("{name}.key")), None, Some(&tls))
         .map_err(|e| PkiError::Generate(e.to_string()))?;
-    issue_for_key(dir, name, role, &identity.public(), now)
+    issue_for_key(dir, name, role, &identity.public_with_tls(&tls), now)
 }
+
+/// The URI subject alternative name that carries a party's identity key and its signature
+/// binding the certificate's TLS key: `confide:identity:v1:<key hex>:<signature hex>`.
+const IDENTITY_URI_PREFIX: &str = "confide:identity:v1:";
 
 /// Servers are authenticated by name, so a server's name is only ever issued with its role:
 /// `coordinator`, `keyholder` and `aggregator-N` are each their role's own.
@@ -157,8 +166,15 @@ pub fn issue_for_key(
         ));
     }
     check_name_role(name, role)?;
-    let spki = SubjectPublicKeyInfo::from_der(&ed25519_spki(&key))
-        .map_err(|e| PkiError::Generate(e.to_string()))?;
+    // With a bound TLS key (P-256), the certificate certifies that key for TLS and carries the
+    // identity key and its binding; without one, it certifies the Ed25519 identity key itself.
+    let tls = public.tls().map_err(PkiError::Rejected)?;
+    let spki_der = match &tls {
+        Some((spki, _)) => spki.clone(),
+        None => ed25519_spki(&key),
+    };
+    let spki =
+        SubjectPublicKeyInfo::from_der(&spki_der).map_err(|e| PkiError::Generate(e.to_string()))?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)
         .map_err(|e| PkiError::Generate(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&read(&dir.join("ca.crt"))?, ca_key)
@@ -169,6 +185,18 @@ pub fn issue_for_key(
     dn.push(DnType::CommonName, name);
     dn.push(DnType::OrganizationalUnitName, role.as_str());
     params.distinguished_name = dn;
+    if let Some((_, binding)) = &tls {
+        let uri = format!(
+            "{IDENTITY_URI_PREFIX}{}:{}",
+            hex::encode(key),
+            hex::encode(binding)
+        );
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().map_err(
+                |e: rcgen::Error| PkiError::Generate(e.to_string()),
+            )?));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -337,11 +365,22 @@ impl Credentials {
     pub fn load_with(dir: &Path, name: &str, passphrase: Option<&str>) -> Result<Self, PkiError> {
         let cert_pem = read(&dir.join(format!("{name}.crt")))?;
         let key_path = dir.join(format!("{name}.key"));
-        let identity = Identity::load(&key_path, passphrase).map_err(|e| PkiError::Key {
-            path: key_path.clone(),
+        let key_err = |path: &Path, e: confide_governance::identity::IdentityError| PkiError::Key {
+            path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
-        let key_pem = identity.pkcs8_pem();
+        };
+        let identity = Identity::load(&key_path, passphrase).map_err(|e| key_err(&key_path, e))?;
+        // A TLS key beside the identity key is the transport key; its certificate must
+        // certify exactly that key. Without one, the certificate certifies the identity key.
+        let tls_path = tls_key_path(&key_path);
+        let tls = if tls_path.exists() {
+            Some(TlsKey::load(&tls_path, passphrase).map_err(|e| key_err(&tls_path, e))?)
+        } else {
+            None
+        };
+        let key_pem = tls
+            .as_ref()
+            .map_or_else(|| identity.pkcs8_pem(), TlsKey::pkcs8_pem);
         let ca_pem = read(&dir.join("ca.crt"))?;
         let der = pem_to_der(&cert_pem)?;
         let id = verify_party_certificate(&der, &pem_to_der(&ca_pem)?)?;
@@ -354,6 +393,16 @@ impl Credentials {
         if id.public_key != identity.public_key() {
             return Err(PkiError::Rejected(format!(
                 "{name}.crt certifies another key than {name}.key"
+            )));
+        }
+        let (_, parsed) =
+            X509Certificate::from_der(&der).map_err(|e| PkiError::Rejected(e.to_string()))?;
+        if let Some(t) = &tls
+            && parsed.public_key().raw != t.spki()
+        {
+            return Err(PkiError::Rejected(format!(
+                "{name}.crt certifies another TLS key than {}",
+                tls_path.display()
             )));
         }
         let revocations = Arc::new(Revocations::new(dir, &pem_to_der(&ca_pem)?)?);
@@ -379,9 +428,10 @@ impl Credentials {
         &self.key_pem
     }
 
-    /// The signing key (the certificate's Ed25519 key).
+    /// The signing key (the identity's Ed25519 key, which the certificate certifies).
     pub fn signing_key(&self) -> Result<confide_crypto::SigningKey, PkiError> {
-        let der = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+        let pem = self.identity.pkcs8_pem();
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| PkiError::Rejected(format!("private key: {e}")))?;
         confide_crypto::SigningKey::from_pkcs8_der(der.secret_der())
             .map_err(|e| PkiError::Rejected(e.to_string()))
@@ -470,13 +520,17 @@ pub fn read_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
         .parse()
         .map_err(PkiError::Rejected)?;
     let spki = cert.public_key();
-    // id-Ed25519, RFC 8410.
-    if spki.algorithm.algorithm.to_id_string() != "1.3.101.112" {
-        return Err(PkiError::Rejected(
-            "the certificate key is not Ed25519".into(),
-        ));
-    }
-    let public_key = spki.subject_public_key.data.to_vec();
+    let public_key = match spki.algorithm.algorithm.to_id_string().as_str() {
+        // id-Ed25519 (RFC 8410): the certified key is the identity key.
+        "1.3.101.112" => spki.subject_public_key.data.to_vec(),
+        // id-ecPublicKey (RFC 5480): a TLS key, bound to the identity key in the URI SAN.
+        "1.2.840.10045.2.1" => bound_identity(&cert)?,
+        other => {
+            return Err(PkiError::Rejected(format!(
+                "the certificate key ({other}) is neither Ed25519 nor a bound P-256 TLS key"
+            )));
+        }
+    };
     if public_key.len() != 32 {
         return Err(PkiError::Rejected("malformed Ed25519 key".into()));
     }
@@ -486,6 +540,38 @@ pub fn read_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
         id: party_id(&public_key),
         public_key,
     })
+}
+
+/// The identity key of a certificate whose key is a TLS key: exactly one identity URI, whose
+/// signature binds the certificate's SubjectPublicKeyInfo to that key.
+fn bound_identity(cert: &X509Certificate<'_>) -> Result<Vec<u8>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Rejected(format!("subject alternative names: {e}")))?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|g| match g {
+            GeneralName::URI(u) => u.strip_prefix(IDENTITY_URI_PREFIX),
+            _ => None,
+        })
+        .collect();
+    let [uri] = uris.as_slice() else {
+        return Err(PkiError::Rejected(format!(
+            "a TLS-key certificate needs exactly one identity URI, this one has {}",
+            uris.len()
+        )));
+    };
+    let (key, binding) = uri
+        .split_once(':')
+        .ok_or_else(|| PkiError::Rejected("malformed identity URI".into()))?;
+    let key = hex::decode(key).map_err(|_| PkiError::Rejected("identity key hex".into()))?;
+    let binding =
+        hex::decode(binding).map_err(|_| PkiError::Rejected("binding signature hex".into()))?;
+    confide_governance::identity::verify_tls_binding(&key, cert.public_key().raw, &binding)
+        .map_err(PkiError::Rejected)?;
+    Ok(key)
 }
 
 /// Verifies that a party certificate is signed by the CA and currently valid, then reads it.
@@ -553,6 +639,128 @@ mod tests {
             );
         }
         issue(dir.path(), "aggregator-1", Role::Aggregator, now).expect("aggregator");
+    }
+
+    #[test]
+    fn tls_certificates_certify_a_p256_key_bound_to_the_identity_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        issue(dir.path(), "guest", Role::Node, now).expect("issue");
+        let creds = Credentials::load(dir.path(), "guest").expect("load");
+        let der = creds.cert_der().expect("der");
+        let (_, cert) = X509Certificate::from_der(&der).expect("parse");
+        assert_eq!(
+            cert.public_key().algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.2.1",
+            "the TLS key is ECDSA"
+        );
+        // The identity (signing) key is what the certificate names, through the binding.
+        let id = read_identity(&der).expect("read");
+        assert_eq!(id.public_key, creds.identity().public_key().to_vec());
+        assert_eq!(id.id, creds.id());
+        // The TLS stack gets the P-256 key, not the identity key.
+        assert!(creds.key_pem() != creds.identity().pkcs8_pem());
+        // A certificate for another TLS key than the file beside the identity key is refused.
+        let tls = dir.path().join("guest.tls.key");
+        std::fs::remove_file(&tls).expect("rm");
+        TlsKey::generate()
+            .expect("key")
+            .save(&tls, None)
+            .expect("save");
+        let err = Credentials::load(dir.path(), "guest").expect_err("other TLS key");
+        assert!(err.to_string().contains("another TLS key"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_certificate_with_a_forged_binding_is_rejected() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        let (victim, tls) = (
+            Identity::generate().expect("id"),
+            TlsKey::generate().expect("tls"),
+        );
+        // A public file that claims the victim's identity for a TLS key the victim never
+        // bound (the signature is over another key): refused at issuance.
+        let other = TlsKey::generate().expect("tls");
+        let forged = PublicIdentity {
+            tls_public_key: Some(hex::encode(tls.spki())),
+            tls_binding: Some(hex::encode(victim.bind_tls(other.spki()))),
+            ..victim.public()
+        };
+        assert!(issue_for_key(dir.path(), "mallory", Role::Node, &forged, now).is_err());
+        // A certificate carrying such a binding (as a careless CA might issue) is refused when
+        // read, so no peer accepts it as the victim.
+        let ca_key =
+            KeyPair::from_pem(&read(&dir.path().join("ca.key")).expect("ca")).expect("key");
+        let issuer =
+            Issuer::from_ca_cert_pem(&read(&dir.path().join("ca.crt")).expect("ca"), ca_key)
+                .expect("issuer");
+        let mut params = CertificateParams::new(vec!["mallory".to_string()]).expect("params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "mallory");
+        dn.push(DnType::OrganizationalUnitName, "node");
+        params.distinguished_name = dn;
+        let uri = format!(
+            "{IDENTITY_URI_PREFIX}{}:{}",
+            hex::encode(victim.public_key()),
+            hex::encode(victim.bind_tls(other.spki()))
+        );
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().expect("uri")));
+        let spki = SubjectPublicKeyInfo::from_der(tls.spki()).expect("spki");
+        let cert = params.signed_by(&spki, &issuer).expect("sign");
+        let err = verify_party_certificate(
+            cert.der(),
+            &pem_to_der(&read(&dir.path().join("ca.crt")).expect("ca")).expect("der"),
+        )
+        .expect_err("forged");
+        assert!(err.to_string().contains("binding"), "{err}");
+    }
+
+    #[test]
+    fn keys_are_written_in_a_form_openssl_reads() {
+        // PKCS#8 v1 (RFC 5208): version 0 and no public key field, for the CA, identity and
+        // TLS keys alike. OpenSSL 3.0 refuses Ed25519 v2 documents; .ci/run also checks the
+        // files with `openssl pkey`.
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        issue(dir.path(), "guest", Role::Node, now).expect("issue");
+        for f in ["ca.key", "guest.key", "guest.tls.key"] {
+            let (label, der) =
+                confide_governance::identity::unpem(&read(&dir.path().join(f)).expect("read"))
+                    .expect("pem");
+            assert_eq!(label, "PRIVATE KEY", "{f}");
+            // SEQUENCE { INTEGER 0, …: version 0 is v1.
+            assert_eq!(der[0], 0x30, "{f}");
+            let at = if der[1] & 0x80 == 0 {
+                2
+            } else {
+                2 + usize::from(der[1] & 0x7f)
+            };
+            assert_eq!(&der[at..at + 3], &[0x02, 0x01, 0x00], "{f} is PKCS#8 v1");
+        }
+    }
+
+    #[test]
+    fn an_identity_without_a_tls_key_still_gets_an_ed25519_certificate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = OffsetDateTime::now_utc();
+        init_ca(dir.path(), "t", now).expect("ca");
+        let id = Identity::generate().expect("id");
+        id.save(&dir.path().join("old.key"), None).expect("save");
+        issue_for_key(dir.path(), "old", Role::Node, &id.public(), now).expect("issue");
+        let creds = Credentials::load(dir.path(), "old").expect("load");
+        let der = creds.cert_der().expect("der");
+        let (_, cert) = X509Certificate::from_der(&der).expect("parse");
+        assert_eq!(
+            cert.public_key().algorithm.algorithm.to_id_string(),
+            "1.3.101.112"
+        );
+        assert_eq!(creds.key_pem(), id.pkcs8_pem());
     }
 
     #[test]
