@@ -438,6 +438,8 @@ fn a_party_revoked_by_the_ca_cannot_take_part() {
         String::from_utf8_lossy(&issued.stderr)
     );
     std::fs::copy(&key, fed.join("guest.key")).expect("copy");
+    // keygen made the TLS key beside the identity key; the party keeps both.
+    std::fs::copy(dir.path().join("guest.tls.key"), fed.join("guest.tls.key")).expect("copy");
     let revoked = confide(&[
         "ca",
         "revoke",

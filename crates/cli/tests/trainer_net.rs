@@ -115,6 +115,42 @@ fn owners_upload_and_a_recipient_fetches_over_the_network_with_every_check() {
     let policy = work.join("attestation-policy.toml");
     let policy_s = policy.display().to_string();
 
+    // The host's request guard: each method refuses the roles it does not serve before it
+    // reads the body (NET-001), and bounds what the roles it serves may send (NET-003/004).
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let call = |party: &'static str, method: &'static str, body: Vec<u8>| {
+            let (fed, addr) = (fed.clone(), addr.clone());
+            async move {
+                let creds = confide_net::pki::Credentials::load(&fed, party).expect("creds");
+                let ch = confide_net::transport::connect(&addr, "coordinator", &creds)
+                    .await
+                    .expect("connect");
+                let wait = std::time::Duration::from_secs(10);
+                confide_net::raw::call(&ch, "confide.v1.Trainer", method, body, wait)
+                    .await
+                    .expect_err("refused")
+            }
+        };
+        let big = confide_net::raw::long_field(2, 8 << 20);
+        for (party, method) in [
+            ("model-owner", "Upload"),
+            ("coordinator", "Attest"),
+            ("clinic-a", "Fetch"),
+            ("coordinator", "TrainerStatus"),
+        ] {
+            let err = call(party, method, big.clone()).await;
+            assert!(
+                err.message().starts_with("NET-001"),
+                "{party} {method}: {err:?}"
+            );
+        }
+        let err = call("clinic-a", "Upload", big.clone()).await;
+        assert!(err.message().starts_with("NET-003"), "{err:?}");
+        let err = call("clinic-a", "Attest", confide_net::raw::long_field(1, 500)).await;
+        assert!(err.message().starts_with("NET-004"), "{err:?}");
+    });
+
     // An owner whose attestation policy pins another measurement refuses the trainer.
     let text = std::fs::read_to_string(&policy).expect("policy");
     let wrong = tmp.path().join("wrong-policy.toml");

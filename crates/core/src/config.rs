@@ -1050,10 +1050,10 @@ impl JobSpec {
         if self.modulus_bits != 2048 && self.modulus_bits != 3072 {
             return Err(invalid("paillier.modulus_bits", "must be 2048 or 3072"));
         }
-        if self.limits.max_message_bytes < 64 * 1024 {
+        if !(64 * 1024..=1 << 30).contains(&self.limits.max_message_bytes) {
             return Err(invalid(
                 "limits.max_message_bytes",
-                "must be at least 65536",
+                "must be between 65536 and 1073741824 (1 GiB)",
             ));
         }
         if let Some(p) = &self.privacy {

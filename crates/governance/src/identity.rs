@@ -128,6 +128,10 @@ impl PublicIdentity {
             (None, None) => Ok(None),
             (Some(spki), Some(sig)) => {
                 let spki = hex::decode(spki).map_err(|e| format!("tls_public_key: {e}"))?;
+                if spki.len() != P256_SPKI_PREFIX.len() + 65 || !spki.starts_with(&P256_SPKI_PREFIX)
+                {
+                    return Err("tls_public_key is not a P-256 SubjectPublicKeyInfo".into());
+                }
                 let sig = hex::decode(sig).map_err(|e| format!("tls_binding: {e}"))?;
                 verify_tls_binding(&self.key()?, &spki, &sig)?;
                 Ok(Some((spki, sig)))

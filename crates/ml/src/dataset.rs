@@ -502,6 +502,49 @@ mod tests {
     }
 
     #[test]
+    fn a_value_beyond_f32_is_not_called_non_finite() {
+        // 1e308 is a finite f64; what is wrong is that it does not fit an f32.
+        let err = parse("id,y,a,b\n1,0,1e308,1\n").expect_err("bad");
+        assert!(
+            err.to_string().contains("does not fit a 32-bit float"),
+            "{err}"
+        );
+        let err = parse("id,y,a,b\n1,0,inf,1\n").expect_err("bad");
+        assert!(err.to_string().contains("is not a finite number"), "{err}");
+        let err = parse("id,y,a,b\n1,0,abc,1\n").expect_err("bad");
+        assert!(err.to_string().contains("is not a number"), "{err}");
+    }
+
+    #[test]
+    fn public_reasons_carry_no_cell_and_no_path() {
+        let schema = ["a".to_string(), "b".to_string()];
+        let secret = "PATIENT Jane Doe";
+        let err = read_csv(
+            format!("id,y,a,b\n1,0,{secret},1\n").as_bytes(),
+            "/home/clinic/private.csv",
+            &spec(),
+            2,
+        )
+        .expect_err("bad");
+        assert!(err.to_string().contains(secret), "the owner sees it: {err}");
+        let public = err.public_reason(&schema);
+        assert_eq!(public, "DATA-004 line 2: column `a` holds no finite number");
+        // A column the job's schema does not name is not named either.
+        assert_eq!(
+            err.public_reason(&[]),
+            "DATA-004 line 2: a column holds no finite number"
+        );
+        for e in [
+            parse("id,y,a,b\n1,0,1\n").expect_err("short"),
+            parse("id,y,a,b\n1,7,0,1\n").expect_err("label"),
+            parse("id,y,a,b\n").expect_err("empty"),
+        ] {
+            let p = e.public_reason(&schema);
+            assert!(p.starts_with("DATA-") && !p.contains("t.csv"), "{p}");
+        }
+    }
+
+    #[test]
     fn empty_file_is_an_error() {
         assert!(matches!(parse("id,y,a,b\n"), Err(DataError::Empty { .. })));
         assert!(matches!(parse(""), Err(DataError::Empty { .. })));

@@ -586,21 +586,23 @@ impl Coordinator {
         head_json: &str,
         cosig_json: &str,
     ) -> Result<SignedTreeHead, String> {
+        // Parser errors quote their input: every message here is a capped excerpt.
+        let short = |e: &dyn std::fmt::Display| crate::guard::excerpt_n(&e.to_string(), 160);
         let head: SignedTreeHead =
-            serde_json::from_str(head_json).map_err(|e| format!("tree head: {e}"))?;
+            serde_json::from_str(head_json).map_err(|e| format!("tree head: {}", short(&e)))?;
         let cosig: Cosignature =
-            serde_json::from_str(cosig_json).map_err(|e| format!("cosignature: {e}"))?;
+            serde_json::from_str(cosig_json).map_err(|e| format!("cosignature: {}", short(&e)))?;
         if cosig.witness != witness_id {
             return Err(format!(
                 "the cosignature is by `{}`, the caller is `{witness_id}`",
-                cosig.witness
+                crate::guard::excerpt(&cosig.witness)
             ));
         }
         head.verify(&self.identity.public_key())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| short(&e))?;
         self.audit
             .add_cosignature(&head, &cosig)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| short(&e))?;
         Ok(head)
     }
 
@@ -1527,6 +1529,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 id.name
             )));
         }
+        {
+            let s = lock(&self.0.state);
+            if s.joined.contains(&id.name) && !s.alive.contains(&id.name) {
+                // Already out of the job: nothing changes, so nothing is logged again.
+                return Ok(Response::new(pb::WithdrawReply {}));
+            }
+        }
         let req = request.into_inner();
         // A node sends a numbered reason; whatever arrives is kept only as a capped excerpt.
         let reason = crate::guard::excerpt_n(&req.reason, WITHDRAW_REASON_CHARS);
@@ -1609,7 +1618,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::AckModelRequest>,
     ) -> Result<Response<pb::AckModelReply>, Status> {
-        peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
+        let id = peer(&request, &[Role::ModelOwner], &self.0.revocations)?;
+        if !self.0.recipients.contains(&id.id) {
+            self.0.guard.stats().refuse("NET-008", &id.id, "AckModel");
+            return Err(Status::permission_denied(format!(
+                "NET-008 `{}` ({}) is not a recipient of this job's model",
+                id.name, id.id
+            )));
+        }
         if self.0.result().is_none() {
             return Err(Status::failed_precondition("the job has not ended yet"));
         }

@@ -14,10 +14,15 @@
 //! - **NET-006** the method exists.
 //! - **NET-007** (coordinator) a round's model and broadcasts go only to the job's admitted
 //!   owners.
-//! - **NET-008** (coordinator) only the manifest's recipients follow a job's metrics.
+//! - **NET-008** (coordinator) only the manifest's recipients follow a job's metrics, fetch
+//!   its model or acknowledge it.
+//! - **NET-009** a large request got no permit within [`PERMIT_WAIT`], or its body did not
+//!   arrive within [`READ_DEADLINE`].
 //!
-//! Methods with a large limit also take one of a few permits, so that concurrent large
-//! requests cannot multiply the memory a server buffers. Refusals are counted per rule and per
+//! Methods with a large limit also take one of a few permits (a caller at most one), so that
+//! concurrent large requests cannot multiply the memory a server buffers; a permit is bounded
+//! in time both ways, so slow callers cannot hold the others off. A unary method takes one
+//! message per call. Refusals are counted per rule and per
 //! caller; a caller's refusals are logged at counts 1, 2, 4, 8, …, so a flood of refusals
 //! costs log lines logarithmic in its size. Every message a refusal carries is capped and
 //! escaped ([`excerpt`]), and so is every `grpc-message` a server sends.
@@ -43,8 +48,14 @@ pub const EXCERPT_CHARS: usize = 64;
 /// The longest `grpc-message` any server sends (bytes, percent-encoded).
 pub const MAX_STATUS_MESSAGE: usize = 1024;
 
-/// How many large requests a server decodes at once.
-pub const LARGE_PERMITS: usize = 2;
+/// How many large requests a server reads at once (a caller at most one of them).
+pub const LARGE_PERMITS: usize = 4;
+
+/// How long a large request waits for a permit before it is refused (NET-009).
+pub const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a large request's body may take to arrive once it holds a permit (NET-009).
+pub const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A request limit above which a method counts as large.
 pub const LARGE_BYTES: usize = 4 << 20;
@@ -83,7 +94,9 @@ struct FieldRule {
     inner: Option<Arc<Shape>>,
 }
 
-/// What a request message may hold, field by field. A field not named may appear once.
+/// What a request message may hold, field by field. Only named fields are counted and bounded:
+/// prost merges repeated occurrences of a singular field and skips unknown ones, so neither
+/// allocates per occurrence, and counting them would itself cost memory per field number.
 #[derive(Debug, Clone, Default)]
 pub struct Shape {
     fields: BTreeMap<u32, FieldRule>,
@@ -122,12 +135,8 @@ impl Shape {
         self
     }
 
-    fn rule(&self, number: u32) -> FieldRule {
-        self.fields.get(&number).cloned().unwrap_or(FieldRule {
-            max_count: 1,
-            max_len: usize::MAX,
-            inner: None,
-        })
+    fn rule(&self, number: u32) -> Option<&FieldRule> {
+        self.fields.get(&number)
     }
 }
 
@@ -137,6 +146,7 @@ pub struct MethodRule {
     roles: Vec<Role>,
     max_bytes: usize,
     shape: Arc<Shape>,
+    streaming: bool,
 }
 
 impl MethodRule {
@@ -146,7 +156,15 @@ impl MethodRule {
             roles: roles.to_vec(),
             max_bytes,
             shape: Arc::new(shape),
+            streaming: false,
         }
+    }
+
+    /// The method takes a stream of messages (each within the limit); a unary method takes
+    /// exactly one.
+    pub fn streaming(mut self) -> Self {
+        self.streaming = true;
+        self
     }
 
     /// The method's message limit in bytes.
@@ -211,8 +229,17 @@ pub struct Guard {
     methods: Arc<HashMap<String, MethodRule>>,
     revocations: Arc<Revocations>,
     large: Arc<tokio::sync::Semaphore>,
+    per_caller: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     stats: Arc<GuardStats>,
+    /// How long a large request waits for its permits, and then for its body.
+    waits: (std::time::Duration, std::time::Duration),
 }
+
+/// A caller's own permit and one of the server's.
+type Permits = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 impl Guard {
     /// A guard for gRPC service `service` (e.g. `confide.v1.KeyHolder`).
@@ -222,8 +249,16 @@ impl Guard {
             methods: Arc::new(HashMap::new()),
             revocations,
             large: Arc::new(tokio::sync::Semaphore::new(LARGE_PERMITS)),
+            per_caller: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(GuardStats::default()),
+            waits: (PERMIT_WAIT, READ_DEADLINE),
         }
+    }
+
+    /// Other waits than [`PERMIT_WAIT`] and [`READ_DEADLINE`] (tests).
+    pub fn with_waits(mut self, permit: std::time::Duration, body: std::time::Duration) -> Self {
+        self.waits = (permit, body);
+        self
     }
 
     /// Adds `method`'s rule.
@@ -260,6 +295,30 @@ impl Guard {
     /// The refusal counters, shared with the service if it counts its own refusals.
     pub fn stats(&self) -> Arc<GuardStats> {
         self.stats.clone()
+    }
+
+    /// A permit to read a large body: the caller's own (one at a time) and one of the server's
+    /// [`LARGE_PERMITS`], each waited for at most [`PERMIT_WAIT`] in all.
+    async fn permits(&self, caller: &str) -> Result<Permits, Status> {
+        let own = lock(&self.per_caller)
+            .entry(caller.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let wait = async {
+            let own = own.acquire_owned().await.ok()?;
+            let shared = self.large.clone().acquire_owned().await.ok()?;
+            Some((own, shared))
+        };
+        match tokio::time::timeout(self.waits.0, wait).await {
+            Ok(Some(p)) => Ok(p),
+            _ => {
+                self.stats.refuse("NET-009", caller, "large request");
+                Err(Status::resource_exhausted(format!(
+                    "NET-009 the server is reading other large requests; retry (waited {} s)",
+                    self.waits.0.as_secs()
+                )))
+            }
+        }
     }
 
     /// The caller's identity from its verified TLS certificate, and the method's rule; or the
@@ -360,9 +419,13 @@ where
                 Ok(admitted) => admitted,
                 Err(status) => return Ok(capped(status.into_http())),
             };
-            // Held until the body is read: it bounds what large requests buffer at once.
+            // Held until the body is read (or its deadline): it bounds what large requests
+            // buffer at once, and one caller holds at most one.
             let permit = if rule.max_bytes > LARGE_BYTES {
-                guard.large.clone().acquire_owned().await.ok()
+                match guard.permits(&id.id).await {
+                    Ok(p) => Some(p),
+                    Err(status) => return Ok(capped(status.into_http())),
+                }
             } else {
                 None
             };
@@ -374,9 +437,13 @@ where
                 .unwrap_or("")
                 .to_string();
             let (parts, body) = req.into_parts();
+            let scan = Scanner::new(rule.shape.clone(), rule.max_bytes);
             let bounded = Bounded {
                 inner: body,
-                scan: Scanner::new(rule.shape.clone(), rule.max_bytes),
+                scan: if rule.streaming { scan } else { scan.unary() },
+                deadline: permit
+                    .is_some()
+                    .then(|| Box::pin(tokio::time::sleep(guard.waits.1))),
                 stats: guard.stats.clone(),
                 caller: id.id,
                 method,
@@ -396,19 +463,41 @@ fn capped(mut resp: http::Response<Body>) -> http::Response<Body> {
         .get("grpc-message")
         .is_some_and(|v| v.len() > MAX_STATUS_MESSAGE);
     if long && let Some(v) = resp.headers().get("grpc-message") {
-        let mut cut = v.as_bytes()[..MAX_STATUS_MESSAGE].to_vec();
-        // Do not leave half a percent-escape.
-        if let Some(p) = cut.iter().rposition(|&b| b == b'%')
-            && cut.len() - p < 3
-        {
-            cut.truncate(p);
-        }
+        let mut cut = v.as_bytes()[..cut_point(v.as_bytes(), MAX_STATUS_MESSAGE)].to_vec();
         cut.extend_from_slice(b"%E2%80%A6");
         if let Ok(v) = http::HeaderValue::from_bytes(&cut) {
             resp.headers_mut().insert("grpc-message", v);
         }
     }
     resp
+}
+
+/// Where to cut a percent-encoded `grpc-message` to at most `max` bytes: never inside an
+/// escape, and never before a UTF-8 continuation byte (so the rest still decodes as UTF-8).
+fn cut_point(bytes: &[u8], max: usize) -> usize {
+    let mut safe = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (len, value) = if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            (
+                3,
+                hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .unwrap_or(0),
+            )
+        } else {
+            (1, bytes[i])
+        };
+        // A token that is not a continuation byte starts a character: a cut may go before it.
+        if value & 0xc0 != 0x80 {
+            safe = i;
+        }
+        if i + len > max {
+            return safe;
+        }
+        i += len;
+    }
+    bytes.len()
 }
 
 /// A request body checked by a [`Scanner`] as it streams in.
@@ -419,7 +508,9 @@ struct Bounded {
     caller: String,
     method: String,
     failed: bool,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<Permits>,
+    /// With a permit: when the body must have arrived.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for Bounded {
@@ -432,6 +523,17 @@ impl http_body::Body for Bounded {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if self.failed {
             return Poll::Ready(None);
+        }
+        if let Some(d) = self.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            self.failed = true;
+            self.permit = None;
+            self.stats.refuse("NET-009", &self.caller, &self.method);
+            return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                "NET-009 {}: the body did not arrive in time",
+                self.method
+            )))));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -450,6 +552,7 @@ impl http_body::Body for Bounded {
         }
         if matches!(&polled, Poll::Ready(None | Some(Err(_)))) {
             self.permit = None;
+            self.deadline = None;
         }
         polled
     }
@@ -492,6 +595,8 @@ struct Open {
 pub struct Scanner {
     root: Arc<Shape>,
     max_bytes: usize,
+    /// Frames still accepted (`None`: any number).
+    frames_left: Option<usize>,
     at: At,
     header: Vec<u8>,
     pos: u64,
@@ -508,6 +613,7 @@ impl Scanner {
         Self {
             root,
             max_bytes,
+            frames_left: None,
             at: At::Header,
             header: Vec::with_capacity(5),
             pos: 0,
@@ -515,6 +621,12 @@ impl Scanner {
             varint: 0,
             shift: 0,
         }
+    }
+
+    /// Accepts one message only (a unary call).
+    pub fn unary(mut self) -> Self {
+        self.frames_left = Some(1);
+        self
     }
 
     /// Reads the next bytes of the body.
@@ -561,6 +673,13 @@ impl Scanner {
     }
 
     fn open_frame(&mut self) -> Result<(), Refusal> {
+        match &mut self.frames_left {
+            Some(0) => {
+                return Err(("NET-005", "a unary call carries one message".into()));
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
         if self.header[0] != 0 {
             return Err(("NET-005", "compressed messages are not accepted".into()));
         }
@@ -617,17 +736,15 @@ impl Scanner {
                     return Err(("NET-005", "field number 0".into()));
                 }
                 let top = self.stack.last_mut().ok_or(("NET-005", String::new()))?;
-                let rule = top.shape.rule(number);
-                let n = top.counts.entry(number).or_default();
-                *n += 1;
-                if *n > rule.max_count {
-                    return Err((
-                        "NET-004",
-                        format!(
-                            "field {number} appears more than {} time(s)",
-                            rule.max_count
-                        ),
-                    ));
+                if let Some(max_count) = top.shape.rule(number).map(|r| r.max_count) {
+                    let n = top.counts.entry(number).or_default();
+                    *n += 1;
+                    if *n > max_count {
+                        return Err((
+                            "NET-004",
+                            format!("field {number} appears more than {max_count} time(s)"),
+                        ));
+                    }
                 }
                 self.at = match v & 7 {
                     0 => At::Varint,
@@ -641,19 +758,17 @@ impl Scanner {
             At::Length(number) => {
                 let top = self.stack.last().ok_or(("NET-005", String::new()))?;
                 let rule = top.shape.rule(number);
-                if v > rule.max_len as u64 {
+                let max_len = rule.map_or(usize::MAX, |r| r.max_len);
+                if v > max_len as u64 {
                     return Err((
                         "NET-004",
-                        format!(
-                            "field {number} is {v} bytes long; at most {} are accepted",
-                            rule.max_len
-                        ),
+                        format!("field {number} is {v} bytes long; at most {max_len} are accepted"),
                     ));
                 }
                 if self.pos.saturating_add(v) > top.end {
                     return Err(("NET-005", format!("field {number} runs past its message")));
                 }
-                match rule.inner {
+                match rule.and_then(|r| r.inner.clone()) {
                     Some(shape) => {
                         self.stack.push(Open {
                             shape,
@@ -695,14 +810,15 @@ fn relayed(spec: &JobSpec) -> (Shape, usize) {
     let shape = Shape::new().message(
         2,
         owners,
-        max + CERT + SIG + 1024,
+        max.saturating_add(CERT + SIG + 1024),
         Shape::new()
-            .message(1, 1, max + SIG + 1024, contribution(max))
+            .message(1, 1, max.saturating_add(SIG + 1024), contribution(max))
             .field(2, 1, CERT),
     );
+    let per_owner = max.saturating_add(CERT + 2 * SIG + 2048);
     (
         shape,
-        owners.saturating_mul(max + CERT + 2 * SIG + 2048) + SMALL_BYTES,
+        owners.saturating_mul(per_owner).saturating_add(SMALL_BYTES),
     )
 }
 
@@ -712,7 +828,7 @@ pub fn coordinator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
     let small = || MethodRule::new(&[Role::Node], SMALL_BYTES, Shape::new());
     let owner = || MethodRule::new(&[Role::ModelOwner], SMALL_BYTES, Shape::new());
     let submit = Shape::new()
-        .message(1, 1, max + 4 * SIG, contribution(max))
+        .message(1, 1, max.saturating_add(4 * SIG), contribution(max))
         .message(2, 1, 1024, Shape::new().field(1, 1, 32))
         .field(3, 1, JSON)
         .field(4, 1, JSON);
@@ -722,7 +838,11 @@ pub fn coordinator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
         .method("NextStage", small())
         .method(
             "Submit",
-            MethodRule::new(&[Role::Node], max + 4 * SIG + 2 * JSON + 2048, submit),
+            MethodRule::new(
+                &[Role::Node],
+                max.saturating_add(4 * SIG + 2 * JSON + 2048),
+                submit,
+            ),
         )
         .method(
             "Withdraw",
@@ -762,6 +882,7 @@ pub fn coordinator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
                     Role::ModelOwner,
                     Role::Coordinator,
                     Role::KeyHolder,
+                    Role::Aggregator,
                 ],
                 SMALL_BYTES,
                 Shape::new(),
@@ -793,10 +914,16 @@ pub fn aggregator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
         .field(3, n, share);
     let finish = Shape::new()
         .field(2, n, n)
-        .message(3, owners, NAME + 2 * n + n * (share + 8) + 64, row)
+        .message(
+            3,
+            owners,
+            n.saturating_mul(share.saturating_add(8))
+                .saturating_add(NAME + 2 * n + 64),
+            row,
+        )
         .field(4, n, SIG)
         .field(5, n, CERT);
-    let finish_max = max.saturating_add(n * (SIG + CERT + 64));
+    let finish_max = max.saturating_add(n.saturating_mul(SIG + CERT + 64));
     let release = Shape::new().field(2, n, SIG).field(3, n, CERT);
     Guard::new("confide.v1.Aggregator", revocations)
         .method(
@@ -832,7 +959,8 @@ pub fn trainer(piece: usize, revocations: Arc<Revocations>) -> Guard {
                 &[Role::Node],
                 piece + SIG + 64,
                 Shape::new().field(1, 1, SIG).field(2, 1, piece),
-            ),
+            )
+            .streaming(),
         )
         .method(
             "TrainerStatus",
@@ -940,6 +1068,76 @@ mod tests {
             s.feed(&[0, 0, 0, 0, 1, 0x0b]).expect_err("refused").0,
             "NET-005"
         );
+    }
+
+    #[test]
+    fn unknown_fields_cost_no_state_and_a_unary_call_takes_one_message() {
+        // 20,000 distinct unknown field numbers: skipped, not counted.
+        let mut body = Vec::new();
+        for n in 100..20_100u32 {
+            prost::encoding::encode_key(n, prost::encoding::WireType::Varint, &mut body);
+            body.push(1);
+        }
+        let mut framed_body = vec![0];
+        framed_body.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed_body.extend_from_slice(&body);
+        let mut s = Scanner::new(unseal_shape(3), 1 << 20).unary();
+        s.feed(&framed_body[..framed_body.len() - 1])
+            .expect("accepted");
+        assert!(s.stack.iter().all(|o| o.counts.is_empty()));
+        s.feed(&framed_body[framed_body.len() - 1..])
+            .expect("accepted");
+        // A second message in a unary call is refused.
+        let err = s.feed(&[0, 0, 0, 0, 0]).expect_err("second frame");
+        assert_eq!(err.0, "NET-005", "{err:?}");
+        // A streaming method takes several.
+        let mut s = Scanner::new(unseal_shape(3), 1 << 20);
+        s.feed(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .expect("two empty frames");
+    }
+
+    #[test]
+    fn status_messages_are_cut_on_character_boundaries() {
+        // "…" is %E2%80%A6: a cut may go before %E2, never before %80 or %A6.
+        let msg = b"ab%E2%80%A6cd";
+        assert_eq!(cut_point(msg, 4), 2);
+        assert_eq!(cut_point(msg, 9), 2);
+        assert_eq!(cut_point(msg, 11), 11);
+        assert_eq!(cut_point(msg, 12), 12);
+        assert_eq!(cut_point(msg, 100), msg.len());
+        // Never inside an escape.
+        assert_eq!(cut_point(b"a%41b", 2), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_holds_one_large_permit_and_waits_are_bounded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = time::OffsetDateTime::now_utc();
+        crate::pki::init_ca(dir.path(), "t", now).expect("ca");
+        let ca = {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            CertificateDer::from_pem_file(dir.path().join("ca.crt")).expect("ca")
+        };
+        let revocations = Arc::new(Revocations::new(dir.path(), ca.as_ref()).expect("list"));
+        let guard = Guard::new("x", revocations).with_waits(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_millis(200),
+        );
+        let first = guard.permits("slow").await.expect("first");
+        // The same caller's second large request waits, then is refused (NET-009) …
+        let err = guard.permits("slow").await.expect_err("one per caller");
+        assert!(err.message().starts_with("NET-009"), "{err:?}");
+        // … while other callers still get theirs, up to the server's permits.
+        let names: Vec<String> = (1..LARGE_PERMITS).map(|i| format!("c{i}")).collect();
+        let others = futures_util::future::join_all(names.iter().map(|n| guard.permits(n))).await;
+        assert!(others.iter().all(Result::is_ok));
+        assert!(
+            guard.permits("late").await.is_err(),
+            "the server's permits are all taken"
+        );
+        drop(first);
+        assert!(guard.permits("late").await.is_ok());
+        assert_eq!(guard.stats().by_rule().get("NET-009"), Some(&2));
     }
 
     #[test]

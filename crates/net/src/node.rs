@@ -162,17 +162,19 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
     };
     // The witness's memory first: a node that cannot witness must not approve.
+    // Local failures (files, stores) are reported to the coordinator by number only: their
+    // messages name this machine's paths.
     let witness = match gov.witness(&opts) {
         Ok(w) => w,
         Err(e) => {
-            refuse(&mut coord, &e.to_string(), "refusal").await;
+            refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
             return Err(e);
         }
     };
     let mut witnessed = match witness.last_seen(&gov.log_id) {
         Ok(h) => h.map_or(0, |h| h.size),
         Err(e) => {
-            refuse(&mut coord, &e.to_string(), "refusal").await;
+            refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
             return Err(NodeError::Job(e.to_string()));
         }
     };
@@ -182,7 +184,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     {
         Ok(p) => p,
         Err(problem) => {
-            refuse(&mut coord, &problem, "refusal").await;
+            refuse(&mut coord, LEDGER_REFUSES, "refusal").await;
             return Err(NodeError::Refused(problem));
         }
     };
@@ -956,6 +958,13 @@ fn debit_ledger(
     Ok(Some((spend, ledger)))
 }
 
+/// What a node tells the coordinator when its witness store cannot be used.
+const WITNESS_UNUSABLE: &str = "WIT-001 the owner's witness store cannot be used";
+
+/// What a node tells the coordinator when its privacy ledger refuses the job or fails.
+const LEDGER_REFUSES: &str =
+    "LEDGER-001 the owner's privacy budget ledger refuses this job or cannot be used";
+
 /// The numbered reason a node gives when local training diverged.
 pub const DIVERGED: &str = "TRAIN-001 training diverged";
 
@@ -1033,10 +1042,18 @@ impl Governance {
         }
     }
 
+    /// The owner's policy, re-read. A file that cannot be read is reported here, on the
+    /// owner's machine, with its path; the error (which reaches the coordinator) names none.
     fn policy(opts: &NodeOptions) -> Result<Option<Policy>, String> {
         opts.policy
             .as_ref()
-            .map(|p| Policy::load(p).map_err(|e| format!("policy: {e}")))
+            .map(|p| {
+                Policy::load(p).map_err(|e| {
+                    tracing::error!("policy: {e}");
+                    "POL-003 the owner's policy cannot be read (the node's log says why)"
+                        .to_string()
+                })
+            })
             .transpose()
     }
 

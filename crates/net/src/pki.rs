@@ -397,13 +397,20 @@ impl Credentials {
         }
         let (_, parsed) =
             X509Certificate::from_der(&der).map_err(|e| PkiError::Rejected(e.to_string()))?;
-        if let Some(t) = &tls
-            && parsed.public_key().raw != t.spki()
-        {
-            return Err(PkiError::Rejected(format!(
-                "{name}.crt certifies another TLS key than {}",
-                tls_path.display()
-            )));
+        match &tls {
+            Some(t) if parsed.public_key().raw != t.spki() => {
+                return Err(PkiError::Rejected(format!(
+                    "{name}.crt certifies another TLS key than {}",
+                    tls_path.display()
+                )));
+            }
+            None if parsed.public_key().raw != ed25519_spki(&identity.public_key()).as_slice() => {
+                return Err(PkiError::Rejected(format!(
+                    "{name}.crt certifies a TLS key, and {} is missing",
+                    tls_path.display()
+                )));
+            }
+            _ => {}
         }
         let revocations = Arc::new(Revocations::new(dir, &pem_to_der(&ca_pem)?)?);
         revocations.check(&id.id).map_err(PkiError::Rejected)?;
@@ -521,8 +528,16 @@ pub fn read_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
         .map_err(PkiError::Rejected)?;
     let spki = cert.public_key();
     let public_key = match spki.algorithm.algorithm.to_id_string().as_str() {
-        // id-Ed25519 (RFC 8410): the certified key is the identity key.
-        "1.3.101.112" => spki.subject_public_key.data.to_vec(),
+        // id-Ed25519 (RFC 8410): the certified key is the identity key (and no other
+        // identity may be claimed beside it).
+        "1.3.101.112" => {
+            if has_identity_uri(&cert) {
+                return Err(PkiError::Rejected(
+                    "an Ed25519 certificate carries an identity URI".into(),
+                ));
+            }
+            spki.subject_public_key.data.to_vec()
+        }
         // id-ecPublicKey (RFC 5480): a TLS key, bound to the identity key in the URI SAN.
         "1.2.840.10045.2.1" => bound_identity(&cert)?,
         other => {
@@ -540,6 +555,20 @@ pub fn read_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
         id: party_id(&public_key),
         public_key,
     })
+}
+
+/// Whether a certificate has any identity URI.
+fn has_identity_uri(cert: &X509Certificate<'_>) -> bool {
+    use x509_parser::extensions::GeneralName;
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value
+                .general_names
+                .iter()
+                .any(|g| matches!(g, GeneralName::URI(u) if u.starts_with(IDENTITY_URI_PREFIX)))
+        })
 }
 
 /// The identity key of a certificate whose key is a TLS key: exactly one identity URI, whose
@@ -670,6 +699,19 @@ mod tests {
             .expect("save");
         let err = Credentials::load(dir.path(), "guest").expect_err("other TLS key");
         assert!(err.to_string().contains("another TLS key"), "{err}");
+        // Without the TLS key the certificate is unusable, and says so at start.
+        std::fs::remove_file(&tls).expect("rm");
+        let err = Credentials::load(dir.path(), "guest").expect_err("no TLS key");
+        assert!(err.to_string().contains("is missing"), "{err}");
+        // A public file whose "TLS key" is not a P-256 key is refused at issuance.
+        let id = Identity::generate().expect("id");
+        let ed = ed25519_spki(&Identity::generate().expect("id").public_key());
+        let odd = PublicIdentity {
+            tls_public_key: Some(hex::encode(&ed)),
+            tls_binding: Some(hex::encode(id.bind_tls(&ed))),
+            ..id.public()
+        };
+        assert!(issue_for_key(dir.path(), "odd", Role::Node, &odd, now).is_err());
     }
 
     #[test]
@@ -718,6 +760,14 @@ mod tests {
         )
         .expect_err("forged");
         assert!(err.to_string().contains("binding"), "{err}");
+        // An Ed25519 certificate that also claims an identity URI is refused: its key is its
+        // identity, and no other may be claimed beside it.
+        let mallory = Identity::generate().expect("id");
+        let ed_spki = ed25519_spki(&mallory.public_key());
+        let spki = SubjectPublicKeyInfo::from_der(&ed_spki).expect("spki");
+        let cert = params.signed_by(&spki, &issuer).expect("sign");
+        let err = read_identity(cert.der()).expect_err("two identities");
+        assert!(err.to_string().contains("identity URI"), "{err}");
     }
 
     #[test]

@@ -318,3 +318,23 @@ pub async fn run_coordinator(
     let _ = server.await;
     Ok((report, params))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::describe_failure;
+    use tonic::Status;
+
+    #[test]
+    fn a_transport_failure_is_not_worded_as_a_refusal() {
+        let unreachable = describe_failure(&Status::unavailable("tcp connect error"));
+        assert!(
+            unreachable.starts_with("could not be reached"),
+            "{unreachable}"
+        );
+        assert!(!unreachable.contains("refused"), "{unreachable}");
+        let refused = describe_failure(&Status::permission_denied("KEY-004 one contribution"));
+        assert_eq!(refused, "refused: KEY-004 one contribution");
+        let long = describe_failure(&Status::failed_precondition("x".repeat(10_000)));
+        assert!(long.len() < 600, "{} bytes", long.len());
+    }
+}
