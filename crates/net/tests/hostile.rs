@@ -53,22 +53,28 @@ const PARTIES: &[&str] = &[
     "aggregator-1",
 ];
 
-fn spec() -> JobSpec {
-    let mut spec =
-        common::breast_homo_spec(&[("round_timeout_secs = 60.0", "round_timeout_secs = 600.0")]);
+fn spec(rounds: u32) -> JobSpec {
+    let mut spec = common::breast_homo_spec(&[
+        ("round_timeout_secs = 60.0", "round_timeout_secs = 600.0"),
+        ("rounds = 80", &format!("rounds = {rounds}")),
+    ]);
     // Small enough that every limit can be exceeded cheaply in a test.
     spec.limits.max_message_bytes = 256 << 10;
     spec
 }
 
 async fn start() -> Servers {
+    start_with(80).await
+}
+
+async fn start_with(rounds: u32) -> Servers {
     let dir = tempfile::tempdir().expect("tmp");
     let fed = dir.path().join("fed");
     common::federation(&fed, &["guest", "host", "outsider"]);
     let now = time::OffsetDateTime::now_utc();
     pki::issue(&fed, "snoop", Role::ModelOwner, now).expect("issue");
     pki::issue(&fed, "aggregator-1", Role::Aggregator, now).expect("issue");
-    let spec = spec();
+    let spec = spec(rounds);
 
     let kh = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let kh_addr = kh.local_addr().expect("addr").to_string();
@@ -424,4 +430,98 @@ async fn peer_strings_do_not_flood_the_audit_log_or_the_replies() {
     eprintln!("audit log grew by {grown} bytes");
     assert!(grown < 16 << 10, "the audit log grew by {grown} bytes");
     s.coordinator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_model_waits_for_the_report_once_the_rounds_have_ended() {
+    use confide_net::coordinator::{fixed_point, scheme_params};
+    use confide_secagg::AggregationClient as _;
+    let s = start_with(1).await;
+    // guest runs a whole node; host contributes to the one round by hand and then never
+    // cosigns the final head, so the coordinator waits (up to 10 s) for it before its report.
+    let guest = tokio::spawn(confide_net::node::run_node(
+        confide_net::node::NodeOptions {
+            creds: s.creds("guest"),
+            coordinator: s.endpoints[0].1.clone(),
+            data: common::repo_root().join("data/breast_homo/breast_homo_guest.csv"),
+            crash_after_round: None,
+            crash_after_stage: None,
+            ledger: None,
+            policy: None,
+            witness_store: None,
+            keyholder_attestation: None,
+        },
+    ));
+    let host_creds = s.creds("host");
+    let mut host = Servers::coordinator_client(s.channel("coordinator", "host").await);
+    let join = host
+        .join(pb::JoinRequest {})
+        .await
+        .expect("join")
+        .into_inner();
+    common::approve(&mut host, &join, &host_creds).await;
+    let spec = confide_core::JobSpec::from_wire(&join.job_spec).expect("spec");
+    let mut kh = pb::key_holder_client::KeyHolderClient::new(s.channel("keyholder", "host").await);
+    let pk_json = kh
+        .get_public_key(pb::PublicKeyRequest::default())
+        .await
+        .expect("key")
+        .into_inner()
+        .public_key_json;
+    let fixed = fixed_point(&spec).expect("fixed point");
+    let params = scheme_params(&spec, fixed);
+    let Ok(confide_secagg::HolderPublicKey::Paillier(pk)) = confide_secagg::HolderPublicKey::parse(
+        spec.job.scheme,
+        &pk_json,
+        &params,
+        spec.modulus_bits,
+    ) else {
+        panic!("a paillier key")
+    };
+    let task = host
+        .next_round(pb::NextRoundRequest::default())
+        .await
+        .expect("round 1")
+        .into_inner();
+    let payload = confide_secagg::PaillierClient::new(pk, &params, [5; 32])
+        .expect("client")
+        .start(&vec![fixed.encode(0.01); params.len])
+        .expect("encrypt");
+    let digest: [u8; 32] = join.job_digest.clone().try_into().expect("digest");
+    let c = confide_secagg::sign_contribution(
+        &host_creds.signing_key().expect("key"),
+        &digest,
+        confide_secagg::Unsigned {
+            owner: "host".into(),
+            round: task.round,
+            stage: 0,
+            model_digest: confide_secagg::model_digest(&task.params),
+            payload,
+        },
+    );
+    let reply = host
+        .submit(pb::SubmitRequest {
+            contribution: Some(confide_net::wire::to_pb(c)),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(reply.accepted, "{}", reply.detail);
+    let summary = guest.await.expect("task").expect("guest");
+    assert!(summary.finished, "{}", summary.message);
+    // The rounds are over, the report is not written yet: the fetch waits for it.
+    let started = std::time::Instant::now();
+    let mut owner = Servers::coordinator_client(s.channel("coordinator", "owner").await);
+    let release = owner
+        .fetch_model(pb::FetchModelRequest {})
+        .await
+        .expect("the model, once the report is written")
+        .into_inner();
+    eprintln!(
+        "FetchModel answered after {:.1} s with {} parameters",
+        started.elapsed().as_secs_f64(),
+        release.params.len()
+    );
+    assert_eq!(release.params.len(), 31);
 }
