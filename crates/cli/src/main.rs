@@ -13,6 +13,7 @@ mod bench;
 mod bench_confidential;
 mod confidential;
 mod governance;
+mod partition;
 mod simulate;
 mod sweep;
 mod train;
@@ -87,6 +88,9 @@ enum Command {
     /// Differential-privacy accounting (prints JSON) and the accuracy–ε sweep.
     #[command(subcommand)]
     Dp(DpCommand),
+    /// Datasets: split one among simulated owners (prints JSON; --plot draws an SVG).
+    #[command(subcommand)]
+    Data(DataCommand),
     /// A data owner's privacy budget ledger (a redb file; prints JSON).
     #[command(subcommand)]
     Ledger(LedgerCommand),
@@ -160,6 +164,13 @@ impl From<Accountant> for confide_dp::plan::Accountant {
             Accountant::Pld => confide_dp::plan::Accountant::Pld,
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Split a dataset among owners with a seeded partitioner: natural (by a group column),
+    /// iid, dirichlet:ALPHA over labels, shards:PER_OWNER (label-sorted shards), quantity:BETA.
+    Partition(partition::PartitionArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -535,6 +546,7 @@ async fn run(cli: Cli) -> Result<i32> {
             outln!("{}", serde_json::to_string_pretty(&ledger_json(cmd)?)?);
             Ok(0)
         }
+        Command::Data(DataCommand::Partition(args)) => print_json(partition::run(&args)?),
         Command::Dp(cmd) => {
             let out = dp_json(cmd)?;
             outln!("{}", serde_json::to_string_pretty(&out)?);

@@ -292,6 +292,69 @@ fn resolve_column(
     }
 }
 
+/// The values of one column (a record's group: a writer, a hospital, a speaking role), one per
+/// data row, trimmed; for splitting a dataset by it ([`crate::partition`]).
+///
+/// # Errors
+/// Unreadable or malformed CSV, a missing column, or a row too short to hold it.
+pub fn read_column(
+    reader: impl std::io::Read,
+    shown: &str,
+    has_header: bool,
+    column: &Column,
+) -> Result<Vec<String>, DataError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(reader);
+    let mut records = csv.records();
+    let malformed = |e: csv::Error| DataError::Malformed {
+        path: shown.to_string(),
+        line: e.position().map_or(0, |p| p.line()),
+        message: e.to_string(),
+    };
+    let header = match (has_header, records.next()) {
+        (_, None) => {
+            return Err(DataError::Empty {
+                path: shown.to_string(),
+            });
+        }
+        (true, Some(h)) => Some(h.map_err(malformed)?),
+        (false, Some(first)) => {
+            let first = first.map_err(malformed)?;
+            let at = resolve_column(column, None, first.len(), shown)?;
+            return std::iter::once(Ok(first))
+                .chain(records)
+                .enumerate()
+                .map(|(i, r)| value_at(r.map_err(malformed)?, at, i as u64 + 1, shown))
+                .collect();
+        }
+    };
+    let width = header.as_ref().map_or(0, csv::StringRecord::len);
+    let at = resolve_column(column, header.as_ref(), width, shown)?;
+    records
+        .enumerate()
+        .map(|(i, r)| value_at(r.map_err(malformed)?, at, i as u64 + 2, shown))
+        .collect()
+}
+
+fn value_at(
+    record: csv::StringRecord,
+    at: usize,
+    line: u64,
+    shown: &str,
+) -> Result<String, DataError> {
+    record
+        .get(at)
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| DataError::FieldCount {
+            path: shown.to_string(),
+            line,
+            expected: at + 1,
+            found: record.len(),
+        })
+}
+
 /// Loads a CSV file. `classes` bounds the labels (labels must be integers in `0..classes`).
 pub fn load_csv(path: &Path, spec: &CsvSpec, classes: usize) -> Result<Dataset, DataError> {
     let shown = path.display().to_string();
@@ -513,6 +576,26 @@ mod tests {
         assert!(err.to_string().contains("is not a finite number"), "{err}");
         let err = parse("id,y,a,b\n1,0,abc,1\n").expect_err("bad");
         assert!(err.to_string().contains("is not a number"), "{err}");
+    }
+
+    #[test]
+    fn a_group_column_is_read_by_name_or_index() {
+        let text = "id,y,site,a\n1,0,cleveland,0.5\n2,1, va ,1\n";
+        let by_name =
+            read_column(text.as_bytes(), "t.csv", true, &Column::Name("site".into())).expect("ok");
+        assert_eq!(by_name, vec!["cleveland", "va"]);
+        let by_index =
+            read_column("1,x\n2,y\n".as_bytes(), "t.csv", false, &Column::Index(1)).expect("ok");
+        assert_eq!(by_index, vec!["x", "y"]);
+        let err = read_column(text.as_bytes(), "t.csv", true, &Column::Name("nope".into()))
+            .expect_err("missing");
+        assert!(matches!(err, DataError::MissingColumn { .. }), "{err}");
+        let err = read_column("a,b\n1\n".as_bytes(), "t.csv", true, &Column::Index(1))
+            .expect_err("short row");
+        assert!(
+            matches!(err, DataError::FieldCount { line: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]

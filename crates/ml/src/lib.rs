@@ -9,6 +9,8 @@
 //! - [`dpsgd`]: DP-SGD with per-sample clipping by book-keeping, Poisson sampling and
 //!   Gaussian noise.
 //! - [`export`]: safetensors plus a JSON sidecar.
+//! - [`partition`]: seeded splits of one dataset among simulated owners (natural, IID,
+//!   Dirichlet over labels, shards, quantity skew).
 //!
 //! burn lives only in this crate (docs/ARCHITECTURE.md, "Layout").
 
@@ -17,6 +19,7 @@ pub mod dpsgd;
 pub mod export;
 pub mod job;
 pub mod model;
+pub mod partition;
 pub mod standardize;
 pub mod train;
 
