@@ -9,6 +9,7 @@
 //! - [`dpsgd`]: DP-SGD with per-sample clipping by book-keeping, Poisson sampling and
 //!   Gaussian noise.
 //! - [`export`]: safetensors plus a JSON sidecar.
+//! - [`idx`]: IDX image and label arrays (MNIST), gzipped or not.
 //! - [`partition`]: seeded splits of one dataset among simulated owners (natural, IID,
 //!   Dirichlet over labels, shards, quantity skew).
 //!
@@ -17,6 +18,7 @@
 pub mod dataset;
 pub mod dpsgd;
 pub mod export;
+pub mod idx;
 pub mod job;
 pub mod model;
 pub mod partition;
