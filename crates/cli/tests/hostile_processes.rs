@@ -306,10 +306,6 @@ fn attacks_on_role_processes_are_refused_cheaply_and_the_job_still_trains() {
         eprintln!("ExportAudit: {} bytes", export.log_file.len());
 
         // 4. The soak.
-        let requests: usize = std::env::var("CONFIDE_SOAK_REQUESTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
         let load = |p: &Path| {
             confide_core::JobConfig::parse(&std::fs::read_to_string(p).expect("job"))
                 .expect("valid")
@@ -317,49 +313,11 @@ fn attacks_on_role_processes_are_refused_cheaply_and_the_job_still_trains() {
         };
         let revocations = creds("guest").revocations;
         let servers = [
-            (&co.addr, "coordinator", guard::coordinator(&load(&job), revocations.clone())),
-            (&kh.addr, "keyholder", guard::keyholder(&load(&job), revocations.clone())),
-            (&ag.addr, "aggregator-1", guard::aggregator(&load(&shares), revocations)),
+            (co.addr.clone(), "coordinator", guard::coordinator(&load(&job), revocations.clone())),
+            (kh.addr.clone(), "keyholder", guard::keyholder(&load(&job), revocations.clone())),
+            (ag.addr.clone(), "aggregator-1", guard::aggregator(&load(&shares), revocations)),
         ];
-        let parties = ["coordinator", "keyholder", "owner", "guest", "host", "outsider", "aggregator-1"];
-        let mut channels = std::collections::HashMap::new();
-        for (addr, server, _) in &servers {
-            for p in parties {
-                channels.insert((*server, p), channel(addr, server, p).await);
-            }
-        }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
-        let mut answers: std::collections::BTreeMap<String, u64> = Default::default();
-        let started = std::time::Instant::now();
-        for _ in 0..requests {
-            let (_, server, guard) = &servers[rng.gen_range(0..servers.len())];
-            let methods = guard.methods();
-            let (method, rule) = &methods[rng.gen_range(0..methods.len())];
-            let party = parties[rng.gen_range(0..parties.len())];
-            // An owner's own withdrawal is its right, not an attack (the job needs both);
-            // Watch is a stream.
-            if (method == "Withdraw" && (party == "guest" || party == "host")) || method == "Watch" {
-                continue;
-            }
-            let body = confide_net::raw::hostile_body(&mut rng, rule.max_bytes());
-            let r = confide_net::raw::call(
-                &channels[&(*server, party)],
-                guard.service(),
-                method,
-                body,
-                Duration::from_secs(2),
-            )
-            .await;
-            if let Err(e) = &r {
-                assert!(e.message().len() <= 1040, "{server}/{method}: {} bytes", e.message().len());
-            }
-            let key = r.map_or_else(|e| format!("{:?}", e.code()), |_| "Ok".into());
-            *answers.entry(key).or_default() += 1;
-        }
-        eprintln!(
-            "soak: {requests} requests in {:.1} s: {answers:?}",
-            started.elapsed().as_secs_f64()
-        );
+        soak(&fed, &servers).await;
     });
     for ((role, name), idle) in [
         (&kh, "key holder"),
@@ -380,7 +338,7 @@ fn attacks_on_role_processes_are_refused_cheaply_and_the_job_still_trains() {
         "every server survived"
     );
 
-    // 3. The job itself.
+    // 5. The job itself.
     let data = root().join("data/breast_homo");
     let nodes: Vec<Child> = [
         ("guest", "breast_homo_guest.csv"),
@@ -427,5 +385,67 @@ fn attacks_on_role_processes_are_refused_cheaply_and_the_job_still_trains() {
     assert!(
         last["test_correct"].as_u64().expect("correct") >= 111,
         "{last}"
+    );
+}
+
+/// Random and boundary requests (`CONFIDE_SOAK_REQUESTS`, default 10,000) to random methods of
+/// `servers` (address, TLS name, the guard whose table lists its methods) from every party:
+/// each is answered, with a capped message when refused.
+async fn soak(fed: &Path, servers: &[(String, &'static str, guard::Guard)]) {
+    let requests: usize = std::env::var("CONFIDE_SOAK_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let parties = [
+        "coordinator",
+        "keyholder",
+        "owner",
+        "guest",
+        "host",
+        "outsider",
+        "aggregator-1",
+    ];
+    let mut channels = std::collections::HashMap::new();
+    for (addr, server, _) in servers {
+        for p in parties {
+            let creds = Credentials::load(fed, p).expect("creds");
+            let ch = confide_net::transport::connect(addr, server, &creds)
+                .await
+                .expect("connect");
+            channels.insert((*server, p), ch);
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+    let mut answers: std::collections::BTreeMap<String, u64> = Default::default();
+    let started = std::time::Instant::now();
+    for _ in 0..requests {
+        let (_, server, guard) = &servers[rng.gen_range(0..servers.len())];
+        let methods = guard.methods();
+        let (method, rule) = &methods[rng.gen_range(0..methods.len())];
+        let party = parties[rng.gen_range(0..parties.len())];
+        // An owner's own withdrawal is its right, not an attack (the job needs both);
+        // Watch is a stream.
+        if (method == "Withdraw" && (party == "guest" || party == "host")) || method == "Watch" {
+            continue;
+        }
+        let body = confide_net::raw::hostile_body(&mut rng, rule.max_bytes());
+        let r = confide_net::raw::call(
+            &channels[&(*server, party)],
+            guard.service(),
+            method,
+            body,
+            Duration::from_secs(2),
+        )
+        .await;
+        if let Err(e) = &r {
+            let len = e.message().len();
+            assert!(len <= 1040, "{server}/{method}: {len} bytes");
+        }
+        let key = r.map_or_else(|e| format!("{:?}", e.code()), |_| "Ok".into());
+        *answers.entry(key).or_default() += 1;
+    }
+    eprintln!(
+        "soak: {requests} requests in {:.1} s: {answers:?}",
+        started.elapsed().as_secs_f64()
     );
 }

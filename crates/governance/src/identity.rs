@@ -266,19 +266,11 @@ impl Identity {
     /// # Errors
     /// Unreadable, not an Ed25519 key, encrypted without a passphrase, or a wrong passphrase.
     pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Self, IdentityError> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        Self::from_pem(&text, passphrase).map_err(|e| match e {
-            PemProblem::NeedsPassphrase => IdentityError::NeedsPassphrase(path.to_path_buf()),
-            PemProblem::Bad(message) => IdentityError::BadKey {
-                path: path.to_path_buf(),
-                message,
-            },
+        let der = read_private_der(path, passphrase)?;
+        Self::from_pkcs8(der).map_err(|e| IdentityError::BadKey {
+            path: path.to_path_buf(),
+            message: format!("not an Ed25519 key: {e}"),
         })
-    }
-
-    fn from_pem(text: &str, passphrase: Option<&str>) -> Result<Self, PemProblem> {
-        let der = private_der(text, passphrase)?;
-        Self::from_pkcs8(der).map_err(|e| PemProblem::Bad(format!("not an Ed25519 key: {e}")))
     }
 }
 
@@ -339,16 +331,11 @@ impl TlsKey {
     /// # Errors
     /// Unreadable, not a P-256 key, encrypted without a passphrase, or a wrong passphrase.
     pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Self, IdentityError> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        let bad = |message| IdentityError::BadKey {
+        let der = read_private_der(path, passphrase)?;
+        Self::from_pkcs8(der).map_err(|message| IdentityError::BadKey {
             path: path.to_path_buf(),
             message,
-        };
-        let der = private_der(&text, passphrase).map_err(|e| match e {
-            PemProblem::NeedsPassphrase => IdentityError::NeedsPassphrase(path.to_path_buf()),
-            PemProblem::Bad(m) => bad(m),
-        })?;
-        Self::from_pkcs8(der).map_err(bad)
+        })
     }
 
     /// Writes the key to `path` (mode 0600; refuses to overwrite), encrypted when a passphrase
@@ -432,34 +419,29 @@ fn private_pem(der: &[u8], path: &Path, passphrase: Option<&str>) -> Result<Stri
     }
 }
 
-/// The PKCS#8 DER of a private key PEM, decrypted with `passphrase` when encrypted.
-fn private_der(text: &str, passphrase: Option<&str>) -> Result<Vec<u8>, PemProblem> {
-    let (label, der) = unpem(text).map_err(PemProblem::Bad)?;
-    {
-        let der = match label.as_str() {
-            "PRIVATE KEY" => der,
-            "ENCRYPTED PRIVATE KEY" => {
-                let p = passphrase.ok_or(PemProblem::NeedsPassphrase)?;
-                let info = EncryptedPrivateKeyInfo::from_der(&der)
-                    .map_err(|e| PemProblem::Bad(format!("encrypted key: {e}")))?;
-                info.decrypt(p.as_bytes())
-                    .map_err(|_| PemProblem::Bad("wrong passphrase, or a damaged key file".into()))?
-                    .as_bytes()
-                    .to_vec()
-            }
-            other => {
-                return Err(PemProblem::Bad(format!(
-                    "a `{other}` PEM is not a private key"
-                )));
-            }
-        };
-        Ok(der)
+/// The PKCS#8 DER of the private key PEM in `path`, decrypted with `passphrase` when it is
+/// encrypted.
+fn read_private_der(path: &Path, passphrase: Option<&str>) -> Result<Vec<u8>, IdentityError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    let bad = |message: String| IdentityError::BadKey {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (label, der) = unpem(&text).map_err(bad)?;
+    match label.as_str() {
+        "PRIVATE KEY" => Ok(der),
+        "ENCRYPTED PRIVATE KEY" => {
+            let p = passphrase.ok_or_else(|| IdentityError::NeedsPassphrase(path.to_path_buf()))?;
+            let info = EncryptedPrivateKeyInfo::from_der(&der)
+                .map_err(|e| bad(format!("encrypted key: {e}")))?;
+            Ok(info
+                .decrypt(p.as_bytes())
+                .map_err(|_| bad("wrong passphrase, or a damaged key file".into()))?
+                .as_bytes()
+                .to_vec())
+        }
+        other => Err(bad(format!("a `{other}` PEM is not a private key"))),
     }
-}
-
-enum PemProblem {
-    NeedsPassphrase,
-    Bad(String),
 }
 
 /// `<key>.pub` beside a key file.

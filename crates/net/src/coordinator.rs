@@ -524,8 +524,8 @@ impl Coordinator {
 
     /// Records a refusal of `caller` (party id) under `rule`: an audit entry for each of its
     /// first [`AUDITED_REFUSALS`], a count after that. `detail` holds only authenticated
-    /// identities, rule ids and capped excerpts.
-    fn refusal(&self, rule: &str, caller: &str, detail: serde_json::Value) {
+    /// identities, rule ids and capped excerpts. Returns whether it was audited.
+    fn refusal(&self, rule: &str, caller: &str, detail: serde_json::Value) -> bool {
         self.guard.stats().refuse(rule, caller, "coordinator");
         let n = {
             let mut s = lock(&self.state);
@@ -533,9 +533,11 @@ impl Coordinator {
             *n += 1;
             *n
         };
-        if n <= AUDITED_REFUSALS {
+        let audited = n <= AUDITED_REFUSALS;
+        if audited {
             self.log_or_warn(EventKind::Refusal, "coordinator", detail);
         }
+        audited
     }
 
     /// Logs the refusals that were only counted, once, at the job's end.
@@ -1165,16 +1167,7 @@ impl Coordinator {
             Ok(()) => self.changed.notify_waiters(),
             Err(r) => {
                 self.count_rejection(r.reason);
-                if lock(&self.state)
-                    .refusals
-                    .get(peer_id)
-                    .copied()
-                    .unwrap_or(0)
-                    < AUDITED_REFUSALS
-                {
-                    tracing::warn!("rejected a contribution from `{peer_name}`: {r}");
-                }
-                self.refusal(
+                let audited = self.refusal(
                     &r.reason.rule(),
                     peer_id,
                     serde_json::json!({
@@ -1185,6 +1178,10 @@ impl Coordinator {
                         "detail": r.to_string(),
                     }),
                 );
+                // The detail goes to the log as long as it goes to the audit log.
+                if audited {
+                    tracing::warn!("rejected a contribution from `{peer_name}`: {r}");
+                }
             }
         }
         result
