@@ -101,6 +101,8 @@ pub enum JobCommand {
         #[command(flatten)]
         passphrase: Passphrase,
     },
+    #[command(flatten)]
+    Service(crate::control::ServiceJobCommand),
 }
 
 /// `confide policy …`.
@@ -247,6 +249,7 @@ fn stated_privacy(spec: &confide_core::JobSpec) -> Option<(f64, f64)> {
 /// Runs `confide job …`.
 pub fn job(cmd: JobCommand) -> Result<Value> {
     match cmd {
+        JobCommand::Service(_) => bail!("job commands for a running coordinator are async (a bug)"),
         JobCommand::Sign {
             config,
             key,

@@ -12,6 +12,7 @@ macro_rules! outln {
 mod bench;
 mod bench_confidential;
 mod confidential;
+mod control;
 mod governance;
 mod partition;
 mod simulate;
@@ -56,8 +57,10 @@ enum Command {
     /// Paillier key management.
     #[command(subcommand)]
     Paillier(PaillierCommand),
-    /// Run the coordinator: rounds and FedAvg (never holds a decryption key).
-    Coordinator(CoordinatorArgs),
+    /// Run the coordinator: rounds and FedAvg (never holds a decryption key). `coordinator
+    /// serve` runs the long-lived coordinator with its control API; `coordinator --config …`
+    /// runs one job and exits.
+    Coordinator(CoordinatorCmd),
     /// Run the Paillier key holder: decrypts only sums of at least min_owners signed updates.
     Keyholder(KeyholderArgs),
     /// Run one `shares` or `threshold` aggregator: opens only its own shares, checks proofs
@@ -282,6 +285,23 @@ struct RoleCommon {
     /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct CoordinatorCmd {
+    #[command(subcommand)]
+    sub: Option<CoordinatorSub>,
+    #[command(flatten)]
+    one_job: Option<CoordinatorArgs>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CoordinatorSub {
+    /// Run the long-lived coordinator until SIGTERM: it keeps jobs in its store and serves
+    /// the control API (`confide job submit|list|status|logs|cancel`). Dispatching jobs to
+    /// node daemons is not built yet (see docs/service.md).
+    Serve(control::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -511,6 +531,7 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Keygen(args) => print_json(governance::keygen(&args)?),
+        Command::Job(governance::JobCommand::Service(cmd)) => control::run(cmd).await,
         Command::Job(cmd) => print_json(governance::job(cmd)?),
         Command::Policy(cmd) => print_json(governance::policy(cmd)?),
         Command::Audit(cmd) => print_json(governance::audit(cmd).await?),
@@ -529,7 +550,19 @@ async fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Coordinator(args) => coordinator(args).await,
+        Command::Coordinator(CoordinatorCmd {
+            sub: Some(CoordinatorSub::Serve(args)),
+            ..
+        }) => control::serve(args).await,
+        Command::Coordinator(CoordinatorCmd {
+            one_job: Some(args),
+            ..
+        }) => coordinator(args).await,
+        Command::Coordinator(_) => {
+            bail!(
+                "`confide coordinator` needs `serve`, or --config, --fed and --manifest for one job"
+            )
+        }
         Command::Keyholder(args) => keyholder(args).await,
         Command::Aggregator(args) => aggregator(args).await,
         Command::Node(args) => node(args).await,

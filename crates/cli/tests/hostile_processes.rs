@@ -16,21 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::root;
+use common::{ok, root};
 use confide_net::pki::Credentials;
 use confide_net::{guard, pb};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
-
-/// Runs `confide` with `args`, expecting success.
-fn ok(args: &[&str]) {
-    let out = common::confide(args);
-    assert!(
-        out.status.success(),
-        "confide {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A role process under a 3 GiB address-space limit, its address, and its log file.
 struct Role {

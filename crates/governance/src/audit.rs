@@ -28,7 +28,7 @@
 
 use std::sync::Arc;
 
-use confide_store::{Store, StoreError, StoreExt};
+use confide_store::{Store, StoreError, StoreExt, Txn};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, party_id};
@@ -91,17 +91,33 @@ impl AuditLog {
     /// # Errors
     /// The store failed, or entries and leaves disagree (a corrupt log).
     pub fn append(&self, entry: &[u8]) -> Result<u64, AuditError> {
+        self.store.transact(|txn| Self::append_in(txn, entry))
+    }
+
+    /// Appends an entry inside the caller's transaction, so that a change of state and the
+    /// entry that records it commit together or not at all. Returns the entry's index.
+    ///
+    /// # Errors
+    /// The store failed, or entries and leaves disagree (a corrupt log).
+    pub fn append_in(txn: &mut dyn Txn, entry: &[u8]) -> Result<u64, AuditError> {
         let leaf = merkle::leaf_hash(entry);
-        self.store.transact(|txn| {
-            let index = txn.append(ENTRIES, entry)?;
-            let leaf_index = txn.append(LEAVES, &leaf)?;
-            if index != leaf_index {
-                return Err(AuditError::Corrupt(format!(
-                    "entry {index} has leaf {leaf_index}"
-                )));
-            }
-            Ok(index)
-        })
+        let index = txn.append(ENTRIES, entry)?;
+        let leaf_index = txn.append(LEAVES, &leaf)?;
+        if index != leaf_index {
+            return Err(AuditError::Corrupt(format!(
+                "entry {index} has leaf {leaf_index}"
+            )));
+        }
+        Ok(index)
+    }
+
+    /// Appends an event inside the caller's transaction (see [`AuditLog::append_in`]).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn record_in(txn: &mut dyn Txn, event: &Event) -> Result<u64, AuditError> {
+        let bytes = jcs::to_vec(event).map_err(|e| invalid(e.to_string()))?;
+        Self::append_in(txn, &bytes)
     }
 
     /// Entries in the log.
@@ -200,6 +216,12 @@ pub enum EventKind {
     Refusal,
     /// An owner revoked its consent, or an identity was revoked.
     Revocation,
+    /// A model owner submitted a signed job manifest to a running coordinator.
+    Submission,
+    /// A job changed state in a running coordinator (queued, running, ended).
+    StateChange,
+    /// A party cancelled a job with a signed statement.
+    Cancellation,
 }
 
 /// One audit entry.

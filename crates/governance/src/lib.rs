@@ -22,4 +22,5 @@ pub mod manifest;
 pub mod merkle;
 pub mod policy;
 pub mod revocation;
+pub mod statement;
 pub mod witness;

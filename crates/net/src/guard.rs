@@ -946,6 +946,41 @@ pub fn aggregator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
 }
 
 /// The confidential trainer host's guard. `Upload` streams pieces of at most `piece` bytes.
+/// The long-running coordinator's control API: model owners submit, follow and cancel their
+/// jobs; the operator (the coordinator's own certificate) may read every job.
+pub fn control(revocations: Arc<Revocations>) -> Guard {
+    let max_manifest = confide_service::jobs::MAX_MANIFEST_BYTES;
+    let readers = &[Role::ModelOwner, Role::Coordinator];
+    let name = || Shape::new().field(1, 1, 256);
+    Guard::new("confide.v1.Control", revocations)
+        .method(
+            "SubmitJob",
+            MethodRule::new(
+                &[Role::ModelOwner],
+                max_manifest + 16,
+                Shape::new().field(1, 1, max_manifest),
+            ),
+        )
+        .method(
+            "ListJobs",
+            MethodRule::new(readers, SMALL_BYTES, Shape::new().field(1, 1, 32)),
+        )
+        .method("JobStatus", MethodRule::new(readers, SMALL_BYTES, name()))
+        .method(
+            "CancelJob",
+            MethodRule::new(
+                &[Role::ModelOwner],
+                CANCEL_BYTES + 16,
+                Shape::new().field(1, 1, CANCEL_BYTES),
+            ),
+        )
+        .method("JobEvents", MethodRule::new(readers, SMALL_BYTES, name()))
+}
+
+/// The largest signed statement accepted (a cancel with its 200-character reason, the
+/// author's public identity and the signature fit in well under half of it).
+const CANCEL_BYTES: usize = 8 * 1024;
+
 pub fn trainer(piece: usize, revocations: Arc<Revocations>) -> Guard {
     let both = &[Role::Node, Role::ModelOwner];
     Guard::new("confide.v1.Trainer", revocations)

@@ -15,7 +15,9 @@
 //!
 //! Only this crate and the CLI open sockets (docs/ARCHITECTURE.md, "Layout").
 
+pub mod admin;
 pub mod aggregator;
+pub mod control;
 pub mod coordinator;
 pub mod guard;
 pub mod keyholder;

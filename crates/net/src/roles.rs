@@ -107,6 +107,28 @@ pub async fn serve_aggregator(
         .map_err(|e| transport_err("aggregator", e))
 }
 
+/// Serves the long-running coordinator's control API on `listener` until `shutdown`
+/// completes. The job store must already be open: a daemon serves only after it has recovered.
+pub async fn serve_control(
+    listener: TcpListener,
+    creds: &Credentials,
+    service: crate::control::ControlService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let guard = service.guard();
+    let svc = pb::control_server::ControlServer::new(service)
+        .max_decoding_message_size(guard.max_bytes());
+    Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("control TLS", e))?
+        .layer(guard)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("control", e))
+}
+
 /// The connections accepted on `listener`, with Nagle's algorithm off: the protocols exchange
 /// small messages in turn, which Nagle's algorithm with delayed acknowledgements would hold
 /// back by about 40 ms each (`Server::tcp_nodelay` does not apply to our own listener).

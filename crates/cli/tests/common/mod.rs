@@ -20,6 +20,16 @@ pub fn confide(args: &[&str]) -> Output {
         .expect("run confide")
 }
 
+/// Runs `confide` with `args`, expecting success.
+pub fn ok(args: &[&str]) {
+    let out = confide(args);
+    assert!(
+        out.status.success(),
+        "confide {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The JSON a successful command printed.
 pub fn json_out(out: &Output) -> Value {
     assert!(

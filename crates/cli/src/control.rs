@@ -1,0 +1,507 @@
+//! `confide coordinator serve` and the job commands that talk to it (`confide job submit`,
+//! `list`, `status`, `logs`, `cancel`): thin translations between the command line and the
+//! coordinator's gRPC `Control` service (`confide_net::control`).
+//!
+//! Exit codes: 0 completed (or, without `--wait`, accepted); 1 the command itself failed (bad
+//! arguments, unreachable coordinator); 3 refused (a numbered rule) or rejected; 4 failed;
+//! 5 cancelled; 6 expired.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use confide_core::Role;
+use confide_governance::statement::{Action, SignedStatement, Statement};
+use confide_net::pb::control_client::ControlClient;
+use confide_net::pki::Credentials;
+use confide_net::{control, pb};
+use confide_service::{JobEvent, JobRecord, Outcome};
+use tonic::transport::Channel;
+
+use crate::governance::Passphrase;
+
+/// The exit code of a refused request.
+pub const EXIT_REFUSED: i32 = 3;
+
+/// `confide coordinator serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// This party's name in the federation directory.
+    #[arg(long, default_value = "coordinator")]
+    name: String,
+    /// Address of the control API (model owners, operator); port 0 picks a free port. The
+    /// bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    control: std::net::SocketAddr,
+    /// Address of the admin port (plain HTTP: /metrics, /livez, /readyz); keep it on
+    /// loopback. The bound address is printed on stdout, before the control address.
+    #[arg(long, default_value = "127.0.0.1:7102")]
+    admin: std::net::SocketAddr,
+    /// The coordinator's store (redb; created if missing): jobs, their events and the audit
+    /// log. Default: <fed>/<name>-service.redb.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+/// Runs the long-lived coordinator until SIGTERM or SIGINT: opens (and so recovers) its store
+/// first, then serves.
+pub async fn serve(args: ServeArgs) -> Result<i32> {
+    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
+    if creds.role != Role::Coordinator {
+        bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
+    }
+    // The admin port answers first, so that /readyz says 503 while the store recovers.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = crate::bind(args.admin, "coordinator admin").await?;
+    let render: Arc<std::sync::OnceLock<control::ControlService>> = Arc::default();
+    let admin_task = {
+        let render = render.clone();
+        let render: confide_net::admin::Render = Arc::new(move || match render.get() {
+            Some(s) => s.render_metrics(),
+            None => Ok("# EOF\n".to_string()),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(confide_net::admin::serve_admin(
+            admin,
+            ready.clone(),
+            render,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        (task, stop_tx)
+    };
+    let path = args
+        .store
+        .unwrap_or_else(|| args.fed.join(format!("{}-service.redb", args.name)));
+    let store: Arc<dyn confide_store::Store> = Arc::new(confide_store::RedbStore::open(&path)?);
+    let jobs = confide_service::Jobs::new(store);
+    // Recover before serving: every record must read back (a corrupt store stops here).
+    let counts = jobs
+        .count_by_state()
+        .with_context(|| format!("recovering {}", path.display()))?;
+    let summary: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    eprintln!(
+        "confide coordinator: store {} recovered ({})",
+        path.display(),
+        if summary.is_empty() {
+            "no jobs".to_string()
+        } else {
+            summary.join(", ")
+        }
+    );
+    let service = control::ControlService::new(jobs, creds.revocations.clone());
+    let _ = render.set(service.clone());
+    let listener = crate::bind(args.control, "coordinator control").await?;
+    let stopper = service.clone();
+    let not_ready = ready.clone();
+    let stop = async move {
+        stop_signal().await;
+        not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("confide coordinator: stopping (no new calls; calls in progress finish)");
+        stopper.stop();
+    };
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = confide_net::roles::serve_control(listener, &creds, service, stop).await;
+    let (task, stop_admin) = admin_task;
+    let _ = stop_admin.send(());
+    let admin_result = task.await.context("admin port task")?;
+    served?;
+    admin_result?;
+    eprintln!("confide coordinator: stopped");
+    Ok(0)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How a command prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// JSON for programs (one document; `logs` prints one event per line).
+    Json,
+}
+
+/// Where the coordinator is and who is asking.
+#[derive(clap::Args, Debug)]
+pub struct Connect {
+    /// The coordinator's control address (host:port).
+    #[arg(long, env = "CONFIDE_CONTROL")]
+    coordinator: String,
+    /// Federation directory with ca.crt and your certificate and key.
+    #[arg(long, env = "CONFIDE_FED")]
+    fed: PathBuf,
+    /// Your name in the federation directory (a model owner, or the coordinator's operator).
+    #[arg(long, env = "CONFIDE_NAME")]
+    name: String,
+    /// The coordinator's name in its certificate.
+    #[arg(long, default_value = "coordinator")]
+    server_name: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+/// The job commands served by a running coordinator.
+#[derive(clap::Subcommand, Debug)]
+pub enum ServiceJobCommand {
+    /// Submit a signed manifest to a running coordinator (`confide coordinator serve`). The
+    /// same manifest again returns the same job; with --wait, follow it until it ends and
+    /// exit with its outcome.
+    Submit {
+        /// The manifest file (`confide job sign`).
+        manifest: PathBuf,
+        /// Follow the job's events until it ends.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// The jobs you may see (yours as model owner or recipient; every job, for the operator).
+    List {
+        /// Only jobs in this state (awaiting_approval, queued, running, releasing, completed,
+        /// cancelled, rejected, expired, failed).
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// One job's state (exit code: its outcome once it has ended, 0 before).
+    Status {
+        /// The job: its manifest hash, a unique hash prefix (8+ hex digits) or its job id.
+        job: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// A job's events; with --follow, until it ends.
+    Logs {
+        /// The job: its manifest hash, a unique hash prefix or its job id.
+        job: String,
+        /// Keep printing events until the job ends.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Cancel a job, as its model owner, with a statement signed by your key (it goes into
+    /// the coordinator's audit log).
+    Cancel {
+        /// The job: its manifest hash, a unique hash prefix or its job id.
+        job: String,
+        /// Why (at most 200 characters; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+struct Session {
+    client: ControlClient<Channel>,
+    creds: Credentials,
+    format: Format,
+}
+
+impl Session {
+    async fn open(c: &Connect) -> Result<Self> {
+        let creds = Credentials::load_with(&c.fed, &c.name, c.passphrase.get()?.as_deref())?;
+        let channel = confide_net::transport::connect(&c.coordinator, &c.server_name, &creds)
+            .await
+            .with_context(|| {
+                format!(
+                    "is `confide coordinator serve` running with --control {}?",
+                    c.coordinator
+                )
+            })?;
+        let client = ControlClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(confide_service::jobs::MAX_MANIFEST_BYTES + 1024);
+        Ok(Self {
+            client,
+            creds,
+            format: c.format,
+        })
+    }
+}
+
+/// A refusal from the coordinator, which ends the command with [`EXIT_REFUSED`].
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A failed call: a numbered refusal, or the call itself failed.
+fn call_failed(s: tonic::Status) -> anyhow::Error {
+    match control::rule_of(&s) {
+        Some(_) => Refused(s.message().to_string()).into(),
+        None => match s.code() {
+            tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+            | tonic::Code::ResourceExhausted => Refused(s.message().to_string()).into(),
+            _ => anyhow::anyhow!("coordinator: {}", confide_net::roles::describe_failure(&s)),
+        },
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).context("the coordinator sent a malformed answer")
+}
+
+fn when(ms: u64) -> String {
+    i128::from(ms)
+        .checked_mul(1_000_000)
+        .and_then(|n| time::OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .map(confide_governance::policy::rfc3339)
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn print_record(format: Format, r: &JobRecord, created: Option<bool>) -> Result<()> {
+    match format {
+        Format::Json => {
+            let mut v = serde_json::to_value(r)?;
+            if let Some(c) = created {
+                v["created"] = c.into();
+            }
+            outln!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Text => {
+            if let Some(c) = created {
+                outln!(
+                    "{} job `{}`",
+                    if c { "submitted" } else { "already submitted:" },
+                    r.job_id
+                );
+            }
+            outln!("job       {}", r.job_id);
+            outln!("hash      {}", r.hash);
+            outln!("state     {}", r.state.describe());
+            outln!("rounds    {}", r.rounds);
+            outln!(
+                "approved  {}/{} ({})",
+                r.approved.len(),
+                r.participants.len(),
+                r.participants.join(", ")
+            );
+            outln!("submitted {}", when(r.submitted_ms));
+            outln!("updated   {}", when(r.updated_ms));
+        }
+    }
+    Ok(())
+}
+
+fn print_event(format: Format, e: &JobEvent) -> Result<()> {
+    match format {
+        Format::Json => outln!("{}", serde_json::to_string(e)?),
+        Format::Text => outln!("#{:<4} {}  {}  {}", e.seq, when(e.time_ms), e.actor, e.what),
+    }
+    Ok(())
+}
+
+/// The exit code for a job's state: its outcome once it ended, 0 before.
+fn exit_code(r: &JobRecord) -> i32 {
+    r.state.outcome().map_or(0, Outcome::exit_code)
+}
+
+/// Prints a job's events from `from`; with `follow`, until it ends. Returns the last state.
+async fn events(s: &mut Session, name: &str, from: u64, follow: bool) -> Result<JobRecord> {
+    let mut stream = s
+        .client
+        .job_events(pb::JobEventsRequest {
+            name: name.to_string(),
+            from,
+            follow,
+        })
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    while let Some(msg) = stream.message().await.map_err(call_failed)? {
+        let e: JobEvent = parse(&msg.event_json)?;
+        print_event(s.format, &e)?;
+    }
+    status(s, name).await
+}
+
+async fn status(s: &mut Session, name: &str) -> Result<JobRecord> {
+    let reply = s
+        .client
+        .job_status(pb::JobName {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    parse(&reply.record_json)
+}
+
+/// Runs a job command against a running coordinator.
+pub async fn run(cmd: ServiceJobCommand) -> Result<i32> {
+    match run_inner(cmd).await {
+        Ok(code) => Ok(code),
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            eprintln!("error: {e:#}");
+            Ok(EXIT_REFUSED)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
+    match cmd {
+        ServiceJobCommand::Submit {
+            manifest,
+            wait,
+            connect,
+        } => {
+            let bytes = std::fs::read(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let mut s = Session::open(&connect).await?;
+            let reply = s
+                .client
+                .submit_job(pb::JobSubmitRequest { manifest: bytes })
+                .await
+                .map_err(call_failed)?
+                .into_inner();
+            let r: JobRecord = parse(&reply.record_json)?;
+            if !wait {
+                print_record(s.format, &r, Some(reply.created))?;
+                return Ok(0);
+            }
+            if s.format == Format::Text {
+                outln!(
+                    "{} job `{}` ({}); following it",
+                    if reply.created {
+                        "submitted"
+                    } else {
+                        "already submitted:"
+                    },
+                    r.job_id,
+                    r.hash
+                );
+            }
+            let end = events(&mut s, &r.hash, 0, true).await?;
+            if s.format == Format::Text {
+                outln!("job `{}`: {}", end.job_id, end.state.describe());
+            }
+            Ok(exit_code(&end))
+        }
+        ServiceJobCommand::List { state, connect } => {
+            let mut s = Session::open(&connect).await?;
+            let reply = s
+                .client
+                .list_jobs(pb::JobListRequest {
+                    state: state.unwrap_or_default(),
+                })
+                .await
+                .map_err(call_failed)?
+                .into_inner();
+            let records: Vec<JobRecord> = reply
+                .records_json
+                .iter()
+                .map(|j| parse(j))
+                .collect::<Result<_>>()?;
+            match s.format {
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&records)?),
+                Format::Text => {
+                    outln!("{:<14} {:<24} {:<20} {}", "HASH", "JOB", "STATE", "UPDATED");
+                    for r in &records {
+                        outln!(
+                            "{:<14} {:<24} {:<20} {}",
+                            &r.hash[..12.min(r.hash.len())],
+                            r.job_id,
+                            r.state.name(),
+                            when(r.updated_ms)
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        ServiceJobCommand::Status { job, connect } => {
+            let mut s = Session::open(&connect).await?;
+            let r = status(&mut s, &job).await?;
+            print_record(s.format, &r, None)?;
+            Ok(exit_code(&r))
+        }
+        ServiceJobCommand::Logs {
+            job,
+            follow,
+            connect,
+        } => {
+            let mut s = Session::open(&connect).await?;
+            let end = events(&mut s, &job, 0, follow).await?;
+            Ok(if follow { exit_code(&end) } else { 0 })
+        }
+        ServiceJobCommand::Cancel {
+            job,
+            reason,
+            connect,
+        } => {
+            let mut s = Session::open(&connect).await?;
+            let r = status(&mut s, &job).await?;
+            let hash: [u8; 32] = hex::decode(&r.hash)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .context("the coordinator sent a malformed job hash")?;
+            let id = s.creds.identity();
+            let statement = Statement::new(
+                Action::Cancel,
+                &hash,
+                &reason,
+                id.public(),
+                time::OffsetDateTime::now_utc(),
+            );
+            let signed = SignedStatement::sign(statement, &id)?;
+            let reply = s
+                .client
+                .cancel_job(pb::JobCancelRequest {
+                    statement: signed.to_json().into_bytes(),
+                })
+                .await
+                .map_err(call_failed)?
+                .into_inner();
+            let r: JobRecord = parse(&reply.record_json)?;
+            print_record(s.format, &r, None)?;
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! A daemon's admin port: plain HTTP on 127.0.0.1 by default, for the operator's own
+//! monitoring, never for partners.
+//!
+//! - `GET /livez`: 200 while the process serves HTTP at all;
+//! - `GET /readyz`: 200 once the daemon has recovered its store and serves its gRPC ports,
+//!   503 before (and while it stops);
+//! - `GET /metrics`: the daemon's metrics in the OpenMetrics text format (which Prometheus
+//!   reads), rendered at each scrape by the daemon's own function.
+//!
+//! Nothing here can change state, so the port carries no authentication; keep it on loopback
+//! or behind the organisation's own proxy (docs/service.md).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::transport::{NetError, transport_err};
+
+/// The content type of `/metrics`.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders the metrics text at each scrape.
+pub type Render = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+#[derive(Clone)]
+struct Admin {
+    ready: Arc<AtomicBool>,
+    render: Render,
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    if a.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering or stopping\n").into_response()
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    let render = a.render.clone();
+    match tokio::task::spawn_blocking(move || render()).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!("metrics: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics failed (see the log)\n",
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Serves the admin port on `listener` until `shutdown` completes. `ready` is the daemon's
+/// readiness, which it sets once it has recovered and clears when it stops.
+pub async fn serve_admin(
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    render: Render,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NetError> {
+    let app = Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Admin { ready, render });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| transport_err("admin port", e))
+}

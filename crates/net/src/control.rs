@@ -1,0 +1,421 @@
+//! The control API of a long-running coordinator: gRPC `Control` on its own port, over mutual
+//! TLS. It only translates: every decision is in `confide_service` (the job state machine
+//! and the durable job store), and every refusal is that crate's numbered [`Refusal`].
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use confide_core::Role;
+use confide_service::{Code, JobRecord, Jobs, Refusal, ServiceError};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::guard::{Guard, GuardStats};
+use crate::pb;
+use crate::pki::{PeerIdentity, Revocations};
+use crate::transport::peer;
+
+/// How often a followed event stream looks at the store when nothing woke it.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// The gRPC status for a refusal: the rule id leads the message and is in the `confide-rule`
+/// metadata, so clients can branch on it without parsing words.
+pub fn refusal_status(r: &Refusal) -> Status {
+    let msg = crate::guard::excerpt_n(&r.to_string(), 1024);
+    let mut status = match r.code {
+        Code::Malformed | Code::Signature | Code::Statement | Code::Ambiguous => {
+            Status::invalid_argument(msg)
+        }
+        Code::IdReused => Status::already_exists(msg),
+        Code::NotModelOwner | Code::NotAllowed | Code::NotParticipant => {
+            Status::permission_denied(msg)
+        }
+        Code::UnknownJob => Status::not_found(msg),
+        Code::Terminal | Code::WrongState => Status::failed_precondition(msg),
+    };
+    if let Ok(v) = r.code.id().parse() {
+        status.metadata_mut().insert("confide-rule", v);
+    }
+    status
+}
+
+/// The rule id of a refusal received from a control server, if the status carries one.
+pub fn rule_of(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get("confide-rule")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// The coordinator's metrics. Only aggregate figures: jobs by state, refusals by rule id (a
+/// closed set), audit log size and store commit time; nothing per owner.
+#[derive(Debug)]
+struct Metrics {
+    registry: Registry,
+    jobs: Family<StateLabel, Gauge>,
+    refusals: Family<RuleLabel, Counter>,
+    audit_entries: Gauge,
+    commit_seconds: Histogram,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let jobs = Family::<StateLabel, Gauge>::default();
+        registry.register("confide_jobs", "Jobs in the store, by state", jobs.clone());
+        let refusals = Family::<RuleLabel, Counter>::default();
+        registry.register(
+            "confide_refusals",
+            "Requests refused on the control port, by rule id (JOB-nnn, NET-nnn)",
+            refusals.clone(),
+        );
+        let audit_entries = Gauge::default();
+        registry.register(
+            "confide_audit_entries",
+            "Entries in the coordinator's audit log (the Merkle tree size)",
+            audit_entries.clone(),
+        );
+        // 100 µs … about 3.3 s.
+        let commit_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 16));
+        registry.register(
+            "confide_store_commit_seconds",
+            "Time of each job store transaction made for a control call",
+            commit_seconds.clone(),
+        );
+        Self {
+            registry,
+            jobs,
+            refusals,
+            audit_entries,
+            commit_seconds,
+        }
+    }
+}
+
+/// The control service.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    jobs: Jobs,
+    revocations: Arc<Revocations>,
+    changed: Arc<watch::Sender<u64>>,
+    stopping: Arc<watch::Sender<bool>>,
+    refusals: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    metrics: Arc<Metrics>,
+    guard_stats: Arc<OnceLock<Arc<GuardStats>>>,
+}
+
+impl ControlService {
+    /// A control service on a recovered job store.
+    pub fn new(jobs: Jobs, revocations: Arc<Revocations>) -> Self {
+        Self {
+            jobs,
+            revocations,
+            changed: Arc::new(watch::channel(0).0),
+            stopping: Arc::new(watch::channel(false).0),
+            refusals: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
+            guard_stats: Arc::default(),
+        }
+    }
+
+    /// The request guard for this service's port (`crate::guard::control`); its refusals
+    /// are counted in this service's metrics.
+    pub fn guard(&self) -> Guard {
+        let guard = crate::guard::control(self.revocations.clone());
+        // One guard per service: a second call keeps counting into the first's statistics.
+        let _ = self.guard_stats.set(guard.stats());
+        guard
+    }
+
+    /// The metrics in the OpenMetrics text format, brought up to date from the store.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn render_metrics(&self) -> Result<String, String> {
+        let m = &self.metrics;
+        for (state, n) in self.jobs.count_by_state().map_err(|e| e.to_string())? {
+            m.jobs
+                .get_or_create(&StateLabel { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let mut by_rule: BTreeMap<String, u64> = self
+            .refusals()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        if let Some(stats) = self.guard_stats.get() {
+            for (rule, n) in stats.by_rule() {
+                *by_rule.entry(rule).or_default() += n;
+            }
+        }
+        for (rule, n) in by_rule {
+            let c = m.refusals.get_or_create(&RuleLabel { rule });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        let audit = self.jobs.audit_entries().map_err(|e| e.to_string())?;
+        m.audit_entries
+            .set(i64::try_from(audit).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry)
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// The job store.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    /// Wakes followers after a change of state made outside this service (the scheduler).
+    pub fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Ends every followed event stream (with `UNAVAILABLE`), so that a graceful shutdown
+    /// does not wait for followers; calls in progress finish.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Refusals so far, by rule id.
+    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, e: ServiceError) -> Status {
+        match e {
+            ServiceError::Refused(r) => {
+                tracing::info!("control: refused: {r}");
+                *self
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(r.code.id())
+                    .or_default() += 1;
+                refusal_status(&r)
+            }
+            other => {
+                tracing::error!("control: {other}");
+                Status::internal("the coordinator's job store failed (see its log)")
+            }
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>, roles: &[Role]) -> Result<PeerIdentity, Status> {
+        peer(req, roles, &self.revocations)
+    }
+
+    /// The job `name` names, if `caller` may see it.
+    fn visible(&self, name: &str, caller: &PeerIdentity) -> Result<JobRecord, Status> {
+        let found = self
+            .jobs
+            .resolve(name)
+            .and_then(|h| self.jobs.get(&h))
+            .map_err(|e| self.fail(e))?;
+        let record = found.ok_or_else(|| {
+            self.fail(ServiceError::Refused(Refusal::new(
+                Code::UnknownJob,
+                format!("no job is named `{name}`"),
+            )))
+        })?;
+        if may_see(&record, caller) {
+            Ok(record)
+        } else {
+            Err(self.fail(ServiceError::Refused(Refusal::new(
+                Code::NotAllowed,
+                format!(
+                    "job `{}` is visible to its model owner, its recipients and the operator",
+                    record.job_id
+                ),
+            ))))
+        }
+    }
+
+    /// Runs a store mutation off the async threads (a commit waits for the disk), then wakes
+    /// followers.
+    async fn mutate<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Jobs) -> Result<R, ServiceError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let jobs = self.jobs.clone();
+        let (out, took) = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            (f(&jobs), start.elapsed())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job store task: {e}")))?;
+        self.metrics.commit_seconds.observe(took.as_secs_f64());
+        self.notify();
+        out.map_err(|e| self.fail(e))
+    }
+}
+
+/// Whether `caller` may see `record`: its model owner, a recipient, or the operator.
+fn may_see(record: &JobRecord, caller: &PeerIdentity) -> bool {
+    caller.role == Role::Coordinator
+        || record.model_owner == caller.id
+        || record.recipients.contains(&caller.id)
+}
+
+fn record_reply(record: &JobRecord, created: bool) -> Result<Response<pb::JobReply>, Status> {
+    Ok(Response::new(pb::JobReply {
+        record_json: serde_json::to_string(record).map_err(|e| Status::internal(e.to_string()))?,
+        created,
+    }))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEventReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn submit_job(
+        &self,
+        req: Request<pb::JobSubmitRequest>,
+    ) -> Result<Response<pb::JobReply>, Status> {
+        let caller = self.caller(&req, &[Role::ModelOwner])?;
+        let manifest = req.into_inner().manifest;
+        let now = time::OffsetDateTime::now_utc();
+        let s = self
+            .mutate(move |jobs| jobs.submit(&manifest, &caller.id, now))
+            .await?;
+        if s.new {
+            tracing::info!("job `{}` ({}) submitted", s.record.job_id, s.record.hash);
+        }
+        record_reply(&s.record, s.new)
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::JobListRequest>,
+    ) -> Result<Response<pb::JobListReply>, Status> {
+        let caller = self.caller(&req, &[Role::ModelOwner, Role::Coordinator])?;
+        let state = req.into_inner().state;
+        if !state.is_empty() && !confide_service::JobState::NAMES.contains(&state.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "unknown state `{}` (one of {})",
+                crate::guard::excerpt(&state),
+                confide_service::JobState::NAMES.join(", ")
+            )));
+        }
+        let all = self.jobs.list().map_err(|e| self.fail(e))?;
+        let records_json = all
+            .iter()
+            .filter(|r| may_see(r, &caller))
+            .filter(|r| state.is_empty() || r.state.name() == state)
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::JobListReply { records_json }))
+    }
+
+    async fn job_status(
+        &self,
+        req: Request<pb::JobName>,
+    ) -> Result<Response<pb::JobReply>, Status> {
+        let caller = self.caller(&req, &[Role::ModelOwner, Role::Coordinator])?;
+        let record = self.visible(&req.into_inner().name, &caller)?;
+        record_reply(&record, false)
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::JobCancelRequest>,
+    ) -> Result<Response<pb::JobReply>, Status> {
+        let caller = self.caller(&req, &[Role::ModelOwner])?;
+        let statement = req.into_inner().statement;
+        let now = time::OffsetDateTime::now_utc();
+        let record = self
+            .mutate(move |jobs| jobs.cancel(&statement, &caller.id, now))
+            .await?;
+        tracing::info!("job `{}`: {}", record.job_id, record.state.describe());
+        record_reply(&record, false)
+    }
+
+    type JobEventsStream = EventStream;
+
+    async fn job_events(
+        &self,
+        req: Request<pb::JobEventsRequest>,
+    ) -> Result<Response<Self::JobEventsStream>, Status> {
+        let caller = self.caller(&req, &[Role::ModelOwner, Role::Coordinator])?;
+        let pb::JobEventsRequest { name, from, follow } = req.into_inner();
+        let record = self.visible(&name, &caller)?;
+        let hash: [u8; 32] = hex::decode(&record.hash)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| Status::internal("malformed job hash in the store"))?;
+        let (tx, rx) = mpsc::channel(32);
+        let jobs = self.jobs.clone();
+        let mut changed = self.changed.subscribe();
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            let mut next = from;
+            loop {
+                let events = match jobs.events(&hash, next) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!("control: events: {e}");
+                        let _ = tx.send(Err(Status::internal("the job store failed"))).await;
+                        return;
+                    }
+                };
+                let mut ended = false;
+                for e in events {
+                    next = e.seq + 1;
+                    ended |= e.state.is_terminal();
+                    let Ok(event_json) = serde_json::to_string(&e) else {
+                        return;
+                    };
+                    if tx.send(Ok(pb::JobEventReply { event_json })).await.is_err() {
+                        return;
+                    }
+                }
+                if !follow || ended {
+                    return;
+                }
+                if *stopping.borrow() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the coordinator is stopping; the job is kept, follow it again \
+                             when the coordinator is back",
+                        )))
+                        .await;
+                    return;
+                }
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = stopping.changed() => {}
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
