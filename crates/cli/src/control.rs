@@ -20,6 +20,9 @@ use tonic::transport::Channel;
 
 use crate::governance::Passphrase;
 
+/// How long a stopping daemon waits for calls in progress.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The exit code of a refused request.
 pub const EXIT_REFUSED: i32 = 3;
 
@@ -51,6 +54,9 @@ pub struct ServeArgs {
 /// Runs the long-lived coordinator until SIGTERM or SIGINT: opens (and so recovers) its store
 /// first, then serves.
 pub async fn serve(args: ServeArgs) -> Result<i32> {
+    // Watch for SIGTERM and SIGINT from the start: a signal that arrives while the store
+    // recovers, or just after the daemon turned ready, still stops it cleanly.
+    let signalled = stop_signal()?;
     let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
     if creds.role != Role::Coordinator {
         bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
@@ -99,16 +105,25 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             summary.join(", ")
         }
     );
-    let service = control::ControlService::new(jobs, creds.revocations.clone());
+    let service = control::ControlService::new(jobs, creds.id(), creds.revocations.clone());
     let _ = render.set(service.clone());
     let listener = crate::bind(args.control, "coordinator control").await?;
     let stopper = service.clone();
     let not_ready = ready.clone();
     let stop = async move {
-        stop_signal().await;
+        signalled.await;
         not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
         eprintln!("confide coordinator: stopping (no new calls; calls in progress finish)");
         stopper.stop();
+        // Calls in progress get a bounded time; each store commit is atomic either way.
+        tokio::spawn(async {
+            tokio::time::sleep(DRAIN_LIMIT).await;
+            eprintln!(
+                "confide coordinator: calls still in progress after {} s; exiting",
+                DRAIN_LIMIT.as_secs()
+            );
+            std::process::exit(1);
+        });
     };
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let served = confide_net::roles::serve_control(listener, &creds, service, stop).await;
@@ -121,28 +136,17 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// A future that completes on the first SIGINT or SIGTERM; the handlers are installed now.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 /// How a command prints.

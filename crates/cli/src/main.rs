@@ -305,9 +305,17 @@ enum CoordinatorSub {
 }
 
 #[derive(clap::Args, Debug)]
+// No flattened groups in here: clap fills an `Option<Args>` only from its own arguments.
 struct CoordinatorArgs {
-    #[command(flatten)]
-    common: RoleCommon,
+    /// Job file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
     /// This party's name in the federation directory.
     #[arg(long, default_value = "coordinator")]
     name: String,
@@ -335,8 +343,12 @@ struct CoordinatorArgs {
     /// Write the exported audit log file here when the job ends.
     #[arg(long)]
     audit_export: Option<PathBuf>,
-    #[command(flatten)]
-    passphrase: governance::Passphrase,
+    /// Read the key's passphrase from this environment variable.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    passphrase_env: Option<String>,
+    /// Read the key's passphrase from the first line of this file.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -738,12 +750,17 @@ async fn bind(addr: SocketAddr, role: &str) -> Result<TcpListener> {
 }
 
 async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
-    let config = JobConfig::load(&args.common.config)?;
+    let config = JobConfig::load(&args.config)?;
     let spec = config.spec();
     let creds = Credentials::load_with(
-        &args.common.fed,
+        &args.fed,
         &args.name,
-        args.passphrase.get()?.as_deref(),
+        governance::Passphrase {
+            passphrase_env: args.passphrase_env.clone(),
+            passphrase_file: args.passphrase_file.clone(),
+        }
+        .get()?
+        .as_deref(),
     )?;
     let manifest = confide_governance::manifest::SignedManifest::load(&args.manifest)?;
     if creds.role != Role::Coordinator {
@@ -753,7 +770,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         Some(e) => Some(confide_net::node::load_job_data(&spec, &e.test)?),
         None => None,
     };
-    let listener = bind(args.common.listen, "coordinator").await?;
+    let listener = bind(args.listen, "coordinator").await?;
     let (report, params) = confide_net::roles::run_coordinator(
         listener,
         confide_net::roles::CoordinatorRole {
@@ -766,7 +783,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
             manifest,
             audit_store: Some(
                 args.audit_store
-                    .unwrap_or_else(|| args.common.fed.join(format!("{}-audit.redb", args.name))),
+                    .unwrap_or_else(|| args.fed.join(format!("{}-audit.redb", args.name))),
             ),
             audit_export: args.audit_export,
         },

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,21 +47,7 @@ impl Role {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log"));
         let mut child = cmd.spawn().expect("spawn");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            addr.contains(':'),
-            "{name} did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let addr = common::listening_address(&mut child, &log, name);
         Role { child, addr, log }
     }
 

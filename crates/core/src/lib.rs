@@ -2,6 +2,7 @@
 //! numbered validation rules. This crate does no I/O beyond reading a configuration file.
 
 pub mod config;
+pub mod crash;
 pub mod role;
 
 pub use config::{

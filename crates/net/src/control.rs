@@ -27,6 +27,8 @@ use crate::transport::peer;
 
 /// How often a followed event stream looks at the store when nothing woke it.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// The most event streams served at once; more are refused with `RESOURCE_EXHAUSTED`.
+pub const MAX_FOLLOWERS: usize = 256;
 
 /// The gRPC status for a refusal: the rule id leads the message and is in the `confide-rule`
 /// metadata, so clients can branch on it without parsing words.
@@ -42,6 +44,7 @@ pub fn refusal_status(r: &Refusal) -> Status {
         }
         Code::UnknownJob => Status::not_found(msg),
         Code::Terminal | Code::WrongState => Status::failed_precondition(msg),
+        Code::Quota => Status::resource_exhausted(msg),
     };
     if let Ok(v) = r.code.id().parse() {
         status.metadata_mut().insert("confide-rule", v);
@@ -117,7 +120,9 @@ impl Metrics {
 #[derive(Debug, Clone)]
 pub struct ControlService {
     jobs: Jobs,
+    operator: String,
     revocations: Arc<Revocations>,
+    followers: Arc<std::sync::atomic::AtomicUsize>,
     changed: Arc<watch::Sender<u64>>,
     stopping: Arc<watch::Sender<bool>>,
     refusals: Arc<Mutex<BTreeMap<&'static str, u64>>>,
@@ -126,11 +131,14 @@ pub struct ControlService {
 }
 
 impl ControlService {
-    /// A control service on a recovered job store.
-    pub fn new(jobs: Jobs, revocations: Arc<Revocations>) -> Self {
+    /// A control service on a recovered job store, run by the party `operator` (the
+    /// coordinator's own party id: its certificate may read every job).
+    pub fn new(jobs: Jobs, operator: String, revocations: Arc<Revocations>) -> Self {
         Self {
             jobs,
+            operator,
             revocations,
+            followers: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
             stopping: Arc::new(watch::channel(false).0),
             refusals: Arc::default(),
@@ -229,30 +237,28 @@ impl ControlService {
         peer(req, roles, &self.revocations)
     }
 
-    /// The job `name` names, if `caller` may see it.
+    /// The job `name` names, if `caller` may see it. A job the caller may not see is
+    /// answered as unknown (JOB-005): its existence is not the caller's business.
     fn visible(&self, name: &str, caller: &PeerIdentity) -> Result<JobRecord, Status> {
         let found = self
             .jobs
-            .resolve(name)
+            .resolve_visible(name, |r| self.may_see(r, caller))
             .and_then(|h| self.jobs.get(&h))
             .map_err(|e| self.fail(e))?;
-        let record = found.ok_or_else(|| {
+        found.ok_or_else(|| {
             self.fail(ServiceError::Refused(Refusal::new(
                 Code::UnknownJob,
                 format!("no job is named `{name}`"),
             )))
-        })?;
-        if may_see(&record, caller) {
-            Ok(record)
-        } else {
-            Err(self.fail(ServiceError::Refused(Refusal::new(
-                Code::NotAllowed,
-                format!(
-                    "job `{}` is visible to its model owner, its recipients and the operator",
-                    record.job_id
-                ),
-            ))))
-        }
+        })
+    }
+
+    /// Whether `caller` may see `record`: its model owner, a recipient, or this daemon's
+    /// operator.
+    fn may_see(&self, record: &JobRecord, caller: &PeerIdentity) -> bool {
+        (caller.role == Role::Coordinator && caller.id == self.operator)
+            || record.model_owner == caller.id
+            || record.recipients.contains(&caller.id)
     }
 
     /// Runs a store mutation off the async threads (a commit waits for the disk), then wakes
@@ -274,18 +280,20 @@ impl ControlService {
     }
 }
 
-/// Whether `caller` may see `record`: its model owner, a recipient, or the operator.
-fn may_see(record: &JobRecord, caller: &PeerIdentity) -> bool {
-    caller.role == Role::Coordinator
-        || record.model_owner == caller.id
-        || record.recipients.contains(&caller.id)
-}
-
 fn record_reply(record: &JobRecord, created: bool) -> Result<Response<pb::JobReply>, Status> {
     Ok(Response::new(pb::JobReply {
         record_json: serde_json::to_string(record).map_err(|e| Status::internal(e.to_string()))?,
         created,
     }))
+}
+
+/// One open event stream, released when its task ends.
+struct FollowerSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for FollowerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEventReply, Status>> + Send>>;
@@ -324,7 +332,7 @@ impl pb::control_server::Control for ControlService {
         let all = self.jobs.list().map_err(|e| self.fail(e))?;
         let records_json = all
             .iter()
-            .filter(|r| may_see(r, &caller))
+            .filter(|r| self.may_see(r, &caller))
             .filter(|r| state.is_empty() || r.state.name() == state)
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
@@ -368,32 +376,60 @@ impl pb::control_server::Control for ControlService {
             .ok()
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| Status::internal("malformed job hash in the store"))?;
+        let active = self
+            .followers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let slot = FollowerSlot(self.followers.clone());
+        if active >= MAX_FOLLOWERS {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_FOLLOWERS} event streams are open; try again later"
+            )));
+        }
         let (tx, rx) = mpsc::channel(32);
         let jobs = self.jobs.clone();
         let mut changed = self.changed.subscribe();
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut next = from;
             loop {
-                let events = match jobs.events(&hash, next) {
-                    Ok(e) => e,
-                    Err(e) => {
+                let read = {
+                    let jobs = jobs.clone();
+                    tokio::task::spawn_blocking(move || {
+                        Ok::<_, ServiceError>((jobs.get(&hash)?, jobs.events(&hash, next)?))
+                    })
+                    .await
+                };
+                let (record, events) = match read {
+                    Ok(Ok((Some(r), e))) => (r, e),
+                    Ok(Ok((None, _))) => return,
+                    Ok(Err(e)) => {
                         tracing::error!("control: events: {e}");
                         let _ = tx.send(Err(Status::internal("the job store failed"))).await;
                         return;
                     }
+                    Err(e) => {
+                        tracing::error!("control: events task: {e}");
+                        return;
+                    }
                 };
-                let mut ended = false;
                 for e in events {
                     next = e.seq + 1;
-                    ended |= e.state.is_terminal();
                     let Ok(event_json) = serde_json::to_string(&e) else {
                         return;
                     };
-                    if tx.send(Ok(pb::JobEventReply { event_json })).await.is_err() {
-                        return;
+                    // A follower that stops reading must not hold up a shutdown.
+                    tokio::select! {
+                        sent = tx.send(Ok(pb::JobEventReply { event_json })) => {
+                            if sent.is_err() {
+                                return;
+                            }
+                        }
+                        _ = stopping.wait_for(|s| *s) => return,
                     }
                 }
+                // Ended, and everything up to the end was sent (or asked for from beyond it).
+                let ended = record.state.is_terminal() && next >= record.events;
                 if !follow || ended {
                     return;
                 }

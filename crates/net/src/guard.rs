@@ -945,7 +945,6 @@ pub fn aggregator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
         )
 }
 
-/// The confidential trainer host's guard. `Upload` streams pieces of at most `piece` bytes.
 /// The long-running coordinator's control API: model owners submit, follow and cancel their
 /// jobs; the operator (the coordinator's own certificate) may read every job.
 pub fn control(revocations: Arc<Revocations>) -> Guard {
@@ -981,6 +980,7 @@ pub fn control(revocations: Arc<Revocations>) -> Guard {
 /// author's public identity and the signature fit in well under half of it).
 const CANCEL_BYTES: usize = 8 * 1024;
 
+/// The confidential trainer host's guard. `Upload` streams pieces of at most `piece` bytes.
 pub fn trainer(piece: usize, revocations: Arc<Revocations>) -> Guard {
     let both = &[Role::Node, Role::ModelOwner];
     Guard::new("confide.v1.Trainer", revocations)

@@ -63,6 +63,7 @@ pub struct KeyHolderService {
     revocations: Arc<crate::pki::Revocations>,
     job_hex: String,
     state: Option<PathBuf>,
+    fingerprint: String,
 }
 
 /// One line of the key holder's state file: a decryption, recorded before it happened.
@@ -71,10 +72,23 @@ struct StateLine {
     job: String,
     round: u32,
     model: String,
+    /// The contribution set's digest (RES-001); absent in lines written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    contributions: Option<String>,
+    /// The fingerprint of the key that decrypted (RES-003); absent in lines written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
-/// Reads the decryptions recorded for `job_hex` in a state file (missing file: none).
-fn load_state(path: &std::path::Path, job_hex: &str) -> Result<Vec<UnsealRecord>, String> {
+/// Reads the decryptions recorded for `job_hex` in a state file (missing file: none). RES-003:
+/// a record made under another key than `fingerprint` stops the key holder, because the
+/// job's owners encrypted to that other key, and decrypting their ciphertexts under this one
+/// would release garbage as a sum.
+fn load_state(
+    path: &std::path::Path,
+    job_hex: &str,
+    fingerprint: &str,
+) -> Result<Vec<UnsealRecord>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -91,13 +105,36 @@ fn load_state(path: &std::path::Path, job_hex: &str) -> Result<Vec<UnsealRecord>
         if l.job != job_hex {
             continue;
         }
+        if let Some(k) = &l.key
+            && k != fingerprint
+        {
+            return Err(format!(
+                "{}:{}: RES-003 round {} of this job was decrypted under key {k}, this key \
+                 holder has key {fingerprint}; restart it with the job's key (--key)",
+                path.display(),
+                i + 1,
+                l.round
+            ));
+        }
         let model = hex::decode(&l.model)
             .ok()
             .and_then(|m| <[u8; 32]>::try_from(m).ok())
             .ok_or_else(|| format!("{}:{}: bad model digest", path.display(), i + 1))?;
+        let contributions = match &l.contributions {
+            None => None,
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|m| <[u8; 32]>::try_from(m).ok())
+                    .ok_or_else(|| {
+                        format!("{}:{}: bad contribution digest", path.display(), i + 1)
+                    })?,
+            ),
+        };
         out.push(UnsealRecord {
             round: l.round,
             model_digest: model,
+            contributions,
         });
     }
     Ok(out)
@@ -141,11 +178,12 @@ impl KeyHolderService {
         }
         let params = job_scheme_params(spec)?;
         let public_json = key.public_json();
+        let fingerprint = key.fingerprint();
         let owners: BTreeSet<String> = spec.owners.iter().cloned().collect();
         let digest = job_digest(spec);
         let job_hex = hex::encode(digest);
         let history = match &state {
-            Some(p) => load_state(p, &job_hex)
+            Some(p) => load_state(p, &job_hex, &key.fingerprint())
                 .map_err(|e| crate::transport::transport_err("key holder state", e))?,
             None => Vec::new(),
         };
@@ -163,6 +201,7 @@ impl KeyHolderService {
             revocations: creds.revocations.clone(),
             job_hex,
             state,
+            fingerprint,
         }))
     }
 
@@ -176,7 +215,10 @@ impl KeyHolderService {
         let mut u = self.unsealer.lock().unwrap_or_else(|p| p.into_inner());
         let result = u.unseal(round, checked, |rec| self.persist(rec));
         match &result {
-            Ok(_) => tracing::info!("round {round}: decrypted the sum"),
+            Ok(_) => {
+                confide_core::crash::point("keyholder-after-decrypt", round);
+                tracing::info!("round {round}: decrypted the sum");
+            }
             Err(e) => tracing::warn!("round {round}: refused: {e}"),
         }
         result.map_err(|e: UnsealError| e.to_string())
@@ -184,6 +226,7 @@ impl KeyHolderService {
 
     /// Appends a record to the state file and syncs it to disk.
     fn persist(&self, rec: &UnsealRecord) -> Result<(), String> {
+        confide_core::crash::point("keyholder-before-record", rec.round);
         let Some(path) = &self.state else {
             return Ok(());
         };
@@ -191,6 +234,8 @@ impl KeyHolderService {
             job: self.job_hex.clone(),
             round: rec.round,
             model: hex::encode(rec.model_digest),
+            contributions: rec.contributions.map(hex::encode),
+            key: Some(self.fingerprint.clone()),
         })
         .map_err(|e| e.to_string())?;
         let mut f = std::fs::OpenOptions::new()
@@ -199,7 +244,10 @@ impl KeyHolderService {
             .open(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
-        f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
+        f.sync_all()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        confide_core::crash::point("keyholder-after-record", rec.round);
+        Ok(())
     }
 }
 

@@ -153,6 +153,21 @@ fn relay_limit(spec: &JobSpec) -> usize {
         .saturating_mul(spec.owners.len().max(1))
 }
 
+/// The first wait before asking an unreachable key holder again (RES-002).
+const UNSEAL_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two asks.
+const UNSEAL_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Whether a failed call never reached the peer's logic (it was down, restarting, or the
+/// connection broke), so that asking again with the same request is the right response.
+pub fn is_transport_failure(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
+}
+
 /// A failed call to another role in words: a refusal (the peer answered no) or a transport
 /// failure (it could not be reached or the connection broke); the callers prefix the peer.
 pub fn describe_failure(s: &tonic::Status) -> String {
@@ -322,10 +337,26 @@ pub async fn run_coordinator(
             let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
                 .max_decoding_message_size(relay)
                 .max_encoding_message_size(relay);
-            kh.unseal(crate::keyholder::relayed_to_pb(round, relayed))
-                .await
-                .map(|r| ExternalResult::Unsealed(r.into_inner().plaintexts))
-                .map_err(|s| describe_failure(&s))
+            let request = crate::keyholder::relayed_to_pb(round, relayed);
+            // RES-002: a key holder that is unreachable (restarting) is asked again, with the
+            // byte-identical request, until the round's deadline (the caller's timeout); by
+            // RES-001 it answers a request it already decrypted with the same sum.
+            let mut wait = UNSEAL_RETRY_FIRST;
+            loop {
+                match kh.unseal(request.clone()).await {
+                    Ok(r) => return Ok(ExternalResult::Unsealed(r.into_inner().plaintexts)),
+                    Err(s) if is_transport_failure(&s) => {
+                        tracing::warn!(
+                            "round {round}: the key holder {}; asking again in {:.1} s",
+                            describe_failure(&s),
+                            wait.as_secs_f64()
+                        );
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(UNSEAL_RETRY_MAX);
+                    }
+                    Err(s) => return Err(describe_failure(&s)),
+                }
+            }
         }
     };
     let report = coordinator.clone().run(holder_key, unseal).await;

@@ -168,10 +168,15 @@ async fn key_holder_checks_callers_certificates_and_remembers_decryptions() {
     let sums = layout.unpack_sum(&plaintexts, 31, 2).expect("unpack");
     assert!(sums.iter().all(|&s| fixed.decode(s) == 1.0), "{sums:?}");
 
-    // KEY-005: never again, and not after a restart either (the record is on disk).
-    let err = unseal(&addr, &coordinator, vec![g.clone(), h.clone()])
+    // RES-001: the identical request again gets the same sum; KEY-005: any other subset of
+    // the round is refused, and neither changes after a restart (the record is on disk).
+    let again = unseal(&addr, &coordinator, vec![h.clone(), g.clone()])
         .await
-        .expect_err("twice");
+        .expect("the identical request is answered");
+    assert_eq!(again, plaintexts);
+    let err = unseal(&addr, &coordinator, vec![g.clone()])
+        .await
+        .expect_err("a subset");
     assert!(err.message().contains("KEY-005"), "{}", err.message());
     let _ = stop.send(());
     assert!(
@@ -180,10 +185,14 @@ async fn key_holder_checks_callers_certificates_and_remembers_decryptions() {
             .contains("\"round\":1")
     );
     let (addr2, _stop2) = start(&fed, &state).await;
-    let err = unseal(&addr2, &coordinator, vec![g, h])
+    let err = unseal(&addr2, &coordinator, vec![h.clone()])
         .await
-        .expect_err("after restart");
+        .expect_err("a subset after restart");
     assert!(err.message().contains("KEY-005"), "{}", err.message());
+    let after = unseal(&addr2, &coordinator, vec![g, h])
+        .await
+        .expect("the identical request after a restart");
+    assert_eq!(after, plaintexts);
 }
 
 fn dev_tee(measurement: [u8; 32]) -> confide_attest::dev::DevTee {

@@ -11,7 +11,13 @@
 //!   before (so a coordinator cannot ask for two different subsets of one round, or of two
 //!   rounds it gave the same model, and subtract the sums to isolate one owner). The record is
 //!   made durable through the caller's `persist` hook *before* decrypting, so a restarted key
-//!   holder remembers it;
+//!   holder remembers it. The record names the exact set of contributions (a digest over each
+//!   owner and the SHA-256 of its signed payload), so that
+//! - RES-001 an *identical* request (same round, same model, byte-identical contributions) is
+//!   answered again: a coordinator that crashed, or lost the key holder's answer, gets the
+//!   same sum. Decrypting the same ciphertexts again yields the same plaintexts and reveals
+//!   nothing new; it is any *other* subset that KEY-005 refuses. The key holder keeps no
+//!   decrypted sum at rest;
 //! - KEY-006 each contribution has exactly the ciphertexts the model needs, all well formed;
 //! - KEY-007 all contributions were trained from the same global model.
 //!
@@ -175,6 +181,23 @@ pub struct UnsealRecord {
     pub round: u32,
     /// The global model the contributions were trained from.
     pub model_digest: [u8; 32],
+    /// The exact set of contributions decrypted ([`contribution_set_digest`]); `None` in
+    /// records written before RES-001, which no repeat can match.
+    pub contributions: Option<[u8; 32]>,
+}
+
+/// The digest of a round's contribution set: SHA-256 over `"confide/unseal-set/v1\n"` and,
+/// for each owner in byte order, its name's length (u32 BE), its name and the SHA-256 of its
+/// signed payload. Two requests have the same digest exactly when they carry the same owners
+/// with byte-identical payloads.
+pub fn contribution_set_digest(checked: &BTreeMap<String, VerifiedContribution>) -> [u8; 32] {
+    let mut m = b"confide/unseal-set/v1\n".to_vec();
+    for (owner, c) in checked {
+        m.extend(u32::try_from(owner.len()).unwrap_or(u32::MAX).to_be_bytes());
+        m.extend(owner.as_bytes());
+        m.extend(confide_crypto::sha256(&c.get().payload));
+    }
+    confide_crypto::sha256(&m)
 }
 
 /// The key holder's state for one job.
@@ -186,7 +209,7 @@ pub struct Unsealer {
     params: SchemeParams,
     /// The packing layout under `paillier`.
     layout: Option<PackingLayout>,
-    unsealed: BTreeSet<u32>,
+    unsealed: BTreeMap<u32, UnsealRecord>,
     models: BTreeSet<[u8; 32]>,
 }
 
@@ -223,7 +246,7 @@ impl Unsealer {
             owners,
             params,
             layout,
-            unsealed: history.iter().map(|r| r.round).collect(),
+            unsealed: history.iter().map(|r| (r.round, *r)).collect(),
             models: history.iter().map(|r| r.model_digest).collect(),
         })
     }
@@ -234,8 +257,8 @@ impl Unsealer {
     }
 
     /// Rounds decrypted so far.
-    pub fn unsealed_rounds(&self) -> &BTreeSet<u32> {
-        &self.unsealed
+    pub fn unsealed_rounds(&self) -> BTreeSet<u32> {
+        self.unsealed.keys().copied().collect()
     }
 
     /// Checks the contributions and returns the decrypted sum plaintexts. Each contribution
@@ -249,11 +272,17 @@ impl Unsealer {
         contributions: Vec<(Contribution, Vec<u8>)>,
         persist: impl FnOnce(&UnsealRecord) -> Result<(), String>,
     ) -> Result<Vec<Vec<u8>>, UnsealError> {
-        if self.unsealed.contains(&round) {
-            return Err(UnsealError::AlreadyUnsealed(round));
-        }
         let (model, checked) = check_signed(round, contributions, &self.owners, &self.job_digest)?;
-        if let Some(m) = model
+        let set = contribution_set_digest(&checked);
+        // RES-001: the identical request again is answered with the same sum; KEY-005: any
+        // other request for a round or a model already decrypted is refused.
+        let repeat = match self.unsealed.get(&round) {
+            Some(r) if r.contributions == Some(set) && Some(r.model_digest) == model => true,
+            Some(_) => return Err(UnsealError::AlreadyUnsealed(round)),
+            None => false,
+        };
+        if !repeat
+            && let Some(m) = model
             && self.models.contains(&m)
         {
             return Err(UnsealError::AlreadyUnsealed(round));
@@ -275,14 +304,18 @@ impl Unsealer {
             });
         }
         let acc = self.sum(seen.into_values())?;
+        if repeat {
+            return self.decrypt(acc);
+        }
         // Record before decrypting: whatever happens next, this round and this model are never
-        // decrypted again, even by a restarted key holder.
+        // decrypted again for any other set of contributions, even by a restarted key holder.
         let record = UnsealRecord {
             round,
             model_digest: model.unwrap_or_default(),
+            contributions: Some(set),
         };
         persist(&record).map_err(UnsealError::Persist)?;
-        self.unsealed.insert(round);
+        self.unsealed.insert(round, record);
         self.models.insert(record.model_digest);
         self.decrypt(acc)
     }

@@ -374,13 +374,53 @@ fn key_holder_enforces_its_rules() {
         .expect("unseal");
     assert_eq!(pts.len(), 1);
     let record = recorded.expect("recorded");
+    assert_eq!(record.round, 4);
+    assert_eq!(record.model_digest, model_digest(&[4.0]));
+    assert!(record.contributions.is_some());
+    // RES-001: the identical request again (in any order) gets the same sum, and records
+    // nothing new...
+    let mut reversed = cs.clone();
+    reversed.reverse();
+    let again = ks
+        .unseal(4, with_keys(&os, reversed), |_| {
+            Err("a repeat must not record anything".into())
+        })
+        .expect("the identical request is answered");
+    assert_eq!(again, pts);
+    // ...also by a key holder restarted from the record.
+    let mut restarted =
+        Unsealer::new(sk.clone().into(), JOB, all(&os), p.clone(), [record]).expect("unsealer");
     assert_eq!(
-        record,
-        UnsealRecord {
-            round: 4,
-            model_digest: model_digest(&[4.0])
-        }
+        restarted
+            .unseal(4, with_keys(&os, cs.clone()), no_persist)
+            .expect("answered after a restart"),
+        pts
     );
+    // A record from before RES-001 names no set: nothing matches it.
+    let before_res = UnsealRecord {
+        contributions: None,
+        ..record
+    };
+    let mut old =
+        Unsealer::new(sk.clone().into(), JOB, all(&os), p.clone(), [before_res]).expect("unsealer");
+    assert!(matches!(
+        old.unseal(4, with_keys(&os, cs.clone()), no_persist),
+        Err(UnsealError::AlreadyUnsealed(4))
+    ));
+    // A contribution whose payload differs by one byte is another set: refused.
+    let mut changed = cs.clone();
+    let mut u = unsigned(&os[0].name, 4, cs[0].payload.clone());
+    u.model_digest = cs[0].model_digest;
+    u.payload = {
+        let mut p = u.payload.clone();
+        p[0] ^= 1;
+        p
+    };
+    changed[0] = sign_contribution(&os[0].key, &JOB, u);
+    assert!(matches!(
+        ks.unseal(4, with_keys(&os, changed), no_persist),
+        Err(UnsealError::AlreadyUnsealed(4))
+    ));
     // KEY-005: never twice for the same round, not even a subset...
     assert!(matches!(
         ks.unseal(4, with_keys(&os, cs[..2].to_vec()), no_persist),
@@ -566,8 +606,8 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
         .accept(verified(&os[0], 1, cs[0].payload.clone()))
         .expect("genuine");
 
-    // The key holder: alone (KEY-004), malformed and validly signed (KEY-006), then once only
-    // (KEY-005).
+    // The key holder: alone (KEY-004), malformed and validly signed (KEY-006), then one set of
+    // contributions only (KEY-005, RES-001).
     let mut ks = unsealer(sk, &os, p.clone());
     assert!(matches!(
         ks.unseal(1, with_keys(&os, cs[..1].to_vec()), no_persist),
@@ -591,11 +631,17 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
         .expect("genuine");
     server.close_stage(&all(&os)).expect("close");
     let sum = server
-        .finish(ExternalResult::Unsealed(pts))
+        .finish(ExternalResult::Unsealed(pts.clone()))
         .expect("finish");
     assert_eq!(sum.sums, expected_sum(&ups, &[0, 1, 2]));
+    // RES-001 under BFV too: the identical request again decrypts to the same plaintexts;
+    // KEY-005: a subset of the round is refused.
+    let again = ks
+        .unseal(1, with_keys(&os, cs.clone()), no_persist)
+        .expect("identical request");
+    assert_eq!(again, pts);
     assert!(matches!(
-        ks.unseal(1, with_keys(&os, cs.clone()), no_persist),
+        ks.unseal(1, with_keys(&os, cs[1..].to_vec()), no_persist),
         Err(UnsealError::AlreadyUnsealed(1))
     ));
 

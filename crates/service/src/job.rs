@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! awaiting_approval ──(every participant approved)──▶ queued ──dispatch──▶ running{round, stage}
-//!        │                                               │                      │   ▲ progress
-//!        │                                               │                      ▼   │ (forward only)
-//!        │                                               │                  releasing ──▶ completed
-//!        └──────────── from any state that is not terminal ───────────────────────────▶
-//!                      cancelled{by, reason} | rejected{owner, rule} | expired | failed{reason}
+//!   │                                                    │                      │   ▲ progress
+//!   │  rejected{owner, rule} | expired  ◀────────────────┤                      ▼   │ (forward only)
+//!   └────────────────────────────────────────────────────┘       releasing ──▶ completed
+//!
+//!   from any state that is not terminal: cancelled{by, reason} | failed{reason}
 //! ```
 //!
 //! `completed`, `cancelled`, `rejected`, `expired` and `failed` are terminal: no transition
@@ -199,7 +199,7 @@ pub enum Transition {
         /// Its stage.
         stage: Stage,
     },
-    /// The last round committed; the model goes to its recipients.
+    /// The last round committed (it is in `committing`); the model goes to its recipients.
     Release,
     /// The recipients have the model.
     Complete,
@@ -263,11 +263,14 @@ pub enum Code {
     NotParticipant,
     /// JOB-011: a job name (a hash prefix) matches more than one job.
     Ambiguous,
+    /// JOB-012: the model owner already has as many unfinished jobs as a coordinator keeps
+    /// for one owner.
+    Quota,
 }
 
 impl Code {
     /// Every code, in order.
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 12] = [
         Code::Malformed,
         Code::Signature,
         Code::IdReused,
@@ -279,9 +282,10 @@ impl Code {
         Code::Statement,
         Code::NotParticipant,
         Code::Ambiguous,
+        Code::Quota,
     ];
 
-    /// The rule id, `JOB-001` … `JOB-011`.
+    /// The rule id, `JOB-001` … `JOB-012`.
     pub fn id(self) -> &'static str {
         match self {
             Code::Malformed => "JOB-001",
@@ -295,6 +299,7 @@ impl Code {
             Code::Statement => "JOB-009",
             Code::NotParticipant => "JOB-010",
             Code::Ambiguous => "JOB-011",
+            Code::Quota => "JOB-012",
         }
     }
 }
@@ -422,12 +427,16 @@ impl JobRecord {
                 };
             }
             (Transition::Progress { round, stage }, JobState::Running { round: r, stage: s }) => {
-                if *round == 0 || *round > self.rounds || (*round, *stage) <= (*r, *s) {
+                if *round == 0
+                    || *round > self.rounds
+                    || *round > r.saturating_add(1)
+                    || (*round, *stage) <= (*r, *s)
+                {
                     return Err(Refusal::new(
                         Code::WrongState,
                         format!(
                             "job `{}` is at round {r} ({}) of {}; progress to round {round} ({}) \
-                             would go backwards, stand still or pass the last round",
+                             would go backwards, stand still, skip a round or pass the last round",
                             self.job_id,
                             s.as_str(),
                             self.rounds,
@@ -440,7 +449,13 @@ impl JobRecord {
                     stage: *stage,
                 };
             }
-            (Transition::Release, JobState::Running { round, .. }) if *round == self.rounds => {
+            (
+                Transition::Release,
+                JobState::Running {
+                    round,
+                    stage: Stage::Committing,
+                },
+            ) if *round == self.rounds => {
                 next.state = JobState::Releasing;
             }
             (Transition::Complete, JobState::Releasing) => next.state = JobState::Completed,

@@ -36,6 +36,29 @@ const EVENTS: &str = "jobs.events";
 pub const MIN_PREFIX: usize = 8;
 /// The largest manifest file accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// The most unfinished jobs one model owner may have in a coordinator (JOB-012).
+pub const MAX_OPEN_JOBS_PER_OWNER: usize = 64;
+
+/// JOB-001 for a job id: letters, digits, `.`, `_` and `-` only (it is printed and logged),
+/// and not 8 or more hex digits, which would read as a manifest hash prefix.
+fn check_job_id(id: &str) -> Result<(), ServiceError> {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(refuse(
+            Code::Malformed,
+            "a job id served by a coordinator has only letters, digits, `.`, `_` and `-`",
+        ));
+    }
+    if id.len() >= MIN_PREFIX && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refuse(
+            Code::Malformed,
+            "a job id of 8 or more hex digits would read as a manifest hash prefix",
+        ));
+    }
+    Ok(())
+}
 
 /// What went wrong: the request was refused (the caller's fault, numbered), or the store
 /// failed or holds something this code did not write (ours or the environment's).
@@ -119,8 +142,13 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
 
 fn read_record(txn: &dyn ReadTxn, hash: &[u8; 32]) -> Result<Option<JobRecord>, ServiceError> {
     txn.get(JOBS, hash)?
-        .map(|b| decode("job record", &b))
+        .map(|b| decode_record(hash, &b))
         .transpose()
+}
+
+/// A job record read back, or the key of the record that does not read.
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<JobRecord, ServiceError> {
+    decode(&format!("job record {}", hex::encode(key)), bytes)
 }
 
 /// An audit entry about the job `record`.
@@ -199,6 +227,7 @@ impl Jobs {
             other => refuse(Code::Malformed, other.to_string()),
         })?;
         let m = &verified.manifest;
+        check_job_id(&m.job_id)?;
         if m.model_owner.id != submitter {
             return Err(refuse(
                 Code::NotModelOwner,
@@ -229,14 +258,33 @@ impl Jobs {
                     new: false,
                 });
             }
-            if let Some(other) = txn.get(BY_ID, m.job_id.as_bytes())? {
+            if txn.get(BY_ID, m.job_id.as_bytes())?.is_some() {
                 return Err(refuse(
                     Code::IdReused,
                     format!(
-                        "job id `{}` is already used by manifest {}; a job id names one job \
-                         (give the new job another id)",
-                        m.job_id,
-                        hex::encode(&other)
+                        "job id `{}` is already used by another manifest; a job id names one \
+                         job (give the new job another id)",
+                        m.job_id
+                    ),
+                ));
+            }
+            let open = txn
+                .scan_prefix(JOBS, &[])?
+                .iter()
+                .map(|(k, v)| decode_record(k, v))
+                .filter(|r| {
+                    r.as_ref().map_or(true, |r| {
+                        r.model_owner == submitter && !r.state.is_terminal()
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .len();
+            if open >= MAX_OPEN_JOBS_PER_OWNER {
+                return Err(refuse(
+                    Code::Quota,
+                    format!(
+                        "you have {open} unfinished jobs here, the most one model owner may \
+                         have; cancel one or wait for one to end"
                     ),
                 ));
             }
@@ -380,35 +428,50 @@ impl Jobs {
             .read(|txn| Ok::<_, ServiceError>(txn.get(MANIFESTS, hash)?))
     }
 
-    /// The job that `name` names: its manifest hash (hex), its job id, or a hash prefix of at
-    /// least [`MIN_PREFIX`] hex digits that matches one job.
+    /// The job that `name` names: its manifest hash (hex), a hash prefix of at least
+    /// [`MIN_PREFIX`] hex digits that matches one job, or its job id.
     ///
     /// # Errors
     /// JOB-005 no such job, JOB-011 a prefix that matches several; or the store failed.
     pub fn resolve(&self, name: &str) -> Result<[u8; 32], ServiceError> {
+        self.resolve_visible(name, |_| true)
+    }
+
+    /// As [`Jobs::resolve`], among the jobs that `visible` accepts only: a job the caller may
+    /// not see is answered as if it did not exist, and is never counted as a match.
+    ///
+    /// # Errors
+    /// As [`Jobs::resolve`].
+    pub fn resolve_visible(
+        &self,
+        name: &str,
+        visible: impl Fn(&JobRecord) -> bool,
+    ) -> Result<[u8; 32], ServiceError> {
         self.store.read(|txn| {
+            let seen = |hash: &[u8; 32]| -> Result<bool, ServiceError> {
+                Ok(read_record(txn, hash)?.is_some_and(|r| visible(&r)))
+            };
             if let Some(hash) = parse_hash(name)
-                && txn.get(JOBS, &hash)?.is_some()
+                && seen(&hash)?
             {
                 return Ok(hash);
-            }
-            if let Some(hash) = txn.get(BY_ID, name.as_bytes())? {
-                return hash
-                    .try_into()
-                    .map_err(|_| ServiceError::Corrupt(format!("job id `{name}`: bad hash")));
             }
             let lower = name.to_ascii_lowercase();
             if lower.len() >= MIN_PREFIX && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
                 let whole = &lower[..lower.len() & !1];
                 let prefix = hex::decode(whole).unwrap_or_default();
-                let hits: Vec<[u8; 32]> = txn
-                    .scan_prefix(JOBS, &prefix)?
-                    .into_iter()
-                    .filter(|(k, _)| hex::encode(k).starts_with(&lower))
-                    .filter_map(|(k, _)| k.try_into().ok())
-                    .collect();
+                let mut hits = Vec::new();
+                for (k, v) in txn.scan_prefix(JOBS, &prefix)? {
+                    if hex::encode(&k).starts_with(&lower) && visible(&decode_record(&k, &v)?) {
+                        hits.push(k);
+                    }
+                }
                 match hits.as_slice() {
-                    [one] => return Ok(*one),
+                    [one] => {
+                        return one.as_slice().try_into().map_err(|_| {
+                            ServiceError::Corrupt(format!("bad key {}", hex::encode(one)))
+                        });
+                    }
                     [] => {}
                     many => {
                         return Err(refuse(
@@ -416,6 +479,14 @@ impl Jobs {
                             format!("`{name}` is the start of {} jobs' hashes", many.len()),
                         ));
                     }
+                }
+            }
+            if let Some(hash) = txn.get(BY_ID, name.as_bytes())? {
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| ServiceError::Corrupt(format!("job id `{name}`: bad hash")))?;
+                if seen(&hash)? {
+                    return Ok(hash);
                 }
             }
             Err(unknown(name))
@@ -430,7 +501,7 @@ impl Jobs {
         let mut all: Vec<JobRecord> = self.store.read(|txn| {
             txn.scan_prefix(JOBS, &[])?
                 .iter()
-                .map(|(_, v)| decode("job record", v))
+                .map(|(k, v)| decode_record(k, v))
                 .collect::<Result<Vec<_>, ServiceError>>()
         })?;
         all.sort_by(|a, b| (a.submitted_ms, &a.hash).cmp(&(b.submitted_ms, &b.hash)));

@@ -20,6 +20,28 @@ pub fn confide(args: &[&str]) -> Output {
         .expect("run confide")
 }
 
+/// The address a role process prints at the end of its first stdout line (`confide … listening
+/// on ADDR`); fails with the process's log when it did not start.
+pub fn listening_address(child: &mut std::process::Child, log: &Path, what: &str) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        addr.contains(':'),
+        "{what} did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    addr
+}
+
 /// Runs `confide` with `args`, expecting success.
 pub fn ok(args: &[&str]) {
     let out = confide(args);

@@ -485,3 +485,78 @@ fn corrupt_records_are_reported_not_guessed() {
     assert!(matches!(jobs.get(&[1; 32]), Err(ServiceError::Corrupt(_))));
     assert!(matches!(jobs.list(), Err(ServiceError::Corrupt(_))));
 }
+
+#[test]
+fn job_001_job_ids_that_could_mislead_are_refused() {
+    let (_, jobs) = memory();
+    let owner = Identity::generate().expect("key");
+    for id in [
+        "deadbeef",
+        "0123456789abcdef",
+        "bad id",
+        "tab\tid",
+        "ünïcode",
+    ] {
+        let m = manifest(&owner, id, 2);
+        assert_eq!(
+            refused_code(jobs.submit(&m, &owner.id(), now())),
+            Code::Malformed,
+            "{id:?}"
+        );
+    }
+    // Short hex and ordinary ids are fine.
+    for id in ["abc", "study-2026.v1_a"] {
+        jobs.submit(&manifest(&owner, id, 2), &owner.id(), now())
+            .expect(id);
+    }
+}
+
+#[test]
+fn job_012_a_model_owner_has_a_bounded_number_of_unfinished_jobs() {
+    let (_, jobs) = memory();
+    let owner = Identity::generate().expect("key");
+    let mut first = None;
+    for i in 0..MAX_OPEN_JOBS_PER_OWNER {
+        let r = submit(&jobs, &owner, &format!("q{i}"), 2);
+        first.get_or_insert(hash_of(&r));
+    }
+    let one_more = manifest(&owner, "q-extra", 2);
+    assert_eq!(
+        refused_code(jobs.submit(&one_more, &owner.id(), now())),
+        Code::Quota
+    );
+    // Another owner is not affected; an ended job frees a place.
+    let other = Identity::generate().expect("key");
+    submit(&jobs, &other, "theirs", 2);
+    let first = first.expect("first");
+    jobs.cancel(
+        &cancel_statement(&owner, &first, "make room"),
+        &owner.id(),
+        now(),
+    )
+    .expect("cancel");
+    jobs.submit(&one_more, &owner.id(), now())
+        .expect("room again");
+}
+
+#[test]
+fn names_resolve_only_among_the_jobs_a_caller_may_see() {
+    let (_, jobs) = memory();
+    let alice = Identity::generate().expect("key");
+    let mallory = Identity::generate().expect("key");
+    let hers = submit(&jobs, &alice, "hers", 2);
+    let theirs = submit(&jobs, &mallory, "theirs", 2);
+    let mallory_sees = |r: &JobRecord| r.model_owner == mallory.id();
+    for name in [hers.hash.as_str(), &hers.hash[..10], "hers"] {
+        assert_eq!(
+            refused_code(jobs.resolve_visible(name, mallory_sees)),
+            Code::UnknownJob,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        jobs.resolve_visible(&theirs.hash[..10], mallory_sees)
+            .expect("own"),
+        hash_of(&theirs)
+    );
+}

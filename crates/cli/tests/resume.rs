@@ -1,0 +1,320 @@
+//! The key holder's restart rules, with real processes and a crash point that aborts the key
+//! holder (as `kill -9` would) at an exact place in round 3 of an 8-round `paillier` job:
+//! - before it records the decryption (`keyholder-before-record`);
+//! - after the record is on disk, before it decrypts (`keyholder-after-record`);
+//! - after it decrypted, before it answers (`keyholder-after-decrypt`).
+//!
+//! The test restarts the key holder on the same address at once. The coordinator asks again
+//! with the byte-identical request (RES-002), and the restarted key holder either decrypts for
+//! the first time or answers the identical request it already decrypted (RES-001), while any
+//! other subset stays refused (KEY-005, unit-tested in confide-secagg). Each job completes with
+//! a model **bit-identical** to an uninterrupted run's, and the key holder's record holds each
+//! round exactly once. A key holder restarted with another key refuses to start (RES-003).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ok, root};
+
+const ROUNDS: usize = 8;
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8").to_string()
+}
+
+/// A federation, an 8-round breast_homo job under `paillier`, its approved manifest.
+struct Fed {
+    dir: tempfile::TempDir,
+    fed: PathBuf,
+    job: PathBuf,
+    manifest: PathBuf,
+}
+
+fn federation() -> Fed {
+    let dir = tempfile::Builder::new()
+        .disable_cleanup(std::env::var_os("KEEP").is_some())
+        .tempdir()
+        .expect("tmp");
+    eprintln!("work directory {}", dir.path().display());
+    let fed = dir.path().join("fed");
+    ok(&["ca", "init", "--dir", &s(&fed), "--federation", "resume"]);
+    for (name, role) in [
+        ("coordinator", "coordinator"),
+        ("keyholder", "keyholder"),
+        ("owner", "model-owner"),
+        ("guest", "node"),
+        ("host", "node"),
+    ] {
+        ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            &s(&fed),
+            "--name",
+            name,
+            "--role",
+            role,
+        ]);
+    }
+    let text = common::absolute_example_paths(
+        &std::fs::read_to_string(root().join("examples/breast_homo.toml")).expect("example"),
+    );
+    assert!(text.contains("rounds = 80"));
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        text.replace("rounds = 80", &format!("rounds = {ROUNDS}")),
+    )
+    .expect("write");
+    let manifest = dir.path().join("job.manifest.json");
+    ok(&[
+        "job",
+        "sign",
+        "--config",
+        &s(&job),
+        "--key",
+        &s(&fed.join("owner.key")),
+        "--out",
+        &s(&manifest),
+    ]);
+    for owner in ["guest", "host"] {
+        let key = s(&fed.join(format!("{owner}.key")));
+        ok(&["job", "approve", "--manifest", &s(&manifest), "--key", &key]);
+    }
+    Fed {
+        dir,
+        fed,
+        job,
+        manifest,
+    }
+}
+
+/// Starts `confide args…` with `env`; returns the process and the address on its first line.
+fn start(args: &[String], env: &[(&str, &str)], log: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let addr = common::listening_address(&mut child, log, &format!("{args:?}"));
+    (child, addr)
+}
+
+/// What a run left: the released model's bytes, the report, the key holder's record lines,
+/// and how many times the key holder was started.
+struct Run {
+    model: Vec<u8>,
+    report: serde_json::Value,
+    records: Vec<serde_json::Value>,
+    starts: usize,
+}
+
+/// Runs the job once in `work`, with the key holder's crash point `crash` armed (if any), and
+/// restarts the key holder whenever it dies before the job ends.
+fn run(f: &Fed, work: &str, crash: Option<&str>) -> Run {
+    let d = f.dir.path().join(work);
+    std::fs::create_dir_all(&d).expect("dir");
+    let state = d.join("keyholder-state.jsonl");
+    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
+    let kh_args = |listen: &str| -> Vec<String> {
+        [
+            "keyholder",
+            "--config",
+            &s(&f.job),
+            "--fed",
+            &s(&f.fed),
+            "--key",
+            &s(&key),
+            "--state",
+            &s(&state),
+            "--listen",
+            listen,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let armed: Vec<(&str, &str)> = crash
+        .map(|c| vec![("CONFIDE_CRASH_AT", c)])
+        .unwrap_or_default();
+    let (mut kh, kh_addr) = start(&kh_args("127.0.0.1:0"), &armed, &d.join("keyholder.log"));
+    let release = d.join("release");
+    let co_args: Vec<String> = [
+        "coordinator",
+        "--config",
+        &s(&f.job),
+        "--fed",
+        &s(&f.fed),
+        "--keyholder",
+        &kh_addr,
+        "--manifest",
+        &s(&f.manifest),
+        "--audit-store",
+        &s(&d.join("audit.redb")),
+        "--out",
+        &s(&release),
+        "--linger-secs",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
+    let data = root().join("data/breast_homo");
+    let mut nodes: Vec<Child> = [
+        ("guest", "breast_homo_guest.csv"),
+        ("host", "breast_homo_host.csv"),
+    ]
+    .into_iter()
+    .map(|(name, file)| {
+        Command::new(env!("CARGO_BIN_EXE_confide"))
+            .args([
+                "node",
+                "--fed",
+                &s(&f.fed),
+                "--name",
+                name,
+                "--coordinator",
+                &co_addr,
+            ])
+            .args(["--data", &s(&data.join(file))])
+            // Each run is its own coordinator with its own audit log: a witness that
+            // remembered another run's heads would refuse this one (witness continuity).
+            .args([
+                "--witness-store",
+                &s(&d.join(format!("{name}-witness.redb"))),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join(format!("{name}.log"))).expect("log"))
+            .spawn()
+            .expect("node")
+    })
+    .collect();
+    let mut starts = 1;
+    let started = Instant::now();
+    while co.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the job did not end"
+        );
+        if let Some(status) = kh.try_wait().expect("wait") {
+            assert!(starts < 3, "the key holder died again: {status}");
+            // Restart at once, on the same address, without the crash point.
+            let (again, addr) = start(&kh_args(&kh_addr), &[], &d.join("keyholder-2.log"));
+            assert_eq!(addr, kh_addr);
+            kh = again;
+            starts += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (n, name) in nodes.iter_mut().zip(["guest", "host"]) {
+        let log = d.join(format!("{name}.log"));
+        assert!(
+            n.wait().expect("node").success(),
+            "{name} failed in {work}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let _ = kh.kill();
+    let _ = kh.wait();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(release.join("coordinator-report.json")).expect("report"),
+    )
+    .expect("json");
+    let model_file = std::fs::read_dir(&release)
+        .expect("release")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .expect("a released model");
+    let records = std::fs::read_to_string(&state)
+        .expect("state")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    Run {
+        model: std::fs::read(model_file).expect("model"),
+        report,
+        records,
+        starts,
+    }
+}
+
+#[test]
+fn res_001_002_a_key_holder_killed_at_each_point_of_a_round_loses_nothing() {
+    let f = federation();
+    let baseline = run(&f, "baseline", None);
+    assert_eq!(baseline.report["rounds"], ROUNDS);
+    assert_eq!(baseline.records.len(), ROUNDS);
+    assert_eq!(baseline.starts, 1);
+    let again = run(&f, "again", None);
+    assert_eq!(
+        again.model, baseline.model,
+        "an uninterrupted run is reproducible"
+    );
+    for point in [
+        "keyholder-before-record",
+        "keyholder-after-record",
+        "keyholder-after-decrypt",
+    ] {
+        let crashed = run(&f, point, Some(&format!("{point}@3")));
+        eprintln!(
+            "{point}@3: {} key holder starts, {} rounds, accuracy {}",
+            crashed.starts, crashed.report["rounds"], crashed.report["test_accuracy"]
+        );
+        assert_eq!(crashed.starts, 2, "{point}: the crash point fired once");
+        assert_eq!(crashed.report["rounds"], ROUNDS, "{point}");
+        assert_eq!(
+            crashed.model, baseline.model,
+            "{point}: bit-identical model"
+        );
+        // Each round recorded exactly once, under one key, with its contribution set.
+        let mut rounds: Vec<u64> = crashed
+            .records
+            .iter()
+            .map(|r| r["round"].as_u64().expect("round"))
+            .collect();
+        rounds.sort_unstable();
+        assert_eq!(rounds, (1..=ROUNDS as u64).collect::<Vec<_>>(), "{point}");
+        assert!(
+            crashed
+                .records
+                .iter()
+                .all(|r| r["contributions"].is_string() && r["key"].is_string())
+        );
+    }
+}
+
+#[test]
+fn res_003_a_key_holder_restarted_with_another_key_refuses_to_start() {
+    let f = federation();
+    let state = f.dir.path().join("state.jsonl");
+    // A record of round 1 of this job made under another key.
+    let spec = confide_core::JobConfig::load(&f.job).expect("job").spec();
+    let job_hex = hex::encode(confide_net::coordinator::job_digest(&spec));
+    let line = format!(
+        "{{\"job\":\"{job_hex}\",\"round\":1,\"model\":\"{}\",\"contributions\":\"{}\",\"key\":\"not-this-key\"}}\n",
+        "00".repeat(32),
+        "11".repeat(32)
+    );
+    std::fs::write(&state, line).expect("write");
+    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .args([
+            "keyholder",
+            "--config",
+            &s(&f.job),
+            "--fed",
+            &s(&f.fed),
+            "--key",
+            &s(&key),
+        ])
+        .args(["--state", &s(&state), "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("keyholder");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("RES-003"), "{stderr}");
+}
