@@ -34,6 +34,11 @@ struct Fed {
 }
 
 fn federation() -> Fed {
+    federation_with(ROUNDS, 60.0)
+}
+
+/// A federation and a breast_homo job of `rounds` rounds with round timeout `timeout` s.
+fn federation_with(rounds: usize, timeout: f64) -> Fed {
     let dir = tempfile::Builder::new()
         .disable_cleanup(std::env::var_os("KEEP").is_some())
         .tempdir()
@@ -62,11 +67,15 @@ fn federation() -> Fed {
     let text = common::absolute_example_paths(
         &std::fs::read_to_string(root().join("examples/breast_homo.toml")).expect("example"),
     );
-    assert!(text.contains("rounds = 80"));
+    assert!(text.contains("rounds = 80") && text.contains("round_timeout_secs = 60.0"));
     let job = dir.path().join("job.toml");
     std::fs::write(
         &job,
-        text.replace("rounds = 80", &format!("rounds = {ROUNDS}")),
+        text.replace("rounds = 80", &format!("rounds = {rounds}"))
+            .replace(
+                "round_timeout_secs = 60.0",
+                &format!("round_timeout_secs = {timeout:.1}"),
+            ),
     )
     .expect("write");
     let manifest = dir.path().join("job.manifest.json");
@@ -103,6 +112,40 @@ fn start(args: &[String], env: &[(&str, &str)], log: &Path) -> (Child, String) {
         .expect("spawn");
     let addr = common::listening_address(&mut child, log, &format!("{args:?}"));
     (child, addr)
+}
+
+/// Starts the two owners' nodes against the coordinator at `co_addr`, logging in `d`.
+fn start_nodes(f: &Fed, d: &Path, co_addr: &str) -> Vec<Child> {
+    let data = root().join("data/breast_homo");
+    [
+        ("guest", "breast_homo_guest.csv"),
+        ("host", "breast_homo_host.csv"),
+    ]
+    .into_iter()
+    .map(|(name, file)| {
+        Command::new(env!("CARGO_BIN_EXE_confide"))
+            .args([
+                "node",
+                "--fed",
+                &s(&f.fed),
+                "--name",
+                name,
+                "--coordinator",
+                co_addr,
+            ])
+            .args(["--data", &s(&data.join(file))])
+            // Each run is its own coordinator with its own audit log: a witness that
+            // remembered another run's heads would refuse this one (witness continuity).
+            .args([
+                "--witness-store",
+                &s(&d.join(format!("{name}-witness.redb"))),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join(format!("{name}.log"))).expect("log"))
+            .spawn()
+            .expect("node")
+    })
+    .collect()
 }
 
 /// What a run left: the released model's bytes, the report, the key holder's record lines,
@@ -163,36 +206,7 @@ fn run(f: &Fed, work: &str, crash: Option<&str>) -> Run {
     .map(String::from)
     .to_vec();
     let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
-    let data = root().join("data/breast_homo");
-    let mut nodes: Vec<Child> = [
-        ("guest", "breast_homo_guest.csv"),
-        ("host", "breast_homo_host.csv"),
-    ]
-    .into_iter()
-    .map(|(name, file)| {
-        Command::new(env!("CARGO_BIN_EXE_confide"))
-            .args([
-                "node",
-                "--fed",
-                &s(&f.fed),
-                "--name",
-                name,
-                "--coordinator",
-                &co_addr,
-            ])
-            .args(["--data", &s(&data.join(file))])
-            // Each run is its own coordinator with its own audit log: a witness that
-            // remembered another run's heads would refuse this one (witness continuity).
-            .args([
-                "--witness-store",
-                &s(&d.join(format!("{name}-witness.redb"))),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join(format!("{name}.log"))).expect("log"))
-            .spawn()
-            .expect("node")
-    })
-    .collect();
+    let mut nodes = start_nodes(f, &d, &co_addr);
     let mut starts = 1;
     let started = Instant::now();
     while co.try_wait().expect("wait").is_none() {
@@ -261,8 +275,10 @@ fn res_001_002_a_key_holder_killed_at_each_point_of_a_round_loses_nothing() {
     ] {
         let crashed = run(&f, point, Some(&format!("{point}@3")));
         eprintln!(
-            "{point}@3: {} key holder starts, {} rounds, accuracy {}",
-            crashed.starts, crashed.report["rounds"], crashed.report["test_accuracy"]
+            "{point}@3: {} key holder starts, {} rounds, {} model bytes identical to the baseline",
+            crashed.starts,
+            crashed.report["rounds"],
+            crashed.model.len()
         );
         assert_eq!(crashed.starts, 2, "{point}: the crash point fired once");
         assert_eq!(crashed.report["rounds"], ROUNDS, "{point}");
@@ -317,4 +333,86 @@ fn res_003_a_key_holder_restarted_with_another_key_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("RES-003"), "{stderr}");
+}
+
+#[test]
+fn node_001_nodes_stop_on_their_own_when_the_coordinator_freezes() {
+    // Many short rounds with a 3 s round timeout; the coordinator is frozen (SIGSTOP) in the
+    // middle of the job, as a hung machine would be.
+    let f = federation_with(100_000, 3.0);
+    let d = f.dir.path().join("frozen");
+    std::fs::create_dir_all(&d).expect("dir");
+    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
+    let kh_args: Vec<String> = [
+        "keyholder",
+        "--config",
+        &s(&f.job),
+        "--fed",
+        &s(&f.fed),
+        "--key",
+        &s(&key),
+        "--state",
+        &s(&d.join("state.jsonl")),
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut kh, kh_addr) = start(&kh_args, &[], &d.join("keyholder.log"));
+    let co_args: Vec<String> = [
+        "coordinator",
+        "--config",
+        &s(&f.job),
+        "--fed",
+        &s(&f.fed),
+        "--keyholder",
+        &kh_addr,
+        "--manifest",
+        &s(&f.manifest),
+        "--audit-store",
+        &s(&d.join("audit.redb")),
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
+    let mut nodes = start_nodes(&f, &d, &co_addr);
+    // Let the job run a few rounds, then freeze the coordinator.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        co.try_wait().expect("wait").is_none(),
+        "the job is still running"
+    );
+    let pid = co.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let frozen = Instant::now();
+    for (n, name) in nodes.iter_mut().zip(["guest", "host"]) {
+        // A guard against a hung test, not a timing assertion: the nodes must end at all.
+        let status = loop {
+            if let Some(status) = n.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                frozen.elapsed() < Duration::from_secs(180),
+                "{name} still waits for a frozen coordinator"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        eprintln!(
+            "{name} stopped {:.1} s after the coordinator froze: {}",
+            frozen.elapsed().as_secs_f64(),
+            log.lines().last().unwrap_or_default()
+        );
+        assert!(!status.success(), "{name}");
+        assert!(log.contains("NODE-001"), "{name}: {log}");
+    }
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    let _ = co.kill();
+    let _ = co.wait();
+    let _ = kh.kill();
+    let _ = kh.wait();
 }

@@ -251,6 +251,13 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+/// How long a `NextRound` long poll waits before the coordinator answers with a keepalive:
+/// the job's round timeout, at most 10 s. A node that hears nothing at all for a round timeout
+/// plus this period, plus a margin, concludes that the coordinator stopped answering.
+pub fn keepalive(spec: &JobSpec) -> Duration {
+    Duration::from_secs_f64(spec.job.round_timeout_secs).min(Duration::from_secs(10))
+}
+
 /// The job digest: SHA-256 of the spec's digest input.
 pub fn job_digest(spec: &JobSpec) -> [u8; 32] {
     confide_crypto::sha256(&spec.digest_input())
@@ -1439,13 +1446,29 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let after = request.get_ref().after_round;
         let witnessed = request.get_ref().witnessed_size;
         let mut rx = self.0.rounds.subscribe();
-        let snap = rx
-            .wait_for(|s| {
+        let waited = tokio::time::timeout(
+            keepalive(&self.0.spec),
+            rx.wait_for(|s| {
                 s.round > after || matches!(s.state, JobState::Finished | JobState::Failed)
-            })
-            .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
-            .clone();
+            }),
+        )
+        .await;
+        let snap = match waited.map(|changed| changed.map(|s| s.clone())) {
+            Ok(changed) => {
+                changed.map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            }
+            Err(_) => {
+                // Alive, nothing new: say so, so that the node can tell a slow round from a
+                // coordinator that stopped answering.
+                let now = self.0.rounds.borrow().clone();
+                return Ok(Response::new(pb::RoundTask {
+                    state: now.state as i32,
+                    round: now.round,
+                    keepalive: true,
+                    ..Default::default()
+                }));
+            }
+        };
         let (tree_head_json, consistency_proof) = match &snap.head {
             Some(h) => {
                 let proof = if witnessed > 0 && witnessed < h.size {
@@ -1474,6 +1497,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             message: snap.message,
             tree_head_json,
             consistency_proof,
+            keepalive: false,
         }))
     }
 

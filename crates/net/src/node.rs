@@ -7,6 +7,7 @@
 //! head only if it extends the last head it saw.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use confide_core::{JobSpec, SchemeKind};
 use confide_ml::{DataError, TrainConfig};
@@ -42,6 +43,95 @@ pub enum NodeError {
 }
 
 pub use confide_ml::job::load_job_data;
+
+/// How much longer than the job's round timeout (plus the keepalive period) a node waits for a
+/// silent coordinator before it concludes that the coordinator stopped answering (NODE-001).
+const SILENCE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The coordinator client, as a node holds it.
+type Coordinator = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+
+/// The longest a node waits for a call that the coordinator answers within a round (a
+/// submission, a stage): the round timeout plus [`SILENCE_MARGIN`]. The channel enforces it
+/// on the node's side too, so a frozen coordinator cannot hold the node.
+fn call_deadline(spec: &JobSpec) -> Duration {
+    Duration::from_secs_f64(spec.job.round_timeout_secs) + SILENCE_MARGIN
+}
+
+/// A failed call within a round: NODE-001 when the coordinator did not answer in time, the
+/// coordinator's refusal otherwise.
+fn call_failed(what: &str, s: &tonic::Status, spec: &JobSpec) -> NodeError {
+    // The channel enforces the deadline on this side, and reports it as `Cancelled`.
+    if matches!(
+        s.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) {
+        NodeError::Refused(format!(
+            "NODE-001 the coordinator did not answer `{what}` within {:.0} s (the job's round \
+             timeout plus {} s): it stopped or cannot be reached, so this owner stops",
+            call_deadline(spec).as_secs_f64(),
+            SILENCE_MARGIN.as_secs()
+        ))
+    } else {
+        NodeError::Refused(format!("{what}: {}", s.message()))
+    }
+}
+
+/// `msg` as a request that gives up after `deadline`.
+fn with_deadline<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(deadline);
+    r
+}
+
+/// The next round's task, or the job's end. Keepalives and brief failures (a coordinator
+/// restarting, a dropped connection) are waited through; NODE-001 once the coordinator has not
+/// answered at all for the round timeout plus its keepalive period and [`SILENCE_MARGIN`].
+async fn next_task(
+    coord: &mut Coordinator,
+    spec: &JobSpec,
+    after: u32,
+    witnessed: u64,
+) -> Result<pb::RoundTask, NodeError> {
+    let keepalive = crate::coordinator::keepalive(spec);
+    let limit = Duration::from_secs_f64(spec.job.round_timeout_secs) + keepalive + SILENCE_MARGIN;
+    let mut heard = std::time::Instant::now();
+    loop {
+        let request = pb::NextRoundRequest {
+            after_round: after,
+            witnessed_size: witnessed,
+        };
+        match coord
+            .next_round(with_deadline(request, keepalive + SILENCE_MARGIN))
+            .await
+        {
+            Ok(reply) => {
+                let task = reply.into_inner();
+                if !task.keepalive {
+                    return Ok(task);
+                }
+                heard = std::time::Instant::now();
+            }
+            Err(s)
+                if crate::roles::is_transport_failure(&s)
+                    || s.code() == tonic::Code::DeadlineExceeded =>
+            {
+                if heard.elapsed() >= limit {
+                    return Err(NodeError::Refused(format!(
+                        "NODE-001 the coordinator has not answered for {:.0} s (the job's round \
+                         timeout is {:.0} s): it stopped or cannot be reached, so this owner \
+                         stops (last failure: {})",
+                        heard.elapsed().as_secs_f64(),
+                        spec.job.round_timeout_secs,
+                        crate::roles::describe_failure(&s)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(s) => return Err(NodeError::Refused(format!("next round: {}", s.message()))),
+        }
+    }
+}
 
 /// What a node needs.
 #[derive(Debug, Clone)]
@@ -308,14 +398,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let mut rounds = 0;
     let mut seen_models = std::collections::BTreeSet::new();
     loop {
-        let task = coord
-            .next_round(pb::NextRoundRequest {
-                after_round: after,
-                witnessed_size: witnessed,
-            })
-            .await
-            .map_err(|s| NodeError::Refused(format!("next round: {}", s.message())))?
-            .into_inner();
+        let task = next_task(&mut coord, &spec, after, witnessed).await?;
         // Witness the audit log: a head that does not extend what this owner saw is refused.
         let cosigned = match gov.witness_head(&witness, &task) {
             Ok(c) => c,
@@ -513,14 +596,17 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             None => (String::new(), String::new()),
         };
         let reply = coord
-            .submit(pb::SubmitRequest {
-                privacy: claim.clone(),
-                contribution: Some(crate::wire::to_pb(c)),
-                tree_head_json,
-                cosignature_json,
-            })
+            .submit(with_deadline(
+                pb::SubmitRequest {
+                    privacy: claim.clone(),
+                    contribution: Some(crate::wire::to_pb(c)),
+                    tree_head_json,
+                    cosignature_json,
+                },
+                call_deadline(&spec),
+            ))
             .await
-            .map_err(|s| NodeError::Refused(format!("submit: {}", s.message())))?
+            .map_err(|s| call_failed("submit", &s, &spec))?
             .into_inner();
         if !reply.accepted {
             // An honest node's update is only refused when something is broken; leave the job
@@ -773,12 +859,15 @@ async fn masking_stages(
     }
     for stage in 1..=4u32 {
         let task = coord
-            .next_stage(pb::NextStageRequest {
-                round,
-                after_stage: stage - 1,
-            })
+            .next_stage(with_deadline(
+                pb::NextStageRequest {
+                    round,
+                    after_stage: stage - 1,
+                },
+                call_deadline(spec),
+            ))
             .await
-            .map_err(|s| NodeError::Refused(format!("next stage: {}", s.message())))?
+            .map_err(|s| call_failed("next stage", &s, spec))?
             .into_inner();
         if task.round != round || task.state != JobState::Running as i32 || task.stage != stage {
             // The round ended without this owner (it failed, or this owner was excluded).
@@ -820,12 +909,15 @@ async fn masking_stages(
             },
         );
         let reply = coord
-            .submit(pb::SubmitRequest {
-                contribution: Some(crate::wire::to_pb(c)),
-                ..Default::default()
-            })
+            .submit(with_deadline(
+                pb::SubmitRequest {
+                    contribution: Some(crate::wire::to_pb(c)),
+                    ..Default::default()
+                },
+                call_deadline(spec),
+            ))
             .await
-            .map_err(|s| NodeError::Refused(format!("submit: {}", s.message())))?
+            .map_err(|s| call_failed("submit", &s, spec))?
             .into_inner();
         if !reply.accepted {
             let problem = format!("round {round}, stage {stage}: rejected: {}", reply.detail);
@@ -975,11 +1067,13 @@ async fn refuse(
     problem: &str,
     kind: &str,
 ) {
+    let withdraw = pb::WithdrawRequest {
+        reason: problem.to_string(),
+        kind: kind.to_string(),
+    };
+    // Best effort, and bounded: a coordinator that does not answer cannot hold the node.
     let _ = coord
-        .withdraw(pb::WithdrawRequest {
-            reason: problem.to_string(),
-            kind: kind.to_string(),
-        })
+        .withdraw(with_deadline(withdraw, SILENCE_MARGIN))
         .await;
 }
 
