@@ -114,6 +114,46 @@ fn start(args: &[String], env: &[(&str, &str)], log: &Path) -> (Child, String) {
     (child, addr)
 }
 
+/// The key holder's arguments: the test key, its record in `d`, listening on `listen`.
+fn keyholder_args(f: &Fed, d: &Path, listen: &str) -> Vec<String> {
+    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
+    let state = d.join("keyholder-state.jsonl");
+    [
+        "keyholder",
+        "--config",
+        &s(&f.job),
+        "--fed",
+        &s(&f.fed),
+        "--key",
+        &s(&key),
+        "--state",
+        &s(&state),
+        "--listen",
+        listen,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The one-shot coordinator's arguments, with its audit store in `d`.
+fn coordinator_args(f: &Fed, d: &Path, kh_addr: &str) -> Vec<String> {
+    [
+        "coordinator",
+        "--config",
+        &s(&f.job),
+        "--fed",
+        &s(&f.fed),
+        "--keyholder",
+        kh_addr,
+        "--manifest",
+        &s(&f.manifest),
+        "--audit-store",
+        &s(&d.join("audit.redb")),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Starts the two owners' nodes against the coordinator at `co_addr`, logging in `d`.
 fn start_nodes(f: &Fed, d: &Path, co_addr: &str) -> Vec<Child> {
     let data = root().join("data/breast_homo");
@@ -163,48 +203,14 @@ fn run(f: &Fed, work: &str, crash: Option<&str>) -> Run {
     let d = f.dir.path().join(work);
     std::fs::create_dir_all(&d).expect("dir");
     let state = d.join("keyholder-state.jsonl");
-    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
-    let kh_args = |listen: &str| -> Vec<String> {
-        [
-            "keyholder",
-            "--config",
-            &s(&f.job),
-            "--fed",
-            &s(&f.fed),
-            "--key",
-            &s(&key),
-            "--state",
-            &s(&state),
-            "--listen",
-            listen,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let kh_args = |listen: &str| keyholder_args(f, &d, listen);
     let armed: Vec<(&str, &str)> = crash
         .map(|c| vec![("CONFIDE_CRASH_AT", c)])
         .unwrap_or_default();
     let (mut kh, kh_addr) = start(&kh_args("127.0.0.1:0"), &armed, &d.join("keyholder.log"));
     let release = d.join("release");
-    let co_args: Vec<String> = [
-        "coordinator",
-        "--config",
-        &s(&f.job),
-        "--fed",
-        &s(&f.fed),
-        "--keyholder",
-        &kh_addr,
-        "--manifest",
-        &s(&f.manifest),
-        "--audit-store",
-        &s(&d.join("audit.redb")),
-        "--out",
-        &s(&release),
-        "--linger-secs",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut co_args = coordinator_args(f, &d, &kh_addr);
+    co_args.extend(["--out", &s(&release), "--linger-secs", "1"].map(String::from));
     let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
     let mut nodes = start_nodes(f, &d, &co_addr);
     let mut starts = 1;
@@ -342,36 +348,12 @@ fn node_001_nodes_stop_on_their_own_when_the_coordinator_freezes() {
     let f = federation_with(100_000, 3.0);
     let d = f.dir.path().join("frozen");
     std::fs::create_dir_all(&d).expect("dir");
-    let key = root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json");
-    let kh_args: Vec<String> = [
-        "keyholder",
-        "--config",
-        &s(&f.job),
-        "--fed",
-        &s(&f.fed),
-        "--key",
-        &s(&key),
-        "--state",
-        &s(&d.join("state.jsonl")),
-    ]
-    .map(String::from)
-    .to_vec();
-    let (mut kh, kh_addr) = start(&kh_args, &[], &d.join("keyholder.log"));
-    let co_args: Vec<String> = [
-        "coordinator",
-        "--config",
-        &s(&f.job),
-        "--fed",
-        &s(&f.fed),
-        "--keyholder",
-        &kh_addr,
-        "--manifest",
-        &s(&f.manifest),
-        "--audit-store",
-        &s(&d.join("audit.redb")),
-    ]
-    .map(String::from)
-    .to_vec();
+    let (mut kh, kh_addr) = start(
+        &keyholder_args(&f, &d, "127.0.0.1:0"),
+        &[],
+        &d.join("keyholder.log"),
+    );
+    let co_args = coordinator_args(&f, &d, &kh_addr);
     let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
     let mut nodes = start_nodes(&f, &d, &co_addr);
     // Let the job run a few rounds, then freeze the coordinator.
