@@ -156,6 +156,11 @@ fn coordinator_args(f: &Fed, d: &Path, kh_addr: &str) -> Vec<String> {
 
 /// Starts the two owners' nodes against the coordinator at `co_addr`, logging in `d`.
 fn start_nodes(f: &Fed, d: &Path, co_addr: &str) -> Vec<Child> {
+    start_nodes_with(f, d, co_addr, &[])
+}
+
+/// As [`start_nodes`], with `env` set for the second owner (`host`).
+fn start_nodes_with(f: &Fed, d: &Path, co_addr: &str, env: &[(&str, &str)]) -> Vec<Child> {
     let data = root().join("data/breast_homo");
     [
         ("guest", "breast_homo_guest.csv"),
@@ -180,6 +185,7 @@ fn start_nodes(f: &Fed, d: &Path, co_addr: &str) -> Vec<Child> {
                 "--witness-store",
                 &s(&d.join(format!("{name}-witness.redb"))),
             ])
+            .envs(env.iter().copied().filter(|_| name == "host"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join(format!("{name}.log"))).expect("log"))
             .spawn()
@@ -397,4 +403,79 @@ fn node_001_nodes_stop_on_their_own_when_the_coordinator_freezes() {
     let _ = co.wait();
     let _ = kh.kill();
     let _ = kh.wait();
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` for stopped, …), from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn res_004_updates_that_arrive_while_the_coordinator_is_frozen_still_count() {
+    // Round 3, round timeout 3 s: `host` sends its update 2 s late (a slow owner); one second
+    // into the deadline the coordinator freezes (SIGSTOP) between a look at the state and a
+    // look at the clock, and stays frozen 7 s, past the deadline, while host's update reaches
+    // its socket. Continued, it must serve that update instead of closing the round on it.
+    let f = federation_with(ROUNDS, 3.0);
+    let d = f.dir.path().join("paused");
+    std::fs::create_dir_all(&d).expect("dir");
+    let (mut kh, kh_addr) = start(
+        &keyholder_args(&f, &d, "127.0.0.1:0"),
+        &[],
+        &d.join("keyholder.log"),
+    );
+    let release = d.join("release");
+    let mut co_args = coordinator_args(&f, &d, &kh_addr);
+    co_args.extend(["--out", &s(&release), "--linger-secs", "1"].map(String::from));
+    let (mut co, co_addr) = start(
+        &co_args,
+        &[("CONFIDE_PAUSE_AT", "coordinator-deadline-wait@3")],
+        &d.join("coordinator.log"),
+    );
+    let mut nodes = start_nodes_with(
+        &f,
+        &d,
+        &co_addr,
+        &[("CONFIDE_DELAY_AT", "node-before-submit@3")],
+    );
+    let started = Instant::now();
+    while process_state(co.id()) != Some('T') {
+        assert!(
+            co.try_wait().expect("wait").is_none(),
+            "the coordinator ended without its pause"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the pause point was not reached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    let pid = co.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    for (n, name) in nodes.iter_mut().zip(["guest", "host"]) {
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        assert!(n.wait().expect("node").success(), "{name}: {log}");
+    }
+    assert!(co.wait().expect("coordinator").success());
+    let _ = kh.kill();
+    let _ = kh.wait();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(release.join("coordinator-report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["rounds"], ROUNDS);
+    let history = report["history"].as_array().expect("history");
+    assert_eq!(history.len(), ROUNDS);
+    for (i, round) in history.iter().enumerate() {
+        let contributors = round["contributors"].as_array().map(Vec::len);
+        assert_eq!(contributors, Some(2), "round {}: {round}", i + 1);
+    }
 }

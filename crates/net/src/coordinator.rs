@@ -251,6 +251,11 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+/// How often a deadline looks at the clock (RES-004).
+const DEADLINE_TICK: Duration = Duration::from_millis(100);
+/// How far into a wait the `coordinator-deadline-wait` pause point fires.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
 /// How long a `NextRound` long poll waits before the coordinator answers with a keepalive:
 /// the job's round timeout, at most 10 s. A node that hears nothing at all for a round timeout
 /// plus this period, plus a margin, concludes that the coordinator stopped answering.
@@ -497,7 +502,18 @@ impl Coordinator {
     }
 
     /// Waits until `done` holds for the state or the deadline passes.
-    async fn wait_until(&self, deadline: Instant, done: impl Fn(&State) -> bool) -> bool {
+    async fn wait_until(
+        &self,
+        round: u32,
+        budget: Duration,
+        done: impl Fn(&State) -> bool,
+    ) -> bool {
+        // RES-004: the budget is running time. A gap longer than two ticks between two looks at
+        // the clock means this process was not running (frozen, suspended, starved); it is
+        // charged as two ticks only, so requests that reached the socket in time are served
+        // before the deadline instead of being shut out by it.
+        let mut spent = Duration::ZERO;
+        let mut last = Instant::now();
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -505,13 +521,20 @@ impl Coordinator {
             if done(&lock(&self.state)) {
                 return true;
             }
+            if spent >= PAUSE_AFTER {
+                // Test hook (RES-004): freeze here, between a look at the state and a look at
+                // the clock, as a process stopped at the worst moment would be.
+                confide_core::crash::pause_point("coordinator-deadline-wait", round);
+            }
             let now = Instant::now();
-            if now >= deadline {
+            spent += (now - last).min(2 * DEADLINE_TICK);
+            last = now;
+            if spent >= budget {
                 return false;
             }
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep(deadline - now) => {}
+                _ = tokio::time::sleep((budget - spent).min(DEADLINE_TICK)) => {}
             }
         }
     }
@@ -636,7 +659,7 @@ impl Coordinator {
         let keyholder_key = holder_key.as_ref().map(HolderPublicKey::fingerprint);
         let owners = self.spec.owners.len();
         let all_joined = self
-            .wait_until(Instant::now() + timeout, |s| s.joined.len() == owners)
+            .wait_until(0, timeout, |s| s.joined.len() == owners)
             .await;
         let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
         // From here on, approvals are refused: the owners are those that approved in time.
@@ -750,10 +773,8 @@ impl Coordinator {
         // Give the witnesses (the owners still in the job) a bounded time to cosign it.
         if head.is_some() {
             let wait = timeout.min(Duration::from_secs(10));
-            self.wait_until(Instant::now() + wait, |s| {
-                s.cosigned_final.is_superset(&s.alive)
-            })
-            .await;
+            self.wait_until(0, wait, |s| s.cosigned_final.is_superset(&s.alive))
+                .await;
         }
         let audit = head.map(|h| self.audit_summary(h));
         let report = {
@@ -867,11 +888,15 @@ impl Coordinator {
             let mut stage_started = started;
             let mut excluded = Vec::new();
             let (agg_started, closing) = loop {
-                self.wait_until(stage_started + timeout, |s| {
-                    s.server
-                        .as_ref()
-                        .is_some_and(|srv| srv.accepted().is_superset(&s.alive))
-                })
+                self.wait_until(
+                    round,
+                    timeout.saturating_sub(stage_started.elapsed()),
+                    |s| {
+                        s.server
+                            .as_ref()
+                            .is_some_and(|srv| srv.accepted().is_superset(&s.alive))
+                    },
+                )
                 .await;
                 let agg_started = Instant::now();
                 let (closing, stage_excluded) = {

@@ -595,6 +595,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             ),
             None => (String::new(), String::new()),
         };
+        confide_core::crash::delay_point("node-before-submit", round);
         let reply = coord
             .submit(with_deadline(
                 pb::SubmitRequest {
