@@ -479,3 +479,58 @@ fn res_004_updates_that_arrive_while_the_coordinator_is_frozen_still_count() {
         assert_eq!(contributors, Some(2), "round {}: {round}", i + 1);
     }
 }
+
+#[test]
+fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
+    // The coordinator is killed (-9) mid-job and restarted on the same address and audit store;
+    // it starts the job again from round 1 and the initial model. The owners, restarted with
+    // their stores, refuse: they already trained those rounds from those models.
+    let f = federation_with(100_000, 5.0);
+    let d = f.dir.path().join("restarted");
+    std::fs::create_dir_all(&d).expect("dir");
+    let (mut kh, kh_addr) = start(
+        &keyholder_args(&f, &d, "127.0.0.1:0"),
+        &[],
+        &d.join("keyholder.log"),
+    );
+    let co_args = coordinator_args(&f, &d, &kh_addr);
+    let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
+    let mut nodes = start_nodes(&f, &d, &co_addr);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        co.try_wait().expect("wait").is_none(),
+        "the job is still running"
+    );
+    co.kill().expect("kill -9");
+    let _ = co.wait();
+    let mut again = co_args.clone();
+    again.extend(["--listen".to_string(), co_addr.clone()]);
+    let (mut co2, addr2) = start(&again, &[], &d.join("coordinator-2.log"));
+    assert_eq!(addr2, co_addr);
+    // The first nodes end: the restarted coordinator does not know them.
+    for n in &mut nodes {
+        assert!(!n.wait().expect("node").success());
+    }
+    for name in ["guest", "host"] {
+        std::fs::rename(
+            d.join(format!("{name}.log")),
+            d.join(format!("{name}-1.log")),
+        )
+        .expect("rename");
+    }
+    let mut restarted = start_nodes(&f, &d, &co_addr);
+    for (n, name) in restarted.iter_mut().zip(["guest", "host"]) {
+        let status = n.wait().expect("node");
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        eprintln!(
+            "{name} restarted: {}",
+            log.lines().last().unwrap_or_default()
+        );
+        assert!(!status.success(), "{name}: {log}");
+        assert!(log.contains("RES-005"), "{name}: {log}");
+    }
+    let _ = co2.kill();
+    let _ = co2.wait();
+    let _ = kh.kill();
+    let _ = kh.wait();
+}

@@ -6,6 +6,7 @@
 //! job for this owner) and witnesses the coordinator's audit log: it cosigns each signed tree
 //! head only if it extends the last head it saw.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,6 +48,81 @@ pub use confide_ml::job::load_job_data;
 /// How much longer than the job's round timeout (plus the keepalive period) a node waits for a
 /// silent coordinator before it concludes that the coordinator stopped answering (NODE-001).
 const SILENCE_MARGIN: Duration = Duration::from_secs(10);
+
+/// RES-005: what this owner trained for a job, kept in the node's store (the witness store)
+/// and written before each update leaves: the rounds and the global models it trained from.
+/// A node restarted, or facing a restarted coordinator, refuses a round it already trained, a
+/// model it already trained from, and more rounds than the job has. (A node that crashed
+/// after training but before its update left may retrain that round: nothing was exposed.)
+#[derive(Debug)]
+struct TrainingRecord {
+    store: std::sync::Arc<dyn confide_store::Store>,
+    job: [u8; 32],
+    rounds: BTreeMap<u32, [u8; 32]>,
+}
+
+const TRAINED: &str = "node.trained";
+
+impl TrainingRecord {
+    fn load(
+        store: std::sync::Arc<dyn confide_store::Store>,
+        job: [u8; 32],
+    ) -> Result<Self, NodeError> {
+        use confide_store::StoreExt as _;
+        let entries = store
+            .read(|txn| txn.scan_prefix(TRAINED, &job))
+            .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
+        let mut rounds = BTreeMap::new();
+        for (k, v) in entries {
+            let round = k
+                .get(32..36)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes);
+            let model = <[u8; 32]>::try_from(v.as_slice()).ok();
+            match (round, model) {
+                (Some(r), Some(m)) if k.len() == 36 => {
+                    rounds.insert(r, m);
+                }
+                _ => return Err(NodeError::Job("training record: a malformed entry".into())),
+            }
+        }
+        Ok(Self { store, job, rounds })
+    }
+
+    /// Why round `round` from `model` must not be trained, if it must not.
+    fn check(&self, round: u32, model: &[u8; 32], job_rounds: u32) -> Option<String> {
+        let last = self.rounds.keys().next_back().copied().unwrap_or(0);
+        if round <= last {
+            Some(format!(
+                "RES-005 round {round}: this owner already trained round {last} of this job (its \
+                 record survives restarts; a round is never trained twice)"
+            ))
+        } else if self.rounds.values().any(|m| m == model) {
+            Some(format!(
+                "RES-005 round {round}: this owner already trained from this global model (its \
+                 record survives restarts)"
+            ))
+        } else if self.rounds.len() >= job_rounds as usize {
+            Some(format!(
+                "RES-005 round {round}: this owner already trained the job's {job_rounds} rounds"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Records `round` trained from `model`, durably, before its update leaves.
+    fn record(&mut self, round: u32, model: &[u8; 32]) -> Result<(), NodeError> {
+        use confide_store::StoreExt as _;
+        let mut key = self.job.to_vec();
+        key.extend(round.to_be_bytes());
+        self.store
+            .transact(|txn| txn.put(TRAINED, &key, model))
+            .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
+        self.rounds.insert(round, *model);
+        Ok(())
+    }
+}
 
 /// The coordinator client, as a node holds it.
 type Coordinator = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
@@ -254,7 +330,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // The witness's memory first: a node that cannot witness must not approve.
     // Local failures (files, stores) are reported to the coordinator by number only: their
     // messages name this machine's paths.
-    let witness = match gov.witness(&opts) {
+    let (witness, mut training) = match gov
+        .witness(&opts)
+        .and_then(|(w, store)| Ok((w, TrainingRecord::load(store, digest)?)))
+    {
         Ok(w) => w,
         Err(e) => {
             refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
@@ -483,7 +562,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 "round {round}: the coordinator sent a global model this owner already trained from"
             ))
         } else {
-            None
+            training.check(round, &model_digest(&global), spec.job.rounds)
         };
         if let Some(problem) = problem {
             refuse(&mut coord, &problem, "refusal").await;
@@ -595,6 +674,12 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             ),
             None => (String::new(), String::new()),
         };
+        // RES-005: recorded before the update leaves, so that no restart of this node or of
+        // the coordinator makes it train this round or from this model again.
+        if let Err(e) = training.record(round, &trained_from) {
+            refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
+            return Err(e);
+        }
         confide_core::crash::delay_point("node-before-submit", round);
         let reply = coord
             .submit(with_deadline(
@@ -1219,7 +1304,12 @@ impl Governance {
         }
     }
 
-    fn witness(&self, opts: &NodeOptions) -> Result<Witness, NodeError> {
+    /// The witness, and the node's store it keeps its memory in (which also holds the
+    /// node's training record, RES-005).
+    fn witness(
+        &self,
+        opts: &NodeOptions,
+    ) -> Result<(Witness, std::sync::Arc<dyn confide_store::Store>), NodeError> {
         let store: std::sync::Arc<dyn confide_store::Store> = match &opts.witness_store {
             Some(p) => std::sync::Arc::new(
                 confide_store::RedbStore::open(p)
@@ -1227,7 +1317,7 @@ impl Governance {
             ),
             None => std::sync::Arc::new(confide_store::MemoryStore::new()),
         };
-        Ok(Witness::new(store, opts.creds.identity()))
+        Ok((Witness::new(store.clone(), opts.creds.identity()), store))
     }
 
     /// Checks the task's tree head against what this witness saw and cosigns it.
