@@ -21,6 +21,14 @@ use common::{ok, root};
 
 const ROUNDS: usize = 8;
 
+/// The tests here run one at a time: each runs a whole federation of processes, and the pause
+/// and freeze tests depend on the coordinator being scheduled promptly.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8").to_string()
 }
@@ -270,6 +278,7 @@ fn run(f: &Fed, work: &str, crash: Option<&str>) -> Run {
 
 #[test]
 fn res_001_002_a_key_holder_killed_at_each_point_of_a_round_loses_nothing() {
+    let _serial = serial();
     let f = federation();
     let baseline = run(&f, "baseline", None);
     assert_eq!(baseline.report["rounds"], ROUNDS);
@@ -317,6 +326,7 @@ fn res_001_002_a_key_holder_killed_at_each_point_of_a_round_loses_nothing() {
 
 #[test]
 fn res_003_a_key_holder_restarted_with_another_key_refuses_to_start() {
+    let _serial = serial();
     let f = federation();
     let state = f.dir.path().join("state.jsonl");
     // A record of round 1 of this job made under another key.
@@ -349,6 +359,7 @@ fn res_003_a_key_holder_restarted_with_another_key_refuses_to_start() {
 
 #[test]
 fn node_001_nodes_stop_on_their_own_when_the_coordinator_freezes() {
+    let _serial = serial();
     // Many short rounds with a 3 s round timeout; the coordinator is frozen (SIGSTOP) in the
     // middle of the job, as a hung machine would be.
     let f = federation_with(100_000, 3.0);
@@ -413,8 +424,9 @@ fn process_state(pid: u32) -> Option<char> {
 
 #[test]
 fn res_004_updates_that_arrive_while_the_coordinator_is_frozen_still_count() {
-    // Round 3, round timeout 3 s: `host` sends its update 2 s late (a slow owner); one second
-    // into the deadline the coordinator freezes (SIGSTOP) between a look at the state and a
+    let _serial = serial();
+    // Round 3, round timeout 3 s: `host` sends its update 4 s late (a slow owner); half a
+    // second into the deadline the coordinator freezes (SIGSTOP) between a look at the state and a
     // look at the clock, and stays frozen 7 s, past the deadline, while host's update reaches
     // its socket. Continued, it must serve that update instead of closing the round on it.
     let f = federation_with(ROUNDS, 3.0);
@@ -482,6 +494,7 @@ fn res_004_updates_that_arrive_while_the_coordinator_is_frozen_still_count() {
 
 #[test]
 fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
+    let _serial = serial();
     // The coordinator is killed (-9) mid-job and restarted on the same address and audit store;
     // it starts the job again from round 1 and the initial model. The owners, restarted with
     // their stores, refuse: they already trained those rounds from those models.
@@ -501,16 +514,17 @@ fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
         co.try_wait().expect("wait").is_none(),
         "the job is still running"
     );
+    // Everything goes down at once (kill -9), as in a site's power cut.
     co.kill().expect("kill -9");
     let _ = co.wait();
+    for n in &mut nodes {
+        n.kill().expect("kill -9");
+        let _ = n.wait();
+    }
     let mut again = co_args.clone();
     again.extend(["--listen".to_string(), co_addr.clone()]);
     let (mut co2, addr2) = start(&again, &[], &d.join("coordinator-2.log"));
     assert_eq!(addr2, co_addr);
-    // The first nodes end: the restarted coordinator does not know them.
-    for n in &mut nodes {
-        assert!(!n.wait().expect("node").success());
-    }
     for name in ["guest", "host"] {
         std::fs::rename(
             d.join(format!("{name}.log")),

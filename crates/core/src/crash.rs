@@ -9,7 +9,7 @@
 //!
 //! `CONFIDE_PAUSE_AT=<point>@<round>` instead stops the process with SIGSTOP at that point
 //! (once), as a frozen machine would; the test continues it with SIGCONT. The point:
-//! `coordinator-deadline-wait` (a second into a round's stage deadline, between a look at the
+//! `coordinator-deadline-wait` (half a second into a round's stage deadline, between a look at the
 //! state and a look at the clock).
 //!
 //! `CONFIDE_DELAY_AT=<point>@<round>` makes the process wait [`DELAY`] at that point, as a slow
@@ -24,7 +24,7 @@ pub const PAUSE_VARIABLE: &str = "CONFIDE_PAUSE_AT";
 /// The environment variable that arms a delay point.
 pub const DELAY_VARIABLE: &str = "CONFIDE_DELAY_AT";
 /// How long a delay point waits.
-pub const DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const DELAY: std::time::Duration = std::time::Duration::from_secs(4);
 
 fn parse(variable: &str) -> Option<(String, u32)> {
     let v = std::env::var(variable).ok()?;

@@ -254,7 +254,7 @@ impl std::fmt::Debug for Coordinator {
 /// How often a deadline looks at the clock (RES-004).
 const DEADLINE_TICK: Duration = Duration::from_millis(100);
 /// How far into a wait the `coordinator-deadline-wait` pause point fires.
-const PAUSE_AFTER: Duration = Duration::from_secs(1);
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
 /// How long a `NextRound` long poll waits before the coordinator answers with a keepalive:
 /// the job's round timeout, at most 10 s. A node that hears nothing at all for a round timeout
