@@ -143,12 +143,30 @@ async fn start_with(rounds: u32) -> Servers {
         audit_export: None,
     };
     let coordinator = tokio::spawn(run_coordinator(co, role));
+
+    // The long-running coordinator's control port, on an empty job store.
+    let ctl = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ctl_addr = ctl.local_addr().expect("addr").to_string();
+    let ctl_creds = Credentials::load(&fed, "coordinator").expect("creds");
+    let ctl_guard = guard::control(ctl_creds.revocations.clone());
+    let store: std::sync::Arc<dyn confide_store::Store> =
+        std::sync::Arc::new(confide_store::MemoryStore::new());
+    let control = confide_net::control::ControlService::new(
+        confide_service::Jobs::new(store),
+        ctl_creds.id(),
+        ctl_creds.revocations.clone(),
+    );
+    tokio::spawn(async move {
+        confide_net::roles::serve_control(ctl, &ctl_creds, control, std::future::pending()).await
+    });
     Servers {
         fed,
         endpoints: vec![
             ("coordinator", co_addr, co_guard),
             ("keyholder", kh_addr, kh_guard),
             ("aggregator-1", ag_addr, ag_guard),
+            // Served with the coordinator's certificate (its TLS name is `coordinator`).
+            ("control", ctl_addr, ctl_guard),
         ],
         coordinator,
         _dir: dir,
@@ -166,9 +184,14 @@ impl Servers {
             .iter()
             .find(|(n, _, _)| *n == server)
             .expect("server");
+        let tls_name = if *name == "control" {
+            "coordinator"
+        } else {
+            name
+        };
         // The coordinator may still be fetching the key holder's key: retry briefly.
         for _ in 0..100 {
-            if let Ok(ch) = connect(addr, name, &self.creds(party)).await {
+            if let Ok(ch) = connect(addr, tls_name, &self.creds(party)).await {
                 return ch;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -208,7 +231,7 @@ fn role_of(party: &str) -> Role {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_refuses_an_unauthorised_role_before_reading_its_body() {
     let s = start().await;
-    let mut checked = 0;
+    let (mut checked, mut on_control) = (0, 0);
     for (server, _, guard) in &s.endpoints {
         for (method, rule) in guard.methods() {
             for party in PARTIES {
@@ -233,10 +256,12 @@ async fn every_method_refuses_an_unauthorised_role_before_reading_its_body() {
                     err.message()
                 );
                 checked += 1;
+                on_control += usize::from(*server == "control");
             }
         }
     }
     assert!(checked > 40, "{checked} refusals checked");
+    assert!(on_control > 10, "{on_control} refusals on the control port");
     let stats = s.endpoints[0].2.stats().by_rule();
     eprintln!("checked {checked} (method, role) refusals; coordinator: {stats:?}");
 }
