@@ -143,6 +143,19 @@ fn keyholder_args(f: &Fed, d: &Path, listen: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// A fresh work directory `name` for one run, and a key holder started in it: the directory,
+/// the process and its address.
+fn keyholder_in(f: &Fed, name: &str) -> (PathBuf, Child, String) {
+    let d = f.dir.path().join(name);
+    std::fs::create_dir_all(&d).expect("dir");
+    let (kh, addr) = start(
+        &keyholder_args(f, &d, "127.0.0.1:0"),
+        &[],
+        &d.join("keyholder.log"),
+    );
+    (d, kh, addr)
+}
+
 /// The one-shot coordinator's arguments, with its audit store in `d`.
 fn coordinator_args(f: &Fed, d: &Path, kh_addr: &str) -> Vec<String> {
     [
@@ -363,13 +376,7 @@ fn node_001_nodes_stop_on_their_own_when_the_coordinator_freezes() {
     // Many short rounds with a 3 s round timeout; the coordinator is frozen (SIGSTOP) in the
     // middle of the job, as a hung machine would be.
     let f = federation_with(100_000, 3.0);
-    let d = f.dir.path().join("frozen");
-    std::fs::create_dir_all(&d).expect("dir");
-    let (mut kh, kh_addr) = start(
-        &keyholder_args(&f, &d, "127.0.0.1:0"),
-        &[],
-        &d.join("keyholder.log"),
-    );
+    let (d, mut kh, kh_addr) = keyholder_in(&f, "frozen");
     let co_args = coordinator_args(&f, &d, &kh_addr);
     let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
     let mut nodes = start_nodes(&f, &d, &co_addr);
@@ -430,13 +437,7 @@ fn res_004_updates_that_arrive_while_the_coordinator_is_frozen_still_count() {
     // look at the clock, and stays frozen 7 s, past the deadline, while host's update reaches
     // its socket. Continued, it must serve that update instead of closing the round on it.
     let f = federation_with(ROUNDS, 3.0);
-    let d = f.dir.path().join("paused");
-    std::fs::create_dir_all(&d).expect("dir");
-    let (mut kh, kh_addr) = start(
-        &keyholder_args(&f, &d, "127.0.0.1:0"),
-        &[],
-        &d.join("keyholder.log"),
-    );
+    let (d, mut kh, kh_addr) = keyholder_in(&f, "paused");
     let release = d.join("release");
     let mut co_args = coordinator_args(&f, &d, &kh_addr);
     co_args.extend(["--out", &s(&release), "--linger-secs", "1"].map(String::from));
@@ -499,13 +500,7 @@ fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
     // it starts the job again from round 1 and the initial model. The owners, restarted with
     // their stores, refuse: they already trained those rounds from those models.
     let f = federation_with(100_000, 5.0);
-    let d = f.dir.path().join("restarted");
-    std::fs::create_dir_all(&d).expect("dir");
-    let (mut kh, kh_addr) = start(
-        &keyholder_args(&f, &d, "127.0.0.1:0"),
-        &[],
-        &d.join("keyholder.log"),
-    );
+    let (d, mut kh, kh_addr) = keyholder_in(&f, "restarted");
     let co_args = coordinator_args(&f, &d, &kh_addr);
     let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
     let mut nodes = start_nodes(&f, &d, &co_addr);

@@ -2,9 +2,8 @@
 //! TLS. It only translates: every decision is in `confide_service` (the job state machine
 //! and the durable job store), and every refusal is that crate's numbered [`Refusal`].
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use confide_core::Role;
@@ -125,7 +124,6 @@ pub struct ControlService {
     followers: Arc<std::sync::atomic::AtomicUsize>,
     changed: Arc<watch::Sender<u64>>,
     stopping: Arc<watch::Sender<bool>>,
-    refusals: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     metrics: Arc<Metrics>,
     guard_stats: Arc<OnceLock<Arc<GuardStats>>>,
 }
@@ -141,7 +139,6 @@ impl ControlService {
             followers: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
             stopping: Arc::new(watch::channel(false).0),
-            refusals: Arc::default(),
             metrics: Arc::new(Metrics::new()),
             guard_stats: Arc::default(),
         }
@@ -167,19 +164,13 @@ impl ControlService {
                 .get_or_create(&StateLabel { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        let mut by_rule: BTreeMap<String, u64> = self
-            .refusals()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        // The guard counts its own refusals (NET-nnn); bring the counters up to its totals.
+        // The job store's refusals (JOB-nnn) are counted as they happen, in `fail`.
         if let Some(stats) = self.guard_stats.get() {
             for (rule, n) in stats.by_rule() {
-                *by_rule.entry(rule).or_default() += n;
+                let c = m.refusals.get_or_create(&RuleLabel { rule });
+                c.inc_by(n.saturating_sub(c.get()));
             }
-        }
-        for (rule, n) in by_rule {
-            let c = m.refusals.get_or_create(&RuleLabel { rule });
-            c.inc_by(n.saturating_sub(c.get()));
         }
         let audit = self.jobs.audit_entries().map_err(|e| e.to_string())?;
         m.audit_entries
@@ -206,24 +197,16 @@ impl ControlService {
         self.stopping.send_replace(true);
     }
 
-    /// Refusals so far, by rule id.
-    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
-        self.refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     fn fail(&self, e: ServiceError) -> Status {
         match e {
             ServiceError::Refused(r) => {
                 tracing::info!("control: refused: {r}");
-                *self
+                self.metrics
                     .refusals
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(r.code.id())
-                    .or_default() += 1;
+                    .get_or_create(&RuleLabel {
+                        rule: r.code.id().to_string(),
+                    })
+                    .inc();
                 refusal_status(&r)
             }
             other => {
