@@ -15,7 +15,7 @@ use confide_governance::statement::{Action, SignedStatement, Statement};
 use confide_net::pb::control_client::ControlClient;
 use confide_net::pki::Credentials;
 use confide_net::{control, pb};
-use confide_service::{JobEvent, JobRecord, Outcome};
+use confide_service::{JobEvent, JobRecord, JobState, Outcome};
 use tonic::transport::Channel;
 
 use crate::governance::Passphrase;
@@ -43,6 +43,14 @@ pub struct ServeArgs {
     /// loopback. The bound address is printed on stdout, before the control address.
     #[arg(long, default_value = "127.0.0.1:7102")]
     admin: std::net::SocketAddr,
+    /// Address of the fleet port, where nodes (`confide node serve`) connect to hear of jobs,
+    /// approve them and run them; port 0 picks a free port. The bound address is printed on
+    /// stdout, after the control address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    fleet: std::net::SocketAddr,
+    /// How many jobs run at once; more wait in `queued`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_jobs: u32,
     /// The coordinator's store (redb; created if missing): jobs, their events and the audit
     /// log. Default: <fed>/<name>-service.redb.
     #[arg(long)]
@@ -86,7 +94,30 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         .store
         .unwrap_or_else(|| args.fed.join(format!("{}-service.redb", args.name)));
     let store: Arc<dyn confide_store::Store> = Arc::new(confide_store::RedbStore::open(&path)?);
-    let jobs = confide_service::Jobs::new(store);
+    let jobs = confide_service::Jobs::new(store.clone());
+    let audit = confide_governance::audit::AuditLog::new(store);
+    // A job that was running when the daemon stopped cannot resume yet: it is failed, with
+    // its reason, before anything is served (never left `running` with nobody running it).
+    let interrupted = jobs
+        .list()
+        .with_context(|| format!("recovering {}", path.display()))?
+        .into_iter()
+        .filter(|r| matches!(r.state, JobState::Running { .. } | JobState::Releasing));
+    for r in interrupted {
+        let hash = parse_hash(&r.hash)?;
+        let reason = "the coordinator stopped while the job ran; resuming a job across a                       coordinator restart is not built yet (issue 16), so it ends here"
+            .to_string();
+        jobs.transition(
+            &hash,
+            &confide_service::Transition::Fail { reason },
+            "coordinator",
+            time::OffsetDateTime::now_utc(),
+        )?;
+        eprintln!(
+            "confide coordinator: job `{}` was running; it is failed",
+            r.job_id
+        );
+    }
     // Recover before serving: every record must read back (a corrupt store stops here).
     let counts = jobs
         .count_by_state()
@@ -108,10 +139,34 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let service = control::ControlService::new(jobs, creds.id(), creds.revocations.clone());
     let _ = render.set(service.clone());
     let listener = crate::bind(args.control, "coordinator control").await?;
+    let fleet_listener = crate::bind(args.fleet, "coordinator fleet").await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let routes = service.routes().clone();
+    let fleet = confide_net::fleet::FleetService::new(service.clone(), creds.cert_der()?);
+    let fleet_task = {
+        let creds = creds.clone();
+        let routes = routes.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            confide_net::roles::serve_fleet(fleet_listener, &creds, fleet, routes, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    let dispatcher = confide_net::fleet::Dispatcher::new(
+        service.clone(),
+        routes,
+        creds.clone(),
+        audit,
+        args.max_jobs as usize,
+    );
+    let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
     let stopper = service.clone();
     let not_ready = ready.clone();
     let stop = async move {
         signalled.await;
+        let _ = stop_tx.send(true);
         not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
         eprintln!("confide coordinator: stopping (no new calls; calls in progress finish)");
         stopper.stop();
@@ -130,14 +185,24 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let (task, stop_admin) = admin_task;
     let _ = stop_admin.send(());
     let admin_result = task.await.context("admin port task")?;
+    let _ = dispatch_task.await;
+    let fleet_result = fleet_task.await.context("fleet port task")?;
     served?;
+    fleet_result?;
     admin_result?;
     eprintln!("confide coordinator: stopped");
     Ok(0)
 }
 
+fn parse_hash(text: &str) -> Result<[u8; 32]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .with_context(|| format!("malformed job hash `{text}` in the store"))
+}
+
 /// A future that completes on the first SIGINT or SIGTERM; the handlers are installed now.
-fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
@@ -218,6 +283,17 @@ pub enum ServiceJobCommand {
         /// Keep printing events until the job ends.
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Download a completed job's model (safetensors and its card) and the coordinator's
+    /// report into a directory; only the job's recipients may.
+    Download {
+        /// The job: its manifest hash, a unique hash prefix or its job id.
+        job: String,
+        /// Where to write model.safetensors, model.json and coordinator-report.json.
+        #[arg(long)]
+        out: PathBuf,
         #[command(flatten)]
         connect: Connect,
     },
@@ -377,6 +453,61 @@ async fn status(s: &mut Session, name: &str) -> Result<JobRecord> {
     parse(&reply.record_json)
 }
 
+/// `confide nodes list`: the nodes a running coordinator has heard from (its operator only).
+pub async fn nodes(connect: Connect) -> Result<i32> {
+    match nodes_inner(connect).await {
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            eprintln!("error: {e:#}");
+            Ok(EXIT_REFUSED)
+        }
+        other => other,
+    }
+}
+
+async fn nodes_inner(connect: Connect) -> Result<i32> {
+    let mut s = Session::open(&connect).await?;
+    let reply = s
+        .client
+        .list_nodes(pb::NodeListRequest {})
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    let nodes: Vec<confide_net::fleet::NodeSeen> = reply
+        .nodes_json
+        .iter()
+        .map(|j| parse(j))
+        .collect::<Result<_>>()?;
+    let now = confide_service::jobs::millis(time::OffsetDateTime::now_utc());
+    let within = u64::try_from(confide_net::fleet::CONNECTED_WITHIN.as_millis()).unwrap_or(0);
+    match s.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&nodes)?),
+        Format::Text => {
+            outln!(
+                "{:<24} {:<12} {:<26} {}",
+                "NODE",
+                "STATUS",
+                "LAST HEARD",
+                "ID"
+            );
+            for n in &nodes {
+                let status = if now.saturating_sub(n.last_ms) <= within {
+                    "connected"
+                } else {
+                    "silent"
+                };
+                outln!(
+                    "{:<24} {:<12} {:<26} {}",
+                    n.name,
+                    status,
+                    when(n.last_ms),
+                    n.id
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
 /// Runs a job command against a running coordinator.
 pub async fn run(cmd: ServiceJobCommand) -> Result<i32> {
     match run_inner(cmd).await {
@@ -456,6 +587,55 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
                             when(r.updated_ms)
                         );
                     }
+                }
+            }
+            Ok(0)
+        }
+        ServiceJobCommand::Download { job, out, connect } => {
+            let mut s = Session::open(&connect).await?;
+            let reply = s
+                .client
+                .download_job(pb::JobName { name: job })
+                .await
+                .map_err(call_failed)?
+                .into_inner();
+            let record: JobRecord = parse(&reply.record_json)?;
+            let report: confide_net::coordinator::JobReport = parse(&reply.report_json)?;
+            let manifest =
+                confide_governance::manifest::SignedManifest::from_json(&reply.manifest_json)?;
+            if manifest.hash != record.hash {
+                bail!("the coordinator sent a manifest that does not hash to the job");
+            }
+            let spec = manifest.manifest.job_spec()?;
+            if reply.model.len() % 4 != 0 {
+                bail!("the coordinator sent a malformed model");
+            }
+            let params: Vec<f32> = reply
+                .model
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let (weights, card) =
+                crate::simulate::export_release(&out, &record.job_id, &spec, &params, &report)?;
+            match s.format {
+                Format::Json => outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "job": record.job_id,
+                        "hash": record.hash,
+                        "weights": weights,
+                        "card": card,
+                        "report": out.join("coordinator-report.json"),
+                    }))?
+                ),
+                Format::Text => {
+                    outln!(
+                        "job `{}`: model written to {}",
+                        record.job_id,
+                        weights.display()
+                    );
+                    outln!("card   {}", card.display());
+                    outln!("report {}", out.join("coordinator-report.json").display());
                 }
             }
             Ok(0)

@@ -14,6 +14,7 @@ mod bench_confidential;
 mod confidential;
 mod control;
 mod governance;
+mod node_serve;
 mod partition;
 mod simulate;
 mod sweep;
@@ -67,7 +68,10 @@ enum Command {
     /// jointly with the others, returns only its partial sum.
     Aggregator(AggregatorArgs),
     /// Run a data owner's node: trains locally and sends protected updates.
-    Node(NodeArgs),
+    Node(NodeCmd),
+    /// The nodes known to a running coordinator.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
     /// Run the confidential trainer's trusted core (started by its host, `confide simulate`
     /// for a job with a [confidential] section): confined to --dir, it speaks the typed
     /// channel on stdin and stdout.
@@ -305,6 +309,36 @@ enum CoordinatorSub {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct NodeCmd {
+    #[command(subcommand)]
+    sub: Option<NodeSub>,
+    #[command(flatten)]
+    one_job: Option<NodeArgs>,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodesCommand {
+    /// The nodes a running coordinator has heard from on its fleet port, and when (its
+    /// operator only).
+    List {
+        #[command(flatten)]
+        connect: control::Connect,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeSub {
+    /// Run the long-lived node beside this owner's data until SIGTERM: it connects to a
+    /// coordinator's fleet port, files each job offered to it in its inbox (approving or
+    /// rejecting it when the owner's policy decides), and runs the approved jobs.
+    Serve(node_serve::ServeArgs),
+    /// The jobs offered to a running node daemon: list, show, approve, reject.
+    #[command(subcommand)]
+    Inbox(node_serve::InboxCommand),
+}
+
+#[derive(clap::Args, Debug)]
 // No flattened groups in here: clap fills an `Option<Args>` only from its own arguments.
 struct CoordinatorArgs {
     /// Job file (TOML).
@@ -435,8 +469,13 @@ struct NodeArgs {
     /// <tee-dir>/attestation-policy.toml under the dev TEE).
     #[arg(long)]
     keyholder_attestation_policy: Option<PathBuf>,
-    #[command(flatten)]
-    passphrase: governance::Passphrase,
+    // The passphrase options, inline (no flattened groups: see `CoordinatorArgs`).
+    /// Read the key's passphrase from this environment variable.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    passphrase_env: Option<String>,
+    /// Read the key's passphrase from the first line of this file.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
 }
 
 /// Standard output could not be written.
@@ -577,7 +616,24 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Keyholder(args) => keyholder(args).await,
         Command::Aggregator(args) => aggregator(args).await,
-        Command::Node(args) => node(args).await,
+        Command::Node(NodeCmd {
+            sub: Some(NodeSub::Serve(args)),
+            ..
+        }) => node_serve::serve(args).await,
+        Command::Node(NodeCmd {
+            sub: Some(NodeSub::Inbox(cmd)),
+            ..
+        }) => tokio::task::spawn_blocking(move || node_serve::inbox(cmd)).await?,
+        Command::Node(NodeCmd {
+            one_job: Some(args),
+            ..
+        }) => node(args).await,
+        Command::Nodes(NodesCommand::List { connect }) => control::nodes(connect).await,
+        Command::Node(_) => {
+            bail!(
+                "`confide node` needs `serve`, `inbox`, or --fed, --name, --coordinator and --data for one job"
+            )
+        }
         Command::Trainer(args) => trainer_net::trainer(args).await,
         Command::Upload(args) => trainer_net::upload(args).await,
         Command::Fetch(args) => trainer_net::fetch_model(args).await,
@@ -790,7 +846,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     )
     .await?;
     if let Some(out) = &args.out {
-        simulate::export_release(out, &config, &spec, &params, &report)?;
+        simulate::export_release(out, &config.job.id, &spec, &params, &report)?;
     }
     if report.status == "finished" {
         Ok(0)
@@ -901,23 +957,26 @@ async fn aggregator(args: AggregatorArgs) -> Result<i32> {
 }
 
 async fn node(args: NodeArgs) -> Result<i32> {
-    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
+    let passphrase = governance::Passphrase {
+        passphrase_env: args.passphrase_env.clone(),
+        passphrase_file: args.passphrase_file.clone(),
+    };
+    let creds = Credentials::load_with(&args.fed, &args.name, passphrase.get()?.as_deref())?;
     if creds.role != Role::Node {
         bail!("`{}` has role {}, not node", creds.name, creds.role);
     }
-    let dataset = match (&args.dataset, &args.policy) {
-        (Some(d), _) => Some(d.clone()),
-        (None, Some(p)) => Some(confide_governance::policy::Policy::load(p)?.dataset),
-        (None, None) => None,
-    };
-    if args.ledger.is_some() && dataset.is_none() {
-        bail!("--ledger needs --dataset (or a --policy naming the dataset)");
-    }
+    let dataset = node_serve::ledger_dataset(
+        args.dataset.as_ref(),
+        args.policy.as_deref(),
+        args.ledger.is_some(),
+    )?;
     let witness_store = args
         .witness_store
         .clone()
         .unwrap_or_else(|| args.fed.join(format!("{}-witness.redb", args.name)));
     let summary = confide_net::node::run_node(confide_net::node::NodeOptions {
+        job: None,
+        approval: None,
         creds,
         coordinator: args.coordinator,
         data: args.data,

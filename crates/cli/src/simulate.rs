@@ -370,7 +370,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
     let (report, params) = result?;
 
     let model_dir = work.join("model");
-    let (weights, card) = export_release(&model_dir, &config, &spec, &params, &report)?;
+    let (weights, card) = export_release(&model_dir, &config.job.id, &spec, &params, &report)?;
     let last = report.history.last();
     let mode_name = match mode {
         SimulateMode::Processes => "processes",
@@ -464,7 +464,7 @@ fn mean(it: impl Iterator<Item = f64>) -> Option<f64> {
 /// Writes the released model (safetensors + JSON card) and the coordinator's report.
 pub fn export_release(
     dir: &Path,
-    config: &JobConfig,
+    job_id: &str,
     spec: &JobSpec,
     params: &[f32],
     report: &JobReport,
@@ -485,7 +485,7 @@ pub fn export_release(
         }),
     };
     let provenance = HashMap::from([
-        ("job_id".to_string(), config.job.id.clone()),
+        ("job_id".to_string(), job_id.to_string()),
         ("scheme".to_string(), report.scheme.clone()),
         ("rounds".to_string(), report.rounds.to_string()),
         ("status".to_string(), report.status.clone()),
@@ -1029,6 +1029,8 @@ impl Roles {
                     bail!("--crash needs processes mode");
                 }
                 let opts = confide_net::node::NodeOptions {
+                    job: None,
+                    approval: None,
                     creds: Credentials::load(fed, name)?,
                     coordinator: coordinator.to_string(),
                     data: data.to_path_buf(),

@@ -32,7 +32,7 @@ impl Daemon {
     fn start(fed: &Path, store: &Path) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_confide"))
             .args(["coordinator", "serve", "--control", "127.0.0.1:0"])
-            .args(["--admin", "127.0.0.1:0", "--fed"])
+            .args(["--admin", "127.0.0.1:0", "--fleet", "127.0.0.1:0", "--fed"])
             .arg(fed)
             .arg("--store")
             .arg(store)

@@ -493,8 +493,8 @@ impl BudgetLedger {
     /// # Errors
     /// The file cannot be opened or another process holds it.
     pub fn open(path: &std::path::Path) -> Result<Self, LedgerError> {
-        let store = confide_store::RedbStore::open(path)?;
-        Ok(Self::new(Arc::new(store), Arc::new(SystemClock)))
+        let store = confide_store::RedbStore::open_shared(path)?;
+        Ok(Self::new(store, Arc::new(SystemClock)))
     }
 
     /// Sets the lifetime budget of `dataset`, creating the dataset's record if needed. Refused

@@ -225,6 +225,16 @@ pub fn online_approval_message(coordinator_id: &str, hash: &[u8; 32]) -> Vec<u8>
     m
 }
 
+/// The message a node signs when it rejects a job to a coordinator over the network, under
+/// the rule that refused it (domain-separated from approvals and co-signatures).
+pub fn online_rejection_message(coordinator_id: &str, hash: &[u8; 32], rule: &str) -> Vec<u8> {
+    let mut m = format!("confide/job-rejection/v1\n{coordinator_id}\n").into_bytes();
+    m.extend_from_slice(hash);
+    m.push(b'\n');
+    m.extend_from_slice(rule.as_bytes());
+    m
+}
+
 /// The message a manifest signature covers.
 pub fn signature_message(role: SignatureRole, hash: &[u8; 32]) -> Vec<u8> {
     let mut m = format!("confide/manifest-signature/v1\n{}\n", role.as_str()).into_bytes();

@@ -24,6 +24,9 @@ pub const MAX_REASON_CHARS: usize = 200;
 pub enum Action {
     /// Stop a job: it ends `cancelled` and never runs another round.
     Cancel,
+    /// Refuse a job offered to the author's node (`confide node inbox reject`): the node
+    /// rejects it to the coordinator, and the job ends `rejected`.
+    Reject,
 }
 
 /// The statement.

@@ -7,8 +7,10 @@
 //! - `GET /metrics`: the daemon's metrics in the OpenMetrics text format (which Prometheus
 //!   reads), rendered at each scrape by the daemon's own function.
 //!
-//! Nothing here can change state, so the port carries no authentication; keep it on loopback
-//! or behind the organisation's own proxy (docs/service.md).
+//! A daemon may add its own routes ([`serve_admin_with`]): the node daemon's inbox, whose
+//! changes each need a statement signed by the owner's key. Reading carries no
+//! authentication; keep the port on loopback or behind the organisation's own proxy
+//! (docs/service.md).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,11 +73,23 @@ pub async fn serve_admin(
     render: Render,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NetError> {
+    serve_admin_with(listener, ready, render, Router::new(), shutdown).await
+}
+
+/// [`serve_admin`], with the daemon's own `routes` beside the three standard ones.
+pub async fn serve_admin_with(
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    render: Render,
+    routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NetError> {
     let app = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Admin { ready, render });
+        .with_state(Admin { ready, render })
+        .merge(routes);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

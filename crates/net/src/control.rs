@@ -2,6 +2,7 @@
 //! TLS. It only translates: every decision is in `confide_service` (the job state machine
 //! and the durable job store), and every refusal is that crate's numbered [`Refusal`].
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -79,6 +80,7 @@ struct Metrics {
     refusals: Family<RuleLabel, Counter>,
     audit_entries: Gauge,
     commit_seconds: Histogram,
+    nodes_connected: Gauge,
 }
 
 impl Metrics {
@@ -89,7 +91,7 @@ impl Metrics {
         let refusals = Family::<RuleLabel, Counter>::default();
         registry.register(
             "confide_refusals",
-            "Requests refused on the control port, by rule id (JOB-nnn, NET-nnn)",
+            "Requests refused on the control and fleet ports, by rule id (JOB-nnn, NET-nnn, FLEET-nnn)",
             refusals.clone(),
         );
         let audit_entries = Gauge::default();
@@ -105,12 +107,19 @@ impl Metrics {
             "Time of each job store transaction made for a control call",
             commit_seconds.clone(),
         );
+        let nodes_connected = Gauge::default();
+        registry.register(
+            "confide_nodes_connected",
+            "Nodes heard on the fleet port within the last 15 s",
+            nodes_connected.clone(),
+        );
         Self {
             registry,
             jobs,
             refusals,
             audit_entries,
             commit_seconds,
+            nodes_connected,
         }
     }
 }
@@ -126,6 +135,9 @@ pub struct ControlService {
     stopping: Arc<watch::Sender<bool>>,
     metrics: Arc<Metrics>,
     guard_stats: Arc<OnceLock<Arc<GuardStats>>>,
+    fleet_stats: Arc<OnceLock<Arc<GuardStats>>>,
+    routes: crate::fleet::Routes,
+    nodes: crate::fleet::Nodes,
 }
 
 impl ControlService {
@@ -141,7 +153,43 @@ impl ControlService {
             stopping: Arc::new(watch::channel(false).0),
             metrics: Arc::new(Metrics::new()),
             guard_stats: Arc::default(),
+            fleet_stats: Arc::default(),
+            routes: crate::fleet::Routes::default(),
+            nodes: crate::fleet::Nodes::default(),
         }
+    }
+
+    /// The request guard of the fleet port's `Fleet` service (`crate::guard::fleet`); its
+    /// refusals are counted in this service's metrics.
+    pub fn fleet_guard(&self) -> Guard {
+        let guard = crate::guard::fleet(self.revocations.clone());
+        let _ = self.fleet_stats.set(guard.stats());
+        guard
+    }
+
+    /// The running jobs' routes on the fleet port.
+    pub fn routes(&self) -> &crate::fleet::Routes {
+        &self.routes
+    }
+
+    /// The nodes heard on the fleet port.
+    pub fn nodes(&self) -> &crate::fleet::Nodes {
+        &self.nodes
+    }
+
+    /// The federation's revocation list.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// The operator's party id (this coordinator's own).
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+
+    /// A receiver that changes whenever a job changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// The request guard for this service's port (`crate::guard::control`); its refusals
@@ -166,12 +214,20 @@ impl ControlService {
         }
         // The guard counts its own refusals (NET-nnn); bring the counters up to its totals.
         // The job store's refusals (JOB-nnn) are counted as they happen, in `fail`.
-        if let Some(stats) = self.guard_stats.get() {
-            for (rule, n) in stats.by_rule() {
-                let c = m.refusals.get_or_create(&RuleLabel { rule });
-                c.inc_by(n.saturating_sub(c.get()));
+        let mut guarded = BTreeMap::<String, u64>::new();
+        let stats = [self.guard_stats.get(), self.fleet_stats.get()];
+        for s in stats.into_iter().flatten().chain([&self.routes.stats()]) {
+            for (rule, n) in s.by_rule() {
+                *guarded.entry(rule).or_default() += n;
             }
         }
+        for (rule, n) in guarded {
+            let c = m.refusals.get_or_create(&RuleLabel { rule });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        let now_ms = confide_service::jobs::millis(time::OffsetDateTime::now_utc());
+        m.nodes_connected
+            .set(i64::try_from(self.nodes.connected(now_ms)).unwrap_or(i64::MAX));
         let audit = self.jobs.audit_entries().map_err(|e| e.to_string())?;
         m.audit_entries
             .set(i64::try_from(audit).unwrap_or(i64::MAX));
@@ -197,7 +253,8 @@ impl ControlService {
         self.stopping.send_replace(true);
     }
 
-    fn fail(&self, e: ServiceError) -> Status {
+    /// The status for a store error: a counted, numbered refusal, or an internal error.
+    pub fn fail(&self, e: ServiceError) -> Status {
         match e {
             ServiceError::Refused(r) => {
                 tracing::info!("control: refused: {r}");
@@ -246,7 +303,7 @@ impl ControlService {
 
     /// Runs a store mutation off the async threads (a commit waits for the disk), then wakes
     /// followers.
-    async fn mutate<R: Send + 'static>(
+    pub async fn mutate<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Jobs) -> Result<R, ServiceError> + Send + 'static,
     ) -> Result<R, Status> {
@@ -436,5 +493,64 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn download_job(
+        &self,
+        req: Request<pb::JobName>,
+    ) -> Result<Response<pb::JobDownloadReply>, Status> {
+        let caller = self.caller(&req, &[Role::ModelOwner])?;
+        let record = self.visible(&req.into_inner().name, &caller)?;
+        if !record.recipients.contains(&caller.id) && !record.recipients.contains(&caller.name) {
+            return Err(self.fail(ServiceError::Refused(Refusal::new(
+                Code::NotAllowed,
+                format!(
+                    "only job `{}`'s recipients may download its model; `{}` is not one",
+                    record.job_id, caller.name
+                ),
+            ))));
+        }
+        let hash: [u8; 32] = hex::decode(&record.hash)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| Status::internal("malformed job hash in the store"))?;
+        let Some((report_json, model)) = self.jobs.result(&hash).map_err(|e| self.fail(e))? else {
+            return Err(self.fail(ServiceError::Refused(Refusal::new(
+                Code::WrongState,
+                format!(
+                    "job `{}` is {}; a model is there once it completed",
+                    record.job_id,
+                    record.state.describe()
+                ),
+            ))));
+        };
+        let manifest = self.jobs.manifest(&hash).map_err(|e| self.fail(e))?;
+        Ok(Response::new(pb::JobDownloadReply {
+            record_json: serde_json::to_string(&record)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            report_json,
+            model,
+            manifest_json: String::from_utf8_lossy(&manifest.unwrap_or_default()).into_owned(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::NodeListRequest>,
+    ) -> Result<Response<pb::NodeListReply>, Status> {
+        let caller = self.caller(&req, &[Role::Coordinator])?;
+        if caller.id != self.operator {
+            return Err(Status::permission_denied(
+                "only this coordinator's operator lists its nodes",
+            ));
+        }
+        let nodes_json = self
+            .nodes
+            .list()
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::NodeListReply { nodes_json }))
     }
 }

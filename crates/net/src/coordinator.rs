@@ -606,6 +606,18 @@ impl Coordinator {
         &self.audit
     }
 
+    /// The job.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
+    /// The round in progress (`Some(r)` while round `r` runs; `None` before the first round
+    /// and after the job ended), for a scheduler that reports the job's progress.
+    pub fn running_round(&self) -> Option<u32> {
+        let snap = self.rounds.borrow();
+        (snap.state == JobState::Running).then_some(snap.round)
+    }
+
     /// The manifest hash.
     pub fn manifest_hash(&self) -> [u8; 32] {
         self.manifest_hash
@@ -1378,8 +1390,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .map_err(Status::invalid_argument)?;
         let is_final = {
             let snap = c.rounds.borrow();
+            // The final head, or a later head of the shared log, which contains it.
             matches!(snap.state, JobState::Finished | JobState::Failed)
-                && snap.head.as_ref() == Some(&head)
+                && snap
+                    .head
+                    .as_ref()
+                    .is_some_and(|f| f == &head || (f.log_id == head.log_id && head.size > f.size))
         };
         if is_final {
             lock(&c.state).cosigned_final.insert(id.name.clone());
@@ -1494,7 +1510,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 }));
             }
         };
-        let (tree_head_json, consistency_proof) = match &snap.head {
+        // On a long-running coordinator several jobs share one audit log, so a node's
+        // witness may already have seen a later head of it (from another job): then the task
+        // carries a head signed now, which extends what the witness saw.
+        let fresh = match &snap.head {
+            Some(h) if witnessed > h.size => Some(
+                self.0
+                    .sign_head()
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let (tree_head_json, consistency_proof) = match fresh.as_ref().or(snap.head.as_ref()) {
             Some(h) => {
                 let proof = if witnessed > 0 && witnessed < h.size {
                     self.0

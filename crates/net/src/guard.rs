@@ -393,6 +393,10 @@ pub struct Guarded<S> {
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 impl<S> tower_service::Service<http::Request<Body>> for Guarded<S>
 where
     S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
@@ -974,7 +978,39 @@ pub fn control(revocations: Arc<Revocations>) -> Guard {
             ),
         )
         .method("JobEvents", MethodRule::new(readers, SMALL_BYTES, name()))
+        .method(
+            "DownloadJob",
+            MethodRule::new(&[Role::ModelOwner], SMALL_BYTES, name()),
+        )
+        .method(
+            "ListNodes",
+            MethodRule::new(&[Role::Coordinator], SMALL_BYTES, Shape::new()),
+        )
 }
+
+/// The fleet port's own service (`confide.v1.Fleet`): nodes' heartbeats and decisions. The
+/// per-job `Coordinator` service on the same port is guarded by each job's own guard.
+pub fn fleet(revocations: Arc<Revocations>) -> Guard {
+    Guard::new("confide.v1.Fleet", revocations)
+        .method(
+            "Offers",
+            MethodRule::new(&[Role::Node], SMALL_BYTES, Shape::new()),
+        )
+        .method(
+            "Decide",
+            MethodRule::new(
+                &[Role::Node],
+                2 * SMALL_BYTES,
+                Shape::new()
+                    .field(1, 1, 64)
+                    .field(3, 1, 4 * MAX_RULE_CHARS)
+                    .field(4, 1, 128),
+            ),
+        )
+}
+
+/// The longest basis or rule a node's decision may carry, in characters.
+pub const MAX_RULE_CHARS: usize = 200;
 
 /// The largest signed statement accepted (a cancel with its 200-character reason, the
 /// author's public identity and the signature fit in well under half of it).

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod aggregator;
 pub mod control;
 pub mod coordinator;
+pub mod fleet;
 pub mod guard;
 pub mod keyholder;
 pub mod node;

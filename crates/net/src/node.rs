@@ -125,7 +125,7 @@ impl TrainingRecord {
 }
 
 /// The coordinator client, as a node holds it.
-type Coordinator = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
+type Coordinator = pb::coordinator_client::CoordinatorClient<crate::fleet::JobChannel>;
 
 /// The longest a node waits for a call that the coordinator answers within a round (a
 /// submission, a stage): the round timeout plus [`SILENCE_MARGIN`]. The channel enforces it
@@ -209,6 +209,9 @@ async fn next_task(
     }
 }
 
+/// How many stale heads in a row a node asks again for (see `run_node`'s witness loop).
+const MAX_STALE_HEADS: u32 = 8;
+
 /// What a node needs.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -233,6 +236,12 @@ pub struct NodeOptions {
     /// The witness's memory of the coordinator's tree heads (a redb file); `None` keeps it in
     /// memory for this run only.
     pub witness_store: Option<PathBuf>,
+    /// The job, on a long-running coordinator's fleet port (its manifest hash, sent with
+    /// every request); `None` for a one-job coordinator.
+    pub job: Option<[u8; 32]>,
+    /// The owner's co-signature of the job's manifest, given after the job was submitted
+    /// (`confide node inbox approve`); it counts as a co-signature in the manifest.
+    pub approval: Option<confide_governance::manifest::ManifestSignature>,
     /// An attestation policy the key holder's evidence must satisfy before this owner
     /// encrypts to its key (`paillier`, `lattice`); `None` trusts the key holder unattested.
     pub keyholder_attestation: Option<PathBuf>,
@@ -256,7 +265,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         .creds
         .signing_key()
         .map_err(|e| NodeError::Job(e.to_string()))?;
-    let channel = connect(&opts.coordinator, "coordinator", &opts.creds).await?;
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        connect(&opts.coordinator, "coordinator", &opts.creds).await?,
+        crate::fleet::JobHeader::new(opts.job.as_ref()),
+    );
     // The join reply is small; later messages are bounded by the job's limit.
     let join = pb::coordinator_client::CoordinatorClient::new(channel.clone())
         .join(pb::JoinRequest {})
@@ -317,7 +329,9 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // coordinator as a withdrawal, which it records in the audit log.
     let approved = plan_privacy(&spec, data.len()).and_then(|spend| {
         let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
-        let basis = gov.decide(&opts, &request)?;
+        let basis = gov
+            .decide(&opts, &request)
+            .map_err(Undecided::into_message)?;
         Ok((spend, request, basis))
     });
     let (spend, request, basis) = match approved {
@@ -476,12 +490,34 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let mut after = 0;
     let mut rounds = 0;
     let mut seen_models = std::collections::BTreeSet::new();
+    // How often in a row a head was stale because another job of this node, on the same
+    // coordinator's log, witnessed a later head meanwhile.
+    let mut stale = 0;
     loop {
+        // A node daemon runs several jobs of one coordinator at once, and they share its log
+        // and this witness: ask for the proof from what the witness has seen by now.
+        if let Ok(Some(h)) = witness.last_seen(&gov.log_id) {
+            witnessed = witnessed.max(h.size);
+        }
         let task = next_task(&mut coord, &spec, after, witnessed).await?;
         // Witness the audit log: a head that does not extend what this owner saw is refused.
         let cosigned = match gov.witness_head(&witness, &task) {
-            Ok(c) => c,
+            Ok(c) => {
+                stale = 0;
+                c
+            }
             Err(problem) => {
+                let moved = witness
+                    .last_seen(&gov.log_id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|h| h.size > witnessed);
+                if moved && stale < MAX_STALE_HEADS {
+                    // Asked with a size that another job moved past: ask again (the same
+                    // task, with the proof from the new size).
+                    stale += 1;
+                    continue;
+                }
                 refuse(&mut coord, &problem, "refusal").await;
                 return Err(NodeError::Refused(problem));
             }
@@ -931,7 +967,7 @@ fn certify_owners(opts: &NodeOptions, spec: &JobSpec, certs: &[Vec<u8>], certifi
 /// The later stages of a multi-stage scheme: waits for each stage's broadcast, answers it,
 /// signs and submits the answer. Returns when the round is over for this owner.
 async fn masking_stages(
-    coord: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    coord: &mut Coordinator,
     mut client: Box<dyn AggregationClient>,
     signing: &confide_crypto::SigningKey,
     (digest, name, round, trained_from): (&[u8; 32], &str, u32, [u8; 32]),
@@ -1148,11 +1184,7 @@ pub const DIVERGED: &str = "TRAIN-001 training diverged";
 
 /// Tells the coordinator this owner leaves the job, and why (`kind`: data, refusal or
 /// revocation); the coordinator records it in the audit log.
-async fn refuse(
-    coord: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
-    problem: &str,
-    kind: &str,
-) {
+async fn refuse(coord: &mut Coordinator, problem: &str, kind: &str) {
     let withdraw = pb::WithdrawRequest {
         reason: problem.to_string(),
         kind: kind.to_string(),
@@ -1161,6 +1193,75 @@ async fn refuse(
     let _ = coord
         .withdraw(with_deadline(withdraw, SILENCE_MARGIN))
         .await;
+}
+
+/// Why a node did not approve a job on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undecided {
+    /// No rule approves it automatically: the owner decides (a co-signature).
+    NeedsOwner(String),
+    /// The policy, the data or the job itself refuses it.
+    Refused(String),
+}
+
+impl Undecided {
+    fn into_message(self) -> String {
+        match self {
+            Undecided::NeedsOwner(m) | Undecided::Refused(m) => m,
+        }
+    }
+}
+
+/// A node daemon's verdict on a job offered to it, before the job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A policy rule approves it automatically (the basis, in words).
+    Approve(String),
+    /// The owner decides: the job waits in the node's inbox (why, in words).
+    Ask(String),
+    /// It is refused (the reason: a numbered rule where there is one; it names no local path).
+    Reject(String),
+}
+
+/// Checks a job offered by a long-running coordinator against this node's manifest checks,
+/// data and policy, exactly as [`run_node`] will when the job runs (the ledger is debited
+/// only then).
+pub fn assess(opts: &NodeOptions, manifest_json: &str, coordinator_certificate: &[u8]) -> Verdict {
+    let spec = match SignedManifest::from_json(manifest_json).and_then(|m| m.manifest.job_spec()) {
+        Ok(s) => s,
+        Err(e) => return Verdict::Reject(format!("job manifest refused: {e}")),
+    };
+    let join = pb::JoinReply {
+        manifest_json: manifest_json.to_string(),
+        coordinator_certificate: coordinator_certificate.to_vec(),
+        ..Default::default()
+    };
+    let gov = match Governance::check(opts, &join, &spec) {
+        Ok(g) => g,
+        Err(problem) => return Verdict::Reject(problem),
+    };
+    let rows = match load_job_data(&spec, &opts.data) {
+        Ok(d) if d.is_empty() => {
+            return Verdict::Reject(
+                DataError::Empty {
+                    path: opts.data.display().to_string(),
+                }
+                .public_reason(&spec.data.features),
+            );
+        }
+        Ok(d) => d.len(),
+        Err(e) => return Verdict::Reject(e.public_reason(&spec.data.features)),
+    };
+    let spend = match plan_privacy(&spec, rows) {
+        Ok(s) => s,
+        Err(problem) => return Verdict::Reject(problem),
+    };
+    let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
+    match gov.decide(opts, &request) {
+        Ok(basis) => Verdict::Approve(basis),
+        Err(Undecided::NeedsOwner(why)) => Verdict::Ask(why),
+        Err(Undecided::Refused(problem)) => Verdict::Reject(problem),
+    }
 }
 
 /// What the node established about the job's governance when it joined.
@@ -1238,36 +1339,41 @@ impl Governance {
     }
 
     /// Whether this owner approves the job, and on what basis.
-    fn decide(&self, opts: &NodeOptions, request: &JobRequest) -> Result<String, String> {
+    fn decide(&self, opts: &NodeOptions, request: &JobRequest) -> Result<String, Undecided> {
         if request.mode != Mode::Federated {
-            return Err(format!(
+            return Err(Undecided::Refused(format!(
                 "a node runs federated jobs; this one is `{}`",
                 request.mode.as_str()
-            ));
+            )));
         }
-        let co_signed = self.manifest.approvals.contains(&self.my_id);
-        match Self::policy(opts)? {
+        let co_signed = self.manifest.approvals.contains(&self.my_id)
+            || opts.approval.as_ref().is_some_and(|a| {
+                a.role == confide_governance::manifest::SignatureRole::Approval
+                    && a.signer == self.my_id
+                    && a.verify(&self.manifest_hash).is_ok()
+            });
+        match Self::policy(opts).map_err(Undecided::Refused)? {
             Some(policy) => {
                 let allowed = policy
                     .evaluate(request, time::OffsetDateTime::now_utc())
-                    .map_err(|d| d.to_string())?;
+                    .map_err(|d| Undecided::Refused(d.to_string()))?;
                 match (allowed.approval, co_signed) {
                     (Approval::Automatic, _) => Ok(format!("policy rule `{}`", allowed.rule)),
                     (Approval::CoSignature, true) => {
                         Ok(format!("co-signature (policy rule `{}`)", allowed.rule))
                     }
-                    (Approval::CoSignature, false) => Err(format!(
-                        "policy rule `{}` requires this owner's co-signature of manifest {} (`confide job approve`)",
+                    (Approval::CoSignature, false) => Err(Undecided::NeedsOwner(format!(
+                        "policy rule `{}` requires this owner's co-signature of manifest {} (`confide job approve`, or `confide node inbox approve`)",
                         allowed.rule,
                         hex::encode(self.manifest_hash)
-                    )),
+                    ))),
                 }
             }
             None if co_signed => Ok("co-signature".into()),
-            None => Err(format!(
-                "this owner has neither a policy that approves the job (--policy) nor co-signed manifest {} (`confide job approve`)",
+            None => Err(Undecided::NeedsOwner(format!(
+                "this owner has neither a policy that approves the job (--policy) nor co-signed manifest {} (`confide job approve`, or `confide node inbox approve`)",
                 hex::encode(self.manifest_hash)
-            )),
+            ))),
         }
     }
 
@@ -1311,10 +1417,8 @@ impl Governance {
         opts: &NodeOptions,
     ) -> Result<(Witness, std::sync::Arc<dyn confide_store::Store>), NodeError> {
         let store: std::sync::Arc<dyn confide_store::Store> = match &opts.witness_store {
-            Some(p) => std::sync::Arc::new(
-                confide_store::RedbStore::open(p)
-                    .map_err(|e| NodeError::Job(format!("witness store {}: {e}", p.display())))?,
-            ),
+            Some(p) => confide_store::RedbStore::open_shared(p)
+                .map_err(|e| NodeError::Job(format!("witness store {}: {e}", p.display())))?,
             None => std::sync::Arc::new(confide_store::MemoryStore::new()),
         };
         Ok((Witness::new(store.clone(), opts.creds.identity()), store))

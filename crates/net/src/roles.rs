@@ -129,6 +129,30 @@ pub async fn serve_control(
         .map_err(|e| transport_err("control", e))
 }
 
+/// Serves a long-running coordinator's fleet port on `listener` until `shutdown` completes:
+/// the `Fleet` service (offers, decisions) and every running job's `Coordinator` service,
+/// routed by the `confide-job` metadata (`crate::fleet`).
+pub async fn serve_fleet(
+    listener: TcpListener,
+    creds: &Credentials,
+    fleet: crate::fleet::FleetService,
+    routes: crate::fleet::Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let guard = fleet.guard();
+    let svc = pb::fleet_server::FleetServer::new(fleet);
+    let fleet_svc = tower_layer::Layer::layer(&guard, svc);
+    Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("fleet TLS", e))?
+        .add_service(fleet_svc)
+        .add_service(routes.router())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("fleet", e))
+}
+
 /// The connections accepted on `listener`, with Nagle's algorithm off: the protocols exchange
 /// small messages in turn, which Nagle's algorithm with delayed acknowledgements would hold
 /// back by about 40 ms each (`Server::tcp_nodelay` does not apply to our own listener).

@@ -156,6 +156,19 @@ async fn start_with(rounds: u32) -> Servers {
         ctl_creds.id(),
         ctl_creds.revocations.clone(),
     );
+    // Its fleet port: the nodes' `Fleet` service and the routed per-job `Coordinator`.
+    let fl = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let fl_addr = fl.local_addr().expect("addr").to_string();
+    let fleet = confide_net::fleet::FleetService::new(
+        control.clone(),
+        ctl_creds.cert_der().expect("certificate"),
+    );
+    let fl_guard = fleet.guard();
+    let routes = control.routes().clone();
+    let fl_creds = ctl_creds.clone();
+    tokio::spawn(async move {
+        confide_net::roles::serve_fleet(fl, &fl_creds, fleet, routes, std::future::pending()).await
+    });
     tokio::spawn(async move {
         confide_net::roles::serve_control(ctl, &ctl_creds, control, std::future::pending()).await
     });
@@ -167,6 +180,7 @@ async fn start_with(rounds: u32) -> Servers {
             ("aggregator-1", ag_addr, ag_guard),
             // Served with the coordinator's certificate (its TLS name is `coordinator`).
             ("control", ctl_addr, ctl_guard),
+            ("fleet", fl_addr, fl_guard),
         ],
         coordinator,
         _dir: dir,
@@ -184,7 +198,7 @@ impl Servers {
             .iter()
             .find(|(n, _, _)| *n == server)
             .expect("server");
-        let tls_name = if *name == "control" {
+        let tls_name = if *name == "control" || *name == "fleet" {
             "coordinator"
         } else {
             name
@@ -466,6 +480,8 @@ async fn fetch_model_waits_for_the_report_once_the_rounds_have_ended() {
     // cosigns the final head, so the coordinator waits (up to 10 s) for it before its report.
     let guest = tokio::spawn(confide_net::node::run_node(
         confide_net::node::NodeOptions {
+            job: None,
+            approval: None,
             creds: s.creds("guest"),
             coordinator: s.endpoints[0].1.clone(),
             data: common::repo_root().join("data/breast_homo/breast_homo_guest.csv"),
@@ -549,4 +565,46 @@ async fn fetch_model_waits_for_the_report_once_the_rounds_have_ended() {
         release.params.len()
     );
     assert_eq!(release.params.len(), 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_port_refuses_a_job_request_that_names_no_job_or_an_unknown_one() {
+    let s = start().await;
+    let ch = s.channel("fleet", "guest").await;
+    let body = pb::JoinRequest {}.encode_to_vec();
+    // No `confide-job` metadata: FLEET-001.
+    let err = raw_call(&ch, "confide.v1.Coordinator", "Join", body.clone())
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("FLEET-001"), "{}", err.message());
+    // A job that does not run here: FLEET-002, for any well-formed hash.
+    let mut client = pb::coordinator_client::CoordinatorClient::with_interceptor(
+        ch.clone(),
+        confide_net::fleet::JobHeader::new(Some(&[7; 32])),
+    );
+    let err = client.join(pb::JoinRequest {}).await.expect_err("refused");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().starts_with("FLEET-002"), "{}", err.message());
+    // A decision on a job that does not name the caller is answered as unknown (JOB-005).
+    let mut fleet = pb::fleet_client::FleetClient::new(ch);
+    let err = fleet
+        .decide(pb::DecideRequest {
+            manifest_hash: hex::encode([7u8; 32]),
+            approve: true,
+            rule: String::new(),
+            signature: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().starts_with("JOB-005"), "{}", err.message());
+    // A node's heartbeat on an empty store: no offers, and the coordinator's certificate.
+    let offers = fleet
+        .offers(pb::OffersRequest {})
+        .await
+        .expect("offers")
+        .into_inner();
+    assert!(offers.offers.is_empty());
+    assert!(!offers.coordinator_certificate.is_empty());
 }

@@ -31,6 +31,10 @@ const JOBS: &str = "jobs";
 const MANIFESTS: &str = "jobs.manifests";
 const BY_ID: &str = "jobs.by_id";
 const EVENTS: &str = "jobs.events";
+/// A completed job's report (JSON), by manifest hash.
+const REPORTS: &str = "jobs.reports";
+/// A completed job's model (little-endian f32), by manifest hash.
+const MODELS: &str = "jobs.models";
 
 /// The shortest hash prefix accepted as a job name.
 pub const MIN_PREFIX: usize = 8;
@@ -323,6 +327,70 @@ impl Jobs {
             EventKind::StateChange,
             serde_json::json!({}),
         )
+    }
+
+    /// A participant's decision on job `hash` (an approval or a rejection), with `detail`
+    /// (its signature and basis) in the audit entry.
+    ///
+    /// # Errors
+    /// As [`Jobs::transition`].
+    pub fn decide(
+        &self,
+        hash: &[u8; 32],
+        t: &Transition,
+        actor: &str,
+        now: OffsetDateTime,
+        detail: serde_json::Value,
+    ) -> Result<JobRecord, ServiceError> {
+        self.change(hash, t, actor, now, EventKind::Approval, detail)
+    }
+
+    /// Stores a finished job's report and model, releases it and completes it, in one
+    /// transaction: a job is `completed` exactly when its model is in the store.
+    ///
+    /// # Errors
+    /// The job is not at its last round's commit (JOB-008), or the store failed.
+    pub fn complete(
+        &self,
+        hash: &[u8; 32],
+        report_json: &str,
+        model: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<JobRecord, ServiceError> {
+        self.store.transact(|txn| {
+            let mut record = read_record(txn, hash)?.ok_or_else(|| unknown(&hex::encode(hash)))?;
+            for t in [Transition::Release, Transition::Complete] {
+                if let Applied::Changed(next) = record.apply(&t, millis(now))? {
+                    let detail = serde_json::json!({
+                        "from": record.state.name(),
+                        "to": next.state.name(),
+                    });
+                    let audit =
+                        audit_event(EventKind::ModelRelease, &next, "coordinator", now, detail);
+                    let what = format!("{}: {}", t.name(), next.state.describe());
+                    record = commit(txn, hash, *next, what, &audit)?;
+                }
+            }
+            txn.put(REPORTS, hash, report_json.as_bytes())?;
+            txn.put(MODELS, hash, model)?;
+            Ok(record)
+        })
+    }
+
+    /// A completed job's report (JSON) and model bytes.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn result(&self, hash: &[u8; 32]) -> Result<Option<(String, Vec<u8>)>, ServiceError> {
+        self.store.read(|txn| {
+            let (Some(report), Some(model)) = (txn.get(REPORTS, hash)?, txn.get(MODELS, hash)?)
+            else {
+                return Ok(None);
+            };
+            let report = String::from_utf8(report)
+                .map_err(|e| ServiceError::Corrupt(format!("job report: {e}")))?;
+            Ok(Some((report, model)))
+        })
     }
 
     fn change(

@@ -50,6 +50,45 @@ impl RedbStore {
         }
     }
 
+    /// The store at `path`, shared within this process: a second caller gets the handle the
+    /// first one opened while it is still held (redb lets one handle open a file; a daemon
+    /// running two jobs opens its ledger and witness store once for both).
+    ///
+    /// # Errors
+    /// As [`RedbStore::open`].
+    pub fn open_shared(path: impl AsRef<Path>) -> Result<std::sync::Arc<Self>, StoreError> {
+        use std::sync::{Arc, Mutex, OnceLock, Weak};
+        static OPEN: OnceLock<
+            Mutex<std::collections::HashMap<std::path::PathBuf, Weak<RedbStore>>>,
+        > = OnceLock::new();
+        let path = path.as_ref();
+        // The same file under two spellings is one key: its directory, resolved, and its name.
+        let key = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                dir.canonicalize()
+                    .map(|d| d.join(name))
+                    .unwrap_or_else(|_| path.to_path_buf())
+            }
+            _ => path.to_path_buf(),
+        };
+        let mut open = OPEN
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.retain(|_, w| w.strong_count() > 0);
+        if let Some(store) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(store);
+        }
+        let store = Arc::new(Self::open(path)?);
+        open.insert(key, Arc::downgrade(&store));
+        Ok(store)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,0 +1,886 @@
+//! `confide node serve`: the long-lived node beside an owner's data, and `confide node inbox`,
+//! the owner's view of the jobs offered to it.
+//!
+//! The daemon connects outward only, to the coordinator's fleet port. Each poll is its
+//! heartbeat and returns the unfinished jobs that name this node. It checks each new offer
+//! exactly as a one-job node checks a job it joins (manifest signatures, the coordinator's
+//! certificate, the data, the DP plan, the owner's policy; `confide_net::node::assess`):
+//! - a policy rule that approves automatically: the daemon approves, signed by the node's key;
+//! - a policy or a job that refuses it: the daemon rejects it, under that rule;
+//! - otherwise the job waits in the durable inbox until the owner runs
+//!   `confide node inbox approve` (the owner's key co-signs the manifest, in the command,
+//!   not in the daemon) or `confide node inbox reject` (a signed statement).
+//!
+//! Once the coordinator runs an approved job, the daemon runs it as `confide node` would
+//! (`confide_net::node::run_node`, which debits the ledger once per job and keeps RES-005's
+//! training record). The inbox lives in the daemon's store (redb, table `node.inbox`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use confide_core::Role;
+use confide_governance::manifest::{
+    ManifestSignature, SignatureRole, SignedManifest, online_approval_message,
+    online_rejection_message,
+};
+use confide_governance::statement::{Action, SignedStatement, Statement};
+use confide_net::node::Verdict;
+use confide_net::pb;
+use confide_net::pki::Credentials;
+use confide_service::JobRecord;
+use confide_store::{Store, StoreExt};
+use serde::{Deserialize, Serialize};
+
+use crate::governance::Passphrase;
+
+const INBOX: &str = "node.inbox";
+
+/// The longest reason a rejection carries to the coordinator, in characters.
+const MAX_REASON: usize = confide_net::guard::MAX_RULE_CHARS;
+
+/// `confide node serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Federation directory with ca.crt and this owner's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// This owner's name (its certificate's name).
+    #[arg(long)]
+    name: String,
+    /// The coordinator's fleet address (`confide coordinator serve --fleet`).
+    #[arg(long)]
+    coordinator: String,
+    /// This owner's CSV file.
+    #[arg(long)]
+    data: PathBuf,
+    /// The owner's policy for this dataset (TOML). A rule with `approval = "automatic"`
+    /// approves matching jobs; other jobs wait in the inbox.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Privacy budget ledger (redb): each job's ε is debited once, before its first round.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// This dataset's name in the ledger (default: the policy's dataset name).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// The daemon's store: its inbox, its witness memory and training records (redb).
+    /// Default: <fed>/<name>-node.redb.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Address of the admin port (plain HTTP: /metrics, /livez, /readyz, and the inbox for
+    /// `confide node inbox`); keep it on loopback. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:7103")]
+    admin: std::net::SocketAddr,
+    /// Seconds between two heartbeats (each one also fetches the offers).
+    #[arg(long, default_value_t = 1.0)]
+    poll: f64,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+/// What the daemon did with an offered job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the owner (`confide node inbox approve|reject`).
+    Pending,
+    /// Approved (by a policy rule or by the owner); it runs once the coordinator starts it.
+    Approved,
+    /// Rejected (by a policy rule, the checks, or the owner).
+    Rejected,
+    /// This node is running it.
+    Running,
+    /// It ended for this node (its note says how).
+    Ended,
+}
+
+/// One inbox entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// The manifest hash, hex.
+    pub hash: String,
+    /// The job id.
+    pub job_id: String,
+    /// The model owner's party id.
+    pub model_owner: String,
+    /// Rounds.
+    pub rounds: u32,
+    /// What the daemon's checks said: `approve`, `ask` or `reject`.
+    pub verdict: String,
+    /// Why, in words (the rule, or what the owner must decide).
+    pub why: String,
+    /// What happened to it.
+    pub status: Status,
+    /// Whether the decision reached the coordinator.
+    pub sent: bool,
+    /// The owner's co-signature, when the owner approved from the inbox.
+    pub approval: Option<ManifestSignature>,
+    /// How it ended for this node.
+    pub note: String,
+    /// When it last changed, Unix milliseconds.
+    pub updated_ms: u64,
+    /// The manifest file.
+    pub manifest_json: String,
+}
+
+fn now_ms() -> u64 {
+    confide_service::jobs::millis(time::OffsetDateTime::now_utc())
+}
+
+#[derive(Clone)]
+struct Inbox {
+    store: Arc<dyn Store>,
+    me: String,
+}
+
+impl Inbox {
+    fn get(&self, hash: &str) -> Result<Option<Entry>> {
+        let bytes = self.store.read(|txn| txn.get(INBOX, hash.as_bytes()))?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).context("inbox entry"))
+            .transpose()
+    }
+
+    fn put(&self, e: &mut Entry) -> Result<()> {
+        e.updated_ms = now_ms();
+        let bytes = serde_json::to_vec(e)?;
+        self.store
+            .transact(|txn| txn.put(INBOX, e.hash.as_bytes(), &bytes))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<Entry>> {
+        let rows = self.store.read(|txn| txn.scan_prefix(INBOX, &[]))?;
+        rows.iter()
+            .map(|(_, v)| serde_json::from_slice(v).context("inbox entry"))
+            .collect()
+    }
+
+    /// The owner's co-signature from `confide node inbox approve`.
+    fn approve(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+        let sig: ManifestSignature =
+            serde_json::from_slice(body).map_err(|e| (400, format!("not a co-signature: {e}")))?;
+        let mut e = self.entry(hash)?;
+        let h = parse_hash(&e.hash).map_err(|m| (500, m.to_string()))?;
+        if sig.role != SignatureRole::Approval || sig.signer != self.me || sig.verify(&h).is_err() {
+            return Err((
+                403,
+                "the co-signature is not this owner's approval of this manifest".into(),
+            ));
+        }
+        match e.status {
+            Status::Pending | Status::Approved => {}
+            other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
+        }
+        e.status = Status::Approved;
+        e.why = "co-signed by the owner (inbox)".into();
+        e.approval = Some(sig);
+        e.sent = false;
+        self.put(&mut e).map_err(|m| (500, m.to_string()))?;
+        Ok(e)
+    }
+
+    /// The owner's signed rejection from `confide node inbox reject`.
+    fn reject(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+        let signed =
+            SignedStatement::from_json(body).map_err(|e| (400, format!("not a statement: {e}")))?;
+        let verified = signed.verify().map_err(|e| (403, e.to_string()))?;
+        let mut e = self.entry(hash)?;
+        if verified.statement.action != Action::Reject
+            || verified.statement.author.id != self.me
+            || hex::encode(verified.job) != e.hash
+        {
+            return Err((
+                403,
+                "the statement is not this owner's rejection of this job".into(),
+            ));
+        }
+        match e.status {
+            Status::Pending | Status::Approved => {}
+            other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
+        }
+        e.status = Status::Rejected;
+        e.why = format!("rejected by the owner: {}", verified.statement.reason);
+        e.sent = false;
+        self.put(&mut e).map_err(|m| (500, m.to_string()))?;
+        Ok(e)
+    }
+
+    fn entry(&self, hash: &str) -> Result<Entry, (u16, String)> {
+        self.get(hash)
+            .map_err(|m| (500, m.to_string()))?
+            .ok_or_else(|| (404, format!("no job {hash} in the inbox")))
+    }
+}
+
+fn parse_hash(text: &str) -> Result<[u8; 32]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .with_context(|| format!("`{text}` is not a manifest hash"))
+}
+
+/// The dataset's name in the ledger: `--dataset`, or the policy's dataset; a ledger needs one.
+pub(crate) fn ledger_dataset(
+    dataset: Option<&String>,
+    policy: Option<&std::path::Path>,
+    ledger: bool,
+) -> Result<Option<String>> {
+    let dataset = match (dataset, policy) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(p)) => Some(confide_governance::policy::Policy::load(p)?.dataset),
+        (None, None) => None,
+    };
+    if ledger && dataset.is_none() {
+        bail!("--ledger needs --dataset (or a --policy naming the dataset)");
+    }
+    Ok(dataset)
+}
+
+/// Runs the node daemon until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> Result<i32> {
+    let signalled = crate::control::stop_signal()?;
+    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
+    if creds.role != Role::Node {
+        bail!("`{}` has role {}, not node", creds.name, creds.role);
+    }
+    if !(args.poll > 0.0 && args.poll <= 60.0) {
+        bail!("--poll must be in (0, 60] seconds");
+    }
+    let dataset = ledger_dataset(
+        args.dataset.as_ref(),
+        args.policy.as_deref(),
+        args.ledger.is_some(),
+    )?;
+    let path = args
+        .store
+        .clone()
+        .unwrap_or_else(|| args.fed.join(format!("{}-node.redb", args.name)));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = crate::bind(args.admin, "node admin").await?;
+    let store: Arc<dyn Store> = confide_store::RedbStore::open_shared(&path)
+        .with_context(|| format!("node store {}", path.display()))?;
+    let inbox = Inbox {
+        store,
+        me: creds.id(),
+    };
+    let recovered = inbox
+        .list()
+        .with_context(|| format!("recovering {}", path.display()))?;
+    eprintln!(
+        "confide node: store {} recovered ({} jobs in the inbox)",
+        path.display(),
+        recovered.len()
+    );
+    let base = confide_net::node::NodeOptions {
+        creds: creds.clone(),
+        coordinator: args.coordinator.clone(),
+        data: args.data.clone(),
+        crash_after_round: None,
+        crash_after_stage: None,
+        ledger: args.ledger.clone().zip(dataset),
+        policy: args.policy.clone(),
+        witness_store: Some(path.clone()),
+        job: None,
+        approval: None,
+        keyholder_attestation: None,
+    };
+    let heard = Arc::new(Mutex::new(Heartbeats::default()));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let render = {
+            let inbox = inbox.clone();
+            let heard = heard.clone();
+            Arc::new(move || render(&inbox, &heard)) as confide_net::admin::Render
+        };
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(confide_net::admin::serve_admin_with(
+            admin,
+            ready.clone(),
+            render,
+            inbox_routes(inbox.clone()),
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ))
+    };
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let daemon = Daemon {
+        inbox,
+        base,
+        creds,
+        heard,
+        running: Arc::default(),
+        poll: Duration::from_secs_f64(args.poll),
+    };
+    tokio::select! {
+        () = signalled => {}
+        () = daemon.run(stop_rx.clone()) => {}
+    }
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    eprintln!("confide node: stopping");
+    let _ = stop_tx.send(true);
+    let _ = stop_rx.changed().await;
+    admin_task.await.context("admin port task")??;
+    eprintln!("confide node: stopped");
+    Ok(0)
+}
+
+#[derive(Debug, Default)]
+struct Heartbeats {
+    ok: u64,
+    failed: u64,
+    last_error: String,
+}
+
+fn render(inbox: &Inbox, heard: &Mutex<Heartbeats>) -> Result<String, String> {
+    let entries = inbox.list().map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    out.push_str("# HELP confide_node_inbox Jobs offered to this node, by status.\n");
+    out.push_str("# TYPE confide_node_inbox gauge\n");
+    for status in ["pending", "approved", "rejected", "running", "ended"] {
+        let n = entries
+            .iter()
+            .filter(|e| {
+                serde_json::to_value(e.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    == Some(status.to_string())
+            })
+            .count();
+        out.push_str(&format!("confide_node_inbox{{status=\"{status}\"}} {n}\n"));
+    }
+    let h = heard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    out.push_str("# HELP confide_node_heartbeats Heartbeats to the coordinator, by outcome.\n");
+    out.push_str("# TYPE confide_node_heartbeats counter\n");
+    out.push_str(&format!(
+        "confide_node_heartbeats_total{{outcome=\"ok\"}} {}\n",
+        h.ok
+    ));
+    out.push_str(&format!(
+        "confide_node_heartbeats_total{{outcome=\"failed\"}} {}\n",
+        h.failed
+    ));
+    out.push_str("# EOF\n");
+    Ok(out)
+}
+
+fn inbox_routes(inbox: Inbox) -> axum::Router {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+
+    fn reply(r: Result<String, (u16, String)>) -> Response {
+        match r {
+            Ok(json) => (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                json,
+            )
+                .into_response(),
+            Err((code, msg)) => (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                format!("{msg}\n"),
+            )
+                .into_response(),
+        }
+    }
+    fn json<T: Serialize>(v: &T) -> Result<String, (u16, String)> {
+        serde_json::to_string_pretty(v).map_err(|e| (500, e.to_string()))
+    }
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, (u16, String)> + Send + 'static,
+    ) -> Result<T, (u16, String)> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| (500, e.to_string()))?
+    }
+    async fn list(State(inbox): State<Inbox>) -> Response {
+        reply(
+            blocking(move || inbox.list().map_err(|e| (500, e.to_string())))
+                .await
+                .and_then(|l| json(&l)),
+        )
+    }
+    async fn show(State(inbox): State<Inbox>, Path(hash): Path<String>) -> Response {
+        reply(
+            blocking(move || inbox.entry(&hash))
+                .await
+                .and_then(|e| json(&e)),
+        )
+    }
+    type Decision = fn(&Inbox, &str, &[u8]) -> Result<Entry, (u16, String)>;
+    async fn decide(
+        inbox: Inbox,
+        hash: String,
+        body: axum::body::Bytes,
+        decision: Decision,
+    ) -> Response {
+        reply(
+            blocking(move || decision(&inbox, &hash, &body))
+                .await
+                .and_then(|e| json(&e)),
+        )
+    }
+    async fn approve(
+        State(inbox): State<Inbox>,
+        Path(hash): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        decide(inbox, hash, body, Inbox::approve).await
+    }
+    async fn reject(
+        State(inbox): State<Inbox>,
+        Path(hash): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        decide(inbox, hash, body, Inbox::reject).await
+    }
+    axum::Router::new()
+        .route("/inbox", get(list))
+        .route("/inbox/{hash}", get(show))
+        .route("/inbox/{hash}/approve", post(approve))
+        .route("/inbox/{hash}/reject", post(reject))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(inbox)
+}
+
+struct Daemon {
+    inbox: Inbox,
+    base: confide_net::node::NodeOptions,
+    creds: Credentials,
+    heard: Arc<Mutex<Heartbeats>>,
+    /// The jobs this daemon runs now.
+    running: Arc<Mutex<std::collections::HashSet<String>>>,
+    poll: Duration,
+}
+
+type FleetClient = pb::fleet_client::FleetClient<tonic::transport::Channel>;
+
+impl Daemon {
+    async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut client: Option<FleetClient> = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if client.is_none() {
+                match confide_net::transport::connect(
+                    &self.base.coordinator,
+                    "coordinator",
+                    &self.creds,
+                )
+                .await
+                {
+                    Ok(ch) => client = Some(pb::fleet_client::FleetClient::new(ch)),
+                    Err(e) => self.beat(Err(e.to_string())),
+                }
+            }
+            if let Some(c) = client.as_mut() {
+                match self.tick(c).await {
+                    Ok(()) => self.beat(Ok(())),
+                    Err(e) => {
+                        self.beat(Err(format!("{e:#}")));
+                        client = None;
+                    }
+                }
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    fn beat(&self, outcome: Result<(), String>) {
+        let mut h = self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            Ok(()) => {
+                if h.failed > 0 && !h.last_error.is_empty() {
+                    eprintln!("confide node: the coordinator answers again");
+                    h.last_error.clear();
+                }
+                h.ok += 1;
+            }
+            Err(e) => {
+                if h.last_error != e {
+                    eprintln!("confide node: heartbeat failed: {e}");
+                    h.last_error = e;
+                }
+                h.failed += 1;
+            }
+        }
+    }
+
+    async fn tick(&self, client: &mut FleetClient) -> Result<()> {
+        let reply = client
+            .offers(pb::OffersRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!(confide_net::roles::describe_failure(&s)))?
+            .into_inner();
+        // The coordinator's party id, from its certificate (checked against the CA): each
+        // decision names it, so it cannot be replayed to another coordinator.
+        let ca = self.creds.ca_der()?;
+        let coordinator =
+            confide_net::pki::verify_party_certificate(&reply.coordinator_certificate, &ca)
+                .map_err(|e| anyhow::anyhow!("the coordinator's certificate: {e}"))?;
+        if coordinator.role != Role::Coordinator {
+            bail!("`{}` is not a coordinator", coordinator.name);
+        }
+        for offer in reply.offers {
+            let record: JobRecord = serde_json::from_str(&offer.record_json)
+                .context("the coordinator sent a malformed job record")?;
+            let mut entry = match self.inbox.get(&record.hash)? {
+                Some(e) => e,
+                None => {
+                    self.assess(&record, &offer, &reply.coordinator_certificate)
+                        .await?
+                }
+            };
+            if !entry.sent && matches!(entry.status, Status::Approved | Status::Rejected) {
+                self.decide(client, &mut entry, &coordinator.id).await?;
+            }
+            let runs = matches!(record.state, confide_service::JobState::Running { .. });
+            if runs && matches!(entry.status, Status::Approved | Status::Running) {
+                self.start(entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a new offer and files it in the inbox.
+    async fn assess(&self, record: &JobRecord, offer: &pb::Offer, cert: &[u8]) -> Result<Entry> {
+        let opts = self.base.clone();
+        let manifest = offer.manifest_json.clone();
+        let cert = cert.to_vec();
+        let verdict =
+            tokio::task::spawn_blocking(move || confide_net::node::assess(&opts, &manifest, &cert))
+                .await?;
+        let (verdict, why, status) = match verdict {
+            Verdict::Approve(basis) => ("approve", basis, Status::Approved),
+            Verdict::Ask(why) => ("ask", why, Status::Pending),
+            Verdict::Reject(why) => ("reject", why, Status::Rejected),
+        };
+        let mut e = Entry {
+            hash: record.hash.clone(),
+            job_id: record.job_id.clone(),
+            model_owner: record.model_owner.clone(),
+            rounds: record.rounds,
+            verdict: verdict.into(),
+            why,
+            status,
+            sent: false,
+            approval: None,
+            note: String::new(),
+            updated_ms: 0,
+            manifest_json: offer.manifest_json.clone(),
+        };
+        self.inbox.put(&mut e)?;
+        eprintln!(
+            "confide node: job `{}` ({}) offered: {verdict}: {}",
+            e.job_id,
+            &e.hash[..16],
+            e.why
+        );
+        Ok(e)
+    }
+
+    /// Sends a decision, signed by the node's key, and records that it was delivered.
+    async fn decide(
+        &self,
+        client: &mut FleetClient,
+        e: &mut Entry,
+        coordinator: &str,
+    ) -> Result<()> {
+        let hash = parse_hash(&e.hash)?;
+        let approve = e.status == Status::Approved;
+        let rule: String = e.why.chars().take(MAX_REASON).collect();
+        let message = if approve {
+            online_approval_message(coordinator, &hash)
+        } else {
+            online_rejection_message(coordinator, &hash, &rule)
+        };
+        let signature = hex::encode(self.creds.signing_key()?.sign(&message));
+        let sent = client
+            .decide(pb::DecideRequest {
+                manifest_hash: e.hash.clone(),
+                approve,
+                rule,
+                signature,
+            })
+            .await;
+        match sent {
+            Ok(_) => {}
+            // A job that ended meanwhile (cancelled, rejected by another node) needs nothing.
+            Err(s) if confide_net::control::rule_of(&s).as_deref() == Some("JOB-007") => {}
+            Err(s) => bail!("decision on `{}`: {}", e.job_id, s.message()),
+        }
+        e.sent = true;
+        self.inbox.put(e)?;
+        Ok(())
+    }
+
+    /// Runs an approved job that the coordinator started, once at a time per job.
+    fn start(&self, mut e: Entry) -> Result<()> {
+        {
+            let mut running = self
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !running.insert(e.hash.clone()) {
+                return Ok(());
+            }
+        }
+        let hash = parse_hash(&e.hash)?;
+        e.status = Status::Running;
+        self.inbox.put(&mut e)?;
+        let mut opts = self.base.clone();
+        opts.job = Some(hash);
+        opts.approval = e.approval.clone();
+        let inbox = self.inbox.clone();
+        let running = self.running.clone();
+        eprintln!("confide node: job `{}` runs", e.job_id);
+        tokio::spawn(async move {
+            let outcome = confide_net::node::run_node(opts).await;
+            e.status = Status::Ended;
+            e.note = match outcome {
+                Ok(s) if s.finished => format!("finished after {} rounds", s.rounds),
+                Ok(s) => format!("failed: {}", s.message),
+                Err(err) => format!("failed: {err}"),
+            };
+            eprintln!("confide node: job `{}`: {}", e.job_id, e.note);
+            if let Err(err) = inbox.put(&mut e) {
+                eprintln!("confide node: inbox: {err:#}");
+            }
+            running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&e.hash);
+        });
+        Ok(())
+    }
+}
+
+/// Where the node daemon's admin port is, and how to print.
+#[derive(clap::Args, Debug)]
+pub struct InboxAt {
+    /// The node daemon's admin address (`confide node serve --admin`).
+    #[arg(long, env = "CONFIDE_NODE_ADMIN", default_value = "127.0.0.1:7103")]
+    admin: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: crate::control::Format,
+}
+
+/// The owner whose key signs a decision.
+#[derive(clap::Args, Debug)]
+pub struct Owner {
+    /// Federation directory with ca.crt and the owner's certificate and key.
+    #[arg(long, env = "CONFIDE_FED")]
+    fed: PathBuf,
+    /// The owner's name (the node's certificate name).
+    #[arg(long, env = "CONFIDE_NAME")]
+    name: String,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+/// `confide node inbox …`: the jobs offered to a running node daemon.
+#[derive(clap::Subcommand, Debug)]
+pub enum InboxCommand {
+    /// Every job offered to this node, and what became of it.
+    List {
+        #[command(flatten)]
+        at: InboxAt,
+    },
+    /// One job: its manifest, the daemon's verdict and why.
+    Show {
+        /// The job: its manifest hash, a unique hash prefix (8+ hex digits) or its job id.
+        job: String,
+        #[command(flatten)]
+        at: InboxAt,
+    },
+    /// Approve a waiting job: your key co-signs its manifest (here, not in the daemon).
+    Approve {
+        /// The job: its manifest hash, a unique hash prefix or its job id.
+        job: String,
+        #[command(flatten)]
+        at: InboxAt,
+        #[command(flatten)]
+        owner: Owner,
+    },
+    /// Reject a waiting job, with a statement signed by your key; the job ends rejected.
+    Reject {
+        /// The job: its manifest hash, a unique hash prefix or its job id.
+        job: String,
+        /// Why (at most 200 characters; it reaches the coordinator's audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        at: InboxAt,
+        #[command(flatten)]
+        owner: Owner,
+    },
+}
+
+/// A plain HTTP/1.1 exchange with the daemon's admin port (loopback).
+fn http(admin: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)
+        .with_context(|| format!("is `confide node serve` running with --admin {admin}?"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("the admin port sent no HTTP status")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn entries(admin: &str) -> Result<Vec<Entry>> {
+    let (code, body) = http(admin, "GET", "/inbox", b"")?;
+    if code != 200 {
+        bail!("the node daemon answered {code}: {}", body.trim());
+    }
+    serde_json::from_str(&body).context("the node daemon sent a malformed inbox")
+}
+
+/// The entry `name` names: a full hash, a unique prefix of 8+ hex digits, or a job id.
+fn find(admin: &str, name: &str) -> Result<Entry> {
+    let all = entries(admin)?;
+    let by_prefix = name.len() >= 8 && name.chars().all(|c| c.is_ascii_hexdigit());
+    let found: Vec<Entry> = all
+        .into_iter()
+        .filter(|e| e.hash == name || e.job_id == name || (by_prefix && e.hash.starts_with(name)))
+        .collect();
+    match found.len() {
+        1 => Ok(found.into_iter().next().expect("one")),
+        0 => bail!("no job `{name}` in the inbox"),
+        n => bail!("`{name}` names {n} jobs; give more of the hash"),
+    }
+}
+
+fn print_entry(format: crate::control::Format, e: &Entry, full: bool) -> Result<()> {
+    match format {
+        crate::control::Format::Json => outln!("{}", serde_json::to_string_pretty(e)?),
+        crate::control::Format::Text => {
+            outln!(
+                "{}  {:<9} {:<24} {}",
+                &e.hash[..16],
+                serde_json::to_value(e.status)?.as_str().unwrap_or(""),
+                e.job_id,
+                e.why
+            );
+            if full {
+                outln!("hash        {}", e.hash);
+                outln!("model owner {}", e.model_owner);
+                outln!("rounds      {}", e.rounds);
+                outln!("verdict     {}", e.verdict);
+                if !e.note.is_empty() {
+                    outln!("note        {}", e.note);
+                }
+                outln!("{}", e.manifest_json);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `confide node inbox …`.
+pub fn inbox(cmd: InboxCommand) -> Result<i32> {
+    let post = |at: &InboxAt, e: &Entry, what: &str, body: Vec<u8>| -> Result<i32> {
+        let (code, text) = http(
+            &at.admin,
+            "POST",
+            &format!("/inbox/{}/{what}", e.hash),
+            &body,
+        )?;
+        match code {
+            200 => {
+                let e: Entry = serde_json::from_str(&text).context("malformed reply")?;
+                print_entry(at.format, &e, false)?;
+                Ok(0)
+            }
+            403 | 409 => {
+                eprintln!("error: refused: {}", text.trim());
+                Ok(crate::control::EXIT_REFUSED)
+            }
+            _ => bail!("the node daemon answered {code}: {}", text.trim()),
+        }
+    };
+    match cmd {
+        InboxCommand::List { at } => {
+            let all = entries(&at.admin)?;
+            match at.format {
+                crate::control::Format::Json => outln!("{}", serde_json::to_string_pretty(&all)?),
+                crate::control::Format::Text => {
+                    for e in &all {
+                        print_entry(at.format, e, false)?;
+                    }
+                }
+            }
+            Ok(0)
+        }
+        InboxCommand::Show { job, at } => {
+            print_entry(at.format, &find(&at.admin, &job)?, true)?;
+            Ok(0)
+        }
+        InboxCommand::Approve { job, at, owner } => {
+            let e = find(&at.admin, &job)?;
+            let creds = Credentials::load_with(
+                &owner.fed,
+                &owner.name,
+                owner.passphrase.get()?.as_deref(),
+            )?;
+            let mut manifest = SignedManifest::from_json(&e.manifest_json)?;
+            if manifest.hash != e.hash {
+                bail!("the inbox entry's manifest does not hash to {}", e.hash);
+            }
+            manifest.approve(&creds.identity())?;
+            let sig = manifest.signatures.pop().context("no co-signature")?;
+            post(&at, &e, "approve", serde_json::to_vec(&sig)?)
+        }
+        InboxCommand::Reject {
+            job,
+            reason,
+            at,
+            owner,
+        } => {
+            let e = find(&at.admin, &job)?;
+            let creds = Credentials::load_with(
+                &owner.fed,
+                &owner.name,
+                owner.passphrase.get()?.as_deref(),
+            )?;
+            let id = creds.identity();
+            let hash = parse_hash(&e.hash)?;
+            let statement = Statement::new(
+                Action::Reject,
+                &hash,
+                &reason,
+                id.public(),
+                time::OffsetDateTime::now_utc(),
+            );
+            let signed = SignedStatement::sign(statement, &id)?;
+            post(&at, &e, "reject", signed.to_json().into_bytes())
+        }
+    }
+}

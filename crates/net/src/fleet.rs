@@ -1,0 +1,663 @@
+//! The fleet port of a long-running coordinator (`confide coordinator serve --fleet`), and its
+//! scheduler.
+//!
+//! Nodes connect outward to the fleet port. There they find two gRPC services:
+//! - `Fleet`: `Offers` is a node's heartbeat, answered with the unfinished jobs that name it;
+//!   `Decide` carries its signed approval or rejection of one of them.
+//! - `Coordinator`, the per-job protocol of `crate::coordinator`, for every running job at
+//!   once. Each request names its job in the `confide-job` metadata (the manifest hash, hex);
+//!   [`Router`] hands it to that job's own guarded service, so each job keeps its own message
+//!   limits, roles and refusal counters.
+//!
+//! [`Dispatcher`] starts queued jobs (at most `max_running` at once), reports their rounds to
+//! the job store, stores a finished job's model and report (`confide job download`), and stops
+//! a job that was cancelled while it ran.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use confide_core::Role;
+use confide_governance::audit::AuditLog;
+use confide_governance::manifest::{
+    SignedManifest, online_approval_message, online_rejection_message,
+};
+use confide_service::{Code, JobRecord, JobState, Jobs, Refusal, ServiceError, Stage, Transition};
+use tonic::body::Body;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::control::ControlService;
+use crate::coordinator::{Coordinator, CoordinatorOptions, CoordinatorService};
+use crate::guard::{Guard, GuardStats, Guarded, MAX_RULE_CHARS};
+use crate::pb;
+use crate::pki::Credentials;
+use crate::transport::peer;
+
+/// The metadata key that names a fleet request's job: its manifest hash, lowercase hex.
+pub const JOB_HEADER: &str = "confide-job";
+
+/// How long a finished job's route stays open, so that its nodes hear the end (and the
+/// witnesses cosign the last tree head) before the job's requests are refused.
+pub const LINGER: Duration = Duration::from_secs(15);
+
+/// How often a running job's progress is read and reported.
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
+
+/// How often the scheduler looks at the store when nothing woke it.
+const SCHEDULE_TICK: Duration = Duration::from_millis(500);
+
+/// Adds the `confide-job` metadata to every request of a client (nothing for a one-job
+/// coordinator, which serves one job and needs no name).
+#[derive(Clone, Debug, Default)]
+pub struct JobHeader(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl JobHeader {
+    /// The header for job `hash`, or none.
+    pub fn new(hash: Option<&[u8; 32]>) -> Self {
+        Self(hash.and_then(|h| hex::encode(h).parse().ok()))
+    }
+}
+
+impl tonic::service::Interceptor for JobHeader {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(JOB_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to a coordinator whose requests name their job.
+pub type JobChannel = InterceptedService<Channel, JobHeader>;
+
+type JobServer = Guarded<pb::coordinator_server::CoordinatorServer<CoordinatorService>>;
+
+#[derive(Clone)]
+enum Route {
+    Open(Box<JobServer>),
+    Closed(String),
+}
+
+/// The running jobs' services, by manifest hash.
+#[derive(Clone, Default)]
+pub struct Routes {
+    map: Arc<Mutex<HashMap<[u8; 32], Route>>>,
+    stats: Arc<GuardStats>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Routes({} jobs)", lock(&self.map).len())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Routes {
+    /// Serves job `coordinator` on the fleet port, behind its own guard.
+    pub fn open(&self, coordinator: &Arc<Coordinator>, max_message: usize) {
+        let guard = coordinator.guard();
+        let server =
+            pb::coordinator_server::CoordinatorServer::new(CoordinatorService(coordinator.clone()))
+                .max_decoding_message_size(guard.max_bytes())
+                .max_encoding_message_size(max_message);
+        let svc = tower_layer::Layer::layer(&guard, server);
+        lock(&self.map).insert(coordinator.manifest_hash(), Route::Open(Box::new(svc)));
+    }
+
+    /// Stops serving job `hash`: its requests are answered FLEET-003 with `why`.
+    pub fn close(&self, hash: &[u8; 32], why: String) {
+        lock(&self.map).insert(*hash, Route::Closed(why));
+    }
+
+    /// Forgets job `hash` (a job that ended long ago is answered as unknown).
+    pub fn forget(&self, hash: &[u8; 32]) {
+        lock(&self.map).remove(hash);
+    }
+
+    /// The refusals of the router itself (FLEET-001…003), by rule.
+    pub fn stats(&self) -> Arc<GuardStats> {
+        self.stats.clone()
+    }
+
+    /// The router: the `Coordinator` service for every job on this port.
+    pub fn router(&self) -> Router {
+        Router(self.clone())
+    }
+}
+
+/// The `confide.v1.Coordinator` service of the fleet port: routes each request to its job.
+#[derive(Clone, Debug)]
+pub struct Router(Routes);
+
+impl tonic::server::NamedService for Router {
+    const NAME: &'static str = "confide.v1.Coordinator";
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl Router {
+    fn refuse(&self, rule: &str, status: Status) -> http::Response<Body> {
+        self.0.stats.refuse(rule, "-", "fleet");
+        let mut status = status;
+        if let Ok(v) = rule.parse() {
+            status.metadata_mut().insert("confide-rule", v);
+        }
+        status.into_http()
+    }
+}
+
+impl tower_service::Service<http::Request<Body>> for Router {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let hash = req
+            .headers()
+            .get(JOB_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| hex::decode(v).ok())
+            .and_then(|v| <[u8; 32]>::try_from(v).ok());
+        let Some(hash) = hash else {
+            let r = self.refuse(
+                "FLEET-001",
+                Status::invalid_argument(format!(
+                    "FLEET-001 a request on the fleet port names its job: the `{JOB_HEADER}` \
+                     metadata holds the manifest hash (64 hex digits)"
+                )),
+            );
+            return Box::pin(async move { Ok(r) });
+        };
+        let route = lock(&self.0.map).get(&hash).cloned();
+        match route {
+            Some(Route::Open(svc)) => {
+                let mut svc = *svc;
+                Box::pin(async move { tower_service::Service::call(&mut svc, req).await })
+            }
+            Some(Route::Closed(why)) => {
+                let r = self.refuse(
+                    "FLEET-003",
+                    Status::failed_precondition(format!(
+                        "FLEET-003 job {} no longer runs here: {}",
+                        hex::encode(&hash[..8]),
+                        crate::guard::excerpt_n(&why, 256)
+                    )),
+                );
+                Box::pin(async move { Ok(r) })
+            }
+            None => {
+                let r = self.refuse(
+                    "FLEET-002",
+                    Status::not_found(format!(
+                        "FLEET-002 job {} does not run on this coordinator (not yet, or not \
+                         at all); `Offers` lists the jobs that name you",
+                        hex::encode(&hash[..8])
+                    )),
+                );
+                Box::pin(async move { Ok(r) })
+            }
+        }
+    }
+}
+
+/// The nodes a coordinator has heard from.
+#[derive(Clone, Debug, Default)]
+pub struct Nodes(Arc<Mutex<BTreeMap<String, NodeSeen>>>);
+
+/// One node, as last heard.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeSeen {
+    /// Its name (certificate subject).
+    pub name: String,
+    /// Its party id.
+    pub id: String,
+    /// When it was last heard, Unix milliseconds.
+    pub last_ms: u64,
+}
+
+/// A node heard within this long counts as connected.
+pub const CONNECTED_WITHIN: Duration = Duration::from_secs(15);
+
+impl Nodes {
+    /// Records a heartbeat.
+    pub fn heard(&self, name: &str, id: &str, now_ms: u64) {
+        lock(&self.0).insert(
+            name.to_string(),
+            NodeSeen {
+                name: name.to_string(),
+                id: id.to_string(),
+                last_ms: now_ms,
+            },
+        );
+    }
+
+    /// Every node heard since this daemon started, by name.
+    pub fn list(&self) -> Vec<NodeSeen> {
+        lock(&self.0).values().cloned().collect()
+    }
+
+    /// How many were heard within [`CONNECTED_WITHIN`] of `now_ms`.
+    pub fn connected(&self, now_ms: u64) -> usize {
+        let within = u64::try_from(CONNECTED_WITHIN.as_millis()).unwrap_or(u64::MAX);
+        lock(&self.0)
+            .values()
+            .filter(|n| now_ms.saturating_sub(n.last_ms) <= within)
+            .count()
+    }
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
+/// The `Fleet` service: heartbeats, offers and decisions.
+#[derive(Clone, Debug)]
+pub struct FleetService {
+    control: ControlService,
+    certificate: Vec<u8>,
+}
+
+impl FleetService {
+    /// The fleet service of the coordinator whose control service is `control` and whose
+    /// certificate (DER) is `certificate`.
+    pub fn new(control: ControlService, certificate: Vec<u8>) -> Self {
+        Self {
+            control,
+            certificate,
+        }
+    }
+
+    /// The request guard of the `Fleet` service.
+    pub fn guard(&self) -> Guard {
+        self.control.fleet_guard()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::fleet_server::Fleet for FleetService {
+    async fn offers(
+        &self,
+        req: Request<pb::OffersRequest>,
+    ) -> Result<Response<pb::OffersReply>, Status> {
+        let caller = peer(&req, &[Role::Node], self.control.revocations())?;
+        let now_ms = confide_service::jobs::millis(now());
+        self.control.nodes().heard(&caller.name, &caller.id, now_ms);
+        let jobs = self.control.jobs().clone();
+        let name = caller.name.clone();
+        let offers = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for r in jobs.list()? {
+                if r.state.is_terminal() || !r.participants.contains(&name) {
+                    continue;
+                }
+                let Some(hash) = parse_hash(&r.hash) else {
+                    continue;
+                };
+                let manifest = jobs.manifest(&hash)?.unwrap_or_default();
+                out.push(pb::Offer {
+                    manifest_json: String::from_utf8_lossy(&manifest).into_owned(),
+                    record_json: serde_json::to_string(&r)
+                        .map_err(|e| ServiceError::Corrupt(e.to_string()))?,
+                });
+            }
+            Ok::<_, ServiceError>(out)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job store task: {e}")))?
+        .map_err(|e| self.control.fail(e))?;
+        Ok(Response::new(pb::OffersReply {
+            offers,
+            coordinator_certificate: self.certificate.clone(),
+        }))
+    }
+
+    async fn decide(
+        &self,
+        req: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideReply>, Status> {
+        let caller = peer(&req, &[Role::Node], self.control.revocations())?;
+        let d = req.into_inner();
+        let unknown = || {
+            self.control.fail(ServiceError::Refused(Refusal::new(
+                Code::UnknownJob,
+                format!(
+                    "no job `{}` names you",
+                    crate::guard::excerpt(&d.manifest_hash)
+                ),
+            )))
+        };
+        let hash = parse_hash(&d.manifest_hash).ok_or_else(unknown)?;
+        let record = self
+            .control
+            .jobs()
+            .get(&hash)
+            .map_err(|e| self.control.fail(e))?
+            .filter(|r| r.participants.contains(&caller.name))
+            .ok_or_else(unknown)?;
+        if d.rule.chars().count() > MAX_RULE_CHARS {
+            return Err(self.control.fail(ServiceError::Refused(Refusal::new(
+                Code::Statement,
+                format!("a decision's rule has at most {MAX_RULE_CHARS} characters"),
+            ))));
+        }
+        let operator = self.control.operator();
+        let message = if d.approve {
+            online_approval_message(operator, &hash)
+        } else {
+            online_rejection_message(operator, &hash, &d.rule)
+        };
+        let verified = <[u8; 32]>::try_from(caller.public_key.as_slice())
+            .ok()
+            .zip(
+                hex::decode(&d.signature)
+                    .ok()
+                    .and_then(|s| <[u8; 64]>::try_from(s).ok()),
+            )
+            .is_some_and(|(key, sig)| confide_crypto::sign::verify(&key, &message, &sig).is_ok());
+        if !verified {
+            return Err(self.control.fail(ServiceError::Refused(Refusal::new(
+                Code::Statement,
+                format!(
+                    "the decision on job `{}` is not signed by `{}`'s key",
+                    record.job_id, caller.name
+                ),
+            ))));
+        }
+        let t = if d.approve {
+            Transition::Approve {
+                owner: caller.name.clone(),
+            }
+        } else {
+            Transition::Reject {
+                owner: caller.name.clone(),
+                rule: d.rule.clone(),
+            }
+        };
+        let detail = serde_json::json!({
+            "participant": caller.name,
+            "approve": d.approve,
+            "basis": d.rule,
+            "signature": d.signature,
+            "public_key": hex::encode(&caller.public_key),
+        });
+        let actor = caller.id.clone();
+        let record = self
+            .control
+            .mutate(move |jobs| jobs.decide(&hash, &t, &actor, now(), detail))
+            .await?;
+        tracing::info!(
+            "job `{}`: `{}` {}; {}",
+            record.job_id,
+            caller.name,
+            if d.approve { "approved" } else { "rejected" },
+            record.state.describe()
+        );
+        Ok(Response::new(pb::DecideReply {
+            record_json: serde_json::to_string(&record)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+/// Starts queued jobs and follows them to their end.
+pub struct Dispatcher {
+    control: ControlService,
+    routes: Routes,
+    creds: Credentials,
+    audit: AuditLog,
+    max_running: usize,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dispatcher(at most {} at once)", self.max_running)
+    }
+}
+
+/// Runs `f` on the job store off the async threads (a commit waits for the disk), then wakes
+/// the control service's followers.
+async fn store<R: Send + 'static>(
+    control: &ControlService,
+    f: impl FnOnce(&Jobs) -> Result<R, ServiceError> + Send + 'static,
+) -> Result<R, ServiceError> {
+    let jobs = control.jobs().clone();
+    let out = tokio::task::spawn_blocking(move || f(&jobs))
+        .await
+        .map_err(|e| ServiceError::Corrupt(format!("job store task: {e}")))?;
+    control.notify();
+    out
+}
+
+impl Dispatcher {
+    /// A scheduler for the jobs in `control`'s store, serving them through `routes`, with the
+    /// coordinator's credentials; the jobs' audit entries go to `audit` (the store's log).
+    pub fn new(
+        control: ControlService,
+        routes: Routes,
+        creds: Credentials,
+        audit: AuditLog,
+        max_running: usize,
+    ) -> Self {
+        Self {
+            control,
+            routes,
+            creds,
+            audit,
+            max_running: max_running.max(1),
+        }
+    }
+
+    /// Schedules until `stop` turns true; then stops starting jobs and returns (the jobs
+    /// still running are dropped with the daemon).
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut changed = this.control.subscribe();
+        let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+        let mut started: std::collections::HashSet<[u8; 32]> = Default::default();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            while running.try_join_next().is_some() {}
+            if running.len() < this.max_running {
+                let queued = store(&this.control, |jobs| jobs.list()).await;
+                match queued {
+                    Ok(all) => {
+                        for r in all {
+                            if running.len() >= this.max_running {
+                                break;
+                            }
+                            let Some(hash) = parse_hash(&r.hash) else {
+                                continue;
+                            };
+                            if r.state != JobState::Queued || !started.insert(hash) {
+                                continue;
+                            }
+                            let job = this.clone();
+                            running.spawn(async move { job.run_job(hash, r).await });
+                        }
+                    }
+                    Err(e) => tracing::error!("scheduler: the job store failed: {e}"),
+                }
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(SCHEDULE_TICK) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+    }
+
+    async fn transition(&self, hash: [u8; 32], t: Transition) -> Result<JobRecord, ServiceError> {
+        store(&self.control, move |jobs| {
+            jobs.transition(&hash, &t, "coordinator", now())
+        })
+        .await
+    }
+
+    async fn fail(&self, hash: [u8; 32], job: &str, reason: String) {
+        tracing::warn!("job `{job}` failed: {reason}");
+        if let Err(e) = self.transition(hash, Transition::Fail { reason }).await {
+            tracing::warn!("job `{job}`: {e}");
+        }
+    }
+
+    /// Runs one job from `queued` to its end.
+    async fn run_job(self: Arc<Self>, hash: [u8; 32], record: JobRecord) {
+        let job = record.job_id.clone();
+        let coordinator = match self.prepare(&hash).await {
+            Ok(c) => c,
+            Err(reason) => return self.fail(hash, &job, reason).await,
+        };
+        // Serve it before it turns running: a node that sees `running` finds it here.
+        let max_message = coordinator.spec().limits.max_message_bytes;
+        self.routes.open(&coordinator, max_message);
+        if let Err(e) = self.transition(hash, Transition::Dispatch).await {
+            // Cancelled (or expired) since it was queued: one winner, and it is not us.
+            tracing::info!("job `{job}` was not started: {e}");
+            self.routes.close(&hash, e.to_string());
+            return;
+        }
+        tracing::info!("job `{job}` ({}) started", hex::encode(&hash[..8]));
+        let rounds = record.rounds;
+        let unseal = |_round: u32, _relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| async {
+            Err::<confide_secagg::ExternalResult, String>(
+                "this scheme needs no key holder or aggregators".into(),
+            )
+        };
+        let run = coordinator.clone().run(None, unseal);
+        tokio::pin!(run);
+        let mut reported = 1;
+        let report = loop {
+            tokio::select! {
+                report = &mut run => break report,
+                () = tokio::time::sleep(PROGRESS_TICK) => {
+                    if let Some(r) = coordinator.running_round() {
+                        while reported < r.min(rounds) {
+                            reported += 1;
+                            let t = Transition::Progress { round: reported, stage: Stage::Training };
+                            if let Err(e) = self.transition(hash, t).await {
+                                // Cancelled while it ran: stop it here.
+                                return self.stop(&hash, &job, e).await;
+                            }
+                        }
+                    }
+                    match self.control.jobs().get(&hash) {
+                        Ok(Some(r)) if r.state.is_terminal() => {
+                            return self.stop(&hash, &job, ServiceError::Refused(Refusal::new(
+                                Code::Terminal,
+                                format!("job `{job}` is {}", r.state.describe()),
+                            ))).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!("job `{job}`: the job store failed: {e}"),
+                    }
+                }
+            }
+        };
+        if report.status != "finished" {
+            self.fail(hash, &job, report.message.clone()).await;
+            self.linger(hash, format!("job `{job}` failed"));
+            return;
+        }
+        let outcome = async {
+            for r in reported..=rounds {
+                let stage = if r == rounds {
+                    Stage::Committing
+                } else {
+                    Stage::Training
+                };
+                if (r, stage) != (reported, Stage::Training) {
+                    self.transition(hash, Transition::Progress { round: r, stage })
+                        .await?;
+                }
+            }
+            let params = coordinator
+                .result()
+                .map(|(_, p)| p.to_vec())
+                .unwrap_or_default();
+            let model: Vec<u8> = params.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let report_json =
+                serde_json::to_string(&report).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
+            store(&self.control, move |jobs| {
+                jobs.complete(&hash, &report_json, &model, now())
+            })
+            .await
+        }
+        .await;
+        match outcome {
+            Ok(r) => tracing::info!("job `{job}`: {}", r.state.describe()),
+            Err(e) => {
+                self.fail(hash, &job, format!("storing its result: {e}"))
+                    .await
+            }
+        }
+        self.linger(hash, format!("job `{job}` ended"));
+    }
+
+    /// Closes a job that ended in the store while it ran (it was cancelled).
+    async fn stop(&self, hash: &[u8; 32], job: &str, why: ServiceError) {
+        tracing::info!("job `{job}` stopped: {why}");
+        self.routes.close(hash, why.to_string());
+    }
+
+    /// Keeps a finished job's route open for [`LINGER`], then closes it.
+    fn linger(&self, hash: [u8; 32], why: String) {
+        let routes = self.routes.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            routes.close(&hash, why);
+        });
+    }
+
+    /// The job's coordinator, from its stored manifest.
+    async fn prepare(&self, hash: &[u8; 32]) -> Result<Arc<Coordinator>, String> {
+        let bytes = self
+            .control
+            .jobs()
+            .manifest(hash)
+            .map_err(|e| e.to_string())?
+            .ok_or("its manifest is missing from the store")?;
+        let text = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+        let manifest = SignedManifest::from_json(&text).map_err(|e| e.to_string())?;
+        let spec = manifest.manifest.job_spec().map_err(|e| e.to_string())?;
+        let scheme = spec.job.scheme;
+        if scheme.uses_key_holder() || scheme.uses_aggregators() {
+            return Err(format!(
+                "scheme `{}` needs a key holder or aggregators, which a running coordinator \
+                 cannot reach yet (`confide keyholder serve` is not built); run it one-shot \
+                 (`confide simulate` or `confide coordinator --config`)",
+                scheme.as_str()
+            ));
+        }
+        Coordinator::new(CoordinatorOptions {
+            spec,
+            eval: None,
+            keyholder_endpoint: None,
+            aggregator_endpoints: Vec::new(),
+            manifest,
+            identity: self.creds.identity(),
+            certificate: self.creds.cert_der().map_err(|e| e.to_string())?,
+            audit: self.audit.clone(),
+            audit_export: None,
+            revocations: self.creds.revocations.clone(),
+        })
+        .map_err(|e| e.to_string())
+    }
+}
