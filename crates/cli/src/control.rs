@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// stdout, after the control address.
     #[arg(long, default_value = "127.0.0.1:7100")]
     fleet: std::net::SocketAddr,
+    /// The long-running key holder (`confide keyholder serve`) that jobs under `paillier`
+    /// and `lattice` use: it makes a fresh key for each.
+    #[arg(long)]
+    keyholder: Option<String>,
     /// How many jobs run at once; more wait in `queued`.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_jobs: u32,
@@ -160,7 +164,8 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         creds.clone(),
         audit,
         args.max_jobs as usize,
-    );
+    )
+    .with_keyholder(args.keyholder.clone());
     let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
     let stopper = service.clone();
     let not_ready = ready.clone();

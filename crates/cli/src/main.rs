@@ -14,6 +14,7 @@ mod bench_confidential;
 mod confidential;
 mod control;
 mod governance;
+mod keyholder_serve;
 mod node_serve;
 mod partition;
 mod simulate;
@@ -63,7 +64,7 @@ enum Command {
     /// runs one job and exits.
     Coordinator(CoordinatorCmd),
     /// Run the Paillier key holder: decrypts only sums of at least min_owners signed updates.
-    Keyholder(KeyholderArgs),
+    Keyholder(KeyholderCmd),
     /// Run one `shares` or `threshold` aggregator: opens only its own shares, checks proofs
     /// jointly with the others, returns only its partial sum.
     Aggregator(AggregatorArgs),
@@ -386,9 +387,33 @@ struct CoordinatorArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct KeyholderArgs {
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct KeyholderCmd {
+    #[command(subcommand)]
+    sub: Option<KeyholderSub>,
     #[command(flatten)]
-    common: RoleCommon,
+    one_job: Option<KeyholderArgs>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyholderSub {
+    /// Run the long-lived key holder until SIGTERM: it makes a fresh key for each job a
+    /// coordinator opens, keeps it sealed while the job lives, and erases it when the job ends.
+    Serve(keyholder_serve::ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+// No flattened groups in here: clap fills an `Option<Args>` only from its own arguments.
+struct KeyholderArgs {
+    /// Job file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
     /// This party's name in the federation directory.
     #[arg(long, default_value = "keyholder")]
     name: String,
@@ -614,7 +639,17 @@ async fn run(cli: Cli) -> Result<i32> {
                 "`confide coordinator` needs `serve`, or --config, --fed and --manifest for one job"
             )
         }
-        Command::Keyholder(args) => keyholder(args).await,
+        Command::Keyholder(KeyholderCmd {
+            sub: Some(KeyholderSub::Serve(args)),
+            ..
+        }) => keyholder_serve::serve(args).await,
+        Command::Keyholder(KeyholderCmd {
+            one_job: Some(args),
+            ..
+        }) => keyholder(args).await,
+        Command::Keyholder(_) => {
+            bail!("`confide keyholder` needs `serve`, or --config and --fed for one job")
+        }
         Command::Aggregator(args) => aggregator(args).await,
         Command::Node(NodeCmd {
             sub: Some(NodeSub::Serve(args)),
@@ -857,9 +892,9 @@ async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
 }
 
 async fn keyholder(args: KeyholderArgs) -> Result<i32> {
-    let config = JobConfig::load(&args.common.config)?;
+    let config = JobConfig::load(&args.config)?;
     let spec = config.spec();
-    let creds = Credentials::load(&args.common.fed, &args.name)?;
+    let creds = Credentials::load(&args.fed, &args.name)?;
     if creds.role != Role::KeyHolder {
         bail!("`{}` has role {}, not keyholder", creds.name, creds.role);
     }
@@ -885,10 +920,10 @@ async fn keyholder(args: KeyholderArgs) -> Result<i32> {
         }
         None => None,
     };
-    let listener = bind(args.common.listen, "keyholder").await?;
+    let listener = bind(args.listen, "keyholder").await?;
     let state = args
         .state
-        .unwrap_or_else(|| args.common.fed.join("keyholder-state.jsonl"));
+        .unwrap_or_else(|| args.fed.join("keyholder-state.jsonl"));
     confide_net::roles::serve_keyholder(
         listener,
         &creds,

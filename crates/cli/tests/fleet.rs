@@ -31,8 +31,13 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn start(args: &[&str], lines: usize, log: PathBuf) -> Daemon {
+        Self::start_with(args, &[], lines, log)
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)], lines: usize, log: PathBuf) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_confide"))
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -101,6 +106,7 @@ impl Fed {
         ok(&["ca", "init", "--dir", f, "--federation", "fleet-test"]);
         for (name, role) in [
             ("coordinator", "coordinator"),
+            ("keyholder", "keyholder"),
             ("guest", "node"),
             ("host", "node"),
             ("mallory", "model-owner"),
@@ -175,12 +181,41 @@ impl Fed {
             .expect("run confide")
     }
 
-    fn coordinator(&self) -> Daemon {
+    /// The key holder daemon, with the test Paillier key for every `paillier` job (a fresh
+    /// 2048-bit key per job takes 10–60 s here).
+    fn keyholder(&self) -> Daemon {
+        self.keyholder_at("127.0.0.1:0", &[], "keyholder.log")
+    }
+
+    /// The key holder daemon on `listen`, with `env`.
+    fn keyholder_at(&self, listen: &str, env: &[(&str, &str)], log: &str) -> Daemon {
+        Daemon::start_with(
+            &[
+                "keyholder",
+                "serve",
+                "--fed",
+                path(&self.fed),
+                "--listen",
+                listen,
+                "--admin",
+                "127.0.0.1:0",
+                "--insecure-fixed-key",
+                path(&root().join("crates/crypto/testdata/paillier-2048-TEST-ONLY.json")),
+            ],
+            env,
+            2,
+            self.dir.path().join(log),
+        )
+    }
+
+    fn coordinator(&self, keyholder: &str) -> Daemon {
         let store = self.dir.path().join("coordinator.redb");
         Daemon::start(
             &[
                 "coordinator",
                 "serve",
+                "--keyholder",
+                keyholder,
                 "--fed",
                 path(&self.fed),
                 "--control",
@@ -249,7 +284,8 @@ fn state_of(fed: &Fed, control: &str, job: &str) -> String {
 #[test]
 fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     let fed = Fed::new();
-    let mut coordinator = fed.coordinator();
+    let mut keyholder = fed.keyholder();
+    let mut coordinator = fed.coordinator(&keyholder.addrs[1]);
     let (admin, control, fleet) = (
         coordinator.addrs[0].clone(),
         coordinator.addrs[1].clone(),
@@ -272,7 +308,8 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     let a = fed.manifest("fleet-masking", "masking", 3);
     let b = fed.manifest("fleet-rejected", "plain", 3);
     let c = fed.manifest("fleet-plain", "plain", 3);
-    for m in [&a, &b, &c] {
+    let p = fed.manifest("fleet-paillier", "paillier", 3);
+    for m in [&a, &b, &c, &p] {
         let out = fed.job(&control, "owner", &["submit", path(m)]);
         assert_eq!(
             out.status.code(),
@@ -288,7 +325,7 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
         let n = list
             .as_array()
             .map_or(0, |l| l.iter().filter(|e| e["status"] == "pending").count());
-        (n == 3).then_some(list)
+        (n == 4).then_some(list)
     });
     assert!(
         pending[0]["why"]
@@ -303,7 +340,7 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     );
 
     // host's owner approves two from the inbox and rejects one, each signed by its key.
-    for job in ["fleet-masking", "fleet-plain"] {
+    for job in ["fleet-masking", "fleet-plain", "fleet-paillier"] {
         let out = fed.inbox(&host_admin, "host", &["approve", job]);
         assert_eq!(
             out.status.code(),
@@ -337,8 +374,9 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Both approved jobs run (two at once) and complete; the rejected one ends rejected.
-    for job in ["fleet-masking", "fleet-plain"] {
+    // The approved jobs run (two at once, the third queued) and complete; the rejected one
+    // ends rejected.
+    for job in ["fleet-masking", "fleet-plain", "fleet-paillier"] {
         wait_for(180, job, || {
             let s = state_of(&fed, &control, job);
             assert!(
@@ -382,16 +420,34 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     assert_eq!(report["status"], "finished", "{report}");
     assert_eq!(report["rounds"], 3, "{report}");
     assert_eq!(report["scheme"], "masking", "{report}");
-    // The same job, run one-shot by `confide simulate`, gives the same model bit for bit:
-    // the service runs the same code path (the masks cancel; training is seeded by the job).
-    let work = fed.dir.path().join("one-shot");
-    let one_shot = common::simulate(&fed.dir.path().join("fleet-masking.toml"), &work, &[]);
-    assert_eq!(one_shot.code, 0, "{}", one_shot.stderr);
-    assert_eq!(
-        std::fs::read(work.join("run/model/model.safetensors")).expect("one-shot model"),
-        std::fs::read(out_dir.join("model.safetensors")).expect("served model"),
-        "the served model differs from the one-shot run's"
-    );
+    // The same jobs, run one-shot by `confide simulate`, give the same models bit for bit:
+    // the service runs the same code path (the masks cancel, the key holder decrypts the
+    // same sums; training is seeded by the job).
+    for job in ["fleet-masking", "fleet-paillier"] {
+        let served = fed.dir.path().join(format!("served-{job}"));
+        let out = fed.job(
+            &control,
+            "owner",
+            &["download", job, "--out", path(&served)],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let work = fed.dir.path().join(format!("one-shot-{job}"));
+        let one_shot = common::simulate(&fed.dir.path().join(format!("{job}.toml")), &work, &[]);
+        assert_eq!(one_shot.code, 0, "{}", one_shot.stderr);
+        assert_eq!(
+            std::fs::read(work.join("run/model/model.safetensors")).expect("one-shot model"),
+            std::fs::read(served.join("model.safetensors")).expect("served model"),
+            "{job}: the served model differs from the one-shot run's"
+        );
+    }
+    // The key holder erased each job's key when the job ended.
+    let keys = get(&keyholder.addrs[0], "/metrics");
+    assert!(keys.contains("confide_keyholder_open_jobs 0"), "{keys}");
     let out = fed.job(
         &control,
         "mallory",
@@ -432,12 +488,12 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
         .iter()
         .filter(|e| e["status"] == "ended")
         .count();
-    assert_eq!(ended, 2, "{list}");
+    assert_eq!(ended, 3, "{list}");
 
     // The metrics moved: two completed, one rejected, both nodes connected.
     let metrics = get(&admin, "/metrics");
     for line in [
-        "confide_jobs{state=\"completed\"} 2",
+        "confide_jobs{state=\"completed\"} 3",
         "confide_jobs{state=\"rejected\"} 1",
         "confide_nodes_connected 2",
     ] {
@@ -482,7 +538,7 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     });
     assert_eq!(state_of(&fed, &control, "fleet-long"), "cancelled");
 
-    for d in [&mut guest, &mut host, &mut coordinator] {
+    for d in [&mut guest, &mut host, &mut coordinator, &mut keyholder] {
         assert_eq!(d.terminate(), Some(0), "{}", d.log());
     }
 }
@@ -501,4 +557,92 @@ fn get(addr: &str, path: &str) -> String {
     text.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
+}
+
+/// RES-001…003 with a long-running key holder: it aborts itself right after recording round
+/// 3's decryption of a `lattice` job (a fresh BFV key, sealed in its store), and is started
+/// again on its address. It unseals the job's key from its store before it serves, the
+/// coordinator asks it again (RES-002), it answers the identical request (RES-001), and the
+/// job completes with the model of an uninterrupted one-shot run.
+#[test]
+fn a_key_holder_daemon_killed_mid_job_comes_back_with_the_jobs_sealed_key() {
+    let fed = Fed::new();
+    let mut first = fed.keyholder_at(
+        "127.0.0.1:0",
+        &[("CONFIDE_CRASH_AT", "keyholder-after-record@3")],
+        "keyholder-1.log",
+    );
+    let listen = first.addrs[1].clone();
+    let mut coordinator = fed.coordinator(&listen);
+    let control = coordinator.addrs[1].clone();
+    let fleet = coordinator.addrs[2].clone();
+    let policies = root().join("examples/policies");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let m = fed.manifest("fleet-lattice", "lattice", 6);
+    assert_eq!(
+        fed.job(&control, "owner", &["submit", path(&m)])
+            .status
+            .code(),
+        Some(0)
+    );
+    // The key holder aborts itself in round 3, after its record.
+    wait_for(120, "the key holder to abort", || {
+        first.child.try_wait().expect("wait").map(|_| ())
+    });
+    assert!(
+        first.log().contains("keyholder-after-record"),
+        "{}",
+        first.log()
+    );
+    let mut second = fed.keyholder_at(&listen, &[], "keyholder-2.log");
+    assert!(
+        second.log().contains("recovered (1 open jobs)"),
+        "{}",
+        second.log()
+    );
+    wait_for(180, "fleet-lattice", || {
+        let s = state_of(&fed, &control, "fleet-lattice");
+        assert!(
+            !["failed", "cancelled", "rejected"].contains(&s.as_str()),
+            "ended {s}:\n{}\n{}\n{}",
+            coordinator.log(),
+            second.log(),
+            guest.log()
+        );
+        (s == "completed").then_some(())
+    });
+    let served = fed.dir.path().join("served");
+    let out = fed.job(
+        &control,
+        "owner",
+        &["download", "fleet-lattice", "--out", path(&served)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = fed.dir.path().join("one-shot");
+    let one_shot = common::simulate(&fed.dir.path().join("fleet-lattice.toml"), &work, &[]);
+    assert_eq!(one_shot.code, 0, "{}", one_shot.stderr);
+    assert_eq!(
+        std::fs::read(work.join("run/model/model.safetensors")).expect("one-shot model"),
+        std::fs::read(served.join("model.safetensors")).expect("served model"),
+        "the model differs from an uninterrupted run's"
+    );
+    // Round 3 was decrypted once, before the crash; the restarted key holder answered the
+    // identical request from its record, and the job's key is gone now.
+    let state = std::fs::read_to_string(fed.fed.join("keyholder-state.jsonl")).expect("state");
+    assert_eq!(
+        state.lines().filter(|l| l.contains("\"round\":3,")).count(),
+        1,
+        "{state}"
+    );
+    let keys = get(&second.addrs[0], "/metrics");
+    assert!(keys.contains("confide_keyholder_open_jobs 0"), "{keys}");
+    for d in [&mut guest, &mut host, &mut coordinator, &mut second] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
 }

@@ -227,6 +227,39 @@ impl LatticeSecretKey {
         Ok(Self { params, sk, public })
     }
 
+    /// The key pair that [`LatticeSecretKey::generate`] made from `seed`, with the public key
+    /// it published (`public_json`, from [`LatticePublicKey::to_json`]): the secret is drawn
+    /// again from the seed's ChaCha20 stream (it is drawn first), and the pair is checked by
+    /// encrypting a test vector under the public key and decrypting it. A key holder that
+    /// seals only the seed and the public key restores its key this way after a restart.
+    pub fn restore(
+        params: LatticeParams,
+        seed: [u8; 32],
+        public_json: &str,
+    ) -> Result<Self, LatticeError> {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let sk = fhe::bfv::SecretKey::random(&params.par, &mut rng);
+        let public = LatticePublicKey::from_json(public_json, &params)?;
+        let key = Self { params, sk, public };
+        let probe: Vec<i64> = (1..=16).collect();
+        let mut enc = LatticeEncryptor::new(key.public.clone(), [7; 32]);
+        let ct = enc.encrypt(&probe)?;
+        let first = ct
+            .first()
+            .ok_or_else(|| LatticeError::Parameters("no ciphertext".into()))?;
+        let slots = key.decrypt(&key.public.parse_ciphertext(first)?)?;
+        let matches = probe
+            .iter()
+            .zip(&slots)
+            .all(|(a, b)| u64::try_from(*a).ok() == Some(*b));
+        if !matches {
+            return Err(LatticeError::Parameters(
+                "the seed's secret key does not decrypt under this public key".into(),
+            ));
+        }
+        Ok(key)
+    }
+
     /// The public key.
     pub fn public_key(&self) -> &LatticePublicKey {
         &self.public

@@ -136,7 +136,7 @@ pub struct ControlService {
     metrics: Arc<Metrics>,
     guard_stats: Arc<OnceLock<Arc<GuardStats>>>,
     fleet_stats: Arc<OnceLock<Arc<GuardStats>>>,
-    routes: crate::fleet::Routes,
+    routes: crate::fleet::JobRoutes,
     nodes: crate::fleet::Nodes,
 }
 
@@ -154,7 +154,7 @@ impl ControlService {
             metrics: Arc::new(Metrics::new()),
             guard_stats: Arc::default(),
             fleet_stats: Arc::default(),
-            routes: crate::fleet::Routes::default(),
+            routes: crate::fleet::JobRoutes::default(),
             nodes: crate::fleet::Nodes::default(),
         }
     }
@@ -168,7 +168,7 @@ impl ControlService {
     }
 
     /// The running jobs' routes on the fleet port.
-    pub fn routes(&self) -> &crate::fleet::Routes {
+    pub fn routes(&self) -> &crate::fleet::JobRoutes {
         &self.routes
     }
 

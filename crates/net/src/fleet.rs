@@ -74,22 +74,52 @@ impl tonic::service::Interceptor for JobHeader {
 /// A channel to a coordinator whose requests name their job.
 pub type JobChannel = InterceptedService<Channel, JobHeader>;
 
-type JobServer = Guarded<pb::coordinator_server::CoordinatorServer<CoordinatorService>>;
+/// A running job's guarded `Coordinator` service.
+pub type JobServer = Guarded<pb::coordinator_server::CoordinatorServer<CoordinatorService>>;
 
-#[derive(Clone)]
-enum Route {
-    Open(Box<JobServer>),
+/// The fleet port's job routes.
+pub type JobRoutes = Routes<JobServer>;
+
+enum Route<S> {
+    Open(Box<S>),
     Closed(String),
 }
 
-/// The running jobs' services, by manifest hash.
-#[derive(Clone, Default)]
-pub struct Routes {
-    map: Arc<Mutex<HashMap<[u8; 32], Route>>>,
+impl<S: Clone> Clone for Route<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Route::Open(s) => Route::Open(s.clone()),
+            Route::Closed(w) => Route::Closed(w.clone()),
+        }
+    }
+}
+
+/// The services of the jobs a daemon serves, by manifest hash: each request is handed to the
+/// service of the job its `confide-job` metadata names.
+pub struct Routes<S> {
+    map: Arc<Mutex<HashMap<[u8; 32], Route<S>>>>,
     stats: Arc<GuardStats>,
 }
 
-impl std::fmt::Debug for Routes {
+impl<S> Clone for Routes<S> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<S> Default for Routes<S> {
+    fn default() -> Self {
+        Self {
+            map: Arc::default(),
+            stats: Arc::default(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Routes<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Routes({} jobs)", lock(&self.map).len())
     }
@@ -99,7 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Routes {
+impl JobRoutes {
     /// Serves job `coordinator` on the fleet port, behind its own guard.
     pub fn open(&self, coordinator: &Arc<Coordinator>, max_message: usize) {
         let guard = coordinator.guard();
@@ -107,8 +137,22 @@ impl Routes {
             pb::coordinator_server::CoordinatorServer::new(CoordinatorService(coordinator.clone()))
                 .max_decoding_message_size(guard.max_bytes())
                 .max_encoding_message_size(max_message);
-        let svc = tower_layer::Layer::layer(&guard, server);
-        lock(&self.map).insert(coordinator.manifest_hash(), Route::Open(Box::new(svc)));
+        self.insert(
+            coordinator.manifest_hash(),
+            tower_layer::Layer::layer(&guard, server),
+        );
+    }
+}
+
+impl<S: Clone> Routes<S> {
+    /// Serves job `hash` with `service`.
+    pub fn insert(&self, hash: [u8; 32], service: S) {
+        lock(&self.map).insert(hash, Route::Open(Box::new(service)));
+    }
+
+    /// Whether job `hash` is served now.
+    pub fn is_open(&self, hash: &[u8; 32]) -> bool {
+        matches!(lock(&self.map).get(hash), Some(Route::Open(_)))
     }
 
     /// Stops serving job `hash`: its requests are answered FLEET-003 with `why`.
@@ -126,23 +170,34 @@ impl Routes {
         self.stats.clone()
     }
 
-    /// The router: the `Coordinator` service for every job on this port.
-    pub fn router(&self) -> Router {
+    /// The router: the service for every job, in one.
+    pub fn router(&self) -> Router<S> {
         Router(self.clone())
     }
 }
 
-/// The `confide.v1.Coordinator` service of the fleet port: routes each request to its job.
-#[derive(Clone, Debug)]
-pub struct Router(Routes);
+/// One gRPC service for every job a daemon serves: routes each request to its job.
+pub struct Router<S>(Routes<S>);
 
-impl tonic::server::NamedService for Router {
-    const NAME: &'static str = "confide.v1.Coordinator";
+impl<S> Clone for Router<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> std::fmt::Debug for Router<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Router({:?})", self.0)
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Router<S> {
+    const NAME: &'static str = S::NAME;
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-impl Router {
+impl<S> Router<S> {
     fn refuse(&self, rule: &str, status: Status) -> http::Response<Body> {
         self.0.stats.refuse(rule, "-", "fleet");
         let mut status = status;
@@ -153,7 +208,17 @@ impl Router {
     }
 }
 
-impl tower_service::Service<http::Request<Body>> for Router {
+impl<S> tower_service::Service<http::Request<Body>> for Router<S>
+where
+    S: tower_service::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     type Response = http::Response<Body>;
     type Error = std::convert::Infallible;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
@@ -173,8 +238,8 @@ impl tower_service::Service<http::Request<Body>> for Router {
             let r = self.refuse(
                 "FLEET-001",
                 Status::invalid_argument(format!(
-                    "FLEET-001 a request on the fleet port names its job: the `{JOB_HEADER}` \
-                     metadata holds the manifest hash (64 hex digits)"
+                    "FLEET-001 a request to a daemon that serves many jobs names its job: the \
+                     `{JOB_HEADER}` metadata holds the manifest hash (64 hex digits)"
                 )),
             );
             return Box::pin(async move { Ok(r) });
@@ -200,8 +265,7 @@ impl tower_service::Service<http::Request<Body>> for Router {
                 let r = self.refuse(
                     "FLEET-002",
                     Status::not_found(format!(
-                        "FLEET-002 job {} does not run on this coordinator (not yet, or not \
-                         at all); `Offers` lists the jobs that name you",
+                        "FLEET-002 job {} does not run here (not yet, or not at all)",
                         hex::encode(&hash[..8])
                     )),
                 );
@@ -417,10 +481,11 @@ impl pb::fleet_server::Fleet for FleetService {
 /// Starts queued jobs and follows them to their end.
 pub struct Dispatcher {
     control: ControlService,
-    routes: Routes,
+    routes: JobRoutes,
     creds: Credentials,
     audit: AuditLog,
     max_running: usize,
+    keyholder: Option<String>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -448,7 +513,7 @@ impl Dispatcher {
     /// coordinator's credentials; the jobs' audit entries go to `audit` (the store's log).
     pub fn new(
         control: ControlService,
-        routes: Routes,
+        routes: JobRoutes,
         creds: Credentials,
         audit: AuditLog,
         max_running: usize,
@@ -459,7 +524,15 @@ impl Dispatcher {
             creds,
             audit,
             max_running: max_running.max(1),
+            keyholder: None,
         }
+    }
+
+    /// Jobs under `paillier` and `lattice` use the long-running key holder at `endpoint`
+    /// (`confide keyholder serve`): it makes a fresh key per job.
+    pub fn with_keyholder(mut self, endpoint: Option<String>) -> Self {
+        self.keyholder = endpoint;
+        self
     }
 
     /// Schedules until `stop` turns true; then stops starting jobs and returns (the jobs
@@ -521,10 +594,51 @@ impl Dispatcher {
     /// Runs one job from `queued` to its end.
     async fn run_job(self: Arc<Self>, hash: [u8; 32], record: JobRecord) {
         let job = record.job_id.clone();
-        let coordinator = match self.prepare(&hash).await {
+        let (coordinator, holder) = match self.prepare(&hash).await {
             Ok(c) => c,
-            Err(reason) => return self.fail(hash, &job, reason).await,
+            Err(reason) => {
+                self.close_keys(&hash).await;
+                return self.fail(hash, &job, reason).await;
+            }
         };
+        self.follow(hash, record, coordinator, holder).await;
+        // The job ended, one way or another: its key is erased at the key holder.
+        self.close_keys(&hash).await;
+    }
+
+    /// Tells the key holder that job `hash` ended (it erases the job's key); best effort.
+    async fn close_keys(&self, hash: &[u8; 32]) {
+        let Some(endpoint) = &self.keyholder else {
+            return;
+        };
+        let closed = async {
+            let ch = crate::transport::connect(endpoint, "keyholder", &self.creds)
+                .await
+                .map_err(|e| e.to_string())?;
+            pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch)
+                .close_job(pb::CloseJobRequest {
+                    manifest_hash: hex::encode(hash),
+                })
+                .await
+                .map_err(|s| crate::roles::describe_failure(&s))
+        };
+        if let Err(e) = closed.await {
+            tracing::warn!(
+                "job {}: the key holder {e}; it keeps the job's key until it is closed",
+                hex::encode(&hash[..8])
+            );
+        }
+    }
+
+    /// Serves a prepared job and follows it to its end.
+    async fn follow(
+        &self,
+        hash: [u8; 32],
+        record: JobRecord,
+        coordinator: Arc<Coordinator>,
+        holder: Option<(confide_secagg::HolderPublicKey, Channel)>,
+    ) {
+        let job = record.job_id.clone();
         // Serve it before it turns running: a node that sees `running` finds it here.
         let max_message = coordinator.spec().limits.max_message_bytes;
         self.routes.open(&coordinator, max_message);
@@ -536,12 +650,22 @@ impl Dispatcher {
         }
         tracing::info!("job `{job}` ({}) started", hex::encode(&hash[..8]));
         let rounds = record.rounds;
-        let unseal = |_round: u32, _relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| async {
-            Err::<confide_secagg::ExternalResult, String>(
-                "this scheme needs no key holder or aggregators".into(),
-            )
+        let (holder_key, channel) = match holder {
+            Some((k, ch)) => (Some(k), Some(ch)),
+            None => (None, None),
         };
-        let run = coordinator.clone().run(None, unseal);
+        let relay = crate::roles::relay_limit(coordinator.spec());
+        let unseal = |round: u32, relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| {
+            let channel = channel.clone();
+            async move {
+                let Some(channel) = channel else {
+                    return Err("this scheme needs no key holder".to_string());
+                };
+                let channel = InterceptedService::new(channel, JobHeader::new(Some(&hash)));
+                crate::roles::unseal_at_keyholder(channel, relay, round, relayed).await
+            }
+        };
+        let run = coordinator.clone().run(holder_key, unseal);
         tokio::pin!(run);
         let mut reported = 1;
         let report = loop {
@@ -626,8 +750,18 @@ impl Dispatcher {
         });
     }
 
-    /// The job's coordinator, from its stored manifest.
-    async fn prepare(&self, hash: &[u8; 32]) -> Result<Arc<Coordinator>, String> {
+    /// The job's coordinator, from its stored manifest; under `paillier` and `lattice`, with
+    /// the key holder's fresh public key for the job and a channel to it.
+    async fn prepare(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<
+        (
+            Arc<Coordinator>,
+            Option<(confide_secagg::HolderPublicKey, Channel)>,
+        ),
+        String,
+    > {
         let bytes = self
             .control
             .jobs()
@@ -638,18 +772,39 @@ impl Dispatcher {
         let manifest = SignedManifest::from_json(&text).map_err(|e| e.to_string())?;
         let spec = manifest.manifest.job_spec().map_err(|e| e.to_string())?;
         let scheme = spec.job.scheme;
-        if scheme.uses_key_holder() || scheme.uses_aggregators() {
+        if scheme.uses_aggregators() {
             return Err(format!(
-                "scheme `{}` needs a key holder or aggregators, which a running coordinator \
-                 cannot reach yet (`confide keyholder serve` is not built); run it one-shot \
-                 (`confide simulate` or `confide coordinator --config`)",
+                "scheme `{}` needs aggregators, which a running coordinator cannot reach yet \
+                 (`confide aggregator serve` is not built); run it one-shot (`confide simulate` \
+                 or `confide coordinator --config`)",
                 scheme.as_str()
             ));
         }
-        Coordinator::new(CoordinatorOptions {
+        let holder = if scheme.uses_key_holder() {
+            let endpoint = self.keyholder.as_deref().ok_or_else(|| {
+                format!(
+                    "scheme `{}` needs a key holder: start the coordinator with --keyholder \
+                     (the address of `confide keyholder serve`)",
+                    scheme.as_str()
+                )
+            })?;
+            let wait = Duration::from_secs_f64(spec.job.round_timeout_secs);
+            let (json, channel) = self.open_keys(endpoint, &text, wait).await?;
+            let key = confide_secagg::HolderPublicKey::parse(
+                scheme,
+                &json,
+                &crate::coordinator::job_scheme_params(&spec).map_err(|e| e.to_string())?,
+                spec.modulus_bits,
+            )
+            .map_err(|e| format!("the key holder's key: {e}"))?;
+            Some((key, channel))
+        } else {
+            None
+        };
+        let coordinator = Coordinator::new(CoordinatorOptions {
             spec,
             eval: None,
-            keyholder_endpoint: None,
+            keyholder_endpoint: holder.as_ref().and(self.keyholder.clone()),
             aggregator_endpoints: Vec::new(),
             manifest,
             identity: self.creds.identity(),
@@ -658,6 +813,45 @@ impl Dispatcher {
             audit_export: None,
             revocations: self.creds.revocations.clone(),
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok((coordinator, holder))
+    }
+
+    /// Opens the job at the key holder (which makes its fresh key), asking again while it
+    /// cannot be reached, for at most `wait`.
+    async fn open_keys(
+        &self,
+        endpoint: &str,
+        manifest_json: &str,
+        wait: Duration,
+    ) -> Result<(String, Channel), String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let attempt = async {
+                let ch = crate::transport::connect(endpoint, "keyholder", &self.creds)
+                    .await
+                    .map_err(|e| (true, e.to_string()))?;
+                let reply = pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch.clone())
+                    .open_job(pb::OpenJobRequest {
+                        manifest_json: manifest_json.to_string(),
+                    })
+                    .await
+                    .map_err(|s| {
+                        (
+                            crate::roles::is_transport_failure(&s),
+                            crate::roles::describe_failure(&s),
+                        )
+                    })?;
+                Ok::<_, (bool, String)>((reply.into_inner().public_key_json, ch))
+            };
+            match attempt.await {
+                Ok(x) => return Ok(x),
+                Err((true, e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("the key holder {e}; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err((_, e)) => return Err(format!("the key holder {e}")),
+            }
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod coordinator;
 pub mod fleet;
 pub mod guard;
 pub mod keyholder;
+pub mod keyholders;
 pub mod node;
 pub mod pki;
 pub mod raw;

@@ -430,7 +430,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
         SchemeKind::Plain => Box::new(PlainClient),
         SchemeKind::Paillier | SchemeKind::Lattice => {
-            let ch = connect(&join.keyholder_endpoint, "keyholder", &opts.creds).await?;
+            let ch = tonic::service::interceptor::InterceptedService::new(
+                connect(&join.keyholder_endpoint, "keyholder", &opts.creds).await?,
+                crate::fleet::JobHeader::new(opts.job.as_ref()),
+            );
             let mut kh = pb::key_holder_client::KeyHolderClient::new(ch);
             let nonce: [u8; 32] = rand::random();
             let reply = kh

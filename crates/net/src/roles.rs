@@ -129,6 +129,31 @@ pub async fn serve_control(
         .map_err(|e| transport_err("control", e))
 }
 
+/// Serves a long-running key holder (`confide keyholder serve`) on `listener` until `shutdown`
+/// completes: `KeyHolderJobs` for coordinators, and every open job's `KeyHolder` service,
+/// routed by the `confide-job` metadata. `jobs` must already be recovered.
+pub async fn serve_keyholder_daemon(
+    listener: TcpListener,
+    creds: &Credentials,
+    jobs: crate::keyholders::KeyHolderJobs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let guard = crate::keyholders::guard(creds.revocations.clone());
+    let svc = pb::key_holder_jobs_server::KeyHolderJobsServer::new(
+        crate::keyholders::KeyHolderJobsGrpc(jobs.clone()),
+    )
+    .max_decoding_message_size(guard.max_bytes());
+    Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("key holder TLS", e))?
+        .add_service(tower_layer::Layer::layer(&guard, svc))
+        .add_service(jobs.routes().router())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("key holder", e))
+}
+
 /// Serves a long-running coordinator's fleet port on `listener` until `shutdown` completes:
 /// the `Fleet` service (offers, decisions) and every running job's `Coordinator` service,
 /// routed by the `confide-job` metadata (`crate::fleet`).
@@ -136,7 +161,7 @@ pub async fn serve_fleet(
     listener: TcpListener,
     creds: &Credentials,
     fleet: crate::fleet::FleetService,
-    routes: crate::fleet::Routes,
+    routes: crate::fleet::JobRoutes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NetError> {
     init_crypto();
@@ -171,10 +196,42 @@ fn incoming(
 }
 
 /// The message limit for relaying a round's contributions: one update per owner.
-fn relay_limit(spec: &JobSpec) -> usize {
+pub fn relay_limit(spec: &JobSpec) -> usize {
     spec.limits
         .max_message_bytes
         .saturating_mul(spec.owners.len().max(1))
+}
+
+/// Asks the key holder to unseal round `round`'s sum of `relayed`. RES-002: a key holder that
+/// is unreachable (restarting) is asked again, with the byte-identical request, until the
+/// caller's deadline (the round's); by RES-001 it answers a request it already decrypted
+/// with the same sum.
+pub async fn unseal_at_keyholder(
+    channel: crate::fleet::JobChannel,
+    relay: usize,
+    round: u32,
+    relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>,
+) -> Result<ExternalResult, String> {
+    let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
+        .max_decoding_message_size(relay)
+        .max_encoding_message_size(relay);
+    let request = crate::keyholder::relayed_to_pb(round, relayed);
+    let mut wait = UNSEAL_RETRY_FIRST;
+    loop {
+        match kh.unseal(request.clone()).await {
+            Ok(r) => return Ok(ExternalResult::Unsealed(r.into_inner().plaintexts)),
+            Err(s) if is_transport_failure(&s) => {
+                tracing::warn!(
+                    "round {round}: the key holder {}; asking again in {:.1} s",
+                    describe_failure(&s),
+                    wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(UNSEAL_RETRY_MAX);
+            }
+            Err(s) => return Err(describe_failure(&s)),
+        }
+    }
 }
 
 /// The first wait before asking an unreachable key holder again (RES-002).
@@ -358,29 +415,11 @@ pub async fn run_coordinator(
                 return Ok(links.run_round(round, relayed).await);
             }
             let channel = channel.ok_or("has no open connection")?;
-            let mut kh = pb::key_holder_client::KeyHolderClient::new(channel)
-                .max_decoding_message_size(relay)
-                .max_encoding_message_size(relay);
-            let request = crate::keyholder::relayed_to_pb(round, relayed);
-            // RES-002: a key holder that is unreachable (restarting) is asked again, with the
-            // byte-identical request, until the round's deadline (the caller's timeout); by
-            // RES-001 it answers a request it already decrypted with the same sum.
-            let mut wait = UNSEAL_RETRY_FIRST;
-            loop {
-                match kh.unseal(request.clone()).await {
-                    Ok(r) => return Ok(ExternalResult::Unsealed(r.into_inner().plaintexts)),
-                    Err(s) if is_transport_failure(&s) => {
-                        tracing::warn!(
-                            "round {round}: the key holder {}; asking again in {:.1} s",
-                            describe_failure(&s),
-                            wait.as_secs_f64()
-                        );
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(UNSEAL_RETRY_MAX);
-                    }
-                    Err(s) => return Err(describe_failure(&s)),
-                }
-            }
+            let channel = tonic::service::interceptor::InterceptedService::new(
+                channel,
+                crate::fleet::JobHeader::default(),
+            );
+            unseal_at_keyholder(channel, relay, round, relayed).await
         }
     };
     let report = coordinator.clone().run(holder_key, unseal).await;

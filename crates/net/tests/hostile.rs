@@ -172,6 +172,27 @@ async fn start_with(rounds: u32) -> Servers {
     tokio::spawn(async move {
         confide_net::roles::serve_control(ctl, &ctl_creds, control, std::future::pending()).await
     });
+    // A long-running key holder (`confide keyholder serve`), with no open job.
+    let khd = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let khd_addr = khd.local_addr().expect("addr").to_string();
+    let khd_creds = Credentials::load(&fed, "keyholder").expect("creds");
+    let khd_guard = confide_net::keyholders::guard(khd_creds.revocations.clone());
+    let khd_jobs = confide_net::keyholders::KeyHolderJobs::new(
+        khd_creds.clone(),
+        std::sync::Arc::new(confide_store::MemoryStore::new()),
+        &[5; 32],
+        dir.path().join("keyholder-daemon-state.jsonl"),
+        confide_net::keyholders::KeySource::Fresh,
+    );
+    tokio::spawn(async move {
+        confide_net::roles::serve_keyholder_daemon(
+            khd,
+            &khd_creds,
+            khd_jobs,
+            std::future::pending(),
+        )
+        .await
+    });
     Servers {
         fed,
         endpoints: vec![
@@ -181,6 +202,7 @@ async fn start_with(rounds: u32) -> Servers {
             // Served with the coordinator's certificate (its TLS name is `coordinator`).
             ("control", ctl_addr, ctl_guard),
             ("fleet", fl_addr, fl_guard),
+            ("keyholder-daemon", khd_addr, khd_guard),
         ],
         coordinator,
         _dir: dir,
@@ -198,10 +220,10 @@ impl Servers {
             .iter()
             .find(|(n, _, _)| *n == server)
             .expect("server");
-        let tls_name = if *name == "control" || *name == "fleet" {
-            "coordinator"
-        } else {
-            name
+        let tls_name = match *name {
+            "control" | "fleet" => "coordinator",
+            "keyholder-daemon" => "keyholder",
+            other => other,
         };
         // The coordinator may still be fetching the key holder's key: retry briefly.
         for _ in 0..100 {
@@ -607,4 +629,24 @@ async fn the_fleet_port_refuses_a_job_request_that_names_no_job_or_an_unknown_on
         .into_inner();
     assert!(offers.offers.is_empty());
     assert!(!offers.coordinator_certificate.is_empty());
+    // A long-running key holder opens a job only from a manifest whose signatures verify.
+    let ch = s.channel("keyholder-daemon", "coordinator").await;
+    let mut jobs = pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch.clone());
+    let err = jobs
+        .open_job(pb::OpenJobRequest {
+            manifest_json: "{\"manifest\": 1}".into(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Its per-job service names a job it does not hold: FLEET-002.
+    let mut kh = pb::key_holder_client::KeyHolderClient::with_interceptor(
+        ch,
+        confide_net::fleet::JobHeader::new(Some(&[9; 32])),
+    );
+    let err = kh
+        .get_public_key(pb::PublicKeyRequest::default())
+        .await
+        .expect_err("refused");
+    assert!(err.message().starts_with("FLEET-002"), "{}", err.message());
 }

@@ -231,3 +231,26 @@ fn decrypted_sums_beyond_the_declared_contributions_are_refused() {
         "more than owners"
     );
 }
+
+#[test]
+fn a_key_restores_from_its_seed_and_public_key_and_from_nothing_else() {
+    let params = LatticeParams::for_job(&fixed(24, 4.0), 2).expect("params");
+    let key = LatticeSecretKey::generate(params.clone(), [3; 32]).expect("key");
+    let public = key.public_key().to_json();
+    let restored = LatticeSecretKey::restore(params.clone(), [3; 32], &public).expect("restore");
+    assert_eq!(
+        restored.public_key().fingerprint(),
+        key.public_key().fingerprint()
+    );
+    // A sum encrypted to the original key decrypts under the restored one.
+    let mut enc = LatticeEncryptor::new(key.public_key().clone(), [9; 32]);
+    let ct = enc.encrypt(&[5, -3, 0, 12]).expect("encrypt");
+    let slots = restored
+        .decrypt(&key.public_key().parse_ciphertext(&ct[0]).expect("parse"))
+        .expect("decrypt");
+    let t = params.plaintext_modulus();
+    assert_eq!(&slots[..4], &[5, t - 3, 0, 12]);
+    // Another seed's secret does not fit this public key.
+    let err = LatticeSecretKey::restore(params, [4; 32], &public).expect_err("refused");
+    assert!(err.to_string().contains("does not decrypt"), "{err}");
+}

@@ -1,0 +1,151 @@
+//! `confide keyholder serve`: the long-running key holder, a fresh key per job
+//! (`confide_net::keyholders`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use confide_core::Role;
+use confide_net::keyholders::{KeyHolderJobs, KeySource};
+use confide_net::pki::Credentials;
+
+use crate::governance::Passphrase;
+
+/// `confide keyholder serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// This party's name in the federation directory.
+    #[arg(long, default_value = "keyholder")]
+    name: String,
+    /// Address that coordinators and nodes reach (gRPC, mutual TLS); port 0 picks a free
+    /// port. The bound address is printed on stdout, after the admin address.
+    #[arg(long, default_value = "127.0.0.1:7104")]
+    listen: std::net::SocketAddr,
+    /// Address of the admin port (plain HTTP: /metrics, /livez, /readyz); keep it on
+    /// loopback. The bound address is printed first on stdout.
+    #[arg(long, default_value = "127.0.0.1:7105")]
+    admin: std::net::SocketAddr,
+    /// The key holder's store (redb): each open job's manifest and its sealed key. Default:
+    /// <fed>/<name>-service.redb.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// The 32-byte root the job keys are sealed under (created on first use, mode 0600).
+    /// Default: <fed>/<name>-seal.key. Without it the store's keys cannot be unsealed.
+    #[arg(long)]
+    seal_key: Option<PathBuf>,
+    /// Where every decryption is recorded before it happens (KEY-005, RES-001). Default:
+    /// <fed>/<name>-state.jsonl.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Tests and demos only: use this Paillier key file for every `paillier` job instead of
+    /// a fresh key per job (a fresh 2048-bit key takes 10-60 s here). Never for real data.
+    #[arg(long)]
+    insecure_fixed_key: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+/// Reads the seal root, or creates it (32 bytes from the OS generator, mode 0600).
+fn seal_root(path: &std::path::Path) -> Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{}: a seal key is 32 bytes", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut root = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut root);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&root)?;
+            f.sync_all()?;
+            Ok(root)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Runs the key holder daemon until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> Result<i32> {
+    let signalled = crate::control::stop_signal()?;
+    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
+    if creds.role != Role::KeyHolder {
+        bail!("`{}` has role {}, not keyholder", creds.name, creds.role);
+    }
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = crate::bind(args.admin, "keyholder admin").await?;
+    let path = args
+        .store
+        .unwrap_or_else(|| args.fed.join(format!("{}-service.redb", args.name)));
+    let store: Arc<dyn confide_store::Store> = confide_store::RedbStore::open_shared(&path)
+        .with_context(|| format!("key holder store {}", path.display()))?;
+    let root = seal_root(
+        &args
+            .seal_key
+            .unwrap_or_else(|| args.fed.join(format!("{}-seal.key", args.name))),
+    )?;
+    let source = match args.insecure_fixed_key {
+        Some(p) => {
+            eprintln!(
+                "confide keyholder: INSECURE: every paillier job uses the key in {}",
+                p.display()
+            );
+            KeySource::File(p)
+        }
+        None => KeySource::Fresh,
+    };
+    let state = args
+        .state
+        .unwrap_or_else(|| args.fed.join(format!("{}-state.jsonl", args.name)));
+    let jobs = KeyHolderJobs::new(creds.clone(), store, &root, state, source);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let jobs = jobs.clone();
+        let render: confide_net::admin::Render = Arc::new(move || {
+            Ok(format!(
+                "# HELP confide_keyholder_open_jobs Jobs whose key this key holder keeps.\n\
+                 # TYPE confide_keyholder_open_jobs gauge\n\
+                 confide_keyholder_open_jobs {}\n# EOF\n",
+                jobs.open_jobs()
+            ))
+        });
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(confide_net::admin::serve_admin(
+            admin,
+            ready.clone(),
+            render,
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ))
+    };
+    // Recover before serving: every open job's key must unseal.
+    let recovered = jobs
+        .recover()
+        .with_context(|| format!("recovering {}", path.display()))?;
+    eprintln!(
+        "confide keyholder: store {} recovered ({recovered} open jobs)",
+        path.display()
+    );
+    let listener = crate::bind(args.listen, "keyholder").await?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let not_ready = ready.clone();
+    confide_net::roles::serve_keyholder_daemon(listener, &creds, jobs, async move {
+        signalled.await;
+        not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("confide keyholder: stopping (calls in progress finish)");
+    })
+    .await?;
+    let _ = stop_tx.send(true);
+    admin_task.await.context("admin port task")??;
+    eprintln!("confide keyholder: stopped");
+    Ok(0)
+}
