@@ -33,6 +33,10 @@ pub enum BenchCommand {
     /// The confidential mode's cryptography (attestation, envelopes, sealing, release)
     /// against the same DP-SGD training without it.
     Confidential(crate::bench_confidential::ConfidentialBench),
+    /// A job through the standing daemons (`confide coordinator serve` and the others)
+    /// against the same job one-shot (`confide simulate`), in one run; with --soak N, then N
+    /// small jobs back to back, two at a time, with the coordinator's memory and store size.
+    Service(crate::bench_service::ServiceBench),
 }
 
 /// Options of `confide bench attest`.
@@ -111,6 +115,9 @@ pub async fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Secagg(b) => secagg(&b),
         BenchCommand::Attest(b) => attest(&b),
         BenchCommand::Confidential(b) => crate::bench_confidential::run(&b),
+        BenchCommand::Service(b) => {
+            tokio::task::spawn_blocking(move || crate::bench_service::run(&b)).await?
+        }
     }
 }
 

@@ -11,6 +11,7 @@ macro_rules! outln {
 
 mod bench;
 mod bench_confidential;
+mod bench_service;
 mod confidential;
 mod control;
 mod governance;

@@ -73,8 +73,11 @@ pub struct ServeArgs {
     /// `confide node inbox`); keep it on loopback. The bound address is printed on stdout.
     #[arg(long, default_value = "127.0.0.1:7103")]
     admin: std::net::SocketAddr,
-    /// Seconds between two heartbeats (each one also fetches the offers).
-    #[arg(long, default_value_t = 1.0)]
+    /// The longest wait between two heartbeats, in seconds. Each heartbeat is a long poll
+    /// for the offers that name this node: it returns as soon as the coordinator's jobs
+    /// change, so a node hears of a job (and of its start) at once. The coordinator caps
+    /// the wait at 10 s.
+    #[arg(long, default_value_t = 5.0)]
     poll: f64,
     #[command(flatten)]
     passphrase: Passphrase,
@@ -466,6 +469,9 @@ type FleetClient = pb::fleet_client::FleetClient<tonic::transport::Channel>;
 impl Daemon {
     async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
         let mut client: Option<FleetClient> = None;
+        // The coordinator's store version of the last answer: the next heartbeat waits for a
+        // change after it (a long poll of at most `poll`).
+        let mut version = 0;
         loop {
             if *stop.borrow() {
                 return;
@@ -482,16 +488,22 @@ impl Daemon {
                     Err(e) => self.beat(Err(e.to_string())),
                 }
             }
-            if let Some(c) = client.as_mut() {
-                match self.tick(c).await {
-                    Ok(()) => self.beat(Ok(())),
-                    Err(e) => {
-                        self.beat(Err(format!("{e:#}")));
-                        client = None;
-                    }
+            let Some(c) = client.as_mut() else {
+                tokio::time::sleep(self.poll).await;
+                continue;
+            };
+            match self.tick(c, version).await {
+                Ok(v) => {
+                    self.beat(Ok(()));
+                    version = v;
+                }
+                Err(e) => {
+                    self.beat(Err(format!("{e:#}")));
+                    client = None;
+                    version = 0;
+                    tokio::time::sleep(self.poll).await;
                 }
             }
-            tokio::time::sleep(self.poll).await;
         }
     }
 
@@ -518,9 +530,15 @@ impl Daemon {
         }
     }
 
-    async fn tick(&self, client: &mut FleetClient) -> Result<()> {
+    /// One heartbeat: waits (at most `poll`) for the coordinator's jobs to change after
+    /// `version`, then handles every offer. Returns the answer's version.
+    async fn tick(&self, client: &mut FleetClient, version: u64) -> Result<u64> {
+        let wait_ms = u32::try_from(self.poll.as_millis()).unwrap_or(u32::MAX);
         let reply = client
-            .offers(pb::OffersRequest {})
+            .offers(pb::OffersRequest {
+                after: version,
+                wait_ms,
+            })
             .await
             .map_err(|s| anyhow::anyhow!(confide_net::roles::describe_failure(&s)))?
             .into_inner();
@@ -551,7 +569,7 @@ impl Daemon {
                 self.start(entry)?;
             }
         }
-        Ok(())
+        Ok(reply.version)
     }
 
     /// Checks a new offer and files it in the inbox.
@@ -617,9 +635,23 @@ impl Daemon {
             .await;
         match sent {
             Ok(_) => {}
-            // A job that ended meanwhile (cancelled, rejected by another node) needs nothing.
-            Err(s) if confide_net::control::rule_of(&s).as_deref() == Some("JOB-007") => {}
-            Err(s) => bail!("decision on `{}`: {}", e.job_id, s.message()),
+            // A numbered refusal is final (the job ended meanwhile, or moved past the point
+            // where this decision applies): keep it in the note, and do not send it again.
+            Err(s) if confide_net::control::rule_of(&s).is_some() => {
+                eprintln!(
+                    "confide node: job `{}`: the coordinator refused the decision: {}",
+                    e.job_id,
+                    s.message()
+                );
+                e.note = format!("decision refused: {}", s.message());
+            }
+            // Not delivered (the coordinator is restarting, the connection broke): again at
+            // the next heartbeat.
+            Err(s) => bail!(
+                "decision on `{}`: {}",
+                e.job_id,
+                confide_net::roles::describe_failure(&s)
+            ),
         }
         e.sent = true;
         self.inbox.put(e)?;
@@ -636,6 +668,19 @@ impl Daemon {
             if !running.insert(e.hash.clone()) {
                 return Ok(());
             }
+        }
+        // The entry may have ended since the caller read it (a run that finished just now
+        // records its end before it leaves the running set): never run a job twice.
+        match self.inbox.get(&e.hash)? {
+            Some(now) if now.status == Status::Ended => {
+                self.running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&e.hash);
+                return Ok(());
+            }
+            Some(now) => e = now,
+            None => {}
         }
         let hash = parse_hash(&e.hash)?;
         e.status = Status::Running;

@@ -19,6 +19,8 @@ struct Daemon {
     child: Child,
     addr: String,
     admin: String,
+    /// Held while the daemon lives: a daemon whose stdout is closed stops at its next line.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Drop for Daemon {
@@ -37,7 +39,13 @@ impl Daemon {
             .arg("--store")
             .arg(store)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(store.with_extension("log"))
+                    .expect("log"),
+            )
             .spawn()
             .expect("spawn");
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -50,7 +58,13 @@ impl Daemon {
         };
         let admin = address("admin");
         let addr = address("control");
-        Daemon { child, addr, admin }
+        address("fleet");
+        Daemon {
+            child,
+            addr,
+            admin,
+            _stdout: out,
+        }
     }
 
     /// `GET path` on the admin port: status code and body.
@@ -386,7 +400,13 @@ fn a_standing_coordinator_keeps_jobs_refuses_bad_input_and_survives_kill_9() {
     drop(d);
     let mut d = Daemon::start(fed, &s.store);
     let status = d.job(fed, "alice", &["status", "breast-homo"]);
-    assert_eq!(status.status.code(), Some(5));
+    assert_eq!(
+        status.status.code(),
+        Some(5),
+        "{}\n{}",
+        String::from_utf8_lossy(&status.stderr),
+        std::fs::read_to_string(s.store.with_extension("log")).unwrap_or_default()
+    );
     assert_eq!(json(&status)["state"]["reason"], "wrong cohort");
     let resubmitted = json(&d.job(fed, "alice", &["submit", path(&s.manifest)]));
     assert_eq!(resubmitted["created"], false);

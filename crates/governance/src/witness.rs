@@ -92,31 +92,42 @@ impl Witness {
         let new = head
             .verify(log_public_key)
             .map_err(|e| WitnessError::BadHead(e.to_string()))?;
-        if let Some(last) = self.last_seen(&head.log_id)? {
-            let old = last
-                .unverified_head()
-                .map_err(|e| WitnessError::BadHead(e.to_string()))?;
-            if new.size < old.size {
-                return Err(WitnessError::Rollback {
-                    seen: old.size,
-                    got: new.size,
-                });
-            }
-            if new.size == old.size && new.root != old.root {
-                return Err(WitnessError::Fork { size: new.size });
-            }
-            if new.size > old.size
-                && old.size > 0
-                && !merkle::verify_consistency(old.size, new.size, &old.root, &new.root, proof)
-            {
-                return Err(WitnessError::Rewritten {
-                    seen: old.size,
-                    got: new.size,
-                });
-            }
-        }
         let json = crate::jcs::to_vec(head).map_err(|e| WitnessError::BadHead(e.to_string()))?;
+        // Read, check and remember in one transaction: two observers of one log (a node
+        // running two jobs of one coordinator) are serialised, so the head remembered never
+        // moves backwards and each check is against the head remembered at that moment.
         self.store.transact(|txn| {
+            let last: Option<SignedTreeHead> = txn
+                .get(SEEN, head.log_id.as_bytes())?
+                .map(|b| {
+                    serde_json::from_slice(&b).map_err(|e| {
+                        WitnessError::BadHead(format!("stored head is malformed: {e}"))
+                    })
+                })
+                .transpose()?;
+            if let Some(last) = last {
+                let old = last
+                    .unverified_head()
+                    .map_err(|e| WitnessError::BadHead(e.to_string()))?;
+                if new.size < old.size {
+                    return Err(WitnessError::Rollback {
+                        seen: old.size,
+                        got: new.size,
+                    });
+                }
+                if new.size == old.size && new.root != old.root {
+                    return Err(WitnessError::Fork { size: new.size });
+                }
+                if new.size > old.size
+                    && old.size > 0
+                    && !merkle::verify_consistency(old.size, new.size, &old.root, &new.root, proof)
+                {
+                    return Err(WitnessError::Rewritten {
+                        seen: old.size,
+                        got: new.size,
+                    });
+                }
+            }
             txn.put(SEEN, head.log_id.as_bytes(), &json)?;
             Ok::<_, WitnessError>(())
         })?;

@@ -81,6 +81,17 @@ struct Metrics {
     audit_entries: Gauge,
     commit_seconds: Histogram,
     nodes_connected: Gauge,
+    rounds: Counter,
+    round_seconds: Histogram,
+    aggregation_seconds: Histogram,
+    contributions: Family<OutcomeLabel, Counter>,
+    rejections: Family<RuleLabel, Counter>,
+    unseals: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl Metrics {
@@ -113,6 +124,43 @@ impl Metrics {
             "Nodes heard on the fleet port within the last 15 s",
             nodes_connected.clone(),
         );
+        let rounds = Counter::default();
+        registry.register(
+            "confide_rounds",
+            "Rounds committed by jobs that ended",
+            rounds.clone(),
+        );
+        // 10 ms … about 5.5 min.
+        let round_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        registry.register(
+            "confide_round_seconds",
+            "Wall time of each round, from opening to the new global model",
+            round_seconds.clone(),
+        );
+        let aggregation_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        registry.register(
+            "confide_aggregation_seconds",
+            "Of each round: closing its stages and aggregating (the key holder's unseal included)",
+            aggregation_seconds.clone(),
+        );
+        let contributions = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "confide_contributions",
+            "Owners' places in committed rounds: summed, or excluded (withdrew or missed the deadline)",
+            contributions.clone(),
+        );
+        let rejections = Family::<RuleLabel, Counter>::default();
+        registry.register(
+            "confide_rejected_contributions",
+            "Contributions refused by the aggregation, by reason",
+            rejections.clone(),
+        );
+        let unseals = Counter::default();
+        registry.register(
+            "confide_unseals",
+            "Sums the key holder decrypted for this coordinator (paillier, lattice)",
+            unseals.clone(),
+        );
         Self {
             registry,
             jobs,
@@ -120,6 +168,12 @@ impl Metrics {
             audit_entries,
             commit_seconds,
             nodes_connected,
+            rounds,
+            round_seconds,
+            aggregation_seconds,
+            contributions,
+            rejections,
+            unseals,
         }
     }
 }
@@ -235,6 +289,37 @@ impl ControlService {
         prometheus_client::encoding::text::encode(&mut out, &m.registry)
             .map_err(|e| e.to_string())?;
         Ok(out)
+    }
+
+    /// Counts what a job that ended did, from its report: rounds, their times, contributions
+    /// summed and excluded, rejections by reason, and (`unsealed`) the key holder's unseals.
+    /// Only figures summed over owners: nothing per owner.
+    pub fn observe_report(&self, report: &crate::coordinator::JobReport, unsealed: bool) {
+        let m = &self.metrics;
+        let rounds = report.history.len() as u64;
+        m.rounds.inc_by(rounds);
+        if unsealed {
+            m.unseals.inc_by(rounds);
+        }
+        for r in &report.history {
+            m.round_seconds.observe(r.seconds);
+            m.aggregation_seconds.observe(r.aggregation_seconds);
+            for (outcome, n) in [
+                ("summed", r.contributors.len()),
+                ("excluded", r.excluded.len()),
+            ] {
+                m.contributions
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc_by(n as u64);
+            }
+        }
+        for (reason, n) in &report.rejections {
+            m.rejections
+                .get_or_create(&RuleLabel {
+                    rule: crate::guard::excerpt_n(reason, 64),
+                })
+                .inc_by(*n);
+        }
     }
 
     /// The job store.

@@ -44,6 +44,14 @@ pub const JOB_HEADER: &str = "confide-job";
 /// witnesses cosign the last tree head) before the job's requests are refused.
 pub const LINGER: Duration = Duration::from_secs(15);
 
+/// The longest an `Offers` long poll waits (a node's heartbeat, so it stays well within
+/// [`CONNECTED_WITHIN`]).
+pub const MAX_OFFERS_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a closed job's route answers FLEET-003 before it is forgotten (the router's
+/// memory stays bounded however many jobs a coordinator runs).
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// How often a running job's progress is read and reported.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
 
@@ -359,8 +367,25 @@ impl pb::fleet_server::Fleet for FleetService {
         req: Request<pb::OffersRequest>,
     ) -> Result<Response<pb::OffersReply>, Status> {
         let caller = peer(&req, &[Role::Node], self.control.revocations())?;
-        let now_ms = confide_service::jobs::millis(now());
-        self.control.nodes().heard(&caller.name, &caller.id, now_ms);
+        let pb::OffersRequest { after, wait_ms } = req.into_inner();
+        self.control.nodes().heard(
+            &caller.name,
+            &caller.id,
+            confide_service::jobs::millis(now()),
+        );
+        // A long poll: answer once the jobs changed since the node's last answer, or when
+        // the wait is over (a node hears of a job, or of its start, at once).
+        let mut changed = self.control.subscribe();
+        let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_OFFERS_WAIT);
+        if wait > Duration::ZERO {
+            let _ = tokio::time::timeout(wait, changed.wait_for(|v| *v != after)).await;
+            self.control.nodes().heard(
+                &caller.name,
+                &caller.id,
+                confide_service::jobs::millis(now()),
+            );
+        }
+        let version = *changed.borrow();
         let jobs = self.control.jobs().clone();
         let name = caller.name.clone();
         let offers = tokio::task::spawn_blocking(move || {
@@ -387,6 +412,7 @@ impl pb::fleet_server::Fleet for FleetService {
         Ok(Response::new(pb::OffersReply {
             offers,
             coordinator_certificate: self.certificate.clone(),
+            version,
         }))
     }
 
@@ -494,16 +520,25 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-/// Runs `f` on the job store off the async threads (a commit waits for the disk), then wakes
-/// the control service's followers.
-async fn store<R: Send + 'static>(
+/// Reads the job store off the async threads.
+async fn read<R: Send + 'static>(
     control: &ControlService,
     f: impl FnOnce(&Jobs) -> Result<R, ServiceError> + Send + 'static,
 ) -> Result<R, ServiceError> {
     let jobs = control.jobs().clone();
-    let out = tokio::task::spawn_blocking(move || f(&jobs))
+    tokio::task::spawn_blocking(move || f(&jobs))
         .await
-        .map_err(|e| ServiceError::Corrupt(format!("job store task: {e}")))?;
+        .map_err(|e| ServiceError::Corrupt(format!("job store task: {e}")))?
+}
+
+/// Changes the job store off the async threads (a commit waits for the disk), then wakes the
+/// control service's followers (and the scheduler). Only a change may wake them: the
+/// scheduler reads the store when woken, so a read that woke it would keep it spinning.
+async fn store<R: Send + 'static>(
+    control: &ControlService,
+    f: impl FnOnce(&Jobs) -> Result<R, ServiceError> + Send + 'static,
+) -> Result<R, ServiceError> {
+    let out = read(control, f).await;
     control.notify();
     out
 }
@@ -548,7 +583,7 @@ impl Dispatcher {
             }
             while running.try_join_next().is_some() {}
             if running.len() < this.max_running {
-                let queued = store(&this.control, |jobs| jobs.list()).await;
+                let queued = read(&this.control, |jobs| jobs.list()).await;
                 match queued {
                     Ok(all) => {
                         for r in all {
@@ -672,14 +707,21 @@ impl Dispatcher {
             tokio::select! {
                 report = &mut run => break report,
                 () = tokio::time::sleep(PROGRESS_TICK) => {
-                    if let Some(r) = coordinator.running_round() {
-                        while reported < r.min(rounds) {
-                            reported += 1;
-                            let t = Transition::Progress { round: reported, stage: Stage::Training };
-                            if let Err(e) = self.transition(hash, t).await {
-                                // Cancelled while it ran: stop it here.
-                                return self.stop(&hash, &job, e).await;
-                            }
+                    if let Some(r) = coordinator.running_round()
+                        && reported < r.min(rounds)
+                    {
+                        // Every round since the last tick, in one store commit.
+                        let steps: Vec<Transition> = (reported + 1..=r.min(rounds))
+                            .map(|round| Transition::Progress { round, stage: Stage::Training })
+                            .collect();
+                        reported = r.min(rounds);
+                        let moved = store(&self.control, move |jobs| {
+                            jobs.progress(&hash, &steps, "coordinator", now())
+                        })
+                        .await;
+                        if let Err(e) = moved {
+                            // Cancelled while it ran: stop it here.
+                            return self.stop(&hash, &job, e).await;
                         }
                     }
                     match self.control.jobs().get(&hash) {
@@ -695,23 +737,30 @@ impl Dispatcher {
                 }
             }
         };
+        self.control
+            .observe_report(&report, coordinator.spec().job.scheme.uses_key_holder());
         if report.status != "finished" {
             self.fail(hash, &job, report.message.clone()).await;
             self.linger(hash, format!("job `{job}` failed"));
             return;
         }
         let outcome = async {
-            for r in reported..=rounds {
-                let stage = if r == rounds {
-                    Stage::Committing
-                } else {
-                    Stage::Training
-                };
-                if (r, stage) != (reported, Stage::Training) {
-                    self.transition(hash, Transition::Progress { round: r, stage })
-                        .await?;
-                }
-            }
+            let steps: Vec<Transition> = (reported..=rounds)
+                .map(|r| {
+                    let stage = if r == rounds {
+                        Stage::Committing
+                    } else {
+                        Stage::Training
+                    };
+                    (r, stage)
+                })
+                .filter(|step| *step != (reported, Stage::Training))
+                .map(|(round, stage)| Transition::Progress { round, stage })
+                .collect();
+            store(&self.control, move |jobs| {
+                jobs.progress(&hash, &steps, "coordinator", now())
+            })
+            .await?;
             let params = coordinator
                 .result()
                 .map(|(_, p)| p.to_vec())
@@ -741,12 +790,15 @@ impl Dispatcher {
         self.routes.close(hash, why.to_string());
     }
 
-    /// Keeps a finished job's route open for [`LINGER`], then closes it.
+    /// Keeps a finished job's route open for [`LINGER`], then closes it (its coordinator is
+    /// dropped then), and forgets it after [`FORGET_AFTER`] (FLEET-003 becomes FLEET-002).
     fn linger(&self, hash: [u8; 32], why: String) {
         let routes = self.routes.clone();
         tokio::spawn(async move {
             tokio::time::sleep(LINGER).await;
             routes.close(&hash, why);
+            tokio::time::sleep(FORGET_AFTER).await;
+            routes.forget(&hash);
         });
     }
 

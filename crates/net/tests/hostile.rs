@@ -623,7 +623,7 @@ async fn the_fleet_port_refuses_a_job_request_that_names_no_job_or_an_unknown_on
     assert!(err.message().starts_with("JOB-005"), "{}", err.message());
     // A node's heartbeat on an empty store: no offers, and the coordinator's certificate.
     let offers = fleet
-        .offers(pb::OffersRequest {})
+        .offers(pb::OffersRequest::default())
         .await
         .expect("offers")
         .into_inner();

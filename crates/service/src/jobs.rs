@@ -329,6 +329,37 @@ impl Jobs {
         )
     }
 
+    /// Moves a running job's progress through `steps` (each a `Progress` transition, in
+    /// order) in one transaction: each step still gets its event and audit entry, but the
+    /// store commits once (a scheduler reports rounds in batches).
+    ///
+    /// # Errors
+    /// As [`Jobs::transition`], for the first step refused (nothing is written then).
+    pub fn progress(
+        &self,
+        hash: &[u8; 32],
+        steps: &[Transition],
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<JobRecord, ServiceError> {
+        self.store.transact(|txn| {
+            let mut record = read_record(txn, hash)?.ok_or_else(|| unknown(&hex::encode(hash)))?;
+            for t in steps {
+                if let Applied::Changed(next) = record.apply(t, millis(now))? {
+                    let detail = serde_json::json!({
+                        "from": record.state.name(),
+                        "to": serde_json::to_value(&next.state)
+                            .map_err(|e| ServiceError::Corrupt(e.to_string()))?,
+                    });
+                    let audit = audit_event(EventKind::StateChange, &next, actor, now, detail);
+                    let what = format!("{}: {}", t.name(), next.state.describe());
+                    record = commit(txn, hash, *next, what, &audit)?;
+                }
+            }
+            Ok(record)
+        })
+    }
+
     /// A participant's decision on job `hash` (an approval or a rejection), with `detail`
     /// (its signature and basis) in the audit entry.
     ///
