@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// and `lattice` use: it makes a fresh key for each.
     #[arg(long)]
     keyholder: Option<String>,
+    /// A long-running aggregator (`confide aggregator serve`) that jobs under `shares` and
+    /// `threshold` use: repeat it once per aggregator, in index order (aggregator-1 first).
+    #[arg(long = "aggregator")]
+    aggregators: Vec<String>,
     /// How many jobs run at once; more wait in `queued`.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_jobs: u32,
@@ -165,7 +169,8 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         audit,
         args.max_jobs as usize,
     )
-    .with_keyholder(args.keyholder.clone());
+    .with_keyholder(args.keyholder.clone())
+    .with_aggregators(args.aggregators.clone());
     let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
     let stopper = service.clone();
     let not_ready = ready.clone();

@@ -1,5 +1,6 @@
-//! `confide keyholder serve`: the long-running key holder, a fresh key per job
-//! (`confide_net::keyholders`).
+//! `confide keyholder serve` and `confide aggregator serve`: the long-running key holder and
+//! aggregators, fresh key material per job (`confide_net::keyholders`,
+//! `confide_net::aggregators`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +47,31 @@ pub struct ServeArgs {
     insecure_fixed_key: Option<PathBuf>,
     #[command(flatten)]
     passphrase: Passphrase,
+}
+
+/// Serves a daemon's admin port with one gauge, `(name, help)`, read by `count` at each
+/// scrape, until `stop` turns true.
+fn admin_port(
+    admin: tokio::net::TcpListener,
+    ready: &Arc<std::sync::atomic::AtomicBool>,
+    (name, help): (&'static str, &'static str),
+    count: impl Fn() -> usize + Send + Sync + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), confide_net::transport::NetError>> {
+    let render: confide_net::admin::Render = Arc::new(move || {
+        Ok(format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n# EOF\n",
+            count()
+        ))
+    });
+    tokio::spawn(confide_net::admin::serve_admin(
+        admin,
+        ready.clone(),
+        render,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ))
 }
 
 /// Reads the seal root, or creates it (32 bytes from the OS generator, mode 0600).
@@ -109,23 +135,16 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
         let jobs = jobs.clone();
-        let render: confide_net::admin::Render = Arc::new(move || {
-            Ok(format!(
-                "# HELP confide_keyholder_open_jobs Jobs whose key this key holder keeps.\n\
-                 # TYPE confide_keyholder_open_jobs gauge\n\
-                 confide_keyholder_open_jobs {}\n# EOF\n",
-                jobs.open_jobs()
-            ))
-        });
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(confide_net::admin::serve_admin(
+        admin_port(
             admin,
-            ready.clone(),
-            render,
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            },
-        ))
+            &ready,
+            (
+                "confide_keyholder_open_jobs",
+                "Jobs whose key this key holder keeps.",
+            ),
+            move || jobs.open_jobs(),
+            stop_rx,
+        )
     };
     // Recover before serving: every open job's key must unseal.
     let recovered = jobs
@@ -147,5 +166,79 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let _ = stop_tx.send(true);
     admin_task.await.context("admin port task")??;
     eprintln!("confide keyholder: stopped");
+    Ok(0)
+}
+
+/// `confide aggregator serve`.
+#[derive(clap::Args, Debug)]
+pub struct AggregatorServeArgs {
+    /// Federation directory with ca.crt and this aggregator's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// This aggregator's index, from 1; its certificate is `aggregator-<index>`.
+    #[arg(long)]
+    index: usize,
+    /// Address that coordinators and nodes reach (gRPC, mutual TLS); port 0 picks a free
+    /// port. The bound address is printed on stdout, after the admin address.
+    #[arg(long, default_value = "127.0.0.1:7110")]
+    listen: std::net::SocketAddr,
+    /// Address of the admin port (plain HTTP: /metrics, /livez, /readyz); keep it on
+    /// loopback. The bound address is printed first on stdout.
+    #[arg(long, default_value = "127.0.0.1:7111")]
+    admin: std::net::SocketAddr,
+    /// Under `shares`: the root of every job's Prio3 verify key (64 hex digits), the same
+    /// file at every aggregator of the federation and known to no data owner. Each job's key
+    /// is derived from it and the manifest hash (HKDF-SHA256).
+    #[arg(long)]
+    verify_key: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+/// Runs an aggregator daemon until SIGTERM or SIGINT.
+pub async fn serve_aggregator(args: AggregatorServeArgs) -> Result<i32> {
+    let signalled = crate::control::stop_signal()?;
+    if args.index == 0 {
+        bail!("--index starts at 1");
+    }
+    let name = confide_secagg::aggregators::aggregator_name(args.index - 1);
+    let creds = Credentials::load_with(&args.fed, &name, args.passphrase.get()?.as_deref())?;
+    if creds.role != Role::Aggregator {
+        bail!("`{}` has role {}, not aggregator", creds.name, creds.role);
+    }
+    let root = args
+        .verify_key
+        .as_deref()
+        .map(crate::load_verify_key)
+        .transpose()?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = crate::bind(args.admin, "aggregator admin").await?;
+    let jobs = confide_net::aggregators::AggregatorJobs::new(creds.clone(), args.index - 1, root);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let jobs = jobs.clone();
+        admin_port(
+            admin,
+            &ready,
+            (
+                "confide_aggregator_open_jobs",
+                "Jobs whose key material this aggregator keeps.",
+            ),
+            move || jobs.open_jobs(),
+            stop_rx,
+        )
+    };
+    let listener = crate::bind(args.listen, "aggregator").await?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let not_ready = ready.clone();
+    confide_net::roles::serve_aggregator_daemon(listener, &creds, jobs, async move {
+        signalled.await;
+        not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("confide aggregator: stopping (calls in progress finish)");
+    })
+    .await?;
+    let _ = stop_tx.send(true);
+    admin_task.await.context("admin port task")??;
+    eprintln!("confide aggregator: stopped");
     Ok(0)
 }

@@ -68,7 +68,7 @@ enum Command {
     Keyholder(KeyholderCmd),
     /// Run one `shares` or `threshold` aggregator: opens only its own shares, checks proofs
     /// jointly with the others, returns only its partial sum.
-    Aggregator(AggregatorArgs),
+    Aggregator(AggregatorCmd),
     /// Run a data owner's node: trains locally and sends protected updates.
     Node(NodeCmd),
     /// The nodes known to a running coordinator.
@@ -436,9 +436,34 @@ struct KeyholderArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct AggregatorArgs {
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AggregatorCmd {
+    #[command(subcommand)]
+    sub: Option<AggregatorSub>,
     #[command(flatten)]
-    common: RoleCommon,
+    one_job: Option<AggregatorArgs>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AggregatorSub {
+    /// Run a long-lived aggregator until SIGTERM: it makes fresh key material for each job a
+    /// coordinator opens (under `shares`, the job's verify key from the shared root), and
+    /// drops it when the job ends.
+    Serve(keyholder_serve::AggregatorServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+// No flattened groups in here: clap fills an `Option<Args>` only from its own arguments.
+struct AggregatorArgs {
+    /// Job file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Federation directory with ca.crt and this party's certificate and key.
+    #[arg(long)]
+    fed: PathBuf,
+    /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
     /// This aggregator's index, 1 to the job's `[aggregators] count`; its certificate is
     /// `aggregator-<index>` in the federation directory.
     #[arg(long)]
@@ -651,7 +676,17 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Keyholder(_) => {
             bail!("`confide keyholder` needs `serve`, or --config and --fed for one job")
         }
-        Command::Aggregator(args) => aggregator(args).await,
+        Command::Aggregator(AggregatorCmd {
+            sub: Some(AggregatorSub::Serve(args)),
+            ..
+        }) => keyholder_serve::serve_aggregator(args).await,
+        Command::Aggregator(AggregatorCmd {
+            one_job: Some(args),
+            ..
+        }) => aggregator(args).await,
+        Command::Aggregator(_) => {
+            bail!("`confide aggregator` needs `serve`, or --config, --fed and --index for one job")
+        }
         Command::Node(NodeCmd {
             sub: Some(NodeSub::Serve(args)),
             ..
@@ -951,7 +986,7 @@ pub fn load_verify_key(path: &Path) -> Result<[u8; 32]> {
 }
 
 async fn aggregator(args: AggregatorArgs) -> Result<i32> {
-    let config = JobConfig::load(&args.common.config)?;
+    let config = JobConfig::load(&args.config)?;
     let spec = config.spec();
     if !spec.job.scheme.uses_aggregators() {
         bail!(
@@ -964,7 +999,7 @@ async fn aggregator(args: AggregatorArgs) -> Result<i32> {
         bail!("--index must be between 1 and the job's {n} aggregators");
     }
     let name = confide_secagg::aggregators::aggregator_name(args.index - 1);
-    let creds = Credentials::load(&args.common.fed, &name)?;
+    let creds = Credentials::load(&args.fed, &name)?;
     let verify_key = match (&args.verify_key, spec.job.scheme) {
         (Some(p), confide_core::SchemeKind::Shares) => Some(load_verify_key(p)?),
         (None, confide_core::SchemeKind::Shares) => {
@@ -973,7 +1008,7 @@ async fn aggregator(args: AggregatorArgs) -> Result<i32> {
         (Some(_), _) => bail!("--verify-key applies to `shares` only"),
         (None, _) => None,
     };
-    let listener = bind(args.common.listen, "aggregator").await?;
+    let listener = bind(args.listen, "aggregator").await?;
     confide_net::roles::serve_aggregator(
         listener,
         &creds,

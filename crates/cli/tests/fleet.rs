@@ -156,26 +156,7 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     // the service runs the same code path (the masks cancel, the key holder decrypts the
     // same sums; training is seeded by the job).
     for job in ["fleet-masking", "fleet-paillier"] {
-        let served = fed.dir.path().join(format!("served-{job}"));
-        let out = fed.job(
-            &control,
-            "owner",
-            &["download", job, "--out", path(&served)],
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let work = fed.dir.path().join(format!("one-shot-{job}"));
-        let one_shot = common::simulate(&fed.dir.path().join(format!("{job}.toml")), &work, &[]);
-        assert_eq!(one_shot.code, 0, "{}", one_shot.stderr);
-        assert_eq!(
-            std::fs::read(work.join("run/model/model.safetensors")).expect("one-shot model"),
-            std::fs::read(served.join("model.safetensors")).expect("served model"),
-            "{job}: the served model differs from the one-shot run's"
-        );
+        same_model_as_one_shot(&fed, &control, job);
     }
     // The key holder erased each job's key when the job ended.
     let keys = get(&keyholder.addrs[0], "/metrics");
@@ -333,26 +314,7 @@ fn a_key_holder_daemon_killed_mid_job_comes_back_with_the_jobs_sealed_key() {
         );
         (s == "completed").then_some(())
     });
-    let served = fed.dir.path().join("served");
-    let out = fed.job(
-        &control,
-        "owner",
-        &["download", "fleet-lattice", "--out", path(&served)],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let work = fed.dir.path().join("one-shot");
-    let one_shot = common::simulate(&fed.dir.path().join("fleet-lattice.toml"), &work, &[]);
-    assert_eq!(one_shot.code, 0, "{}", one_shot.stderr);
-    assert_eq!(
-        std::fs::read(work.join("run/model/model.safetensors")).expect("one-shot model"),
-        std::fs::read(served.join("model.safetensors")).expect("served model"),
-        "the model differs from an uninterrupted run's"
-    );
+    same_model_as_one_shot(&fed, &control, "fleet-lattice");
     // Round 3 was decrypted once, before the crash; the restarted key holder answered the
     // identical request from its record, and the job's key is gone now.
     let state = std::fs::read_to_string(fed.fed.join("keyholder-state.jsonl")).expect("state");
@@ -366,4 +328,71 @@ fn a_key_holder_daemon_killed_mid_job_comes_back_with_the_jobs_sealed_key() {
     for d in [&mut guest, &mut host, &mut coordinator, &mut second] {
         assert_eq!(d.terminate(), Some(0), "{}", d.log());
     }
+}
+
+/// `shares` through two aggregator daemons: the coordinator opens the job at both (each makes
+/// fresh key material, and the job's verify key from the shared root), the owners' shares go to
+/// them, the job completes with the model of a one-shot run, and both drop the job's key
+/// material at the end.
+#[test]
+fn a_shares_job_runs_through_aggregator_daemons() {
+    let fed = Fed::new();
+    let root_key = fed.dir.path().join("verify.key");
+    std::fs::write(&root_key, hex_of(&[0x5a; 32])).expect("write");
+    let mut aggregators = [fed.aggregator(1, &root_key), fed.aggregator(2, &root_key)];
+    let (a1, a2) = (
+        aggregators[0].addrs[1].clone(),
+        aggregators[1].addrs[1].clone(),
+    );
+    let mut coordinator = fed.coordinator_with(&["--aggregator", &a1, "--aggregator", &a2]);
+    let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
+    let policies = root().join("examples/policies");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let m = fed.manifest("fleet-shares", "shares", 3);
+    let out = fed.job(&control, "owner", &["submit", path(&m), "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        coordinator.log(),
+        guest.log()
+    );
+    same_model_as_one_shot(&fed, &control, "fleet-shares");
+    for a in &aggregators {
+        let m = get(&a.addrs[0], "/metrics");
+        assert!(m.contains("confide_aggregator_open_jobs 0"), "{m}");
+    }
+    for d in [&mut guest, &mut host, &mut coordinator] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+    for a in &mut aggregators {
+        assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Downloads job `job`'s model as its owner and checks it bit for bit against the same job
+/// run one-shot by `confide simulate`.
+fn same_model_as_one_shot(fed: &Fed, control: &str, job: &str) {
+    let served = fed.dir.path().join(format!("served-{job}"));
+    let out = fed.job(control, "owner", &["download", job, "--out", path(&served)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = fed.dir.path().join(format!("one-shot-{job}"));
+    let one_shot = common::simulate(&fed.dir.path().join(format!("{job}.toml")), &work, &[]);
+    assert_eq!(one_shot.code, 0, "{}", one_shot.stderr);
+    assert_eq!(
+        std::fs::read(work.join("run/model/model.safetensors")).expect("one-shot model"),
+        std::fs::read(served.join("model.safetensors")).expect("served model"),
+        "{job}: the served model differs from the one-shot run's"
+    );
 }

@@ -12,7 +12,6 @@ use confide_secagg::aggregators::{
 };
 use confide_secagg::contribution::Contribution;
 use confide_secagg::{Aggregator, AggregatorKey, ExternalResult, Reject};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::coordinator::{job_digest, job_scheme_params};
@@ -149,6 +148,11 @@ impl AggregatorService {
             name,
             chaos,
         }))
+    }
+
+    /// This aggregator's HPKE public key for the job, hex.
+    pub fn public_hex(&self) -> &str {
+        &self.public_hex
     }
 
     /// Step 2 (sans-gRPC): checks the relayed contributions, opens this aggregator's shares
@@ -408,7 +412,7 @@ fn finish_reply_from_pb(r: pb::FinishReply) -> FinishReply {
 /// The coordinator's connections to the aggregators, in index order.
 #[derive(Debug, Clone)]
 pub struct AggregatorLinks {
-    channels: Vec<Channel>,
+    channels: Vec<crate::fleet::JobChannel>,
     params: MultiParams,
     ca_der: Vec<u8>,
     revocations: Arc<Revocations>,
@@ -417,17 +421,21 @@ pub struct AggregatorLinks {
 }
 
 impl AggregatorLinks {
-    /// Connects to every aggregator (server name `aggregator-{i+1}`).
+    /// Connects to every aggregator (server name `aggregator-{i+1}`); every request carries
+    /// `header` (the job's name, for aggregator daemons that serve many jobs).
     pub async fn connect(
         spec: &JobSpec,
         endpoints: &[String],
         creds: &Credentials,
-        limit: usize,
-        timeout: Duration,
+        (limit, timeout): (usize, Duration),
+        header: crate::fleet::JobHeader,
     ) -> Result<Self, NetError> {
         let mut channels = Vec::with_capacity(endpoints.len());
         for (i, ep) in endpoints.iter().enumerate() {
-            channels.push(crate::transport::connect(ep, &aggregator_name(i), creds).await?);
+            channels.push(tonic::service::interceptor::InterceptedService::new(
+                crate::transport::connect(ep, &aggregator_name(i), creds).await?,
+                header.clone(),
+            ));
         }
         Ok(Self {
             channels,
@@ -447,7 +455,10 @@ impl AggregatorLinks {
         self.timeout / 4
     }
 
-    fn client(&self, i: usize) -> pb::aggregator_client::AggregatorClient<Channel> {
+    fn client(
+        &self,
+        i: usize,
+    ) -> pb::aggregator_client::AggregatorClient<crate::fleet::JobChannel> {
         pb::aggregator_client::AggregatorClient::new(self.channels[i].clone())
             .max_decoding_message_size(self.limit)
             .max_encoding_message_size(self.limit)

@@ -197,6 +197,9 @@ struct Snapshot {
 
 struct State {
     joined: BTreeSet<String>,
+    /// Owners whose approval is being written to the audit log: the job does not start
+    /// until each is in (or out), so no approval is logged after the job started.
+    approving: BTreeSet<String>,
     started: bool,
     cosigned_final: BTreeSet<String>,
     alive: BTreeSet<String>,
@@ -466,6 +469,7 @@ impl Coordinator {
             spec: opts.spec,
             state: Mutex::new(State {
                 joined: BTreeSet::new(),
+                approving: BTreeSet::new(),
                 started: false,
                 cosigned_final: BTreeSet::new(),
                 alive: BTreeSet::new(),
@@ -671,14 +675,22 @@ impl Coordinator {
         let keyholder_key = holder_key.as_ref().map(HolderPublicKey::fingerprint);
         let owners = self.spec.owners.len();
         let all_joined = self
-            .wait_until(0, timeout, |s| s.joined.len() == owners)
+            .wait_until(0, timeout, |s| {
+                s.joined.len() == owners && s.approving.is_empty()
+            })
             .await;
         let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
         // From here on, approvals are refused: the owners are those that approved in time.
-        let present = {
-            let mut s = lock(&self.state);
-            s.started = true;
-            s.alive.len()
+        // An approval being logged right now finishes first (a store commit).
+        let present = loop {
+            {
+                let mut s = lock(&self.state);
+                if s.approving.is_empty() {
+                    s.started = true;
+                    break s.alive.len();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let outcome = if present < self.spec.job.min_owners {
             Err(if all_joined {
@@ -1329,8 +1341,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             );
             return Err(Status::permission_denied(why));
         }
-        // Check and admit under one lock; the log entry follows, and a failed entry undoes
-        // the admission.
+        // Check under one lock and mark the owner as approving; the owner is admitted once its
+        // approval is in the audit log, and the job does not start while one is being written.
         {
             let mut s = lock(&c.state);
             if s.started {
@@ -1338,16 +1350,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     "the job has started; approvals are closed",
                 ));
             }
-            if s.joined.contains(&id.name) {
+            if s.joined.contains(&id.name) || s.approving.contains(&id.name) {
                 return Err(Status::failed_precondition(format!(
                     "`{}` already approved, withdrew or was excluded",
                     id.name
                 )));
             }
-            s.joined.insert(id.name.clone());
-            s.alive.insert(id.name.clone());
+            s.approving.insert(id.name.clone());
         }
-        if let Err(e) = c.log(
+        let logged = c.log(
             EventKind::Approval,
             &id.name,
             serde_json::json!({
@@ -1357,10 +1368,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 "basis": crate::guard::excerpt(&req.basis),
                 "signature": req.signature,
             }),
-        ) {
+        );
+        {
+            // The job has not started meanwhile: it waits for `approving` to empty.
             let mut s = lock(&c.state);
-            s.joined.remove(&id.name);
-            s.alive.remove(&id.name);
+            s.approving.remove(&id.name);
+            if logged.is_ok() {
+                s.joined.insert(id.name.clone());
+                s.alive.insert(id.name.clone());
+            }
+        }
+        c.changed.notify_waiters();
+        if let Err(e) = logged {
             return Err(Status::internal(e));
         }
         tracing::info!(
@@ -1368,7 +1387,6 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             id.name,
             crate::guard::excerpt(&req.basis)
         );
-        c.changed.notify_waiters();
         Ok(Response::new(pb::ApproveReply {}))
     }
 

@@ -512,6 +512,17 @@ pub struct Dispatcher {
     audit: AuditLog,
     max_running: usize,
     keyholder: Option<String>,
+    aggregators: Vec<String>,
+}
+
+/// What a job's rounds need beyond the coordinator.
+enum External {
+    /// Nothing (`plain`, `masking`).
+    None,
+    /// The key holder's public key for the job, and a channel to it (`paillier`, `lattice`).
+    KeyHolder(confide_secagg::HolderPublicKey, Channel),
+    /// The job's aggregators (`shares`, `threshold`).
+    Aggregators(crate::aggregator::AggregatorLinks),
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -560,7 +571,15 @@ impl Dispatcher {
             audit,
             max_running: max_running.max(1),
             keyholder: None,
+            aggregators: Vec::new(),
         }
+    }
+
+    /// Jobs under `shares` and `threshold` use the long-running aggregators at `endpoints`
+    /// (`confide aggregator serve`), in index order.
+    pub fn with_aggregators(mut self, endpoints: Vec<String>) -> Self {
+        self.aggregators = endpoints;
+        self
     }
 
     /// Jobs under `paillier` and `lattice` use the long-running key holder at `endpoint`
@@ -629,39 +648,52 @@ impl Dispatcher {
     /// Runs one job from `queued` to its end.
     async fn run_job(self: Arc<Self>, hash: [u8; 32], record: JobRecord) {
         let job = record.job_id.clone();
-        let (coordinator, holder) = match self.prepare(&hash).await {
+        let (coordinator, external) = match self.prepare(&hash).await {
             Ok(c) => c,
             Err(reason) => {
                 self.close_keys(&hash).await;
                 return self.fail(hash, &job, reason).await;
             }
         };
-        self.follow(hash, record, coordinator, holder).await;
+        self.follow(hash, record, coordinator, external).await;
         // The job ended, one way or another: its key is erased at the key holder.
         self.close_keys(&hash).await;
     }
 
-    /// Tells the key holder that job `hash` ended (it erases the job's key); best effort.
+    /// Tells the key holder and the aggregators that job `hash` ended (they drop its key
+    /// material); best effort: each keeps it until it is told.
     async fn close_keys(&self, hash: &[u8; 32]) {
-        let Some(endpoint) = &self.keyholder else {
-            return;
+        let request = || pb::CloseJobRequest {
+            manifest_hash: hex::encode(hash),
         };
-        let closed = async {
-            let ch = crate::transport::connect(endpoint, "keyholder", &self.creds)
-                .await
-                .map_err(|e| e.to_string())?;
-            pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch)
-                .close_job(pb::CloseJobRequest {
-                    manifest_hash: hex::encode(hash),
-                })
-                .await
-                .map_err(|s| crate::roles::describe_failure(&s))
-        };
-        if let Err(e) = closed.await {
-            tracing::warn!(
-                "job {}: the key holder {e}; it keeps the job's key until it is closed",
-                hex::encode(&hash[..8])
-            );
+        if let Some(endpoint) = &self.keyholder {
+            let closed = async {
+                let ch = crate::transport::connect(endpoint, "keyholder", &self.creds)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch)
+                    .close_job(request())
+                    .await
+                    .map_err(|s| crate::roles::describe_failure(&s))
+            };
+            if let Err(e) = closed.await {
+                tracing::warn!("job {}: the key holder {e}", hex::encode(&hash[..8]));
+            }
+        }
+        for (i, endpoint) in self.aggregators.iter().enumerate() {
+            let name = confide_secagg::aggregators::aggregator_name(i);
+            let closed = async {
+                let ch = crate::transport::connect(endpoint, &name, &self.creds)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pb::aggregator_jobs_client::AggregatorJobsClient::new(ch)
+                    .close_job(request())
+                    .await
+                    .map_err(|s| crate::roles::describe_failure(&s))
+            };
+            if let Err(e) = closed.await {
+                tracing::warn!("job {}: {name} {e}", hex::encode(&hash[..8]));
+            }
         }
     }
 
@@ -671,7 +703,7 @@ impl Dispatcher {
         hash: [u8; 32],
         record: JobRecord,
         coordinator: Arc<Coordinator>,
-        holder: Option<(confide_secagg::HolderPublicKey, Channel)>,
+        external: External,
     ) {
         let job = record.job_id.clone();
         // Serve it before it turns running: a node that sees `running` finds it here.
@@ -685,16 +717,21 @@ impl Dispatcher {
         }
         tracing::info!("job `{job}` ({}) started", hex::encode(&hash[..8]));
         let rounds = record.rounds;
-        let (holder_key, channel) = match holder {
-            Some((k, ch)) => (Some(k), Some(ch)),
-            None => (None, None),
+        let (holder_key, channel, links) = match external {
+            External::KeyHolder(k, ch) => (Some(k), Some(ch), None),
+            External::Aggregators(links) => (None, None, Some(links)),
+            External::None => (None, None, None),
         };
         let relay = crate::roles::relay_limit(coordinator.spec());
         let unseal = |round: u32, relayed: Vec<(confide_secagg::Contribution, Vec<u8>)>| {
             let channel = channel.clone();
+            let links = links.clone();
             async move {
+                if let Some(links) = links {
+                    return Ok(links.run_round(round, relayed).await);
+                }
                 let Some(channel) = channel else {
-                    return Err("this scheme needs no key holder".to_string());
+                    return Err("this scheme needs no key holder or aggregators".to_string());
                 };
                 let channel = InterceptedService::new(channel, JobHeader::new(Some(&hash)));
                 crate::roles::unseal_at_keyholder(channel, relay, round, relayed).await
@@ -803,17 +840,9 @@ impl Dispatcher {
     }
 
     /// The job's coordinator, from its stored manifest; under `paillier` and `lattice`, with
-    /// the key holder's fresh public key for the job and a channel to it.
-    async fn prepare(
-        &self,
-        hash: &[u8; 32],
-    ) -> Result<
-        (
-            Arc<Coordinator>,
-            Option<(confide_secagg::HolderPublicKey, Channel)>,
-        ),
-        String,
-    > {
+    /// the key holder's fresh public key for the job and a channel to it; under `shares` and
+    /// `threshold`, with links to the job's aggregators.
+    async fn prepare(&self, hash: &[u8; 32]) -> Result<(Arc<Coordinator>, External), String> {
         let bytes = self
             .control
             .jobs()
@@ -824,15 +853,8 @@ impl Dispatcher {
         let manifest = SignedManifest::from_json(&text).map_err(|e| e.to_string())?;
         let spec = manifest.manifest.job_spec().map_err(|e| e.to_string())?;
         let scheme = spec.job.scheme;
-        if scheme.uses_aggregators() {
-            return Err(format!(
-                "scheme `{}` needs aggregators, which a running coordinator cannot reach yet \
-                 (`confide aggregator serve` is not built); run it one-shot (`confide simulate` \
-                 or `confide coordinator --config`)",
-                scheme.as_str()
-            ));
-        }
-        let holder = if scheme.uses_key_holder() {
+        let wait = Duration::from_secs_f64(spec.job.round_timeout_secs);
+        let external = if scheme.uses_key_holder() {
             let endpoint = self.keyholder.as_deref().ok_or_else(|| {
                 format!(
                     "scheme `{}` needs a key holder: start the coordinator with --keyholder \
@@ -840,8 +862,7 @@ impl Dispatcher {
                     scheme.as_str()
                 )
             })?;
-            let wait = Duration::from_secs_f64(spec.job.round_timeout_secs);
-            let (json, channel) = self.open_keys(endpoint, &text, wait).await?;
+            let (json, channel) = self.open_at(endpoint, "keyholder", &text, wait).await?;
             let key = confide_secagg::HolderPublicKey::parse(
                 scheme,
                 &json,
@@ -849,15 +870,45 @@ impl Dispatcher {
                 spec.modulus_bits,
             )
             .map_err(|e| format!("the key holder's key: {e}"))?;
-            Some((key, channel))
+            External::KeyHolder(key, channel)
+        } else if scheme.uses_aggregators() {
+            let (n, _) = spec.aggregators_n_t();
+            if self.aggregators.len() != n {
+                return Err(format!(
+                    "scheme `{}` needs the job's {n} aggregators: start the coordinator with \
+                     --aggregator once per aggregator (`confide aggregator serve`); {} given",
+                    scheme.as_str(),
+                    self.aggregators.len()
+                ));
+            }
+            for (i, endpoint) in self.aggregators.iter().enumerate() {
+                let name = confide_secagg::aggregators::aggregator_name(i);
+                self.open_at(endpoint, &name, &text, wait).await?;
+            }
+            let links = crate::aggregator::AggregatorLinks::connect(
+                &spec,
+                &self.aggregators,
+                &self.creds,
+                (crate::roles::relay_limit(&spec), wait),
+                JobHeader::new(Some(hash)),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            External::Aggregators(links)
         } else {
-            None
+            External::None
         };
         let coordinator = Coordinator::new(CoordinatorOptions {
             spec,
             eval: None,
-            keyholder_endpoint: holder.as_ref().and(self.keyholder.clone()),
-            aggregator_endpoints: Vec::new(),
+            keyholder_endpoint: matches!(external, External::KeyHolder(..))
+                .then(|| self.keyholder.clone())
+                .flatten(),
+            aggregator_endpoints: if matches!(external, External::Aggregators(_)) {
+                self.aggregators.clone()
+            } else {
+                Vec::new()
+            },
             manifest,
             identity: self.creds.identity(),
             certificate: self.creds.cert_der().map_err(|e| e.to_string())?,
@@ -866,43 +917,52 @@ impl Dispatcher {
             revocations: self.creds.revocations.clone(),
         })
         .map_err(|e| e.to_string())?;
-        Ok((coordinator, holder))
+        Ok((coordinator, external))
     }
 
-    /// Opens the job at the key holder (which makes its fresh key), asking again while it
-    /// cannot be reached, for at most `wait`.
-    async fn open_keys(
+    /// Opens the job at the key holder or aggregator `name` at `endpoint` (which makes its
+    /// fresh key material), asking again while it cannot be reached, for at most `wait`.
+    /// Returns its answer and the channel.
+    async fn open_at(
         &self,
         endpoint: &str,
+        name: &str,
         manifest_json: &str,
         wait: Duration,
     ) -> Result<(String, Channel), String> {
         let deadline = tokio::time::Instant::now() + wait;
+        let request = || pb::OpenJobRequest {
+            manifest_json: manifest_json.to_string(),
+        };
         loop {
             let attempt = async {
-                let ch = crate::transport::connect(endpoint, "keyholder", &self.creds)
+                let ch = crate::transport::connect(endpoint, name, &self.creds)
                     .await
                     .map_err(|e| (true, e.to_string()))?;
-                let reply = pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch.clone())
-                    .open_job(pb::OpenJobRequest {
-                        manifest_json: manifest_json.to_string(),
-                    })
-                    .await
-                    .map_err(|s| {
-                        (
-                            crate::roles::is_transport_failure(&s),
-                            crate::roles::describe_failure(&s),
-                        )
-                    })?;
+                let reply = if name == "keyholder" {
+                    pb::key_holder_jobs_client::KeyHolderJobsClient::new(ch.clone())
+                        .open_job(request())
+                        .await
+                } else {
+                    pb::aggregator_jobs_client::AggregatorJobsClient::new(ch.clone())
+                        .open_job(request())
+                        .await
+                };
+                let reply = reply.map_err(|s| {
+                    (
+                        crate::roles::is_transport_failure(&s),
+                        crate::roles::describe_failure(&s),
+                    )
+                })?;
                 Ok::<_, (bool, String)>((reply.into_inner().public_key_json, ch))
             };
             match attempt.await {
                 Ok(x) => return Ok(x),
                 Err((true, e)) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!("the key holder {e}; asking again");
+                    tracing::warn!("`{name}` {e}; asking again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err((_, e)) => return Err(format!("the key holder {e}")),
+                Err((_, e)) => return Err(format!("`{name}` {e}")),
             }
         }
     }

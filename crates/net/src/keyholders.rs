@@ -288,7 +288,7 @@ fn slot(hash: &[u8; 32]) -> String {
 }
 
 /// The job spec and hash of a manifest whose signatures verify.
-fn verified(manifest_json: &str) -> Result<(JobSpec, [u8; 32]), String> {
+pub(crate) fn verified(manifest_json: &str) -> Result<(JobSpec, [u8; 32]), String> {
     let signed = SignedManifest::from_json(manifest_json).map_err(|e| e.to_string())?;
     let v = signed.verify().map_err(|e| e.to_string())?;
     let spec = v.manifest.job_spec().map_err(|e| e.to_string())?;
@@ -356,9 +356,17 @@ impl pb::key_holder_jobs_server::KeyHolderJobs for KeyHolderJobsGrpc {
 /// The key holder daemon's guard for `KeyHolderJobs` (coordinators only; a manifest is at
 /// most 1 MiB).
 pub fn guard(revocations: Arc<crate::pki::Revocations>) -> crate::guard::Guard {
+    jobs_guard("confide.v1.KeyHolderJobs", revocations)
+}
+
+/// The guard of a daemon's `OpenJob`/`CloseJob` service named `service`.
+pub(crate) fn jobs_guard(
+    service: &str,
+    revocations: Arc<crate::pki::Revocations>,
+) -> crate::guard::Guard {
     use crate::guard::{MethodRule, Shape};
     let max_manifest = confide_service::jobs::MAX_MANIFEST_BYTES;
-    crate::guard::Guard::new("confide.v1.KeyHolderJobs", revocations)
+    crate::guard::Guard::new(service, revocations)
         .method(
             "OpenJob",
             MethodRule::new(

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod aggregator;
+pub mod aggregators;
 pub mod control;
 pub mod coordinator;
 pub mod fleet;

@@ -426,7 +426,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // each round's key list (checked against the CA before use).
     let certified: Certified = Default::default();
     // Under shares and threshold: the connections to the aggregators and their last known keys.
-    let mut agg_keys = AggregatorDirectory::default();
+    let mut agg_keys = AggregatorDirectory {
+        header: crate::fleet::JobHeader::new(opts.job.as_ref()),
+        ..AggregatorDirectory::default()
+    };
     let mut client: Box<dyn AggregationClient> = match spec.job.scheme {
         SchemeKind::Plain => Box::new(PlainClient),
         SchemeKind::Paillier | SchemeKind::Lattice => {
@@ -766,8 +769,10 @@ const KEY_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// The node's connections to the aggregators, kept across rounds, and their last known keys.
 #[derive(Debug, Default)]
 struct AggregatorDirectory {
-    channels: Vec<Option<tonic::transport::Channel>>,
+    channels: Vec<Option<crate::fleet::JobChannel>>,
     keys: Vec<Option<Vec<u8>>>,
+    /// The job's name, sent with every request (aggregator daemons serve many jobs).
+    header: crate::fleet::JobHeader,
 }
 
 /// Fetches aggregator `i`'s HPKE key over `channel` and checks that the aggregator's certified
@@ -775,7 +780,7 @@ struct AggregatorDirectory {
 /// certificate is still valid.
 async fn fetch_aggregator_key(
     multi: &confide_secagg::aggregators::MultiParams,
-    channel: tonic::transport::Channel,
+    channel: crate::fleet::JobChannel,
     i: usize,
     ca_der: &[u8],
     creds: &Credentials,
@@ -832,12 +837,16 @@ async fn multi_client(
         .map_err(|e| NodeError::Job(format!("CA: {e}")))?;
     let fetches = endpoints.iter().enumerate().map(|(i, ep)| {
         let (multi, ca_der, known) = (&multi, &ca_der, dir.channels[i].clone());
+        let header = dir.header.clone();
         async move {
             let channel = match known {
                 Some(ch) => ch,
                 None => {
                     let agg = confide_secagg::aggregators::aggregator_name(i);
-                    connect(ep, &agg, creds).await?
+                    tonic::service::interceptor::InterceptedService::new(
+                        connect(ep, &agg, creds).await?,
+                        header,
+                    )
                 }
             };
             // A hung aggregator must not stall the owner's round.

@@ -154,6 +154,31 @@ pub async fn serve_keyholder_daemon(
         .map_err(|e| transport_err("key holder", e))
 }
 
+/// Serves a long-running aggregator (`confide aggregator serve`) on `listener` until
+/// `shutdown` completes: `AggregatorJobs` for coordinators, and every open job's `Aggregator`
+/// service, routed by the `confide-job` metadata.
+pub async fn serve_aggregator_daemon(
+    listener: TcpListener,
+    creds: &Credentials,
+    jobs: crate::aggregators::AggregatorJobs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    init_crypto();
+    let guard = crate::aggregators::guard(creds.revocations.clone());
+    let svc = pb::aggregator_jobs_server::AggregatorJobsServer::new(
+        crate::aggregators::AggregatorJobsGrpc(jobs.clone()),
+    )
+    .max_decoding_message_size(guard.max_bytes());
+    Server::builder()
+        .tls_config(server_tls(creds))
+        .map_err(|e| transport_err("aggregator TLS", e))?
+        .add_service(tower_layer::Layer::layer(&guard, svc))
+        .add_service(jobs.routes().router())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .map_err(|e| transport_err("aggregator", e))
+}
+
 /// Serves a long-running coordinator's fleet port on `listener` until `shutdown` completes:
 /// the `Fleet` service (offers, decisions) and every running job's `Coordinator` service,
 /// routed by the `confide-job` metadata (`crate::fleet`).
@@ -370,8 +395,14 @@ pub async fn run_coordinator(
             ));
         }
         Some(
-            AggregatorLinks::connect(&role.spec, &role.aggregators, &role.creds, relay, timeout)
-                .await?,
+            AggregatorLinks::connect(
+                &role.spec,
+                &role.aggregators,
+                &role.creds,
+                (relay, timeout),
+                crate::fleet::JobHeader::default(),
+            )
+            .await?,
         )
     } else {
         None

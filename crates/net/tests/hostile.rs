@@ -193,6 +193,22 @@ async fn start_with(rounds: u32) -> Servers {
         )
         .await
     });
+    // A long-running aggregator (`confide aggregator serve`), with no open job.
+    let agd = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let agd_addr = agd.local_addr().expect("addr").to_string();
+    let agd_creds = Credentials::load(&fed, "aggregator-1").expect("creds");
+    let agd_guard = confide_net::aggregators::guard(agd_creds.revocations.clone());
+    let agd_jobs =
+        confide_net::aggregators::AggregatorJobs::new(agd_creds.clone(), 0, Some([6; 32]));
+    tokio::spawn(async move {
+        confide_net::roles::serve_aggregator_daemon(
+            agd,
+            &agd_creds,
+            agd_jobs,
+            std::future::pending(),
+        )
+        .await
+    });
     Servers {
         fed,
         endpoints: vec![
@@ -203,6 +219,7 @@ async fn start_with(rounds: u32) -> Servers {
             ("control", ctl_addr, ctl_guard),
             ("fleet", fl_addr, fl_guard),
             ("keyholder-daemon", khd_addr, khd_guard),
+            ("aggregator-daemon", agd_addr, agd_guard),
         ],
         coordinator,
         _dir: dir,
@@ -223,6 +240,7 @@ impl Servers {
         let tls_name = match *name {
             "control" | "fleet" => "coordinator",
             "keyholder-daemon" => "keyholder",
+            "aggregator-daemon" => "aggregator-1",
             other => other,
         };
         // The coordinator may still be fetching the key holder's key: retry briefly.

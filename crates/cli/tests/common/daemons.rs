@@ -111,6 +111,8 @@ impl Fed {
         for (name, role) in [
             ("coordinator", "coordinator"),
             ("keyholder", "keyholder"),
+            ("aggregator-1", "aggregator"),
+            ("aggregator-2", "aggregator"),
             ("guest", "node"),
             ("host", "node"),
             ("mallory", "model-owner"),
@@ -234,14 +236,15 @@ impl Fed {
     }
 
     pub fn coordinator(&self, keyholder: &str) -> Daemon {
+        self.coordinator_with(&["--keyholder", keyholder])
+    }
+
+    /// The coordinator daemon, with `extra` arguments (its key holder, its aggregators).
+    pub fn coordinator_with(&self, extra: &[&str]) -> Daemon {
         let store = self.dir.path().join("coordinator.redb");
         let listen = self.listen("coordinator");
         let mut cmd = self.command("coordinator");
-        cmd.args([
-            "coordinator",
-            "serve",
-            "--keyholder",
-            keyholder,
+        cmd.args(["coordinator", "serve"]).args(extra).args([
             "--fed",
             path(&self.fed),
             "--control",
@@ -254,6 +257,17 @@ impl Fed {
             path(&store),
         ]);
         Daemon::spawn(cmd, 3, self.dir.path().join("coordinator.log"))
+    }
+
+    /// Aggregator daemon `index` (from 1), with the shared verify key root in `verify_key`.
+    pub fn aggregator(&self, index: usize, verify_key: &Path) -> Daemon {
+        let name = format!("aggregator-{index}");
+        let listen = self.listen(&name);
+        let mut cmd = self.command(&name);
+        cmd.args(["aggregator", "serve", "--fed", path(&self.fed)])
+            .args(["--index", &index.to_string(), "--listen", &listen])
+            .args(["--admin", "127.0.0.1:0", "--verify-key", path(verify_key)]);
+        Daemon::spawn(cmd, 2, self.dir.path().join(format!("{name}.log")))
     }
 
     pub fn node(&self, name: &str, fleet: &str, policy: &Path) -> Daemon {
