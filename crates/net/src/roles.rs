@@ -107,6 +107,29 @@ pub async fn serve_aggregator(
         .map_err(|e| transport_err("aggregator", e))
 }
 
+/// Standard gRPC health (`grpc.health.v1.Health`, tonic-health) for a daemon's port: the
+/// overall status ("") is SERVING while the port serves, and NOT_SERVING once `shutdown`
+/// completed (calls in progress still finish). A daemon opens its ports only after it has
+/// recovered its store, so SERVING also means recovered. Any federation certificate may ask.
+async fn with_health(
+    shutdown: impl Future<Output = ()>,
+) -> (
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    impl Future<Output = ()>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let shutdown = async move {
+        shutdown.await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    (service, shutdown)
+}
+
 /// Serves the long-running coordinator's control API on `listener` until `shutdown`
 /// completes. The job store must already be open: a daemon serves only after it has recovered.
 pub async fn serve_control(
@@ -119,11 +142,12 @@ pub async fn serve_control(
     let guard = service.guard();
     let svc = pb::control_server::ControlServer::new(service)
         .max_decoding_message_size(guard.max_bytes());
+    let (health, shutdown) = with_health(shutdown).await;
     Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("control TLS", e))?
-        .layer(guard)
-        .add_service(svc)
+        .add_service(tower_layer::Layer::layer(&guard, svc))
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| transport_err("control", e))
@@ -144,11 +168,13 @@ pub async fn serve_keyholder_daemon(
         crate::keyholders::KeyHolderJobsGrpc(jobs.clone()),
     )
     .max_decoding_message_size(guard.max_bytes());
+    let (health, shutdown) = with_health(shutdown).await;
     Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("key holder TLS", e))?
         .add_service(tower_layer::Layer::layer(&guard, svc))
         .add_service(jobs.routes().router())
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| transport_err("key holder", e))
@@ -169,11 +195,13 @@ pub async fn serve_aggregator_daemon(
         crate::aggregators::AggregatorJobsGrpc(jobs.clone()),
     )
     .max_decoding_message_size(guard.max_bytes());
+    let (health, shutdown) = with_health(shutdown).await;
     Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("aggregator TLS", e))?
         .add_service(tower_layer::Layer::layer(&guard, svc))
         .add_service(jobs.routes().router())
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| transport_err("aggregator", e))
@@ -193,11 +221,13 @@ pub async fn serve_fleet(
     let guard = fleet.guard();
     let svc = pb::fleet_server::FleetServer::new(fleet);
     let fleet_svc = tower_layer::Layer::layer(&guard, svc);
+    let (health, shutdown) = with_health(shutdown).await;
     Server::builder()
         .tls_config(server_tls(creds))
         .map_err(|e| transport_err("fleet TLS", e))?
         .add_service(fleet_svc)
         .add_service(routes.router())
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| transport_err("fleet", e))

@@ -668,3 +668,26 @@ async fn the_fleet_port_refuses_a_job_request_that_names_no_job_or_an_unknown_on
         .expect_err("refused");
     assert!(err.message().starts_with("FLEET-002"), "{}", err.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_answer_standard_grpc_health() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let s = start().await;
+    for (server, party) in [
+        ("control", "owner"),
+        ("fleet", "guest"),
+        ("keyholder-daemon", "coordinator"),
+        ("aggregator-daemon", "coordinator"),
+    ] {
+        let status = HealthClient::new(s.channel(server, party).await)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{server}: {e:?}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{server}");
+    }
+}
