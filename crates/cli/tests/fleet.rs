@@ -372,6 +372,48 @@ fn a_shares_job_runs_through_aggregator_daemons() {
     }
 }
 
+/// `threshold` (Shamir 2-of-3 here) through three aggregator daemons: the same path as
+/// `shares`, without a verify key; the model is the one-shot run's.
+#[test]
+fn a_threshold_job_runs_through_aggregator_daemons() {
+    let fed = Fed::new();
+    let root_key = fed.dir.path().join("verify.key");
+    std::fs::write(&root_key, hex_of(&[0x3c; 32])).expect("write");
+    let mut aggregators: Vec<_> = (1..=3).map(|i| fed.aggregator(i, &root_key)).collect();
+    let addrs: Vec<String> = aggregators.iter().map(|a| a.addrs[1].clone()).collect();
+    let mut args = Vec::new();
+    for a in &addrs {
+        args.extend(["--aggregator", a.as_str()]);
+    }
+    let mut coordinator = fed.coordinator_with(&args);
+    let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
+    let policies = root().join("examples/policies");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let m = fed.manifest_with(
+        "fleet-threshold",
+        "threshold",
+        3,
+        "\n[aggregators]\ncount = 3\n",
+    );
+    let out = fed.job(&control, "owner", &["submit", path(&m), "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        coordinator.log(),
+        guest.log()
+    );
+    same_model_as_one_shot(&fed, &control, "fleet-threshold");
+    for d in [&mut guest, &mut host, &mut coordinator] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+    for a in &mut aggregators {
+        assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    }
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -113,6 +113,7 @@ impl Fed {
             ("keyholder", "keyholder"),
             ("aggregator-1", "aggregator"),
             ("aggregator-2", "aggregator"),
+            ("aggregator-3", "aggregator"),
             ("guest", "node"),
             ("host", "node"),
             ("mallory", "model-owner"),
@@ -163,13 +164,19 @@ impl Fed {
 
     /// A signed manifest of the breast_homo example under `scheme`, `rounds` rounds.
     pub fn manifest(&self, id: &str, scheme: &str, rounds: u32) -> PathBuf {
+        self.manifest_with(id, scheme, rounds, "")
+    }
+
+    /// [`Fed::manifest`], with `extra` TOML appended to the job file.
+    pub fn manifest_with(&self, id: &str, scheme: &str, rounds: u32, extra: &str) -> PathBuf {
         let example =
             std::fs::read_to_string(root().join("examples/breast_homo.toml")).expect("example");
         let text = super::absolute_example_paths(&example)
             .replace("id = \"breast-homo\"", &format!("id = \"{id}\""))
             .replace("rounds = 80", &format!("rounds = {rounds}"))
             .replace("scheme = \"paillier\"", &format!("scheme = \"{scheme}\""))
-            .replace("round_timeout_secs = 60.0", "round_timeout_secs = 20.0");
+            .replace("round_timeout_secs = 60.0", "round_timeout_secs = 20.0")
+            + extra;
         let config = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&config, text).expect("write");
         let out = self.dir.path().join(format!("{id}.json"));
