@@ -205,9 +205,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
 }
 
 fn parse_hash(text: &str) -> Result<[u8; 32]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|h| h.try_into().ok())
+    confide_service::jobs::parse_hash(text)
         .with_context(|| format!("malformed job hash `{text}` in the store"))
 }
 

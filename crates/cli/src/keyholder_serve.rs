@@ -155,17 +155,35 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         path.display()
     );
     let listener = crate::bind(args.listen, "keyholder").await?;
+    let stop = until_stopped("keyholder", signalled, &ready);
+    confide_net::roles::serve_keyholder_daemon(listener, &creds, jobs, stop).await?;
+    stopped("keyholder", stop_tx, admin_task).await
+}
+
+/// The shutdown future of a daemon's port: ready from now on, until SIGTERM or SIGINT.
+fn until_stopped(
+    role: &'static str,
+    signalled: impl std::future::Future<Output = ()>,
+    ready: &Arc<std::sync::atomic::AtomicBool>,
+) -> impl std::future::Future<Output = ()> {
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let not_ready = ready.clone();
-    confide_net::roles::serve_keyholder_daemon(listener, &creds, jobs, async move {
+    let ready = ready.clone();
+    async move {
         signalled.await;
-        not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("confide keyholder: stopping (calls in progress finish)");
-    })
-    .await?;
-    let _ = stop_tx.send(true);
+        ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("confide {role}: stopping (calls in progress finish)");
+    }
+}
+
+/// Stops a daemon's admin port once its port stopped serving.
+async fn stopped(
+    role: &str,
+    stop: tokio::sync::watch::Sender<bool>,
+    admin_task: tokio::task::JoinHandle<Result<(), confide_net::transport::NetError>>,
+) -> Result<i32> {
+    let _ = stop.send(true);
     admin_task.await.context("admin port task")??;
-    eprintln!("confide keyholder: stopped");
+    eprintln!("confide {role}: stopped");
     Ok(0)
 }
 
@@ -229,16 +247,7 @@ pub async fn serve_aggregator(args: AggregatorServeArgs) -> Result<i32> {
         )
     };
     let listener = crate::bind(args.listen, "aggregator").await?;
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let not_ready = ready.clone();
-    confide_net::roles::serve_aggregator_daemon(listener, &creds, jobs, async move {
-        signalled.await;
-        not_ready.store(false, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("confide aggregator: stopping (calls in progress finish)");
-    })
-    .await?;
-    let _ = stop_tx.send(true);
-    admin_task.await.context("admin port task")??;
-    eprintln!("confide aggregator: stopped");
-    Ok(0)
+    let stop = until_stopped("aggregator", signalled, &ready);
+    confide_net::roles::serve_aggregator_daemon(listener, &creds, jobs, stop).await?;
+    stopped("aggregator", stop_tx, admin_task).await
 }

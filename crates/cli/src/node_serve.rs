@@ -220,9 +220,7 @@ impl Inbox {
 }
 
 fn parse_hash(text: &str) -> Result<[u8; 32]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|h| h.try_into().ok())
+    confide_service::jobs::parse_hash(text)
         .with_context(|| format!("`{text}` is not a manifest hash"))
 }
 

@@ -186,9 +186,7 @@ impl pb::aggregator_jobs_server::AggregatorJobs for AggregatorJobsGrpc {
         request: Request<pb::CloseJobRequest>,
     ) -> Result<Response<pb::CloseJobReply>, Status> {
         peer(&request, &[Role::Coordinator], &self.0.0.creds.revocations)?;
-        let hash: [u8; 32] = hex::decode(request.into_inner().manifest_hash)
-            .ok()
-            .and_then(|h| h.try_into().ok())
+        let hash = confide_service::jobs::parse_hash(&request.into_inner().manifest_hash)
             .ok_or_else(|| Status::invalid_argument("a manifest hash is 64 hex digits"))?;
         if self.0.close(&hash) {
             tracing::info!("job {}: closed", hex::encode(&hash[..8]));

@@ -405,6 +405,12 @@ impl ControlService {
     }
 }
 
+/// A stored record's manifest hash.
+fn record_hash(record: &JobRecord) -> Result<[u8; 32], Status> {
+    confide_service::jobs::parse_hash(&record.hash)
+        .ok_or_else(|| Status::internal("malformed job hash in the store"))
+}
+
 fn record_reply(record: &JobRecord, created: bool) -> Result<Response<pb::JobReply>, Status> {
     Ok(Response::new(pb::JobReply {
         record_json: serde_json::to_string(record).map_err(|e| Status::internal(e.to_string()))?,
@@ -497,10 +503,7 @@ impl pb::control_server::Control for ControlService {
         let caller = self.caller(&req, &[Role::ModelOwner, Role::Coordinator])?;
         let pb::JobEventsRequest { name, from, follow } = req.into_inner();
         let record = self.visible(&name, &caller)?;
-        let hash: [u8; 32] = hex::decode(&record.hash)
-            .ok()
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| Status::internal("malformed job hash in the store"))?;
+        let hash = record_hash(&record)?;
         let active = self
             .followers
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -595,10 +598,7 @@ impl pb::control_server::Control for ControlService {
                 ),
             ))));
         }
-        let hash: [u8; 32] = hex::decode(&record.hash)
-            .ok()
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| Status::internal("malformed job hash in the store"))?;
+        let hash = record_hash(&record)?;
         let Some((report_json, model)) = self.jobs.result(&hash).map_err(|e| self.fail(e))? else {
             return Err(self.fail(ServiceError::Refused(Refusal::new(
                 Code::WrongState,

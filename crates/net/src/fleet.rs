@@ -24,6 +24,7 @@ use confide_governance::audit::AuditLog;
 use confide_governance::manifest::{
     SignedManifest, online_approval_message, online_rejection_message,
 };
+use confide_service::jobs::parse_hash;
 use confide_service::{Code, JobRecord, JobState, Jobs, Refusal, ServiceError, Stage, Transition};
 use tonic::body::Body;
 use tonic::service::interceptor::InterceptedService;
@@ -331,10 +332,6 @@ impl Nodes {
 
 fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
-}
-
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    hex::decode(text).ok()?.try_into().ok()
 }
 
 /// The `Fleet` service: heartbeats, offers and decisions.

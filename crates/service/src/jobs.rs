@@ -137,7 +137,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ServiceError> {
     serde_json::to_vec(value).map_err(|e| ServiceError::Corrupt(e.to_string()))
 }
 
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
+/// A manifest hash from its 64 hex digits.
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }
