@@ -59,12 +59,24 @@ pub struct ServeArgs {
     /// How many jobs run at once; more wait in `queued`.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_jobs: u32,
+    /// A job that is still awaiting approval, or queued, this many seconds after it was
+    /// submitted is expired (exit code 6 for `confide job status`); the default is 7 days.
+    #[arg(long, default_value_t = 604_800.0, value_parser = positive_seconds)]
+    expire_after: f64,
     /// The coordinator's store (redb; created if missing): jobs, their events and the audit
     /// log. Default: <fed>/<name>-service.redb.
     #[arg(long)]
     store: Option<PathBuf>,
     #[command(flatten)]
     passphrase: Passphrase,
+}
+
+/// A duration in seconds: finite and above zero.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e10 => Ok(v),
+        _ => Err(format!("`{text}` is not a number of seconds above 0")),
+    }
 }
 
 /// Runs the long-lived coordinator until SIGTERM or SIGINT: opens (and so recovers) its store
@@ -104,16 +116,31 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let store: Arc<dyn confide_store::Store> = Arc::new(confide_store::RedbStore::open(&path)?);
     let jobs = confide_service::Jobs::new(store.clone());
     let audit = confide_governance::audit::AuditLog::new(store);
-    // A job that was running when the daemon stopped cannot resume yet: it is failed, with
-    // its reason, before anything is served (never left `running` with nobody running it).
+    // A job that was running when the daemon stopped goes on from its checkpoint (RES-006);
+    // one without a checkpoint (stopped before its first round began) is failed with its
+    // reason. Both before anything is served: never left `running` with nobody running it.
+    let checkpoints = confide_net::checkpoint::Checkpoints::new(jobs.store());
     let interrupted = jobs
         .list()
         .with_context(|| format!("recovering {}", path.display()))?
         .into_iter()
         .filter(|r| matches!(r.state, JobState::Running { .. } | JobState::Releasing));
+    let mut resume = Vec::new();
     for r in interrupted {
         let hash = parse_hash(&r.hash)?;
-        let reason = "the coordinator stopped while the job ran; resuming a job across a                       coordinator restart is not built yet (issue 16), so it ends here"
+        let cp = checkpoints
+            .load(&hash)
+            .map_err(|e| anyhow::anyhow!("recovering job `{}`: {e}", r.job_id))?;
+        if let (Some(cp), JobState::Running { .. }) = (&cp, &r.state) {
+            eprintln!(
+                "confide coordinator: job `{}` was running; it goes on after round {}",
+                r.job_id, cp.round
+            );
+            resume.push(hash);
+            continue;
+        }
+        let reason = "the coordinator stopped before the job's first round began (nothing was \
+                      trained); submit it again under a new job id"
             .to_string();
         jobs.transition(
             &hash,
@@ -121,8 +148,9 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             "coordinator",
             time::OffsetDateTime::now_utc(),
         )?;
+        checkpoints.erase(&hash).map_err(anyhow::Error::msg)?;
         eprintln!(
-            "confide coordinator: job `{}` was running; it is failed",
+            "confide coordinator: job `{}` was starting; it is failed",
             r.job_id
         );
     }
@@ -150,6 +178,9 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let fleet_listener = crate::bind(args.fleet, "coordinator fleet").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let routes = service.routes().clone();
+    for hash in &resume {
+        routes.recovering(hash);
+    }
     let fleet = confide_net::fleet::FleetService::new(service.clone(), creds.cert_der()?);
     let fleet_task = {
         let creds = creds.clone();
@@ -170,7 +201,9 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         args.max_jobs as usize,
     )
     .with_keyholder(args.keyholder.clone())
-    .with_aggregators(args.aggregators.clone());
+    .with_aggregators(args.aggregators.clone())
+    .with_resume(resume)
+    .with_expiry(std::time::Duration::from_secs_f64(args.expire_after));
     let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
     let stopper = service.clone();
     let not_ready = ready.clone();

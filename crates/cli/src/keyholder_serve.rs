@@ -209,6 +209,15 @@ pub struct AggregatorServeArgs {
     /// is derived from it and the manifest hash (HKDF-SHA256).
     #[arg(long)]
     verify_key: Option<PathBuf>,
+    /// The aggregator's store (redb): each open job's manifest, its sealed key seed, and what
+    /// the aggregator answered in each round. Default: <fed>/aggregator-<index>-service.redb.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// The 32-byte root the job key seeds are sealed under (created on first use, mode
+    /// 0600). Default: <fed>/aggregator-<index>-seal.key. Without it the store's keys cannot
+    /// be unsealed.
+    #[arg(long)]
+    seal_key: Option<PathBuf>,
     #[command(flatten)]
     passphrase: Passphrase,
 }
@@ -231,7 +240,23 @@ pub async fn serve_aggregator(args: AggregatorServeArgs) -> Result<i32> {
         .transpose()?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = crate::bind(args.admin, "aggregator admin").await?;
-    let jobs = confide_net::aggregators::AggregatorJobs::new(creds.clone(), args.index - 1, root);
+    let path = args
+        .store
+        .unwrap_or_else(|| args.fed.join(format!("{name}-service.redb")));
+    let store: Arc<dyn confide_store::Store> = confide_store::RedbStore::open_shared(&path)
+        .with_context(|| format!("aggregator store {}", path.display()))?;
+    let seal = seal_root(
+        &args
+            .seal_key
+            .unwrap_or_else(|| args.fed.join(format!("{name}-seal.key"))),
+    )?;
+    let jobs = confide_net::aggregators::AggregatorJobs::new(
+        creds.clone(),
+        args.index - 1,
+        root,
+        store,
+        &seal,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
         let jobs = jobs.clone();
@@ -246,6 +271,14 @@ pub async fn serve_aggregator(args: AggregatorServeArgs) -> Result<i32> {
             stop_rx,
         )
     };
+    // Recover before serving: every open job's key must unseal.
+    let recovered = jobs
+        .recover()
+        .with_context(|| format!("recovering {}", path.display()))?;
+    eprintln!(
+        "confide aggregator: store {} recovered ({recovered} open jobs)",
+        path.display()
+    );
     let listener = crate::bind(args.listen, "aggregator").await?;
     let stop = until_stopped("aggregator", signalled, &ready);
     confide_net::roles::serve_aggregator_daemon(listener, &creds, jobs, stop).await?;

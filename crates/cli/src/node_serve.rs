@@ -52,17 +52,22 @@ pub struct ServeArgs {
     /// The coordinator's fleet address (`confide coordinator serve --fleet`).
     #[arg(long)]
     coordinator: String,
-    /// This owner's CSV file.
-    #[arg(long)]
-    data: PathBuf,
-    /// The owner's policy for this dataset (TOML). A rule with `approval = "automatic"`
-    /// approves matching jobs; other jobs wait in the inbox.
-    #[arg(long)]
-    policy: Option<PathBuf>,
-    /// Privacy budget ledger (redb): each job's ε is debited once, before its first round.
+    /// This owner's CSV file. Repeat it (each with its own --policy, in the same order) to
+    /// serve several datasets: each offer goes to the first dataset, in this order, whose
+    /// checks approve the job, else to the first that leaves it to the owner.
+    #[arg(long = "data", required = true)]
+    data: Vec<PathBuf>,
+    /// The owner's policy for the dataset of the same position (TOML). A rule with
+    /// `approval = "automatic"` approves matching jobs; other jobs wait in the inbox. With
+    /// several datasets, each needs one.
+    #[arg(long = "policy")]
+    policy: Vec<PathBuf>,
+    /// Privacy budget ledger (redb): each job's ε is debited once, before its first round,
+    /// from the budget of the dataset that runs it (one ledger holds every dataset, by name).
     #[arg(long)]
     ledger: Option<PathBuf>,
-    /// This dataset's name in the ledger (default: the policy's dataset name).
+    /// The dataset's name in the ledger (default: its policy's dataset name); only with one
+    /// dataset.
     #[arg(long)]
     dataset: Option<String>,
     /// The daemon's store: its inbox, its witness memory and training records (redb).
@@ -127,6 +132,9 @@ pub struct Entry {
     pub updated_ms: u64,
     /// The manifest file.
     pub manifest_json: String,
+    /// Which of the daemon's datasets the job runs on (its position, from 0).
+    #[serde(default)]
+    pub source: usize,
 }
 
 fn now_ms() -> u64 {
@@ -224,6 +232,48 @@ fn parse_hash(text: &str) -> Result<[u8; 32]> {
         .with_context(|| format!("`{text}` is not a manifest hash"))
 }
 
+/// One dataset a daemon serves: its CSV, its policy, and its name in the ledger.
+type Source = (PathBuf, Option<PathBuf>, Option<String>);
+
+/// The daemon's datasets, in the order given.
+fn sources(args: &ServeArgs) -> Result<Vec<Source>> {
+    let ledger = args.ledger.is_some();
+    if args.data.len() == 1 {
+        let policy = args.policy.first().cloned();
+        if args.policy.len() > 1 {
+            bail!(
+                "one --data, {} --policy: give one policy per dataset",
+                args.policy.len()
+            );
+        }
+        let dataset = ledger_dataset(args.dataset.as_ref(), policy.as_deref(), ledger)?;
+        return Ok(vec![(args.data[0].clone(), policy, dataset)]);
+    }
+    if args.policy.len() != args.data.len() {
+        bail!(
+            "{} --data and {} --policy: with several datasets, each needs its own policy, in \
+             the same order",
+            args.data.len(),
+            args.policy.len()
+        );
+    }
+    if args.dataset.is_some() {
+        bail!("--dataset names one dataset; with several, each is named by its policy");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    args.data
+        .iter()
+        .zip(&args.policy)
+        .map(|(data, policy)| {
+            let name = confide_governance::policy::Policy::load(policy)?.dataset;
+            if !names.insert(name.clone()) {
+                bail!("two policies name dataset `{name}`: each dataset needs its own name");
+            }
+            Ok((data.clone(), Some(policy.clone()), ledger.then_some(name)))
+        })
+        .collect()
+}
+
 /// The dataset's name in the ledger: `--dataset`, or the policy's dataset; a ledger needs one.
 pub(crate) fn ledger_dataset(
     dataset: Option<&String>,
@@ -251,11 +301,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     if !(args.poll > 0.0 && args.poll <= 60.0) {
         bail!("--poll must be in (0, 60] seconds");
     }
-    let dataset = ledger_dataset(
-        args.dataset.as_ref(),
-        args.policy.as_deref(),
-        args.ledger.is_some(),
-    )?;
+    let sources = sources(&args)?;
     let path = args
         .store
         .clone()
@@ -276,19 +322,22 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         path.display(),
         recovered.len()
     );
-    let base = confide_net::node::NodeOptions {
-        creds: creds.clone(),
-        coordinator: args.coordinator.clone(),
-        data: args.data.clone(),
-        crash_after_round: None,
-        crash_after_stage: None,
-        ledger: args.ledger.clone().zip(dataset),
-        policy: args.policy.clone(),
-        witness_store: Some(path.clone()),
-        job: None,
-        approval: None,
-        keyholder_attestation: None,
-    };
+    let base: Vec<confide_net::node::NodeOptions> = sources
+        .into_iter()
+        .map(|(data, policy, dataset)| confide_net::node::NodeOptions {
+            creds: creds.clone(),
+            coordinator: args.coordinator.clone(),
+            data,
+            crash_after_round: None,
+            crash_after_stage: None,
+            ledger: args.ledger.clone().zip(dataset),
+            policy,
+            witness_store: Some(path.clone()),
+            job: None,
+            approval: None,
+            keyholder_attestation: None,
+        })
+        .collect();
     let heard = Arc::new(Mutex::new(Heartbeats::default()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
@@ -454,7 +503,8 @@ fn inbox_routes(inbox: Inbox) -> axum::Router {
 
 struct Daemon {
     inbox: Inbox,
-    base: confide_net::node::NodeOptions,
+    /// Per dataset, the options a job on it runs with (in the order given).
+    base: Vec<confide_net::node::NodeOptions>,
     creds: Credentials,
     heard: Arc<Mutex<Heartbeats>>,
     /// The jobs this daemon runs now.
@@ -476,7 +526,7 @@ impl Daemon {
             }
             if client.is_none() {
                 match confide_net::transport::connect(
-                    &self.base.coordinator,
+                    &self.base[0].coordinator,
                     "coordinator",
                     &self.creds,
                 )
@@ -572,17 +622,16 @@ impl Daemon {
 
     /// Checks a new offer and files it in the inbox.
     async fn assess(&self, record: &JobRecord, offer: &pb::Offer, cert: &[u8]) -> Result<Entry> {
-        let opts = self.base.clone();
+        let all = self.base.clone();
         let manifest = offer.manifest_json.clone();
         let cert = cert.to_vec();
-        let verdict =
-            tokio::task::spawn_blocking(move || confide_net::node::assess(&opts, &manifest, &cert))
-                .await?;
-        let (verdict, why, status) = match verdict {
-            Verdict::Approve(basis) => ("approve", basis, Status::Approved),
-            Verdict::Ask(why) => ("ask", why, Status::Pending),
-            Verdict::Reject(why) => ("reject", why, Status::Rejected),
-        };
+        let verdicts = tokio::task::spawn_blocking(move || {
+            all.iter()
+                .map(|opts| confide_net::node::assess(opts, &manifest, &cert))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let (source, (verdict, why, status)) = choose(&self.base, verdicts);
         let mut e = Entry {
             hash: record.hash.clone(),
             job_id: record.job_id.clone(),
@@ -596,6 +645,7 @@ impl Daemon {
             note: String::new(),
             updated_ms: 0,
             manifest_json: offer.manifest_json.clone(),
+            source,
         };
         self.inbox.put(&mut e)?;
         eprintln!(
@@ -681,9 +731,21 @@ impl Daemon {
             None => {}
         }
         let hash = parse_hash(&e.hash)?;
+        let Some(mut opts) = self.base.get(e.source).cloned() else {
+            self.running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&e.hash);
+            bail!(
+                "job `{}` was approved for dataset {} of this daemon, which now serves {}: \
+                 start it with the same datasets",
+                e.job_id,
+                e.source + 1,
+                self.base.len()
+            );
+        };
         e.status = Status::Running;
         self.inbox.put(&mut e)?;
-        let mut opts = self.base.clone();
         opts.job = Some(hash);
         opts.approval = e.approval.clone();
         let inbox = self.inbox.clone();
@@ -732,6 +794,42 @@ pub struct Owner {
     name: String,
     #[command(flatten)]
     passphrase: Passphrase,
+}
+
+/// Which dataset an offer goes to, and what the daemon does with it: the first dataset whose
+/// checks approve the job, else the first that leaves it to the owner; otherwise it is
+/// rejected, with every dataset's reason when there are several.
+fn choose(
+    base: &[confide_net::node::NodeOptions],
+    verdicts: Vec<Verdict>,
+) -> (usize, (&'static str, String, Status)) {
+    // Datasets are named by position: the reasons of a rejection go to the coordinator, and
+    // this machine's paths do not.
+    let several = base.len() > 1;
+    let tagged = |i: usize, why: &str| {
+        if several {
+            format!("dataset {}: {why}", i + 1)
+        } else {
+            why.to_string()
+        }
+    };
+    let mut ask = None;
+    let mut reasons = Vec::new();
+    for (i, v) in verdicts.iter().enumerate() {
+        match v {
+            Verdict::Approve(basis) => {
+                return (i, ("approve", tagged(i, basis), Status::Approved));
+            }
+            Verdict::Ask(why) => {
+                ask.get_or_insert((i, tagged(i, why)));
+            }
+            Verdict::Reject(why) => reasons.push(tagged(i, why)),
+        }
+    }
+    match ask {
+        Some((i, why)) => (i, ("ask", why, Status::Pending)),
+        None => (0, ("reject", reasons.join("; "), Status::Rejected)),
+    }
 }
 
 /// `confide node inbox …`: the jobs offered to a running node daemon.

@@ -414,6 +414,417 @@ fn a_threshold_job_runs_through_aggregator_daemons() {
     }
 }
 
+/// RES-006 and RES-007: the coordinator daemon aborts itself at `point` in round 3 of a
+/// 6-round job under `scheme` (as `kill -9` would), and is started again on the same ports
+/// and store. It goes on from its last committed round; the owners whose update for the lost
+/// round had left send the same bytes again; the job completes with the model of an
+/// uninterrupted one-shot run, and the key holder decrypted each round once.
+fn coordinator_killed_at(point: &str, scheme: &str) {
+    let fed = Fed::new();
+    let mut keyholder = fed.keyholder();
+    let root_key = fed.dir.path().join("verify.key");
+    std::fs::write(&root_key, hex_of(&[0x5a; 32])).expect("write");
+    let mut aggregators = Vec::new();
+    let mut extra = vec!["--keyholder".to_string(), keyholder.addrs[1].clone()];
+    if scheme == "shares" {
+        for i in 1..=2 {
+            let a = fed.aggregator(i, &root_key);
+            extra.extend(["--aggregator".to_string(), a.addrs[1].clone()]);
+            aggregators.push(a);
+        }
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let listen = fed.listen("coordinator");
+    let crash = format!("{point}@3");
+    let mut first = fed.coordinator_at(
+        (&listen, &listen),
+        &extra,
+        &[("CONFIDE_CRASH_AT", &crash)],
+        "coordinator-1.log",
+    );
+    let (control, fleet) = (first.addrs[1].clone(), first.addrs[2].clone());
+    let policies = root().join("examples/policies");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let job = format!("resume-{scheme}-{point}");
+    submit_until_abort(&fed, &control, (&job, scheme), &mut first, &crash);
+    let mut second = fed.coordinator_at((&control, &fleet), &extra, &[], "coordinator-2.log");
+    assert!(
+        second.log().contains("it goes on after round"),
+        "{}",
+        second.log()
+    );
+    wait_for(180, &job, || {
+        let s = state_of(&fed, &control, &job);
+        assert!(
+            !["failed", "cancelled", "rejected"].contains(&s.as_str()),
+            "ended {s}:\n{}\n{}\n{}",
+            second.log(),
+            guest.log(),
+            host.log()
+        );
+        (s == "completed").then_some(())
+    });
+    same_model_as_one_shot(&fed, &control, &job);
+    // The report says where it went on, has the 6 rounds once each, both owners in each.
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(
+            fed.dir
+                .path()
+                .join(format!("served-{job}/coordinator-report.json")),
+        )
+        .expect("report"),
+    )
+    .expect("json");
+    let resumed_after = if point == "coordinator-committed" {
+        3
+    } else {
+        2
+    };
+    assert!(
+        report["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e
+                .as_str()
+                .is_some_and(|e| e.ends_with(&format!("goes on after round {resumed_after}")))),
+        "{report}"
+    );
+    let history = report["history"].as_array().expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| r["round"].as_u64().expect("round"))
+            .collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<u64>>(),
+        "{report}"
+    );
+    assert!(
+        history
+            .iter()
+            .all(|r| r["contributors"].as_array().map(Vec::len) == Some(2)),
+        "{report}"
+    );
+    // Each round was decrypted once (a round unsealed before the crash was answered again
+    // from the key holder's record), and nobody retrained: 6 rounds, 6 updates each.
+    if scheme == "paillier" {
+        let state = std::fs::read_to_string(fed.fed.join("keyholder-state.jsonl"))
+            .expect("key holder state");
+        for round in 1..=6 {
+            assert_eq!(
+                state
+                    .lines()
+                    .filter(|l| l.contains(&format!("\"round\":{round},")))
+                    .count(),
+                1,
+                "round {round}: {state}"
+            );
+        }
+    }
+    for d in [&mut guest, &mut host] {
+        assert!(!d.log().contains("RES-005"), "{}", d.log());
+    }
+    for d in [&mut guest, &mut host, &mut second, &mut keyholder]
+        .into_iter()
+        .chain(aggregators.iter_mut())
+    {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+}
+
+/// The owners' updates for round 3 are in; the key holder has not been asked.
+#[test]
+fn a_coordinator_killed_after_collecting_a_round_resends_nothing_new() {
+    coordinator_killed_at("coordinator-collected", "paillier");
+}
+
+/// The key holder decrypted round 3; the coordinator died before committing it.
+#[test]
+fn a_coordinator_killed_after_the_unseal_gets_the_same_sum_again() {
+    coordinator_killed_at("coordinator-unsealed", "paillier");
+}
+
+/// Under `shares`, the aggregators released round 3's partial sums; the coordinator died
+/// before committing it. The same updates make the identical request, which each aggregator
+/// answers again with the same set of owners (RES-009).
+#[test]
+fn a_coordinator_killed_after_the_aggregators_released_gets_the_same_sums_again() {
+    coordinator_killed_at("coordinator-unsealed", "shares");
+}
+
+/// Round 3 committed under `shares`: the aggregator daemons kept the job's keys, and the
+/// job goes on at round 4.
+#[test]
+fn a_coordinator_killed_between_shares_rounds_goes_on() {
+    coordinator_killed_at("coordinator-committed", "shares");
+}
+
+/// RES-011 under `masking`: every stage of round 3 is in, the unmasking answers included; the
+/// coordinator died before committing it. The owners rebuild the round's masking clients from
+/// their stored seeds and answer each stage's identical broadcast with the same bytes: nobody
+/// answers the unmasking stage for another set of survivors, and the sum is the same.
+#[test]
+fn a_coordinator_killed_after_a_masking_round_gets_the_same_answers_again() {
+    coordinator_killed_at("coordinator-collected", "masking");
+}
+
+/// RES-011 under `masking`, cut off mid-round: the owners' key shares for round 3 are in, the
+/// next stage's broadcast never left.
+#[test]
+fn a_coordinator_killed_mid_masking_round_replays_it() {
+    coordinator_killed_at("coordinator-stage-2", "masking");
+}
+
+/// Round 3 committed under `masking`: the job goes on at round 4 with fresh masks from a
+/// model nobody trained from.
+#[test]
+fn a_coordinator_killed_between_masking_rounds_goes_on() {
+    coordinator_killed_at("coordinator-committed", "masking");
+}
+
+/// RES-007 and RES-008: the node daemon `guest` aborts itself in round 3 of a 6-round
+/// `paillier` job right after it wrote its update to its store, before sending it, and is
+/// started again on the same store. It rejoins (no second approval), sends the stored update
+/// when the coordinator asks for round 3, and the job completes with the model of an
+/// uninterrupted run; the key holder decrypted round 3 once.
+#[test]
+fn a_node_daemon_killed_mid_round_rejoins_and_sends_its_stored_update() {
+    let fed = Fed::new();
+    let mut keyholder = fed.keyholder();
+    let mut coordinator = fed.coordinator(&keyholder.addrs[1]);
+    let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
+    let policies = root().join("examples/policies");
+    let guest_policy = policies.join("breast_homo_guest.toml");
+    let mut first = fed.node_with(
+        "guest",
+        &fleet,
+        &guest_policy,
+        &[("CONFIDE_CRASH_AT", "node-recorded@3")],
+        "guest-1.log",
+    );
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let job = "resume-node";
+    submit_until_abort(
+        &fed,
+        &control,
+        (job, "paillier"),
+        &mut first,
+        "node-recorded@3",
+    );
+    let mut second = fed.node_with("guest", &fleet, &guest_policy, &[], "guest-2.log");
+    wait_for(180, job, || {
+        let s = state_of(&fed, &control, job);
+        assert!(
+            !["failed", "cancelled", "rejected"].contains(&s.as_str()),
+            "ended {s}:\n{}\n{}\n{}",
+            coordinator.log(),
+            second.log(),
+            host.log()
+        );
+        (s == "completed").then_some(())
+    });
+    same_model_as_one_shot(&fed, &control, job);
+    assert!(
+        second
+            .log()
+            .contains("rejoins job `resume-node` after round 3"),
+        "{}",
+        second.log()
+    );
+    let state = std::fs::read_to_string(fed.fed.join("keyholder-state.jsonl")).expect("state");
+    assert_eq!(
+        state.lines().filter(|l| l.contains("\"round\":3,")).count(),
+        1,
+        "{state}"
+    );
+    for d in [&mut second, &mut host, &mut coordinator, &mut keyholder] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+}
+
+/// A job nobody approves expires `--expire-after` seconds after its submission: `job status`
+/// says `expired` with exit code 6, and the daemon goes on serving.
+#[test]
+fn a_job_nobody_approves_expires() {
+    let fed = Fed::new();
+    let mut coordinator = fed.coordinator_with(&["--expire-after", "1.5"]);
+    let control = coordinator.addrs[1].clone();
+    let m = fed.manifest("fleet-expires", "plain", 3);
+    let out = fed.job(&control, "owner", &["submit", path(&m)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        state_of(&fed, &control, "fleet-expires"),
+        "awaiting_approval"
+    );
+    wait_for(30, "the job to expire", || {
+        (state_of(&fed, &control, "fleet-expires") == "expired").then_some(())
+    });
+    let out = fed.job(&control, "owner", &["status", "fleet-expires"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(coordinator.terminate(), Some(0), "{}", coordinator.log());
+}
+
+/// RES-009 and RES-010: aggregator daemon 1 of a `shares` job aborts itself in round 3 right
+/// after recording its answer to the round's contributions, before sending it, and is started
+/// again on its address and store. It unseals the job's key seed, reads its records, answers
+/// the coordinator's identical request again (the coordinator asked again meanwhile), and the
+/// job completes with the model of an uninterrupted one-shot run.
+#[test]
+fn an_aggregator_daemon_killed_mid_round_comes_back_with_the_jobs_key_and_record() {
+    let fed = Fed::new();
+    let root_key = fed.dir.path().join("verify.key");
+    std::fs::write(&root_key, hex_of(&[0x5a; 32])).expect("write");
+    let listen = fed.listen("aggregator-1");
+    let mut first = fed.aggregator_at(
+        1,
+        &root_key,
+        &listen,
+        &[("CONFIDE_CRASH_AT", "aggregator-recorded@3")],
+        "aggregator-1-first.log",
+    );
+    let a1 = first.addrs[1].clone();
+    let mut a2 = fed.aggregator(2, &root_key);
+    let a2_addr = a2.addrs[1].clone();
+    let mut coordinator = fed.coordinator_with(&["--aggregator", &a1, "--aggregator", &a2_addr]);
+    let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
+    let policies = root().join("examples/policies");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let job = "resume-aggregator";
+    submit_until_abort(
+        &fed,
+        &control,
+        (job, "shares"),
+        &mut first,
+        "aggregator-recorded@3",
+    );
+    let mut second = fed.aggregator_at(1, &root_key, &a1, &[], "aggregator-1-second.log");
+    assert!(
+        second.log().contains("recovered (1 open jobs)"),
+        "{}",
+        second.log()
+    );
+    wait_for(180, job, || {
+        let s = state_of(&fed, &control, job);
+        assert!(
+            !["failed", "cancelled", "rejected"].contains(&s.as_str()),
+            "ended {s}:\n{}\n{}\n{}",
+            coordinator.log(),
+            second.log(),
+            guest.log()
+        );
+        (s == "completed").then_some(())
+    });
+    same_model_as_one_shot(&fed, &control, job);
+    // The job ended: its key material and records are gone from the restarted aggregator.
+    wait_for(30, "the job to close at aggregator-1", || {
+        get(&second.addrs[0], "/metrics")
+            .contains("confide_aggregator_open_jobs 0")
+            .then_some(())
+    });
+    for d in [
+        &mut guest,
+        &mut host,
+        &mut coordinator,
+        &mut second,
+        &mut a2,
+    ] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+}
+
+/// A node daemon that serves two datasets runs each job on the first one whose checks approve
+/// it: here `guest` serves the digits CSV first (its policy allows the job, but the data does not
+/// fit the job's schema) and its breast_homo CSV second. The job runs on the second, with the
+/// model of the one-shot run on that data; the inbox names the dataset.
+#[test]
+fn a_node_daemon_with_two_datasets_runs_a_job_on_the_one_that_fits() {
+    let fed = Fed::new();
+    let mut coordinator = fed.coordinator_with(&[]);
+    let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
+    let policies = root().join("examples/policies");
+    let guest_policy = policies.join("breast_homo_guest.toml");
+    let digits_policy = fed.dir.path().join("digits-policy.toml");
+    std::fs::write(
+        &digits_policy,
+        std::fs::read_to_string(&guest_policy)
+            .expect("policy")
+            .replace("name = \"breast_homo_guest\"", "name = \"digits_guest\""),
+    )
+    .expect("write");
+    let digits = root().join("data/digits/digits.csv");
+    let breast = root().join("data/breast_homo/breast_homo_guest.csv");
+    let mut guest = fed.node_serving(
+        "guest",
+        &fleet,
+        &[(&digits, &digits_policy), (&breast, &guest_policy)],
+        &[],
+        "guest.log",
+    );
+    let guest_admin = guest.addrs[0].clone();
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let m = fed.manifest("fleet-two-datasets", "plain", 3);
+    let out = fed.job(&control, "owner", &["submit", path(&m), "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        guest.log()
+    );
+    same_model_as_one_shot(&fed, &control, "fleet-two-datasets");
+    let list = json(&fed.inbox(&guest_admin, "guest", &["list"]));
+    let entry = &list.as_array().expect("entries")[0];
+    assert_eq!(entry["source"], 1, "{list}");
+    assert!(
+        entry["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("dataset 2: ")),
+        "{list}"
+    );
+    for d in [&mut guest, &mut host, &mut coordinator] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+}
+
+/// Submits the 6-round job `job` under `scheme` as its owner, and waits for the daemon
+/// `first` to abort itself at its crash point (its log names `point`).
+fn submit_until_abort(
+    fed: &Fed,
+    control: &str,
+    (job, scheme): (&str, &str),
+    first: &mut common::daemons::Daemon,
+    point: &str,
+) {
+    let m = fed.manifest(job, scheme, 6);
+    let out = fed.job(control, "owner", &["submit", path(&m)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(120, "the daemon to abort", || {
+        first.child.try_wait().expect("wait").map(|_| ())
+    });
+    assert!(
+        first.log().contains(&format!("crash point {point}")),
+        "{}",
+        first.log()
+    );
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -497,8 +497,11 @@ fn res_004_updates_that_arrive_while_the_coordinator_is_frozen_still_count() {
 fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
     let _serial = serial();
     // The coordinator is killed (-9) mid-job and restarted on the same address and audit store;
-    // it starts the job again from round 1 and the initial model. The owners, restarted with
-    // their stores, refuse: they already trained those rounds from those models.
+    // it starts the job again from round 1 and the initial model (a one-shot coordinator has
+    // no checkpoint). The owners, restarted with their stores, rejoin without approving again
+    // (RES-008); the fresh coordinator has no record of their approvals and refuses them
+    // (NET-007), so they train nothing again. Were they admitted, RES-005 would refuse round 1:
+    // they already trained those rounds from those models.
     let f = federation_with(100_000, 5.0);
     let (d, mut kh, kh_addr) = keyholder_in(&f, "restarted");
     let co_args = coordinator_args(&f, &d, &kh_addr);
@@ -536,7 +539,8 @@ fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
             log.lines().last().unwrap_or_default()
         );
         assert!(!status.success(), "{name}: {log}");
-        assert!(log.contains("RES-005"), "{name}: {log}");
+        assert!(log.contains("rejoins job"), "{name}: {log}");
+        assert!(log.contains("NET-007"), "{name}: {log}");
     }
     let _ = co2.kill();
     let _ = co2.wait();

@@ -2,13 +2,14 @@
 //! `confide_secagg::aggregators` for the protocol and the rules each aggregator enforces), and
 //! the coordinator's side of talking to all of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confide_core::{JobSpec, Role};
 use confide_secagg::aggregators::{
-    FinishReply, FinishRequest, MultiParams, PrepareAnswer, Prepared, aggregator_name, view_digest,
+    FinishReply, FinishRequest, MultiParams, PrepareAnswer, Prepared, RoundRecord, aggregator_name,
+    view_digest,
 };
 use confide_secagg::contribution::Contribution;
 use confide_secagg::{Aggregator, AggregatorKey, ExternalResult, Reject};
@@ -88,9 +89,14 @@ pub struct Chaos {
     pub lie: bool,
 }
 
+/// Writes what an aggregator answered in a round to its store (RES-009), before the answer
+/// leaves.
+pub type Recorder = Arc<dyn Fn(u32, &RoundRecord) -> Result<(), String> + Send + Sync>;
+
 /// One aggregator.
 pub struct AggregatorService {
     state: Mutex<Aggregator>,
+    record: Option<Recorder>,
     public_hex: String,
     key_signature: Vec<u8>,
     cert_der: Vec<u8>,
@@ -116,6 +122,24 @@ impl AggregatorService {
         creds: &Credentials,
         chaos: Chaos,
     ) -> Result<Arc<Self>, NetError> {
+        Self::with_key(
+            spec,
+            (index, verify_key),
+            creds,
+            (AggregatorKey::generate(), BTreeMap::new(), None),
+            chaos,
+        )
+    }
+
+    /// Aggregator `index` of a job with `key`, what it answered before (`records`, from its
+    /// store after a restart) and where it records each answer before it leaves.
+    pub fn with_key(
+        spec: &JobSpec,
+        (index, verify_key): (usize, Option<[u8; 32]>),
+        creds: &Credentials,
+        (key, records, record): (AggregatorKey, BTreeMap<u32, RoundRecord>, Option<Recorder>),
+        chaos: Chaos,
+    ) -> Result<Arc<Self>, NetError> {
         let refuse = |m: String| transport_err("aggregator", m);
         let name = aggregator_name(index);
         if creds.role != Role::Aggregator || creds.name != name {
@@ -129,16 +153,11 @@ impl AggregatorService {
         let params = multi_params(spec)?;
         let owners: BTreeSet<String> = spec.owners.iter().cloned().collect();
         let signer = creds.signing_key().map_err(|e| refuse(e.to_string()))?;
-        let aggregator = Aggregator::new(
-            index,
-            AggregatorKey::generate(),
-            signer,
-            params,
-            verify_key,
-            owners,
-        )
-        .map_err(|e| refuse(e.to_string()))?;
+        let mut aggregator = Aggregator::new(index, key, signer, params, verify_key, owners)
+            .map_err(|e| refuse(e.to_string()))?;
+        aggregator.restore(records);
         Ok(Arc::new(Self {
+            record,
             public_hex: aggregator.public_hex(),
             key_signature: aggregator.key_signature(),
             cert_der: creds.cert_der().map_err(|e| refuse(e.to_string()))?,
@@ -168,11 +187,28 @@ impl AggregatorService {
         }
         let checked = check_relayed(relayed, &self.ca_der, &self.revocations)?;
         let mut a = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = a.prepare(round, checked).map_err(|e| e.to_string());
+        let result = a
+            .prepare(round, checked)
+            .map_err(|e| e.to_string())
+            .and_then(|answer| {
+                self.persist(&a, round)?;
+                confide_core::crash::point("aggregator-recorded", round);
+                Ok(answer)
+            });
         if let Err(e) = &result {
             tracing::warn!("round {round}: refused to prepare: {e}");
         }
         result
+    }
+
+    /// Writes round `round`'s record to the daemon's store (RES-009).
+    fn persist(&self, a: &Aggregator, round: u32) -> Result<(), String> {
+        match (&self.record, a.records().get(&round)) {
+            (Some(record), Some(r)) => {
+                record(round, r).map_err(|e| format!("recording round {round}: {e}"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Step 3 (sans-gRPC): `certificates` are the aggregators' certificates by index.
@@ -183,7 +219,13 @@ impl AggregatorService {
     ) -> Result<Vec<u8>, String> {
         let keys = signer_keys(certificates, &self.ca_der, &self.revocations);
         let mut a = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = a.commit(request, &keys).map_err(|e| e.to_string());
+        let result = a
+            .commit(request, &keys)
+            .map_err(|e| e.to_string())
+            .and_then(|signature| {
+                self.persist(&a, request.round)?;
+                Ok(signature)
+            });
         match &result {
             Ok(_) => tracing::info!("round {}: committed", request.round),
             Err(e) => tracing::warn!("round {}: refused to commit: {e}", request.round),
@@ -504,10 +546,14 @@ impl AggregatorLinks {
         let request = relayed_to_pb(round, relayed);
         let n = self.channels.len();
         let prepares = (0..n).map(|i| {
-            let mut client = self.client(i);
-            let request = request.clone();
+            let client = self.client(i);
+            let request = &request;
             async move {
-                let r = tokio::time::timeout(self.step_timeout(), client.prepare(request)).await;
+                let r = again(self.step_timeout(), || {
+                    let (mut c, r) = (client.clone(), request.clone());
+                    async move { c.prepare(r).await }
+                })
+                .await;
                 answer(round, i, "prepare", r)
             }
         });
@@ -527,14 +573,18 @@ impl AggregatorLinks {
         let finish = FinishRequest::assemble(round, owners, &answers);
         let wire = finish_request_to_pb(&finish, &certificates);
         let commits = (0..n).map(|i| {
-            let mut client = self.client(i);
-            let wire = wire.clone();
+            let client = self.client(i);
+            let wire = &wire;
             let answered = finish.answered[i];
             async move {
                 if !answered {
                     return None;
                 }
-                let r = tokio::time::timeout(self.step_timeout(), client.commit(wire)).await;
+                let r = again(self.step_timeout(), || {
+                    let (mut c, w) = (client.clone(), wire.clone());
+                    async move { c.commit(w).await }
+                })
+                .await;
                 answer(round, i, "commit", r)
             }
         });
@@ -555,14 +605,18 @@ impl AggregatorLinks {
                 .collect(),
         };
         let releases = (0..n).map(|i| {
-            let mut client = self.client(i);
-            let release = release.clone();
+            let client = self.client(i);
+            let release = &release;
             let committed = commits[i].is_some();
             async move {
                 if !committed {
                     return None;
                 }
-                let r = tokio::time::timeout(self.step_timeout(), client.release(release)).await;
+                let r = again(self.step_timeout(), || {
+                    let (mut c, r) = (client.clone(), release.clone());
+                    async move { c.release(r).await }
+                })
+                .await;
                 answer(round, i, "release", r).map(finish_reply_from_pb)
             }
         });
@@ -572,6 +626,31 @@ impl AggregatorLinks {
             replies,
         }
     }
+}
+
+/// RES-010: `call` until it is answered (or refused), asking again with the same request
+/// while the aggregator cannot be reached, backing off from 0.1 s to 2 s, for at most `limit`.
+async fn again<T, F, Fut>(
+    limit: Duration,
+    mut call: F,
+) -> Result<Result<Response<T>, Status>, tokio::time::error::Elapsed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+{
+    tokio::time::timeout(limit, async {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match call().await {
+                Err(s) if crate::roles::is_transport_failure(&s) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
 }
 
 /// An aggregator's reply, or `None` (logged) when it refused or did not answer in time.

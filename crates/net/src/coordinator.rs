@@ -34,6 +34,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::checkpoint::Checkpoint;
 use crate::pb::{self, JobState};
 use crate::transport::{NetError, peer};
 
@@ -182,6 +183,11 @@ pub struct CoordinatorOptions {
     pub audit_export: Option<std::path::PathBuf>,
     /// The federation's revocation list.
     pub revocations: Arc<crate::pki::Revocations>,
+    /// Where the job's start and each round are committed with a checkpoint (a long-running
+    /// coordinator); `None` for a one-job coordinator, which cannot resume.
+    pub checkpoints: Option<crate::checkpoint::Checkpoints>,
+    /// Go on from this checkpoint (a restarted coordinator) instead of starting the job.
+    pub resume: Option<Checkpoint>,
 }
 
 #[derive(Clone, Debug)]
@@ -214,6 +220,12 @@ struct State {
     registered: BTreeSet<String>,
     /// Refusals per caller (party id); past [`AUDITED_REFUSALS`] they are only counted.
     refusals: BTreeMap<String, u64>,
+    /// This round's accepted contributions by (owner, stage): SHA-256 of round, payload and
+    /// signature. The same bytes again are answered as accepted and change nothing; other
+    /// bytes are refused by the round (a duplicate).
+    received: BTreeMap<(String, u32), [u8; 32]>,
+    /// The round whose aggregation state `server` is (0: none yet).
+    server_round: u32,
 }
 
 /// How many refusals of one caller get an audit entry each; later ones are counted, and the
@@ -240,6 +252,9 @@ pub struct Coordinator {
     eval: Option<Dataset>,
     keyholder_endpoint: String,
     aggregator_endpoints: Vec<String>,
+    checkpoints: Option<crate::checkpoint::Checkpoints>,
+    /// The checkpoint this coordinator resumes from (taken when it runs).
+    resume: Mutex<Option<Checkpoint>>,
     state: Mutex<State>,
     changed: Notify,
     fetched: Notify,
@@ -437,7 +452,25 @@ impl Coordinator {
         let client_dp = client_dp(&opts.spec)
             .map_err(|e| crate::transport::transport_err("client-level DP", e))?;
         let model = model_spec(&opts.spec);
-        let initial = Snapshot {
+        let mut state = State {
+            joined: BTreeSet::new(),
+            approving: BTreeSet::new(),
+            started: false,
+            cosigned_final: BTreeSet::new(),
+            alive: BTreeSet::new(),
+            server: None,
+            certs: BTreeMap::new(),
+            rejections: BTreeMap::new(),
+            events: Vec::new(),
+            history: Vec::new(),
+            privacy: BTreeMap::new(),
+            report: None,
+            registered: BTreeSet::new(),
+            refusals: BTreeMap::new(),
+            received: BTreeMap::new(),
+            server_round: 0,
+        };
+        let mut initial = Snapshot {
             state: JobState::Waiting,
             round: 0,
             params: Arc::new(Vec::new()),
@@ -446,6 +479,35 @@ impl Coordinator {
             stage: 0,
             broadcast: Arc::new(Vec::new()),
         };
+        if let Some(cp) = &opts.resume {
+            if cp.params.len() != model.param_count() || cp.round >= opts.spec.job.rounds {
+                return Err(crate::transport::transport_err(
+                    "checkpoint",
+                    format!(
+                        "it is at round {} of {} with {} parameters; the job's model has {}",
+                        cp.round,
+                        opts.spec.job.rounds,
+                        cp.params.len(),
+                        model.param_count()
+                    ),
+                ));
+            }
+            state.started = true;
+            state.joined.clone_from(&cp.joined);
+            state.alive.clone_from(&cp.alive);
+            state.registered.clone_from(&cp.registered);
+            state.certs = cp
+                .certs
+                .iter()
+                .map(|(k, v)| (k.clone(), hex::decode(v).unwrap_or_default()))
+                .collect();
+            state.history.clone_from(&cp.history);
+            state.privacy.clone_from(&cp.privacy);
+            state.events.clone_from(&cp.events);
+            state.rejections.clone_from(&cp.rejections);
+            // Not `Running` until its next round opens: no task is handed out before then.
+            initial.round = cp.round;
+        }
         let (rounds, _) = watch::channel(initial);
         let (progress, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
@@ -467,22 +529,9 @@ impl Coordinator {
             keyholder_endpoint: opts.keyholder_endpoint.unwrap_or_default(),
             aggregator_endpoints: opts.aggregator_endpoints,
             spec: opts.spec,
-            state: Mutex::new(State {
-                joined: BTreeSet::new(),
-                approving: BTreeSet::new(),
-                started: false,
-                cosigned_final: BTreeSet::new(),
-                alive: BTreeSet::new(),
-                server: None,
-                certs: BTreeMap::new(),
-                rejections: BTreeMap::new(),
-                events: Vec::new(),
-                history: Vec::new(),
-                privacy: BTreeMap::new(),
-                report: None,
-                registered: BTreeSet::new(),
-                refusals: BTreeMap::new(),
-            }),
+            checkpoints: opts.checkpoints,
+            resume: Mutex::new(opts.resume),
+            state: Mutex::new(state),
             changed: Notify::new(),
             fetched: Notify::new(),
             rounds,
@@ -548,6 +597,46 @@ impl Coordinator {
         self.audit
             .record(&Event::now(kind, &self.spec.job.id, actor, detail))
             .map_err(|e| format!("audit log: {e}"))
+    }
+
+    /// Appends a `kind` entry to the audit log. On a long-running coordinator it commits in
+    /// one transaction with the job's checkpoint after round `round` (global model `params`,
+    /// with `record` added to the rounds so far): RES-006.
+    fn commit(
+        &self,
+        kind: EventKind,
+        detail: serde_json::Value,
+        (round, params): (u32, &[f32]),
+        record: Option<&RoundRecord>,
+    ) -> Result<u64, String> {
+        let event = Event::now(kind, &self.spec.job.id, "coordinator", detail);
+        let Some(checkpoints) = &self.checkpoints else {
+            return self
+                .audit
+                .record(&event)
+                .map_err(|e| format!("audit log: {e}"));
+        };
+        let cp = {
+            let s = lock(&self.state);
+            Checkpoint {
+                round,
+                model_digest: hex::encode(model_digest(params)),
+                joined: s.joined.clone(),
+                alive: s.alive.clone(),
+                registered: s.registered.clone(),
+                certs: s
+                    .certs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), hex::encode(v)))
+                    .collect(),
+                history: s.history.iter().chain(record).cloned().collect(),
+                privacy: s.privacy.clone(),
+                events: s.events.clone(),
+                rejections: s.rejections.clone(),
+                params: params.to_vec(),
+            }
+        };
+        checkpoints.commit(&self.manifest_hash, &event, &cp)
     }
 
     /// The request guard of this coordinator's server (its refusal counters are the
@@ -673,66 +762,41 @@ impl Coordinator {
     {
         let timeout = Duration::from_secs_f64(self.spec.job.round_timeout_secs);
         let keyholder_key = holder_key.as_ref().map(HolderPublicKey::fingerprint);
-        let owners = self.spec.owners.len();
-        let all_joined = self
-            .wait_until(0, timeout, |s| {
-                s.joined.len() == owners && s.approving.is_empty()
-            })
-            .await;
-        let mut params = Arc::new(self.model.initial_vector(self.spec.job.seed));
-        // From here on, approvals are refused: the owners are those that approved in time.
-        // An approval being logged right now finishes first (a store commit).
-        let present = loop {
-            {
-                let mut s = lock(&self.state);
-                if s.approving.is_empty() {
-                    s.started = true;
-                    break s.alive.len();
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        let outcome = if present < self.spec.job.min_owners {
-            Err(if all_joined {
-                format!(
-                    "only {present} of {owners} owners approved the job and stayed (the others withdrew; see the events); the job needs {}",
-                    self.spec.job.min_owners
-                )
-            } else {
-                format!(
-                    "only {present} of {owners} owners joined and approved the job (and stayed) within {:.0} s; the job needs {}",
-                    timeout.as_secs_f64(),
-                    self.spec.job.min_owners
-                )
-            })
-        } else {
-            if !all_joined {
-                let missing: Vec<String> = {
-                    let s = lock(&self.state);
-                    self.spec
-                        .owners
-                        .iter()
-                        .filter(|o| !s.joined.contains(*o))
-                        .cloned()
-                        .collect()
-                };
-                self.record_event(format!(
-                    "owners {missing:?} did not join in time; starting without them"
-                ));
-            }
-            let present: Vec<String> = lock(&self.state).alive.iter().cloned().collect();
+        let resumed = self
+            .resume
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let mut params;
+        let outcome = if let Some(cp) = resumed {
+            // RES-006: the job goes on after its last committed round, from its checkpoint.
+            params = Arc::new(cp.params);
+            self.record_event(format!(
+                "the coordinator restarted; the job goes on after round {}",
+                cp.round
+            ));
             match self.log(
-                EventKind::JobStart,
+                EventKind::StateChange,
                 "coordinator",
                 serde_json::json!({
                     "manifest_hash": hex::encode(self.manifest_hash),
-                    "owners": present,
-                    "scheme": self.spec.job.scheme.as_str(),
-                    "rounds": self.spec.job.rounds,
+                    "state": "running",
+                    "resumed_after_round": cp.round,
+                    "owners": lock(&self.state).alive.iter().cloned().collect::<Vec<_>>(),
                 }),
             ) {
                 Ok(_) => {
-                    self.rounds_loop(&mut params, holder_key, &unseal, timeout)
+                    let first = (cp.round + 1, true);
+                    self.rounds_loop(&mut params, first, holder_key, &unseal, timeout)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            params = Arc::new(self.model.initial_vector(self.spec.job.seed));
+            match self.start(&params, timeout).await {
+                Ok(()) => {
+                    self.rounds_loop(&mut params, (1, false), holder_key, &unseal, timeout)
                         .await
                 }
                 Err(e) => Err(e),
@@ -839,6 +903,72 @@ impl Coordinator {
         report
     }
 
+    /// Waits for the owners to join and approve, then starts the job: from then on approvals
+    /// are refused. Fails when too few owners are in.
+    async fn start(&self, params: &[f32], timeout: Duration) -> Result<(), String> {
+        let owners = self.spec.owners.len();
+        let all_joined = self
+            .wait_until(0, timeout, |s| {
+                s.joined.len() == owners && s.approving.is_empty()
+            })
+            .await;
+        // From here on, approvals are refused: the owners are those that approved in time.
+        // An approval being logged right now finishes first (a store commit).
+        let present = loop {
+            {
+                let mut s = lock(&self.state);
+                if s.approving.is_empty() {
+                    s.started = true;
+                    break s.alive.len();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        if present < self.spec.job.min_owners {
+            Err(if all_joined {
+                format!(
+                    "only {present} of {owners} owners approved the job and stayed (the others withdrew; see the events); the job needs {}",
+                    self.spec.job.min_owners
+                )
+            } else {
+                format!(
+                    "only {present} of {owners} owners joined and approved the job (and stayed) within {:.0} s; the job needs {}",
+                    timeout.as_secs_f64(),
+                    self.spec.job.min_owners
+                )
+            })
+        } else {
+            if !all_joined {
+                let missing: Vec<String> = {
+                    let s = lock(&self.state);
+                    self.spec
+                        .owners
+                        .iter()
+                        .filter(|o| !s.joined.contains(*o))
+                        .cloned()
+                        .collect()
+                };
+                self.record_event(format!(
+                    "owners {missing:?} did not join in time; starting without them"
+                ));
+            }
+            let present: Vec<String> = lock(&self.state).alive.iter().cloned().collect();
+            // The start and round 0's checkpoint commit together (RES-006).
+            self.commit(
+                EventKind::JobStart,
+                serde_json::json!({
+                    "manifest_hash": hex::encode(self.manifest_hash),
+                    "owners": present,
+                    "scheme": self.spec.job.scheme.as_str(),
+                    "rounds": self.spec.job.rounds,
+                }),
+                (0, params),
+                None,
+            )
+            .map(|_| ())
+        }
+    }
+
     /// The audit log's state for the report, exporting the log file when asked to.
     fn audit_summary(&self, head: SignedTreeHead) -> AuditSummary {
         let cosignatures = self.audit.cosignatures(&head).unwrap_or_default();
@@ -864,9 +994,12 @@ impl Coordinator {
         }
     }
 
+    /// Runs rounds `first.0` to the job's last; `first.1`: the first of them is collected
+    /// again after a restart (RES-007).
     async fn rounds_loop<F, Fut>(
         &self,
         params: &mut Arc<Vec<f32>>,
+        first: (u32, bool),
         holder_key: Option<HolderPublicKey>,
         unseal: &F,
         timeout: Duration,
@@ -876,7 +1009,7 @@ impl Coordinator {
         Fut: std::future::Future<Output = Result<ExternalResult, String>>,
     {
         let sp = job_scheme_params(&self.spec).map_err(|e| e.to_string())?;
-        for round in 1..=self.spec.job.rounds {
+        for round in first.0..=self.spec.job.rounds {
             let started = Instant::now();
             let ctx = RoundContext {
                 round,
@@ -898,7 +1031,12 @@ impl Coordinator {
                     ctx,
                 )),
             };
-            lock(&self.state).server = Some(server);
+            {
+                let mut s = lock(&self.state);
+                s.server = Some(server);
+                s.server_round = round;
+                s.received.clear();
+            }
             let head = self.sign_head()?;
             self.rounds.send_replace(Snapshot {
                 state: JobState::Running,
@@ -949,6 +1087,7 @@ impl Coordinator {
                 match closing {
                     // A multi-stage scheme: publish the next stage and collect it.
                     Ok(StageResult::Broadcast { stage, payload }) => {
+                        confide_core::crash::point(&format!("coordinator-stage-{stage}"), round);
                         stage_started = Instant::now();
                         self.rounds.send_modify(|snap| {
                             snap.stage = stage;
@@ -958,6 +1097,7 @@ impl Coordinator {
                     other => break (agg_started, other),
                 }
             };
+            confide_core::crash::point("coordinator-collected", round);
             let sum = match closing.map_err(|e| format!("round {round} failed: {e}"))? {
                 StageResult::Sum(sum) => sum,
                 StageResult::External(
@@ -994,6 +1134,7 @@ impl Coordinator {
                             )
                         })?
                         .map_err(|e| format!("round {round} failed: {party} {e}"))?;
+                    confide_core::crash::point("coordinator-unsealed", round);
                     let sum = {
                         let mut s = lock(&self.state);
                         let srv = s.server.as_mut().ok_or("internal: no aggregation state")?;
@@ -1030,24 +1171,10 @@ impl Coordinator {
                 ),
                 None => None,
             };
-            *params = Arc::new(candidate);
-            self.log(
-                EventKind::Round,
-                "coordinator",
-                serde_json::json!({
-                    "round": round,
-                    "contributors": sum.contributors,
-                    "excluded": excluded,
-                    "refused": sum.rejected.iter().map(|(o, r)| serde_json::json!({"owner": o, "rule": r.rule()})).collect::<Vec<_>>(),
-                    "faulty_aggregators": sum.faulty,
-                    "model_digest": hex::encode(model_digest(params)),
-                }),
-            )
-            .map_err(|e| format!("round {round} failed: {e}"))?;
             let record = RoundRecord {
                 round,
                 contributors: sum.contributors.clone(),
-                excluded,
+                excluded: excluded.clone(),
                 test_accuracy: metrics.map(|m| m.accuracy),
                 test_auc: metrics.and_then(|m| m.auc),
                 test_log_loss: metrics.map(|m| m.log_loss),
@@ -1055,6 +1182,23 @@ impl Coordinator {
                 seconds: started.elapsed().as_secs_f64(),
                 aggregation_seconds,
             };
+            // The round's entry and the checkpoint after it commit together (RES-006).
+            self.commit(
+                EventKind::Round,
+                serde_json::json!({
+                    "round": round,
+                    "contributors": sum.contributors,
+                    "excluded": excluded,
+                    "refused": sum.rejected.iter().map(|(o, r)| serde_json::json!({"owner": o, "rule": r.rule()})).collect::<Vec<_>>(),
+                    "faulty_aggregators": sum.faulty,
+                    "model_digest": hex::encode(model_digest(&candidate)),
+                }),
+                (round, &candidate),
+                Some(&record),
+            )
+            .map_err(|e| format!("round {round} failed: {e}"))?;
+            *params = Arc::new(candidate);
+            confide_core::crash::point("coordinator-committed", round);
             let json = serde_json::to_string(&record).unwrap_or_default();
             lock(&self.state).history.push(record);
             let _ = self.progress.send(pb::Progress {
@@ -1090,6 +1234,24 @@ impl Coordinator {
             .zip(&sum.sums)
             .map(|(w, s)| (f64::from(*w) + lr * self.fixed.decode(*s) / k) as f32)
             .collect())
+    }
+
+    /// Whether this coordinator lacks `owner`'s update for `round`: the round is open (or,
+    /// after a restart, not open yet) and has not accepted one from it. Under `masking` the
+    /// owner then answers the round's later stages again from its record (RES-011).
+    fn lacks_update(&self, owner: &str, round: u32) -> bool {
+        if round == 0 {
+            return false;
+        }
+        let s = lock(&self.state);
+        match s.server_round.cmp(&round) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => !s
+                .server
+                .as_ref()
+                .is_some_and(|srv| srv.accepted().contains(owner)),
+            std::cmp::Ordering::Greater => false,
+        }
     }
 
     /// NET-007: `id` is an owner admitted to this job (approved it in time) and still in it.
@@ -1154,6 +1316,23 @@ impl Coordinator {
             peer.id.as_str(),
         );
         let c_round = c.round;
+        let key = (peer_name.to_string(), c.stage);
+        let fingerprint = {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(&c.round.to_be_bytes());
+            ctx.update(&c.payload);
+            ctx.update(&c.signature);
+            let d = ctx.finish();
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        if lock(&self.state).server_round == c_round
+            && lock(&self.state).received.get(&key) == Some(&fingerprint)
+        {
+            // A resend of what this round has (the owner did not hear the answer).
+            return Ok(());
+        }
         let result = (|| {
             if c.owner != peer_name {
                 return Err(Rejection::new(
@@ -1213,6 +1392,7 @@ impl Coordinator {
                 .as_mut()
                 .ok_or_else(|| Rejection::new(Reject::StageClosed, "no round is open"))?;
             srv.accept(verified)?;
+            s.received.insert(key, fingerprint);
             s.certs.insert(peer_name.to_string(), cert);
             if let Some(p) = privacy {
                 s.privacy.insert(peer_name.to_string(), p);
@@ -1504,11 +1684,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         self.0.admitted(&id)?;
         let after = request.get_ref().after_round;
         let witnessed = request.get_ref().witnessed_size;
+        // RES-007: an owner that trained round `after` but whose update this coordinator lacks
+        // (it restarted, or the owner's submission got no answer, or the owner restarted) is
+        // given that round again, to send the same update again. Only its own submission
+        // changes this, and it is not submitting now.
+        let resend = self.0.lacks_update(&id.name, after);
         let mut rx = self.0.rounds.subscribe();
         let waited = tokio::time::timeout(
             keepalive(&self.0.spec),
             rx.wait_for(|s| {
-                s.round > after || matches!(s.state, JobState::Finished | JobState::Failed)
+                s.round > after
+                    || (resend && s.round == after && s.stage == 0 && s.state == JobState::Running)
+                    || matches!(s.state, JobState::Finished | JobState::Failed)
             }),
         )
         .await;

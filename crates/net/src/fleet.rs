@@ -56,6 +56,10 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// How often a running job's progress is read and reported.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
 
+/// How long a job may wait for approval or in the queue, unless the coordinator is told
+/// otherwise: 7 days.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How often the scheduler looks at the store when nothing woke it.
 const SCHEDULE_TICK: Duration = Duration::from_millis(500);
 
@@ -92,6 +96,8 @@ pub type JobRoutes = Routes<JobServer>;
 enum Route<S> {
     Open(Box<S>),
     Closed(String),
+    /// A job that ran when the daemon stopped, not served again yet (FLEET-004).
+    Recovering,
 }
 
 impl<S: Clone> Clone for Route<S> {
@@ -99,6 +105,7 @@ impl<S: Clone> Clone for Route<S> {
         match self {
             Route::Open(s) => Route::Open(s.clone()),
             Route::Closed(w) => Route::Closed(w.clone()),
+            Route::Recovering => Route::Recovering,
         }
     }
 }
@@ -162,6 +169,12 @@ impl<S: Clone> Routes<S> {
     /// Whether job `hash` is served now.
     pub fn is_open(&self, hash: &[u8; 32]) -> bool {
         matches!(lock(&self.map).get(hash), Some(Route::Open(_)))
+    }
+
+    /// Job `hash` ran when the daemon stopped and will be served again: until then its
+    /// requests are answered FLEET-004 (`UNAVAILABLE`: ask again), never "unknown".
+    pub fn recovering(&self, hash: &[u8; 32]) {
+        lock(&self.map).insert(*hash, Route::Recovering);
     }
 
     /// Stops serving job `hash`: its requests are answered FLEET-003 with `why`.
@@ -266,6 +279,16 @@ where
                         "FLEET-003 job {} no longer runs here: {}",
                         hex::encode(&hash[..8]),
                         crate::guard::excerpt_n(&why, 256)
+                    )),
+                );
+                Box::pin(async move { Ok(r) })
+            }
+            Some(Route::Recovering) => {
+                let r = self.refuse(
+                    "FLEET-004",
+                    Status::unavailable(format!(
+                        "FLEET-004 job {} is being recovered after a restart; ask again",
+                        hex::encode(&hash[..8])
                     )),
                 );
                 Box::pin(async move { Ok(r) })
@@ -510,6 +533,10 @@ pub struct Dispatcher {
     max_running: usize,
     keyholder: Option<String>,
     aggregators: Vec<String>,
+    /// Jobs that were running when the coordinator stopped, to go on with first.
+    resume: Vec<[u8; 32]>,
+    /// How long a job may wait for approval or in the queue before it expires.
+    expire_after: Duration,
 }
 
 /// What a job's rounds need beyond the coordinator.
@@ -569,7 +596,22 @@ impl Dispatcher {
             max_running: max_running.max(1),
             keyholder: None,
             aggregators: Vec::new(),
+            resume: Vec::new(),
+            expire_after: DEFAULT_EXPIRY,
         }
+    }
+
+    /// A job still awaiting approval, or queued, `after` its submission is expired.
+    pub fn with_expiry(mut self, after: Duration) -> Self {
+        self.expire_after = after;
+        self
+    }
+
+    /// Goes on with `jobs` (running when the coordinator stopped, each with a checkpoint)
+    /// before starting anything else; their routes answer FLEET-004 until then.
+    pub fn with_resume(mut self, jobs: Vec<[u8; 32]>) -> Self {
+        self.resume = jobs;
+        self
     }
 
     /// Jobs under `shares` and `threshold` use the long-running aggregators at `endpoints`
@@ -593,15 +635,20 @@ impl Dispatcher {
         let mut changed = this.control.subscribe();
         let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
         let mut started: std::collections::HashSet<[u8; 32]> = Default::default();
+        for hash in this.resume.clone() {
+            started.insert(hash);
+            let job = this.clone();
+            running.spawn(async move { job.resume_job(hash).await });
+        }
         loop {
             if *stop.borrow() {
                 return;
             }
             while running.try_join_next().is_some() {}
-            if running.len() < this.max_running {
-                let queued = read(&this.control, |jobs| jobs.list()).await;
-                match queued {
-                    Ok(all) => {
+            match read(&this.control, |jobs| jobs.list()).await {
+                Ok(all) => {
+                    let all = this.expire(all).await;
+                    if running.len() < this.max_running {
                         for r in all {
                             if running.len() >= this.max_running {
                                 break;
@@ -616,8 +663,8 @@ impl Dispatcher {
                             running.spawn(async move { job.run_job(hash, r).await });
                         }
                     }
-                    Err(e) => tracing::error!("scheduler: the job store failed: {e}"),
                 }
+                Err(e) => tracing::error!("scheduler: the job store failed: {e}"),
             }
             tokio::select! {
                 _ = changed.changed() => {}
@@ -626,6 +673,32 @@ impl Dispatcher {
                 Some(_) = running.join_next(), if !running.is_empty() => {}
             }
         }
+    }
+
+    /// Expires the jobs of `all` that waited for approval, or in the queue, longer than
+    /// allowed (each one transaction; a job dispatched meanwhile stays running: one winner),
+    /// and returns the others.
+    async fn expire(&self, all: Vec<JobRecord>) -> Vec<JobRecord> {
+        let limit = u64::try_from(self.expire_after.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = u64::try_from(now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let (due, rest): (Vec<JobRecord>, Vec<JobRecord>) = all.into_iter().partition(|r| {
+            matches!(r.state, JobState::AwaitingApproval | JobState::Queued)
+                && now_ms.saturating_sub(r.submitted_ms) >= limit
+        });
+        for r in due {
+            let Some(hash) = parse_hash(&r.hash) else {
+                continue;
+            };
+            match self.transition(hash, Transition::Expire).await {
+                Ok(_) => tracing::info!(
+                    "job `{}` expired: not started within {:.0} s of its submission",
+                    r.job_id,
+                    self.expire_after.as_secs_f64()
+                ),
+                Err(e) => tracing::info!("job `{}` was not expired: {e}", r.job_id),
+            }
+        }
+        rest
     }
 
     async fn transition(&self, hash: [u8; 32], t: Transition) -> Result<JobRecord, ServiceError> {
@@ -645,7 +718,7 @@ impl Dispatcher {
     /// Runs one job from `queued` to its end.
     async fn run_job(self: Arc<Self>, hash: [u8; 32], record: JobRecord) {
         let job = record.job_id.clone();
-        let (coordinator, external) = match self.prepare(&hash).await {
+        let (coordinator, external) = match self.prepare(&hash, None).await {
             Ok(c) => c,
             Err(reason) => {
                 self.close_keys(&hash).await;
@@ -653,8 +726,64 @@ impl Dispatcher {
             }
         };
         self.follow(hash, record, coordinator, external).await;
-        // The job ended, one way or another: its key is erased at the key holder.
-        self.close_keys(&hash).await;
+        self.ended(&hash).await;
+    }
+
+    /// Goes on with a job that was running when the coordinator stopped, from its
+    /// checkpoint (RES-006): the same key material at the key holder and the aggregators
+    /// (each kept it), the model and owners of its last committed round.
+    async fn resume_job(self: Arc<Self>, hash: [u8; 32]) {
+        let checkpoints = crate::checkpoint::Checkpoints::new(self.control.jobs().store());
+        let loaded = read(&self.control, move |jobs| {
+            let record = jobs.get(&hash)?;
+            let cp = checkpoints.load(&hash).map_err(ServiceError::Corrupt)?;
+            Ok((record, cp))
+        })
+        .await;
+        let (record, cp) = match loaded {
+            Ok((Some(r), Some(cp))) => (r, cp),
+            Ok(_) => {
+                self.routes.close(&hash, "its checkpoint is gone".into());
+                return self
+                    .fail(hash, "?", "its record or checkpoint is gone".into())
+                    .await;
+            }
+            Err(e) => {
+                self.routes.close(&hash, e.to_string());
+                return self.fail(hash, "?", e.to_string()).await;
+            }
+        };
+        let job = record.job_id.clone();
+        tracing::info!(
+            "job `{job}` ({}) goes on after round {}",
+            hex::encode(&hash[..8]),
+            cp.round
+        );
+        let (coordinator, external) = match self.prepare(&hash, Some(cp)).await {
+            Ok(c) => c,
+            Err(reason) => {
+                self.routes.close(&hash, reason.clone());
+                self.close_keys(&hash).await;
+                return self.fail(hash, &job, reason).await;
+            }
+        };
+        self.follow(hash, record, coordinator, external).await;
+        self.ended(&hash).await;
+    }
+
+    /// A job ended, one way or another: its key material is erased at the key holder and
+    /// the aggregators, and its checkpoint here.
+    async fn ended(&self, hash: &[u8; 32]) {
+        self.close_keys(hash).await;
+        let checkpoints = crate::checkpoint::Checkpoints::new(self.control.jobs().store());
+        let hash = *hash;
+        let erased = read(&self.control, move |_| {
+            checkpoints.erase(&hash).map_err(ServiceError::Corrupt)
+        })
+        .await;
+        if let Err(e) = erased {
+            tracing::warn!("job {}: its checkpoint: {e}", hex::encode(&hash[..8]));
+        }
     }
 
     /// Tells the key holder and the aggregators that job `hash` ended (they drop its key
@@ -706,13 +835,20 @@ impl Dispatcher {
         // Serve it before it turns running: a node that sees `running` finds it here.
         let max_message = coordinator.spec().limits.max_message_bytes;
         self.routes.open(&coordinator, max_message);
-        if let Err(e) = self.transition(hash, Transition::Dispatch).await {
-            // Cancelled (or expired) since it was queued: one winner, and it is not us.
-            tracing::info!("job `{job}` was not started: {e}");
-            self.routes.close(&hash, e.to_string());
-            return;
-        }
-        tracing::info!("job `{job}` ({}) started", hex::encode(&hash[..8]));
+        // A resumed job is running already; its rounds so far are in the store.
+        let mut reported = match record.state {
+            JobState::Running { round, .. } => round.max(1),
+            _ => {
+                if let Err(e) = self.transition(hash, Transition::Dispatch).await {
+                    // Cancelled (or expired) since it was queued: one winner, and it is not us.
+                    tracing::info!("job `{job}` was not started: {e}");
+                    self.routes.close(&hash, e.to_string());
+                    return;
+                }
+                tracing::info!("job `{job}` ({}) started", hex::encode(&hash[..8]));
+                1
+            }
+        };
         let rounds = record.rounds;
         let (holder_key, channel, links) = match external {
             External::KeyHolder(k, ch) => (Some(k), Some(ch), None),
@@ -736,7 +872,6 @@ impl Dispatcher {
         };
         let run = coordinator.clone().run(holder_key, unseal);
         tokio::pin!(run);
-        let mut reported = 1;
         let report = loop {
             tokio::select! {
                 report = &mut run => break report,
@@ -839,7 +974,11 @@ impl Dispatcher {
     /// The job's coordinator, from its stored manifest; under `paillier` and `lattice`, with
     /// the key holder's fresh public key for the job and a channel to it; under `shares` and
     /// `threshold`, with links to the job's aggregators.
-    async fn prepare(&self, hash: &[u8; 32]) -> Result<(Arc<Coordinator>, External), String> {
+    async fn prepare(
+        &self,
+        hash: &[u8; 32],
+        resume: Option<crate::checkpoint::Checkpoint>,
+    ) -> Result<(Arc<Coordinator>, External), String> {
         let bytes = self
             .control
             .jobs()
@@ -912,6 +1051,10 @@ impl Dispatcher {
             audit: self.audit.clone(),
             audit_export: None,
             revocations: self.creds.revocations.clone(),
+            checkpoints: Some(crate::checkpoint::Checkpoints::new(
+                self.control.jobs().store(),
+            )),
+            resume,
         })
         .map_err(|e| e.to_string())?;
         Ok((coordinator, external))
@@ -962,5 +1105,82 @@ impl Dispatcher {
                 Err((_, e)) => return Err(format!("`{name}` {e}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's service that answers every request with an empty 200.
+    #[derive(Clone)]
+    struct Served;
+
+    impl tower_service::Service<http::Request<Body>> for Served {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            Box::pin(async { Ok(http::Response::new(Body::empty())) })
+        }
+    }
+
+    /// The gRPC status code and `confide-rule` of a router's answer (`None`: served).
+    async fn ask(router: &mut Router<Served>, job: Option<&[u8; 32]>) -> Option<(i32, String)> {
+        let mut req = http::Request::new(Body::empty());
+        if let Some(h) = job {
+            req.headers_mut()
+                .insert(JOB_HEADER, hex::encode(h).parse().expect("header"));
+        }
+        let r = tower_service::Service::call(router, req)
+            .await
+            .expect("infallible");
+        let code = r
+            .headers()
+            .get("grpc-status")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        let rule = r.headers().get("confide-rule")?.to_str().ok()?.to_string();
+        Some((code, rule))
+    }
+
+    #[tokio::test]
+    async fn the_router_serves_open_jobs_and_names_each_refusal() {
+        let routes: Routes<Served> = Routes::default();
+        let mut router = routes.router();
+        let (open, closed, recovering, unknown) = ([1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]);
+        routes.insert(open, Served);
+        routes.insert(closed, Served);
+        routes.close(&closed, "cancelled".into());
+        routes.recovering(&recovering);
+        assert_eq!(ask(&mut router, Some(&open)).await, None);
+        let code = |c: tonic::Code| c as i32;
+        assert_eq!(
+            ask(&mut router, None).await,
+            Some((code(tonic::Code::InvalidArgument), "FLEET-001".into()))
+        );
+        assert_eq!(
+            ask(&mut router, Some(&unknown)).await,
+            Some((code(tonic::Code::NotFound), "FLEET-002".into()))
+        );
+        assert_eq!(
+            ask(&mut router, Some(&closed)).await,
+            Some((code(tonic::Code::FailedPrecondition), "FLEET-003".into()))
+        );
+        // A job being recovered is never "unknown": its nodes are told to ask again.
+        assert_eq!(
+            ask(&mut router, Some(&recovering)).await,
+            Some((code(tonic::Code::Unavailable), "FLEET-004".into()))
+        );
+        routes.insert(recovering, Served);
+        assert_eq!(ask(&mut router, Some(&recovering)).await, None);
+        assert_eq!(routes.stats().by_rule().values().sum::<u64>(), 4);
     }
 }

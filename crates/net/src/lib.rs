@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod aggregator;
 pub mod aggregators;
+pub mod checkpoint;
 pub mod control;
 pub mod coordinator;
 pub mod fleet;

@@ -15,6 +15,7 @@ use confide_ml::{DataError, TrainConfig};
 use confide_secagg::{
     AggregationClient, HolderPublicKey, PlainClient, Unsigned, model_digest, sign_contribution,
 };
+use prost::Message as _;
 use rand::{RngCore, SeedableRng};
 
 use crate::coordinator::{fixed_point, job_digest, job_scheme_params, model_spec};
@@ -54,14 +55,48 @@ const SILENCE_MARGIN: Duration = Duration::from_secs(10);
 /// A node restarted, or facing a restarted coordinator, refuses a round it already trained, a
 /// model it already trained from, and more rounds than the job has. (A node that crashed
 /// after training but before its update left may retrain that round: nothing was exposed.)
+///
+/// RES-007: the update itself (the contribution and its privacy claim, as sent) is written in
+/// the same transaction, so that a coordinator that restarted before it committed the round
+/// gets the same bytes again, never a fresh encryption or a retrained update.
 #[derive(Debug)]
 struct TrainingRecord {
     store: std::sync::Arc<dyn confide_store::Store>,
     job: [u8; 32],
     rounds: BTreeMap<u32, [u8; 32]>,
+    /// The last update sent: its round and its bytes (a `SubmitRequest` without tree head).
+    sent: Option<(u32, Vec<u8>)>,
+    /// This owner approved the job (RES-008): its ledger was debited, and a restarted node
+    /// rejoins instead of approving again.
+    approved: bool,
+    /// Under `masking`, the last round's record (RES-011).
+    masking: Option<MaskingRecord>,
+}
+
+/// The jobs this owner approved, by job (written before the approval leaves).
+const APPROVED: &str = "node.approved";
+/// Under `masking`, the last round's secrets and stage answers, by job (RES-011).
+const MASKING: &str = "node.masking";
+
+/// RES-011: under `masking`, what a replay of the last round needs, kept in the node's own
+/// store: the seed of the round's masking client (its X25519 keys, self-mask seed and Shamir
+/// randomness all come from it), the encoded update it masked, and, per stage after the first,
+/// the digest of the coordinator's broadcast and the answer sent to it. A round asked again is
+/// answered with the same bytes, and only to the same broadcasts: an owner never answers the
+/// unmasking stage for two different sets of survivors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaskingRecord {
+    round: u32,
+    seed: [u8; 32],
+    encoded: Vec<i64>,
+    /// Stage → (the broadcast's SHA-256, the answer sent).
+    stages: BTreeMap<u32, ([u8; 32], Vec<u8>)>,
 }
 
 const TRAINED: &str = "node.trained";
+/// The last update each job sent, by job: the round (4 bytes, big-endian), then the bytes.
+const SENT: &str = "node.sent";
 
 impl TrainingRecord {
     fn load(
@@ -69,9 +104,24 @@ impl TrainingRecord {
         job: [u8; 32],
     ) -> Result<Self, NodeError> {
         use confide_store::StoreExt as _;
-        let entries = store
-            .read(|txn| txn.scan_prefix(TRAINED, &job))
+        let (entries, sent, approved, masking) = store
+            .read(|txn| {
+                Ok::<_, confide_store::StoreError>((
+                    txn.scan_prefix(TRAINED, &job)?,
+                    txn.get(SENT, &job)?,
+                    txn.get(APPROVED, &job)?.is_some(),
+                    txn.get(MASKING, &job)?,
+                ))
+            })
             .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
+        let sent = match sent {
+            None => None,
+            Some(v) if v.len() >= 4 => Some((
+                u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                v[4..].to_vec(),
+            )),
+            Some(_) => return Err(NodeError::Job("training record: a malformed update".into())),
+        };
         let mut rounds = BTreeMap::new();
         for (k, v) in entries {
             let round = k
@@ -86,7 +136,89 @@ impl TrainingRecord {
                 _ => return Err(NodeError::Job("training record: a malformed entry".into())),
             }
         }
-        Ok(Self { store, job, rounds })
+        let masking = masking
+            .map(|m| serde_json::from_slice(&m))
+            .transpose()
+            .map_err(|e| NodeError::Job(format!("training record: masking: {e}")))?;
+        Ok(Self {
+            store,
+            job,
+            rounds,
+            sent,
+            approved,
+            masking,
+        })
+    }
+
+    /// The masking record of `round`, if it is the last round's.
+    fn masking(&self, round: u32) -> Option<&MaskingRecord> {
+        self.masking.as_ref().filter(|m| m.round == round)
+    }
+
+    /// RES-011: the answer to `stage` of the last round, given its broadcast's digest: the
+    /// stored answer when that stage was answered to the same broadcast, an error when it was
+    /// answered to another, and otherwise `answer`, recorded before it leaves.
+    fn stage_answer(
+        &mut self,
+        (round, stage): (u32, u32),
+        broadcast: [u8; 32],
+        answer: Vec<u8>,
+    ) -> Result<Vec<u8>, NodeError> {
+        use confide_store::StoreExt as _;
+        let Some(m) = self.masking.as_mut().filter(|m| m.round == round) else {
+            return Err(NodeError::Job(format!(
+                "training record: round {round} has no masking record"
+            )));
+        };
+        match m.stages.get(&stage) {
+            Some((b, sent)) if *b == broadcast => {
+                if *sent != answer {
+                    return Err(NodeError::Job(format!(
+                        "RES-011 round {round}, stage {stage}: the answer computed again differs \
+                         from the one sent; nothing is sent"
+                    )));
+                }
+                return Ok(answer);
+            }
+            Some(_) => {
+                return Err(NodeError::Refused(format!(
+                    "RES-011 round {round}, stage {stage}: the coordinator asked again with another \
+                     broadcast than the first time (the owners or survivors differ); this owner \
+                     answers a stage of a round once"
+                )));
+            }
+            None => {}
+        }
+        m.stages.insert(stage, (broadcast, answer.clone()));
+        let json = serde_json::to_vec(&*m).map_err(|e| NodeError::Job(e.to_string()))?;
+        self.store
+            .transact(|txn| txn.put(MASKING, &self.job, &json))
+            .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
+        Ok(answer)
+    }
+
+    /// Records that this owner approves the job (its ledger debited), before the approval
+    /// leaves.
+    fn mark_approved(&mut self) -> Result<(), NodeError> {
+        use confide_store::StoreExt as _;
+        self.store
+            .transact(|txn| txn.put(APPROVED, &self.job, b"1"))
+            .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
+        self.approved = true;
+        Ok(())
+    }
+
+    /// The last round trained (0: none).
+    fn last_round(&self) -> u32 {
+        self.rounds.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The update sent for `round` from `model`, when that is the last round trained.
+    fn sent(&self, round: u32, model: &[u8; 32]) -> Option<&[u8]> {
+        match (&self.sent, self.rounds.get(&round)) {
+            (Some((r, bytes)), Some(m)) if *r == round && m == model => Some(bytes),
+            _ => None,
+        }
     }
 
     /// Why round `round` from `model` must not be trained, if it must not.
@@ -111,16 +243,55 @@ impl TrainingRecord {
         }
     }
 
-    /// Records `round` trained from `model`, durably, before its update leaves.
-    fn record(&mut self, round: u32, model: &[u8; 32]) -> Result<(), NodeError> {
+    /// Records `round` trained from `model`, and the update `sent` (it replaces the last
+    /// one), durably, before the update leaves.
+    /// Under `masking`, `masking` (the round's seed and encoded update) replaces the last
+    /// round's masking record in the same transaction.
+    fn record(
+        &mut self,
+        round: u32,
+        model: &[u8; 32],
+        sent: &[u8],
+        masking: Option<MaskingRecord>,
+    ) -> Result<(), NodeError> {
         use confide_store::StoreExt as _;
         let mut key = self.job.to_vec();
         key.extend(round.to_be_bytes());
+        let mut value = round.to_be_bytes().to_vec();
+        value.extend_from_slice(sent);
+        let masking_json = masking
+            .as_ref()
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| NodeError::Job(e.to_string()))?;
         self.store
-            .transact(|txn| txn.put(TRAINED, &key, model))
+            .transact(|txn| {
+                txn.put(TRAINED, &key, model)?;
+                txn.put(SENT, &self.job, &value)?;
+                match &masking_json {
+                    Some(m) => txn.put(MASKING, &self.job, m),
+                    None => txn.delete(MASKING, &self.job).map(drop),
+                }
+            })
             .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
         self.rounds.insert(round, *model);
+        self.sent = Some((round, sent.to_vec()));
+        self.masking = masking;
         Ok(())
+    }
+
+    /// Forgets the job's last update (the job ended: nothing will be asked again).
+    fn forget_sent(&mut self) {
+        use confide_store::StoreExt as _;
+        let had = self.sent.take().is_some() | self.masking.take().is_some();
+        if had
+            && let Err(e) = self.store.transact(|txn| {
+                txn.delete(SENT, &self.job)?;
+                txn.delete(MASKING, &self.job).map(drop)
+            })
+        {
+            tracing::warn!("training record: {e}");
+        }
     }
 }
 
@@ -361,9 +532,12 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Job(e.to_string()));
         }
     };
+    // RES-008: an owner that approved this job before it restarted rejoins: its ledger was
+    // debited then (it is only checked now), and the coordinator has its approval.
+    let rejoin = training.approved;
     let private = match gov
         .ledger(&opts)
-        .and_then(|l| debit_ledger(&spec, spend, l.as_ref()))
+        .and_then(|l| debit_ledger(&spec, spend, l.as_ref(), rejoin))
     {
         Ok(p) => p,
         Err(problem) => {
@@ -371,19 +545,31 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
     };
-    let approval = signing.sign(&online_approval_message(
-        &gov.coordinator_id,
-        &gov.manifest_hash,
-    ));
-    coord
-        .approve(pb::ApproveRequest {
-            manifest_hash: hex::encode(gov.manifest_hash),
-            basis: basis.clone(),
-            signature: hex::encode(approval),
-        })
-        .await
-        .map_err(|s| NodeError::Refused(format!("approval refused: {}", s.message())))?;
-    tracing::info!("`{name}` approved job `{}` ({basis})", spec.job.id);
+    if rejoin {
+        tracing::warn!(
+            "`{name}` rejoins job `{}` after round {} (it approved it before it restarted)",
+            spec.job.id,
+            training.last_round()
+        );
+    } else {
+        if let Err(e) = training.mark_approved() {
+            refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
+            return Err(e);
+        }
+        let approval = signing.sign(&online_approval_message(
+            &gov.coordinator_id,
+            &gov.manifest_hash,
+        ));
+        coord
+            .approve(pb::ApproveRequest {
+                manifest_hash: hex::encode(gov.manifest_hash),
+                basis: basis.clone(),
+                signature: hex::encode(approval),
+            })
+            .await
+            .map_err(|s| NodeError::Refused(format!("approval refused: {}", s.message())))?;
+        tracing::info!("`{name}` approved job `{}` ({basis})", spec.job.id);
+    }
     let claim = private.as_ref().map(|(spend, _)| spend.claim());
     if let Some(c) = &claim {
         tracing::info!(
@@ -479,7 +665,13 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             .map_err(|e| NodeError::Job(e.to_string()))?
         }
         // Replaced by a fresh client (fresh keys) at every round.
-        SchemeKind::Masking => masking_client(&spec, &digest, (1, [0; 32]), &name, &certified)?,
+        SchemeKind::Masking => masking_client(
+            &spec,
+            &digest,
+            (1, [0; 32]),
+            (&name, fresh_seed()),
+            &certified,
+        )?,
         // Replaced by a client with freshly fetched keys at every round.
         SchemeKind::Shares | SchemeKind::Threshold => {
             multi_client(
@@ -493,9 +685,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
     };
 
-    let mut after = 0;
-    let mut rounds = 0;
-    let mut seen_models = std::collections::BTreeSet::new();
+    let mut after = training.last_round();
+    let mut rounds = u32::try_from(training.rounds.len()).unwrap_or(u32::MAX);
+    let mut seen_models: std::collections::BTreeSet<[u8; 32]> =
+        training.rounds.values().copied().collect();
     // How often in a row a head was stale because another job of this node, on the same
     // coordinator's log, witnessed a later head meanwhile.
     let mut stale = 0;
@@ -559,6 +752,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         match state {
             JobState::Running => {}
             JobState::Finished => {
+                training.forget_sent();
                 if let Some((_, Some((ledger, dataset)))) = &private
                     && let Err(e) = ledger.mark_finished(dataset, &spec.job.id)
                 {
@@ -571,6 +765,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 });
             }
             _ => {
+                training.forget_sent();
                 return Ok(NodeSummary {
                     rounds,
                     finished: false,
@@ -580,162 +775,195 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
         let round = task.round;
         let global = task.params;
-        let problem = if round <= after {
-            Some(format!("round {round} comes after round {after}"))
-        } else if round > spec.job.rounds {
-            // Every round spends privacy: never train beyond what the job (and the ledger) allow.
-            Some(format!(
-                "round {round} is beyond the job's {} rounds",
-                spec.job.rounds
-            ))
-        } else if global.len() != model.param_count() {
-            Some(format!(
-                "round {round}: the coordinator sent {} parameters, the model has {}",
-                global.len(),
-                model.param_count()
-            ))
-        } else if global.iter().any(|v| !v.is_finite()) {
-            Some(format!(
-                "TRAIN-002 round {round}: the global model has non-finite parameters"
-            ))
-        } else if !seen_models.insert(model_digest(&global)) {
-            // Training twice from one model would let the coordinator difference two sums.
-            Some(format!(
-                "round {round}: the coordinator sent a global model this owner already trained from"
-            ))
-        } else {
-            training.check(round, &model_digest(&global), spec.job.rounds)
-        };
-        if let Some(problem) = problem {
-            refuse(&mut coord, &problem, "refusal").await;
-            return Err(NodeError::Job(problem));
-        }
-        after = round;
+        // RES-007: a coordinator that restarted before it committed this round asks for it
+        // again: the same bytes go again (never a fresh update: the round was trained once).
+        // Under masking (RES-011) the round's client is rebuilt from its stored seed, and each
+        // stage is answered as the first time, or not at all.
         let trained_from = model_digest(&global);
-        if spec.job.scheme == SchemeKind::Masking {
-            client = masking_client(&spec, &digest, (round, trained_from), &name, &certified)?;
-        }
-        if spec.job.scheme.uses_aggregators() {
-            client = multi_client(
-                &spec,
-                &join.aggregator_endpoints,
-                &opts.creds,
-                &name,
-                &mut agg_keys,
-            )
-            .await?;
-        }
-        let cfg = TrainConfig {
-            epochs: spec.training.local_epochs,
-            batch_size: spec.training.batch_size,
-            learning_rate: spec.training.learning_rate,
-            l2: spec.training.l2,
-            seed: spec.job.seed ^ (u64::from(round) << 32) ^ name_seed(&name),
-        };
-        // Shared, not copied: the dataset can be large and every round hands it to a thread.
-        let (model2, data2) = (model.clone(), std::sync::Arc::clone(&data));
-        let dp_cfg = dp_run.clone();
-        let mut dp_rngs = dp_state.take();
-        let mut ddg_rng_round = ddg_rng.take();
-        let ddg_seed = crate::coordinator::ClientDp::round_seed(&digest, round);
-        // Training and encryption are CPU work: run them off the async executor.
-        let trained = tokio::task::spawn_blocking(move || {
-            let params = match (&dp_cfg, &mut dp_rngs) {
-                (Some(c), Some((sampler, noise))) => {
-                    confide_ml::dpsgd::train_dp(
-                        &model2,
-                        &global,
-                        &data2,
-                        c,
-                        sampler,
-                        noise,
-                        &mut |_, _| {},
-                    )
-                    .map_err(|e| e.to_string())?
-                    .params
-                }
-                _ => {
-                    confide_ml::train::train(&model2, &global, &data2, &cfg)
-                        .map_err(|e| e.to_string())?
-                        .params
-                }
-            };
-            let delta: Vec<f32> = params.iter().zip(&global).map(|(n, o)| n - o).collect();
-            // A NaN or infinity would be encoded as some number and the model would stop
-            // moving without a word: say that training diverged instead.
-            if delta.iter().any(|v| !v.is_finite()) {
-                return Err(format!(
-                    "{DIVERGED} in round {round}: local training produced non-finite parameters (lower training.learning_rate)"
-                ));
+        let (update, fresh) = if let Some(bytes) = training.sent(round, &trained_from) {
+            let update = pb::SubmitRequest::decode(bytes)
+                .map_err(|e| NodeError::Job(format!("training record: {e}")))?;
+            tracing::info!("`{name}`: round {round} asked again; sending the same update");
+            after = round;
+            if spec.job.scheme == SchemeKind::Masking {
+                client = replayed_masking_client(
+                    &training,
+                    &update,
+                    (&spec, &digest, round, trained_from),
+                    (&name, &certified),
+                )?;
             }
-            let encoded = match (&client_level, &mut ddg_rng_round) {
-                (Some(c), Some(rng)) => c
-                    .ddg
-                    .encode(&delta, ddg_seed, rng)
-                    .map_err(|e| e.to_string())?,
-                _ => fixed.encode_all(&delta),
+            (update, false)
+        } else {
+            let problem = if round <= after {
+                Some(format!("round {round} comes after round {after}"))
+            } else if round > spec.job.rounds {
+                // Every round spends privacy: never train beyond what the job (and the ledger) allow.
+                Some(format!(
+                    "round {round} is beyond the job's {} rounds",
+                    spec.job.rounds
+                ))
+            } else if global.len() != model.param_count() {
+                Some(format!(
+                    "round {round}: the coordinator sent {} parameters, the model has {}",
+                    global.len(),
+                    model.param_count()
+                ))
+            } else if global.iter().any(|v| !v.is_finite()) {
+                Some(format!(
+                    "TRAIN-002 round {round}: the global model has non-finite parameters"
+                ))
+            } else if !seen_models.insert(model_digest(&global)) {
+                // Training twice from one model would let the coordinator difference two sums.
+                Some(format!(
+                    "round {round}: the coordinator sent a global model this owner already trained from"
+                ))
+            } else {
+                training.check(round, &model_digest(&global), spec.job.rounds)
             };
-            let payload = client.start(&encoded).map_err(|e| e.to_string())?;
-            Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round))
-        })
-        .await
-        .map_err(|e| NodeError::Job(e.to_string()))?;
-        let (payload, returned, dp_rngs, ddg_back) = match trained {
-            Ok(t) => t,
-            Err(problem) => {
-                if problem.starts_with(DIVERGED) {
-                    refuse(&mut coord, &problem, "refusal").await;
-                }
+            if let Some(problem) = problem {
+                refuse(&mut coord, &problem, "refusal").await;
                 return Err(NodeError::Job(problem));
             }
-        };
-        client = returned;
-        dp_state = dp_rngs;
-        ddg_rng = ddg_back;
-        let c = sign_contribution(
-            &signing,
-            &digest,
-            Unsigned {
-                owner: name.clone(),
-                round,
-                stage: 0,
-                model_digest: trained_from,
-                payload,
-            },
-        );
-        // Consent is checked once more before the update leaves: a revocation during training
-        // keeps this round's update at home.
-        if let Err(problem) = gov.still_allowed(&opts, &request) {
-            refuse(&mut coord, &problem, "revocation").await;
-            return Err(NodeError::Refused(problem));
-        }
-        let (tree_head_json, cosignature_json) = match &cosigned {
-            Some((head, cosig)) => (
-                serde_json::to_string(head).unwrap_or_default(),
-                cosig.clone(),
-            ),
-            None => (String::new(), String::new()),
-        };
-        // RES-005: recorded before the update leaves, so that no restart of this node or of
-        // the coordinator makes it train this round or from this model again.
-        if let Err(e) = training.record(round, &trained_from) {
-            refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
-            return Err(e);
-        }
-        confide_core::crash::delay_point("node-before-submit", round);
-        let reply = coord
-            .submit(with_deadline(
-                pb::SubmitRequest {
-                    privacy: claim.clone(),
-                    contribution: Some(crate::wire::to_pb(c)),
-                    tree_head_json,
-                    cosignature_json,
-                },
-                call_deadline(&spec),
-            ))
+            after = round;
+            let mask_seed = fresh_seed();
+            if spec.job.scheme == SchemeKind::Masking {
+                client = masking_client(
+                    &spec,
+                    &digest,
+                    (round, trained_from),
+                    (&name, mask_seed),
+                    &certified,
+                )?;
+            }
+            if spec.job.scheme.uses_aggregators() {
+                client = multi_client(
+                    &spec,
+                    &join.aggregator_endpoints,
+                    &opts.creds,
+                    &name,
+                    &mut agg_keys,
+                )
+                .await?;
+            }
+            let cfg = TrainConfig {
+                epochs: spec.training.local_epochs,
+                batch_size: spec.training.batch_size,
+                learning_rate: spec.training.learning_rate,
+                l2: spec.training.l2,
+                seed: spec.job.seed ^ (u64::from(round) << 32) ^ name_seed(&name),
+            };
+            // Shared, not copied: the dataset can be large and every round hands it to a thread.
+            let (model2, data2) = (model.clone(), std::sync::Arc::clone(&data));
+            let dp_cfg = dp_run.clone();
+            let mut dp_rngs = dp_state.take();
+            let mut ddg_rng_round = ddg_rng.take();
+            let ddg_seed = crate::coordinator::ClientDp::round_seed(&digest, round);
+            // Training and encryption are CPU work: run them off the async executor.
+            let trained = tokio::task::spawn_blocking(move || {
+                let params = match (&dp_cfg, &mut dp_rngs) {
+                    (Some(c), Some((sampler, noise))) => {
+                        confide_ml::dpsgd::train_dp(
+                            &model2,
+                            &global,
+                            &data2,
+                            c,
+                            sampler,
+                            noise,
+                            &mut |_, _| {},
+                        )
+                        .map_err(|e| e.to_string())?
+                        .params
+                    }
+                    _ => {
+                        confide_ml::train::train(&model2, &global, &data2, &cfg)
+                            .map_err(|e| e.to_string())?
+                            .params
+                    }
+                };
+                let delta: Vec<f32> = params.iter().zip(&global).map(|(n, o)| n - o).collect();
+                // A NaN or infinity would be encoded as some number and the model would stop
+                // moving without a word: say that training diverged instead.
+                if delta.iter().any(|v| !v.is_finite()) {
+                    return Err(format!(
+                        "{DIVERGED} in round {round}: local training produced non-finite parameters (lower training.learning_rate)"
+                    ));
+                }
+                let encoded = match (&client_level, &mut ddg_rng_round) {
+                    (Some(c), Some(rng)) => c
+                        .ddg
+                        .encode(&delta, ddg_seed, rng)
+                        .map_err(|e| e.to_string())?,
+                    _ => fixed.encode_all(&delta),
+                };
+                let payload = client.start(&encoded).map_err(|e| e.to_string())?;
+                Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round, encoded))
+            })
             .await
-            .map_err(|s| call_failed("submit", &s, &spec))?
-            .into_inner();
+            .map_err(|e| NodeError::Job(e.to_string()))?;
+            let (payload, returned, dp_rngs, ddg_back, encoded) = match trained {
+                Ok(t) => t,
+                Err(problem) => {
+                    if problem.starts_with(DIVERGED) {
+                        refuse(&mut coord, &problem, "refusal").await;
+                    }
+                    return Err(NodeError::Job(problem));
+                }
+            };
+            client = returned;
+            dp_state = dp_rngs;
+            ddg_rng = ddg_back;
+            let c = sign_contribution(
+                &signing,
+                &digest,
+                Unsigned {
+                    owner: name.clone(),
+                    round,
+                    stage: 0,
+                    model_digest: trained_from,
+                    payload,
+                },
+            );
+            // Consent is checked once more before the update leaves: a revocation during training
+            // keeps this round's update at home.
+            if let Err(problem) = gov.still_allowed(&opts, &request) {
+                refuse(&mut coord, &problem, "revocation").await;
+                return Err(NodeError::Refused(problem));
+            }
+            // RES-005 and RES-007: the round, its model and the update itself are recorded
+            // before the update leaves, so that no restart of this node or of the coordinator
+            // makes it train this round or from this model again, and a coordinator that lost
+            // the round gets the same bytes again.
+            let update = pb::SubmitRequest {
+                privacy: claim.clone(),
+                contribution: Some(crate::wire::to_pb(c)),
+                ..Default::default()
+            };
+            let masking = (spec.job.scheme == SchemeKind::Masking).then(|| MaskingRecord {
+                round,
+                seed: mask_seed,
+                encoded,
+                stages: BTreeMap::new(),
+            });
+            if let Err(e) = training.record(round, &trained_from, &update.encode_to_vec(), masking)
+            {
+                refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
+                return Err(e);
+            }
+            confide_core::crash::point("node-recorded", round);
+            confide_core::crash::delay_point("node-before-submit", round);
+            (update, true)
+        };
+        let Some(reply) = submit(&mut coord, update, cosigned.as_ref(), &spec).await? else {
+            // The update is stored: a coordinator that lost it asks for this round again
+            // (RES-007, RES-011); one that has it goes on without this owner.
+            tracing::warn!(
+                "`{name}`: round {round}: the coordinator could not be reached while the \
+                 update was sent; waiting for it to ask again or go on"
+            );
+            rounds += u32::from(fresh);
+            continue;
+        };
         if !reply.accepted {
             // An honest node's update is only refused when something is broken; leave the job
             // at once so the round does not wait for this owner until its deadline.
@@ -744,22 +972,47 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
         if spec.job.scheme == SchemeKind::Masking {
-            client = masking_stages(
+            masking_stages(
                 &mut coord,
-                client,
+                (&mut client, &mut training),
                 &signing,
                 (&digest, &name, round, trained_from),
                 (&opts, &spec, &certified),
-                opts.crash_after_stage,
+                opts.crash_after_stage.filter(|_| fresh),
                 &|| gov.still_allowed(&opts, &request),
             )
             .await?;
+        }
+        if !fresh {
+            continue;
         }
         rounds += 1;
         if opts.crash_after_round == Some(round) {
             tracing::warn!("`{name}`: simulated crash after round {round}");
             std::process::exit(3);
         }
+    }
+}
+
+/// Sends an update (`update` without its tree head), with the cosigned head of this task.
+/// `None`: the coordinator could not be reached, so whether it has the update is unknown.
+async fn submit(
+    coord: &mut Coordinator,
+    mut update: pb::SubmitRequest,
+    cosigned: Option<&(SignedTreeHead, String)>,
+    spec: &JobSpec,
+) -> Result<Option<pb::SubmitReply>, NodeError> {
+    if let Some((head, cosig)) = cosigned {
+        update.tree_head_json = serde_json::to_string(head).unwrap_or_default();
+        update.cosignature_json.clone_from(cosig);
+    }
+    match coord
+        .submit(with_deadline(update, call_deadline(spec)))
+        .await
+    {
+        Ok(reply) => Ok(Some(reply.into_inner())),
+        Err(s) if lost_contact(&s) => Ok(None),
+        Err(s) => Err(call_failed("submit", &s, spec)),
     }
 }
 
@@ -904,11 +1157,9 @@ fn masking_client(
     spec: &JobSpec,
     digest: &[u8; 32],
     (round, trained_from): (u32, [u8; 32]),
-    name: &str,
+    (name, seed): (&str, [u8; 32]),
     certified: &Certified,
 ) -> Result<Box<dyn AggregationClient>, NodeError> {
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
     let cfg = crate::coordinator::masking_config(spec, digest, round);
     let (certified, digest) = (certified.clone(), *digest);
     let check: confide_secagg::masking::KeyCheck =
@@ -980,19 +1231,19 @@ fn certify_owners(opts: &NodeOptions, spec: &JobSpec, certs: &[Vec<u8>], certifi
 /// signs and submits the answer. Returns when the round is over for this owner.
 async fn masking_stages(
     coord: &mut Coordinator,
-    mut client: Box<dyn AggregationClient>,
+    (client, training): (&mut Box<dyn AggregationClient>, &mut TrainingRecord),
     signing: &confide_crypto::SigningKey,
     (digest, name, round, trained_from): (&[u8; 32], &str, u32, [u8; 32]),
     (opts, spec, certified): (&NodeOptions, &JobSpec, &Certified),
     crash_after: Option<(u32, u32)>,
     consent: &(dyn Fn() -> Result<(), String> + Sync),
-) -> Result<Box<dyn AggregationClient>, NodeError> {
+) -> Result<(), NodeError> {
     if crash_after == Some((round, 0)) {
         tracing::warn!("`{name}`: simulated crash after round {round}, stage 0");
         std::process::exit(3);
     }
     for stage in 1..=4u32 {
-        let task = coord
+        let task = match coord
             .next_stage(with_deadline(
                 pb::NextStageRequest {
                     round,
@@ -1001,34 +1252,43 @@ async fn masking_stages(
                 call_deadline(spec),
             ))
             .await
-            .map_err(|s| call_failed("next stage", &s, spec))?
-            .into_inner();
+        {
+            Ok(t) => t.into_inner(),
+            // The coordinator went away: one that restarts asks for the round again.
+            Err(s) if lost_contact(&s) => return Ok(()),
+            Err(s) => return Err(call_failed("next stage", &s, spec)),
+        };
         if task.round != round || task.state != JobState::Running as i32 || task.stage != stage {
             // The round ended without this owner (it failed, or this owner was excluded).
-            return Ok(client);
+            return Ok(());
         }
         if stage == 1 {
             certify_owners(opts, spec, &task.owner_certificates, certified);
         }
+        let broadcast = confide_crypto::sha256(&task.payload);
         // Share and mask computation is CPU work: keep it off the async executor.
+        let mut c = std::mem::replace(client, Box::new(PlainClient));
         let (answer, back) = tokio::task::spawn_blocking(move || {
-            let a = client.on_broadcast(stage, &task.payload);
-            (a, client)
+            let a = c.on_broadcast(stage, &task.payload);
+            (a, c)
         })
         .await
         .map_err(|e| NodeError::Job(e.to_string()))?;
-        client = back;
+        *client = back;
         // The masked input (stage 2) carries the owner's data: consent is checked again.
         if let Err(problem) = consent() {
             refuse(coord, &problem, "revocation").await;
             return Err(NodeError::Refused(problem));
         }
-        let payload = match answer {
+        let payload = match answer
+            .map_err(|e| NodeError::Refused(format!("round {round}, stage {stage}: {e}")))
+            .and_then(|p| training.stage_answer((round, stage), broadcast, p))
+        {
             Ok(p) => p,
             Err(e) => {
-                let problem = format!("round {round}, stage {stage}: {e}");
+                let problem = e.to_string();
                 refuse(coord, &problem, "refusal").await;
-                return Err(NodeError::Refused(problem));
+                return Err(e);
             }
         };
         let c = sign_contribution(
@@ -1042,17 +1302,13 @@ async fn masking_stages(
                 payload,
             },
         );
-        let reply = coord
-            .submit(with_deadline(
-                pb::SubmitRequest {
-                    contribution: Some(crate::wire::to_pb(c)),
-                    ..Default::default()
-                },
-                call_deadline(spec),
-            ))
-            .await
-            .map_err(|s| call_failed("submit", &s, spec))?
-            .into_inner();
+        let update = pb::SubmitRequest {
+            contribution: Some(crate::wire::to_pb(c)),
+            ..Default::default()
+        };
+        let Some(reply) = submit(coord, update, None, spec).await? else {
+            return Ok(());
+        };
         if !reply.accepted {
             let problem = format!("round {round}, stage {stage}: rejected: {}", reply.detail);
             refuse(coord, &problem, "refusal").await;
@@ -1063,7 +1319,53 @@ async fn masking_stages(
             std::process::exit(3);
         }
     }
+    Ok(())
+}
+
+/// RES-011: the masking client of round `round` rebuilt from its stored seed and encoded
+/// update, checked to produce the stored first message again.
+fn replayed_masking_client(
+    training: &TrainingRecord,
+    update: &pb::SubmitRequest,
+    (spec, digest, round, trained_from): (&JobSpec, &[u8; 32], u32, [u8; 32]),
+    (name, certified): (&str, &Certified),
+) -> Result<Box<dyn AggregationClient>, NodeError> {
+    let m = training.masking(round).ok_or_else(|| {
+        NodeError::Job(format!(
+            "training record: round {round} has no masking record"
+        ))
+    })?;
+    let mut client = masking_client(
+        spec,
+        digest,
+        (round, trained_from),
+        (name, m.seed),
+        certified,
+    )?;
+    let first = client
+        .start(&m.encoded)
+        .map_err(|e| NodeError::Job(e.to_string()))?;
+    let sent = update.contribution.as_ref().map(|c| c.payload.as_slice());
+    if sent != Some(first.as_slice()) {
+        return Err(NodeError::Job(format!(
+            "RES-011 round {round}: the masking client rebuilt from its seed does not give the \
+             message sent; nothing is sent"
+        )));
+    }
     Ok(client)
+}
+
+/// Whether a failed call lost the coordinator (it could not be reached, or the connection
+/// broke), as opposed to its refusal or this node's own deadline.
+fn lost_contact(s: &tonic::Status) -> bool {
+    crate::roles::is_transport_failure(s) && !matches!(s.code(), tonic::Code::Cancelled)
+}
+
+/// A fresh 32-byte seed from the operating system.
+fn fresh_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    seed
 }
 
 /// What this owner's data spends on the job.
@@ -1143,10 +1445,13 @@ fn plan_privacy(spec: &JobSpec, rows: usize) -> Result<Option<Spend>, String> {
 type LedgerTarget = (PathBuf, String, Option<(f64, f64)>);
 
 /// Debits the job's (ε, δ) from the ledger (when the owner keeps one). `Err` is a refusal.
+/// Debits the job's ε from the dataset's ledger, once: `rejoin` (this owner approved the job
+/// before it restarted) only checks that the debit is there and the job not ended.
 fn debit_ledger(
     spec: &JobSpec,
     spend: Option<Spend>,
     ledger: Option<&LedgerTarget>,
+    rejoin: bool,
 ) -> Result<Option<Private>, String> {
     let ledger = match ledger {
         Some((path, dataset, lifetime)) => {
@@ -1178,8 +1483,13 @@ fn debit_ledger(
     if let Some((l, dataset)) = &ledger {
         let (epsilon, delta) = spend.cost();
         let cost = confide_dp::ledger::Budget::new(epsilon, delta).map_err(|e| e.to_string())?;
-        l.start_job(dataset, &spec.job.id, cost)
-            .map_err(|e| format!("privacy budget: {e}"))?;
+        if rejoin {
+            l.mark_started(dataset, &spec.job.id)
+                .map_err(|e| format!("privacy budget (rejoining): {e}"))?;
+        } else {
+            l.start_job(dataset, &spec.job.id, cost)
+                .map_err(|e| format!("privacy budget: {e}"))?;
+        }
     }
     Ok(Some((spend, ledger)))
 }
@@ -1477,4 +1787,76 @@ impl Governance {
 fn name_seed(name: &str) -> u64 {
     let h = confide_crypto::sha256(name.as_bytes());
     u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RES-005, RES-007 and RES-008 as the node's store keeps them: a round, its model, the
+    /// update as sent and the approval survive a restart (a new `TrainingRecord` on the same
+    /// store), and a round or a model trained once is refused.
+    #[test]
+    fn the_training_record_survives_a_restart_and_refuses_a_second_training() {
+        let store: std::sync::Arc<dyn confide_store::Store> =
+            std::sync::Arc::new(confide_store::MemoryStore::new());
+        let (job, other) = ([1u8; 32], [2u8; 32]);
+        let (a, b, c) = ([0xa; 32], [0xb; 32], [0xc; 32]);
+        let mut r = TrainingRecord::load(store.clone(), job).expect("load");
+        assert!(!r.approved);
+        assert_eq!(r.check(1, &a, 3), None);
+        r.mark_approved().expect("approve");
+        r.record(1, &a, b"update one", None).expect("record");
+        r.record(2, &b, b"update two", None).expect("record");
+        let r = TrainingRecord::load(store.clone(), job).expect("reload");
+        assert!(r.approved);
+        assert!(r.masking(2).is_none());
+        assert_eq!(r.last_round(), 2);
+        // The last update, for its own round and model only.
+        assert_eq!(r.sent(2, &b), Some(&b"update two"[..]));
+        assert_eq!(r.sent(2, &a), None);
+        assert_eq!(r.sent(1, &a), None);
+        // A round again, a model again, past the job's rounds: refused.
+        assert!(r.check(2, &c, 3).is_some_and(|m| m.starts_with("RES-005")));
+        assert!(
+            r.check(3, &a, 3)
+                .is_some_and(|m| m.contains("this global model"))
+        );
+        assert!(r.check(3, &c, 2).is_some_and(|m| m.contains("2 rounds")));
+        assert_eq!(r.check(3, &c, 3), None);
+        // RES-011: under masking, a stage is answered once per broadcast; a restart keeps it.
+        let mut r = TrainingRecord::load(store.clone(), job).expect("reload");
+        assert!(
+            r.stage_answer((3, 1), [1; 32], vec![9]).is_err(),
+            "no record yet"
+        );
+        let m = MaskingRecord {
+            round: 3,
+            seed: [7; 32],
+            encoded: vec![-1, 2],
+            stages: BTreeMap::new(),
+        };
+        r.record(3, &c, b"keys", Some(m)).expect("record");
+        assert_eq!(
+            r.stage_answer((3, 1), [1; 32], vec![9]).expect("first"),
+            vec![9]
+        );
+        let mut r = TrainingRecord::load(store.clone(), job).expect("reload");
+        assert_eq!(r.masking(3).map(|m| m.encoded.clone()), Some(vec![-1, 2]));
+        assert_eq!(
+            r.stage_answer((3, 1), [1; 32], vec![9]).expect("again"),
+            vec![9]
+        );
+        let refused = r
+            .stage_answer((3, 1), [2; 32], vec![9])
+            .expect_err("another broadcast");
+        assert!(refused.to_string().contains("RES-011"), "{refused}");
+        let drift = r
+            .stage_answer((3, 1), [1; 32], vec![8])
+            .expect_err("another answer");
+        assert!(drift.to_string().contains("RES-011"), "{drift}");
+        // Another job of the same store is its own.
+        let o = TrainingRecord::load(store, other).expect("other");
+        assert!(!o.approved && o.last_round() == 0 && o.sent(2, &b).is_none());
+    }
 }

@@ -451,6 +451,8 @@ pub async fn run_coordinator(
         audit: open_audit_log(role.audit_store.as_deref())?,
         audit_export: role.audit_export.clone(),
         revocations: role.creds.revocations.clone(),
+        checkpoints: None,
+        resume: None,
     })?;
     let guard = coordinator.guard();
     let svc =

@@ -248,9 +248,20 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
             .submit(send("guest", round, model, good.clone(), false))
             .await;
         assert!(r.accepted, "{}", r.detail);
-        // UPD-002: the same owner again in the same round.
+        // RES-007: the same bytes again (an owner that did not hear the answer) are answered
+        // as accepted and change nothing: the round's sum below counts guest once.
+        let again = g.submit(send("guest", round, model, good, false)).await;
+        assert!(again.accepted, "{}", again.detail);
+        // UPD-002: another update from the same owner in the same round.
         rejected(
-            &g.submit(send("guest", round, model, good, false)).await,
+            &g.submit(send(
+                "guest",
+                round,
+                model,
+                update(200 + round as u8),
+                false,
+            ))
+            .await,
             Reject::Duplicate,
         );
         let h = &mut owners[1];

@@ -198,8 +198,13 @@ async fn start_with(rounds: u32) -> Servers {
     let agd_addr = agd.local_addr().expect("addr").to_string();
     let agd_creds = Credentials::load(&fed, "aggregator-1").expect("creds");
     let agd_guard = confide_net::aggregators::guard(agd_creds.revocations.clone());
-    let agd_jobs =
-        confide_net::aggregators::AggregatorJobs::new(agd_creds.clone(), 0, Some([6; 32]));
+    let agd_jobs = confide_net::aggregators::AggregatorJobs::new(
+        agd_creds.clone(),
+        0,
+        Some([6; 32]),
+        std::sync::Arc::new(confide_store::MemoryStore::new()),
+        &[9; 32],
+    );
     tokio::spawn(async move {
         confide_net::roles::serve_aggregator_daemon(
             agd,

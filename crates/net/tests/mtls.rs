@@ -28,6 +28,8 @@ async fn start_coordinator(fed: &std::path::Path) -> String {
         eval: None,
         keyholder_endpoint: None,
         aggregator_endpoints: Vec::new(),
+        checkpoints: None,
+        resume: None,
     })
     .expect("new");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -287,9 +287,20 @@ impl std::fmt::Debug for AggregatorKey {
 impl AggregatorKey {
     /// A fresh key from the operating system's generator.
     pub fn generate() -> Self {
+        Self::from_seed(&Self::fresh_seed())
+    }
+
+    /// A fresh 32-byte seed from the operating system's generator (kept sealed by an
+    /// aggregator daemon, which rebuilds the key with [`AggregatorKey::from_seed`]).
+    pub fn fresh_seed() -> [u8; 32] {
         let mut ikm = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut ikm);
-        let (secret, public) = Kem::derive_keypair(&ikm);
+        ikm
+    }
+
+    /// The key pair derived from `seed` (HPKE `DeriveKeyPair`, RFC 9180 §7.1.3).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let (secret, public) = Kem::derive_keypair(seed);
         Self { secret, public }
     }
 
@@ -1008,6 +1019,51 @@ pub struct Aggregator {
     finished: BTreeSet<u32>,
     models: BTreeSet<[u8; 32]>,
     round_models: BTreeMap<u32, [u8; 32]>,
+    records: BTreeMap<u32, RoundRecord>,
+}
+
+/// What an aggregator answered in a round (RES-009): kept for the job's life, and by a daemon
+/// in its store before each answer leaves, so that a repeated request is answered only if it
+/// is the identical one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundRecord {
+    /// The global model the round's contributions were trained from (zeroes: none named).
+    pub model: [u8; 32],
+    /// The digest of the contributions it was given (its view).
+    pub view: [u8; 32],
+    /// The digest of the set of owners it committed to sum, once it committed.
+    pub content: Option<[u8; 32]>,
+}
+
+impl RoundRecord {
+    /// 64 bytes (model, view), then 32 more (content) once committed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(&self.model);
+        out.extend_from_slice(&self.view);
+        if let Some(c) = &self.content {
+            out.extend_from_slice(c);
+        }
+        out
+    }
+
+    /// The inverse of [`RoundRecord::to_bytes`]; `None` for any other length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let part = |i: usize| <[u8; 32]>::try_from(bytes.get(i * 32..(i + 1) * 32)?).ok();
+        match bytes.len() {
+            64 => Some(Self {
+                model: part(0)?,
+                view: part(1)?,
+                content: None,
+            }),
+            96 => Some(Self {
+                model: part(0)?,
+                view: part(1)?,
+                content: Some(part(2)?),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Per aggregator index, its certified Ed25519 public key when the caller checked its
@@ -1063,7 +1119,21 @@ impl Aggregator {
             finished: BTreeSet::new(),
             models: BTreeSet::new(),
             round_models: BTreeMap::new(),
+            records: BTreeMap::new(),
         })
+    }
+
+    /// What this aggregator answered, by round.
+    pub fn records(&self) -> &BTreeMap<u32, RoundRecord> {
+        &self.records
+    }
+
+    /// Takes back what an aggregator answered before it restarted (its store's records):
+    /// those rounds are answered again only to the identical request, and their models are
+    /// never aggregated in another round.
+    pub fn restore(&mut self, records: BTreeMap<u32, RoundRecord>) {
+        self.models.extend(records.values().map(|r| r.model));
+        self.records = records;
     }
 
     /// The HPKE public key, hex.
@@ -1092,20 +1162,30 @@ impl Aggregator {
         round: u32,
         contributions: Vec<(Contribution, Vec<u8>)>,
     ) -> Result<PrepareAnswer, UnsealError> {
-        if self.finished.contains(&round)
-            || self.open.contains_key(&round)
-            || self.committed.contains_key(&round)
-        {
-            return Err(UnsealError::AlreadyUnsealed(round));
-        }
         let (model, checked) =
             check_signed(round, contributions, &self.owners, &self.params.job_digest)?;
-        // A global model is aggregated in one round only, finished or still open: otherwise a
-        // coordinator could have two subsets of the same updates summed and subtract them.
-        if let Some(m) = model
-            && (self.models.contains(&m) || self.round_models.values().any(|o| *o == m))
-        {
-            return Err(UnsealError::AlreadyUnsealed(round));
+        let digests = contribution_digests(checked.values().map(|c| c.get()));
+        let view = owners_digest("confide/aggregators/view", &digests, digests.keys());
+        match self.records.get(&round) {
+            // RES-009: the identical request again (its coordinator restarted, or this
+            // aggregator did): answered again from the same ciphertexts, which reveals nothing
+            // new. Its commit must then name the same set of owners as before.
+            Some(r) if r.view == view && r.model == model.unwrap_or_default() => {
+                self.open.remove(&round);
+                self.committed.remove(&round);
+                self.finished.remove(&round);
+            }
+            Some(_) => return Err(UnsealError::AlreadyUnsealed(round)),
+            None => {
+                // A global model is aggregated in one round only, finished or still open:
+                // otherwise a coordinator could have two subsets of the same updates summed
+                // and subtract them.
+                if let Some(m) = model
+                    && (self.models.contains(&m) || self.round_models.values().any(|o| *o == m))
+                {
+                    return Err(UnsealError::AlreadyUnsealed(round));
+                }
+            }
         }
         if checked.len() < self.params.scheme.min_owners {
             return Err(UnsealError::TooFew {
@@ -1113,8 +1193,6 @@ impl Aggregator {
                 min: self.params.scheme.min_owners,
             });
         }
-        let digests = contribution_digests(checked.values().map(|c| c.get()));
-        let view = owners_digest("confide/aggregators/view", &digests, digests.keys());
         let mut opened = BTreeMap::new();
         let mut out = Vec::with_capacity(checked.len());
         for (owner, c) in checked {
@@ -1149,6 +1227,11 @@ impl Aggregator {
             },
         );
         self.round_models.insert(round, model.unwrap_or_default());
+        self.records.entry(round).or_insert(RoundRecord {
+            model: model.unwrap_or_default(),
+            view,
+            content: None,
+        });
         Ok(PrepareAnswer {
             signature,
             ..answer
@@ -1313,6 +1396,16 @@ impl Aggregator {
             });
         }
         let content = owners_digest("confide/aggregators/commit", &open.digests, &accepted);
+        // RES-009: a round answered again commits to the same set of owners, or not at all.
+        match self.records.get_mut(&round) {
+            Some(r) if r.content.is_some_and(|c| c != content) => {
+                return inconsistent(
+                    "this round was committed here before to another set of owners".into(),
+                );
+            }
+            Some(r) => r.content = Some(content),
+            None => return Err(UnsealError::Internal("an unrecorded round".into())),
+        }
         let signature = self
             .signer
             .sign(&self.params.commit_statement(round, self.index, &content))

@@ -202,6 +202,11 @@ impl Jobs {
         Self { store }
     }
 
+    /// The store underneath (the coordinator keeps its jobs' checkpoints there too).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Submits a signed manifest file on behalf of `submitter` (the caller's authenticated
     /// party id). The same manifest submitted again returns the existing job and changes
     /// nothing.

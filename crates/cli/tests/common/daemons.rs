@@ -248,37 +248,96 @@ impl Fed {
 
     /// The coordinator daemon, with `extra` arguments (its key holder, its aggregators).
     pub fn coordinator_with(&self, extra: &[&str]) -> Daemon {
-        let store = self.dir.path().join("coordinator.redb");
         let listen = self.listen("coordinator");
+        self.coordinator_at((&listen, &listen), extra, &[], "coordinator.log")
+    }
+
+    /// The coordinator daemon with its control and fleet ports on `(control, fleet)`, with
+    /// `extra` arguments and `env`, logging to `log`; its store is always the same file.
+    pub fn coordinator_at(
+        &self,
+        (control, fleet): (&str, &str),
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> Daemon {
+        let store = self.dir.path().join("coordinator.redb");
         let mut cmd = self.command("coordinator");
-        cmd.args(["coordinator", "serve"]).args(extra).args([
-            "--fed",
-            path(&self.fed),
-            "--control",
-            &listen,
-            "--admin",
-            "127.0.0.1:0",
-            "--fleet",
-            &listen,
-            "--store",
-            path(&store),
-        ]);
-        Daemon::spawn(cmd, 3, self.dir.path().join("coordinator.log"))
+        cmd.envs(env.iter().copied())
+            .args(["coordinator", "serve"])
+            .args(extra)
+            .args([
+                "--fed",
+                path(&self.fed),
+                "--control",
+                control,
+                "--admin",
+                "127.0.0.1:0",
+                "--fleet",
+                fleet,
+                "--store",
+                path(&store),
+            ]);
+        Daemon::spawn(cmd, 3, self.dir.path().join(log))
     }
 
     /// Aggregator daemon `index` (from 1), with the shared verify key root in `verify_key`.
     pub fn aggregator(&self, index: usize, verify_key: &Path) -> Daemon {
+        let listen = self.listen(&format!("aggregator-{index}"));
+        self.aggregator_at(
+            index,
+            verify_key,
+            &listen,
+            &[],
+            &format!("aggregator-{index}.log"),
+        )
+    }
+
+    /// Aggregator daemon `index` on `listen`, with `env`, logging to `log`; its store and
+    /// seal key are always the same files.
+    pub fn aggregator_at(
+        &self,
+        index: usize,
+        verify_key: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> Daemon {
         let name = format!("aggregator-{index}");
-        let listen = self.listen(&name);
         let mut cmd = self.command(&name);
-        cmd.args(["aggregator", "serve", "--fed", path(&self.fed)])
-            .args(["--index", &index.to_string(), "--listen", &listen])
+        cmd.envs(env.iter().copied())
+            .args(["aggregator", "serve", "--fed", path(&self.fed)])
+            .args(["--index", &index.to_string(), "--listen", listen])
             .args(["--admin", "127.0.0.1:0", "--verify-key", path(verify_key)]);
-        Daemon::spawn(cmd, 2, self.dir.path().join(format!("{name}.log")))
+        Daemon::spawn(cmd, 2, self.dir.path().join(log))
     }
 
     pub fn node(&self, name: &str, fleet: &str, policy: &Path) -> Daemon {
+        self.node_with(name, fleet, policy, &[], &format!("{name}.log"))
+    }
+
+    /// Node daemon `name` with `env`, logging to `log`; its store is always the same file.
+    pub fn node_with(
+        &self,
+        name: &str,
+        fleet: &str,
+        policy: &Path,
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> Daemon {
         let data = root().join(format!("data/breast_homo/breast_homo_{name}.csv"));
+        self.node_serving(name, fleet, &[(&data, policy)], env, log)
+    }
+
+    /// Node daemon `name` serving `sources` (each a CSV and its policy, in order).
+    pub fn node_serving(
+        &self,
+        name: &str,
+        fleet: &str,
+        sources: &[(&Path, &Path)],
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> Daemon {
         let mut cmd = self.command(name);
         cmd.args([
             "node",
@@ -289,10 +348,11 @@ impl Fed {
             name,
             "--coordinator",
             fleet,
-            "--data",
-            path(&data),
-            "--policy",
-            path(policy),
+        ]);
+        for (data, policy) in sources {
+            cmd.args(["--data", path(data), "--policy", path(policy)]);
+        }
+        cmd.args([
             "--admin",
             "127.0.0.1:0",
             "--poll",
@@ -300,7 +360,8 @@ impl Fed {
             "--store",
             path(&self.dir.path().join(format!("{name}-node.redb"))),
         ]);
-        Daemon::spawn(cmd, 1, self.dir.path().join(format!("{name}.log")))
+        cmd.envs(env.iter().copied());
+        Daemon::spawn(cmd, 1, self.dir.path().join(log))
     }
 }
 

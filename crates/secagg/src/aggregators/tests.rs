@@ -469,9 +469,12 @@ fn aggregators_refuse_a_second_round_too_few_owners_and_forged_contributions() {
         Err(UnsealError::TooFew { got: 1, min: 2 })
     ));
     let a = &mut aggs[0];
-    // A round is prepared and committed once (KEY-005).
+    // A round is prepared again only for the identical contributions, with the same answer
+    // (RES-009); any other subset of them is refused (KEY-005).
+    let again = a.prepare(1, with_keys(&os, cs.clone())).expect("identical");
+    assert_eq!(again.signature, prepared.signature);
     assert!(matches!(
-        a.prepare(1, with_keys(&os, cs.clone())),
+        a.prepare(1, with_keys(&os, cs[..2].to_vec())),
         Err(UnsealError::AlreadyUnsealed(1))
     ));
     let request = FinishRequest::assemble(
@@ -493,6 +496,105 @@ fn aggregators_refuse_a_second_round_too_few_owners_and_forged_contributions() {
         a.release(1, &[mine, Vec::new(), Vec::new()], &no_keys),
         Err(UnsealError::Inconsistent(_))
     ));
+}
+
+/// RES-009: an aggregator answers a round's identical request again (after its coordinator,
+/// or itself, restarted: `restore`), but commits it only to the set of owners it committed to
+/// before. Here aggregator-3 cannot open `o1`'s share, so a coordinator that asks aggregator-1
+/// with aggregator-2's answer sums {o0, o1, o2}, and with aggregator-3's would sum {o0, o2}:
+/// two partial sums whose difference is `o1`'s share. The second is refused.
+#[test]
+fn an_aggregator_answers_a_round_again_only_for_the_same_set() {
+    let os = owners(3);
+    let ups = updates(3, 8);
+    let p = multi(SchemeKind::Threshold, 3, 2, 8, 3);
+    let mut aggs = aggregators(&p, &os);
+    let keys = public_keys(&aggs);
+    let signers = signer_keys(&aggs);
+    let cs: Vec<Contribution> = os
+        .iter()
+        .zip(&ups)
+        .enumerate()
+        .map(|(i, (o, u))| {
+            let mut payload = protect(&p, &keys, o, u);
+            if i == 1 {
+                let last = payload.len() - 1;
+                payload[last] ^= 1;
+            }
+            signed(o, 1, payload)
+        })
+        .collect();
+    let answers = prepare_all(&mut aggs, 1, &os, &cs);
+    let names = || os.iter().map(|o| o.name.clone());
+    let with_second =
+        FinishRequest::assemble(1, names(), &[answers[0].clone(), answers[1].clone(), None]);
+    let with_third =
+        FinishRequest::assemble(1, names(), &[answers[0].clone(), None, answers[2].clone()]);
+    aggs[0].commit(&with_second, &signers).expect("commit");
+    // Aggregator-1 restarts: a fresh state with its records (as a daemon keeps them).
+    let records = aggs[0].records().clone();
+    assert_eq!(records.len(), 1);
+    assert!(records[&1].content.is_some());
+    for r in records.values() {
+        assert_eq!(RoundRecord::from_bytes(&r.to_bytes()).as_ref(), Some(r));
+    }
+    let mut restarted = Aggregator::new(
+        0,
+        AggregatorKey::generate(),
+        crate::contribution::tests::key(),
+        p.clone(),
+        None,
+        all(&os),
+    )
+    .expect("aggregator");
+    restarted.restore(records);
+    for a in [&mut aggs[0], &mut restarted] {
+        // Another subset of the round, and its model in another round: refused.
+        assert!(matches!(
+            a.prepare(1, with_keys(&os, cs[..2].to_vec())),
+            Err(UnsealError::AlreadyUnsealed(1))
+        ));
+        let moved: Vec<Contribution> = cs
+            .iter()
+            .map(|c| {
+                let o = os.iter().find(|o| o.name == c.owner).expect("owner");
+                crate::sign_contribution(
+                    &o.key,
+                    &JOB,
+                    crate::Unsigned {
+                        owner: o.name.clone(),
+                        round: 2,
+                        stage: 0,
+                        model_digest: c.model_digest,
+                        payload: c.payload.clone(),
+                    },
+                )
+            })
+            .collect();
+        assert!(matches!(
+            a.prepare(2, with_keys(&os, moved)),
+            Err(UnsealError::AlreadyUnsealed(2))
+        ));
+    }
+    // The identical request is answered again by the aggregator that kept its state (the
+    // restarted one has another HPKE key here, so it cannot open the shares: a daemon keeps
+    // its key sealed, crates/net).
+    aggs[0]
+        .prepare(1, with_keys(&os, cs.clone()))
+        .expect("identical");
+    let err = aggs[0]
+        .commit(&with_third, &signers)
+        .expect_err("another set");
+    assert!(
+        matches!(&err, UnsealError::Inconsistent(m) if m.contains("another set of owners")),
+        "{err}"
+    );
+    aggs[0]
+        .prepare(1, with_keys(&os, cs.clone()))
+        .expect("identical");
+    aggs[0]
+        .commit(&with_second, &signers)
+        .expect("the same set");
 }
 
 /// Under `shares`, a verifier share replaced by the coordinator, or aggregators given
