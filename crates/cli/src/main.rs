@@ -1063,6 +1063,7 @@ async fn node(args: NodeArgs) -> Result<i32> {
         },
         ledger: args.ledger.zip(dataset),
         keyholder_attestation: args.keyholder_attestation_policy,
+        approver: None,
         policy: args.policy,
         witness_store: Some(witness_store),
     })

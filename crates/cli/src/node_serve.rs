@@ -70,6 +70,14 @@ pub struct ServeArgs {
     /// dataset.
     #[arg(long)]
     dataset: Option<String>,
+    /// The party id of the owner's approval key (`confide keygen`; the daemon holds only this
+    /// id): only its co-signatures (`confide node inbox approve --key`) and signed rejections
+    /// count as the owner's decisions. Without it the daemon holds no key that decides for
+    /// the owner: jobs that a policy leaves to the owner wait, and the inbox takes no
+    /// decision. (Giving the node's own id lets the node's key decide, which this daemon
+    /// holds.)
+    #[arg(long)]
+    approver: Option<String>,
     /// The daemon's store: its inbox, its witness memory and training records (redb).
     /// Default: <fed>/<name>-node.redb.
     #[arg(long)]
@@ -144,7 +152,9 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 struct Inbox {
     store: Arc<dyn Store>,
-    me: String,
+    /// The party id of the owner's approval key (`--approver`); without one the daemon takes
+    /// no decision of the owner's from the inbox.
+    me: Option<String>,
 }
 
 impl Inbox {
@@ -171,12 +181,25 @@ impl Inbox {
     }
 
     /// The owner's co-signature from `confide node inbox approve`.
+    /// The owner's approval key's party id, or a refusal when the daemon has none.
+    fn owner(&self) -> Result<&str, (u16, String)> {
+        self.me.as_deref().ok_or_else(|| {
+            (
+                403,
+                "this node daemon takes no decisions from the inbox: it was started without \
+                 --approver (the party id of the owner's approval key, `confide keygen`)"
+                    .to_string(),
+            )
+        })
+    }
+
     fn approve(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+        let me = self.owner()?;
         let sig: ManifestSignature =
             serde_json::from_slice(body).map_err(|e| (400, format!("not a co-signature: {e}")))?;
         let mut e = self.entry(hash)?;
         let h = parse_hash(&e.hash).map_err(|m| (500, m.to_string()))?;
-        if sig.role != SignatureRole::Approval || sig.signer != self.me || sig.verify(&h).is_err() {
+        if sig.role != SignatureRole::Approval || sig.signer != me || sig.verify(&h).is_err() {
             return Err((
                 403,
                 "the co-signature is not this owner's approval of this manifest".into(),
@@ -196,12 +219,13 @@ impl Inbox {
 
     /// The owner's signed rejection from `confide node inbox reject`.
     fn reject(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+        let me = self.owner()?;
         let signed =
             SignedStatement::from_json(body).map_err(|e| (400, format!("not a statement: {e}")))?;
         let verified = signed.verify().map_err(|e| (403, e.to_string()))?;
         let mut e = self.entry(hash)?;
         if verified.statement.action != Action::Reject
-            || verified.statement.author.id != self.me
+            || verified.statement.author.id != me
             || hex::encode(verified.job) != e.hash
         {
             return Err((
@@ -302,6 +326,17 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         bail!("--poll must be in (0, 60] seconds");
     }
     let sources = sources(&args)?;
+    if let Some(a) = &args.approver
+        && !confide_governance::identity::is_party_id(a)
+    {
+        bail!("--approver `{a}` is not a party id (the `id` that `confide keygen` prints)");
+    }
+    if args.approver.is_none() {
+        eprintln!(
+            "confide node: no --approver: jobs that a policy leaves to the owner wait in the \
+             inbox, and the daemon takes no approval or rejection from it"
+        );
+    }
     let path = args
         .store
         .clone()
@@ -312,7 +347,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         .with_context(|| format!("node store {}", path.display()))?;
     let inbox = Inbox {
         store,
-        me: creds.id(),
+        me: args.approver.clone(),
     };
     let recovered = inbox
         .list()
@@ -336,6 +371,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             job: None,
             approval: None,
             keyholder_attestation: None,
+            approver: args.approver.clone(),
         })
         .collect();
     let heard = Arc::new(Mutex::new(Heartbeats::default()));
@@ -786,14 +822,37 @@ pub struct InboxAt {
 /// The owner whose key signs a decision.
 #[derive(clap::Args, Debug)]
 pub struct Owner {
-    /// Federation directory with ca.crt and the owner's certificate and key.
-    #[arg(long, env = "CONFIDE_FED")]
-    fed: PathBuf,
+    /// The owner's approval key (`confide keygen`), when the daemon was started with its id
+    /// (`--approver`); it signs instead of the node's identity (--fed and --name are then
+    /// not needed).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Federation directory with ca.crt and the owner's certificate and key (the node's own
+    /// identity signs).
+    #[arg(long, env = "CONFIDE_FED", required_unless_present = "key")]
+    fed: Option<PathBuf>,
     /// The owner's name (the node's certificate name).
-    #[arg(long, env = "CONFIDE_NAME")]
-    name: String,
+    #[arg(long, env = "CONFIDE_NAME", required_unless_present = "key")]
+    name: Option<String>,
     #[command(flatten)]
     passphrase: Passphrase,
+}
+
+impl Owner {
+    /// The key that signs the owner's decision.
+    fn identity(&self) -> Result<Arc<confide_governance::identity::Identity>> {
+        let passphrase = self.passphrase.get()?;
+        match (&self.key, &self.fed, &self.name) {
+            (Some(key), _, _) => Ok(Arc::new(confide_governance::identity::Identity::load(
+                key,
+                passphrase.as_deref(),
+            )?)),
+            (None, Some(fed), Some(name)) => {
+                Ok(Credentials::load_with(fed, name, passphrase.as_deref())?.identity())
+            }
+            _ => bail!("give --key, or --fed and --name"),
+        }
+    }
 }
 
 /// Which dataset an offer goes to, and what the daemon does with it: the first dataset whose
@@ -986,16 +1045,12 @@ pub fn inbox(cmd: InboxCommand) -> Result<i32> {
         }
         InboxCommand::Approve { job, at, owner } => {
             let e = find(&at.admin, &job)?;
-            let creds = Credentials::load_with(
-                &owner.fed,
-                &owner.name,
-                owner.passphrase.get()?.as_deref(),
-            )?;
+            let id = owner.identity()?;
             let mut manifest = SignedManifest::from_json(&e.manifest_json)?;
             if manifest.hash != e.hash {
                 bail!("the inbox entry's manifest does not hash to {}", e.hash);
             }
-            manifest.approve(&creds.identity())?;
+            manifest.approve(&id)?;
             let sig = manifest.signatures.pop().context("no co-signature")?;
             post(&at, &e, "approve", serde_json::to_vec(&sig)?)
         }
@@ -1006,12 +1061,7 @@ pub fn inbox(cmd: InboxCommand) -> Result<i32> {
             owner,
         } => {
             let e = find(&at.admin, &job)?;
-            let creds = Credentials::load_with(
-                &owner.fed,
-                &owner.name,
-                owner.passphrase.get()?.as_deref(),
-            )?;
-            let id = creds.identity();
+            let id = owner.identity()?;
             let hash = parse_hash(&e.hash)?;
             let statement = Statement::new(
                 Action::Reject,

@@ -1040,6 +1040,7 @@ impl Roles {
                     policy,
                     witness_store: Some(witness),
                     keyholder_attestation: self.keyholder_policy.clone(),
+                    approver: None,
                 };
                 let name = name.to_string();
                 self.tasks.push(tokio::spawn(async move {

@@ -34,8 +34,18 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     )
     .expect("write");
     let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
-    let mut host = fed.node("host", &fleet, &host_policy);
+    // host's owner decides with its own approval key, which the daemon never holds.
+    let (host_key, host_approver) = fed.approver_key("host");
+    let host_data = root().join("data/breast_homo/breast_homo_host.csv");
+    let mut host = fed.node_serving(
+        "host",
+        &fleet,
+        &[(&host_data, &host_policy)],
+        (&[], &["--approver", &host_approver]),
+        "host.log",
+    );
     let host_admin = host.addrs[0].clone();
+    let host_key = path(&host_key).to_string();
 
     let a = fed.manifest("fleet-masking", "masking", 3);
     let b = fed.manifest("fleet-rejected", "plain", 3);
@@ -73,7 +83,7 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
 
     // host's owner approves two from the inbox and rejects one, each signed by its key.
     for job in ["fleet-masking", "fleet-plain", "fleet-paillier"] {
-        let out = fed.inbox(&host_admin, "host", &["approve", job]);
+        let out = fed.inbox(&host_admin, "host", &["approve", job, "--key", &host_key]);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -97,7 +107,14 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     let out = fed.inbox(
         &host_admin,
         "host",
-        &["reject", "fleet-rejected", "--reason", "not this study"],
+        &[
+            "reject",
+            "fleet-rejected",
+            "--reason",
+            "not this study",
+            "--key",
+            &host_key,
+        ],
     );
     assert_eq!(
         out.status.code(),
@@ -227,7 +244,11 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
         Some(0)
     );
     wait_for(30, "fleet-long in host's inbox", || {
-        let out = fed.inbox(&host_admin, "host", &["approve", "fleet-long"]);
+        let out = fed.inbox(
+            &host_admin,
+            "host",
+            &["approve", "fleet-long", "--key", &host_key],
+        );
         (out.status.code() == Some(0)).then_some(())
     });
     wait_for(60, "fleet-long running", || {
@@ -769,7 +790,7 @@ fn a_node_daemon_with_two_datasets_runs_a_job_on_the_one_that_fits() {
         "guest",
         &fleet,
         &[(&digits, &digits_policy), (&breast, &guest_policy)],
-        &[],
+        (&[], &[]),
         "guest.log",
     );
     let guest_admin = guest.addrs[0].clone();
@@ -793,6 +814,82 @@ fn a_node_daemon_with_two_datasets_runs_a_job_on_the_one_that_fits() {
             .is_some_and(|w| w.starts_with("dataset 2: ")),
         "{list}"
     );
+    for d in [&mut guest, &mut host, &mut coordinator] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+}
+
+/// The owner's approval key off the daemon: `host` runs with `--approver` (the id of a key
+/// made by `confide keygen`), so a co-signature by the node's own identity key is refused, and
+/// the owner's `inbox approve --key` runs the job.
+#[test]
+fn an_owner_approves_with_a_key_the_node_daemon_does_not_hold() {
+    let fed = Fed::new();
+    let mut coordinator = fed.coordinator_with(&[]);
+    let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
+    let (key, approver) = fed.approver_key("host");
+    let policies = root().join("examples/policies");
+    let host_policy = fed.dir.path().join("host-policy.toml");
+    std::fs::write(
+        &host_policy,
+        std::fs::read_to_string(policies.join("breast_homo_host.toml"))
+            .expect("policy")
+            .replace("approval = \"automatic\"", "approval = \"co-signature\""),
+    )
+    .expect("write");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let host_data = root().join("data/breast_homo/breast_homo_host.csv");
+    let mut host = fed.node_serving(
+        "host",
+        &fleet,
+        &[(&host_data, &host_policy)],
+        (&[], &["--approver", &approver]),
+        "host.log",
+    );
+    let admin = host.addrs[0].clone();
+    let m = fed.manifest("fleet-approver", "plain", 3);
+    let out = fed.job(&control, "owner", &["submit", path(&m)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(30, "host's inbox", || {
+        let list = json(&fed.inbox(&admin, "host", &["list"]));
+        (list[0]["status"] == "pending").then_some(())
+    });
+    // guest's daemon has no --approver: it takes no decision from its inbox at all.
+    let guest_admin = guest.addrs[0].clone();
+    let none = fed.inbox(&guest_admin, "guest", &["approve", "fleet-approver"]);
+    assert_eq!(none.status.code(), Some(3), "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("without --approver"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+    // The node's own key is not the owner's.
+    let refused = fed.inbox(&admin, "host", &["approve", "fleet-approver"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let approved = fed.inbox(
+        &admin,
+        "host",
+        &["approve", "fleet-approver", "--key", path(&key)],
+    );
+    assert_eq!(
+        approved.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    wait_for(60, "fleet-approver", || {
+        (state_of(&fed, &control, "fleet-approver") == "completed").then_some(())
+    });
     for d in [&mut guest, &mut host, &mut coordinator] {
         assert_eq!(d.terminate(), Some(0), "{}", d.log());
     }

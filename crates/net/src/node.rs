@@ -416,6 +416,9 @@ pub struct NodeOptions {
     /// An attestation policy the key holder's evidence must satisfy before this owner
     /// encrypts to its key (`paillier`, `lattice`); `None` trusts the key holder unattested.
     pub keyholder_attestation: Option<PathBuf>,
+    /// The party id of the owner's approval key, when it is not the node's own identity
+    /// (`confide node serve --approver`): only its co-signatures count as the owner's.
+    pub approver: Option<String>,
 }
 
 /// What a node did.
@@ -1668,10 +1671,11 @@ impl Governance {
                 request.mode.as_str()
             )));
         }
-        let co_signed = self.manifest.approvals.contains(&self.my_id)
+        let owner = opts.approver.as_ref().unwrap_or(&self.my_id);
+        let co_signed = self.manifest.approvals.contains(owner)
             || opts.approval.as_ref().is_some_and(|a| {
                 a.role == confide_governance::manifest::SignatureRole::Approval
-                    && a.signer == self.my_id
+                    && a.signer == *owner
                     && a.verify(&self.manifest_hash).is_ok()
             });
         match Self::policy(opts).map_err(Undecided::Refused)? {

@@ -536,6 +536,7 @@ async fn fetch_model_waits_for_the_report_once_the_rounds_have_ended() {
             policy: None,
             witness_store: None,
             keyholder_attestation: None,
+            approver: None,
         },
     ));
     let host_creds = s.creds("host");

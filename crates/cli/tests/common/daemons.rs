@@ -326,16 +326,33 @@ impl Fed {
         log: &str,
     ) -> Daemon {
         let data = root().join(format!("data/breast_homo/breast_homo_{name}.csv"));
-        self.node_serving(name, fleet, &[(&data, policy)], env, log)
+        self.node_serving(name, fleet, &[(&data, policy)], (env, &[]), log)
     }
 
-    /// Node daemon `name` serving `sources` (each a CSV and its policy, in order).
+    /// A fresh approval key for owner `name` (`confide keygen`): its file and its party id.
+    pub fn approver_key(&self, name: &str) -> (PathBuf, String) {
+        let key = self.dir.path().join(format!("{name}-approver.key"));
+        let made = Command::new(env!("CARGO_BIN_EXE_confide"))
+            .args(["keygen", "--out", path(&key), "--no-tls-key"])
+            .output()
+            .expect("keygen");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let id = json(&made)["id"].as_str().expect("id").to_string();
+        (key, id)
+    }
+
+    /// Node daemon `name` serving `sources` (each a CSV and its policy, in order), with `env`
+    /// and `extra` arguments.
     pub fn node_serving(
         &self,
         name: &str,
         fleet: &str,
         sources: &[(&Path, &Path)],
-        env: &[(&str, &str)],
+        (env, extra): (&[(&str, &str)], &[&str]),
         log: &str,
     ) -> Daemon {
         let mut cmd = self.command(name);
@@ -352,6 +369,7 @@ impl Fed {
         for (data, policy) in sources {
             cmd.args(["--data", path(data), "--policy", path(policy)]);
         }
+        cmd.args(extra);
         cmd.args([
             "--admin",
             "127.0.0.1:0",
