@@ -25,14 +25,7 @@ fn node_daemons_approve_run_and_finish_jobs_from_a_standing_coordinator() {
     );
     // guest's policy approves by itself; host's asks its owner (a co-signature).
     let policies = root().join("examples/policies");
-    let host_policy = fed.dir.path().join("host-policy.toml");
-    std::fs::write(
-        &host_policy,
-        std::fs::read_to_string(policies.join("breast_homo_host.toml"))
-            .expect("policy")
-            .replace("approval = \"automatic\"", "approval = \"co-signature\""),
-    )
-    .expect("write");
+    let host_policy = co_signature_policy(&fed);
     let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
     // host's owner decides with its own approval key, which the daemon never holds.
     let (host_key, host_approver) = fed.approver_key("host");
@@ -829,14 +822,7 @@ fn an_owner_approves_with_a_key_the_node_daemon_does_not_hold() {
     let (control, fleet) = (coordinator.addrs[1].clone(), coordinator.addrs[2].clone());
     let (key, approver) = fed.approver_key("host");
     let policies = root().join("examples/policies");
-    let host_policy = fed.dir.path().join("host-policy.toml");
-    std::fs::write(
-        &host_policy,
-        std::fs::read_to_string(policies.join("breast_homo_host.toml"))
-            .expect("policy")
-            .replace("approval = \"automatic\"", "approval = \"co-signature\""),
-    )
-    .expect("write");
+    let host_policy = co_signature_policy(&fed);
     let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
     let host_data = root().join("data/breast_homo/breast_homo_host.csv");
     let mut host = fed.node_serving(
@@ -862,7 +848,12 @@ fn an_owner_approves_with_a_key_the_node_daemon_does_not_hold() {
     // guest's daemon has no --approver: it takes no decision from its inbox at all.
     let guest_admin = guest.addrs[0].clone();
     let none = fed.inbox(&guest_admin, "guest", &["approve", "fleet-approver"]);
-    assert_eq!(none.status.code(), Some(3), "{}", String::from_utf8_lossy(&none.stderr));
+    assert_eq!(
+        none.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&none.stderr).contains("without --approver"),
         "{}",
@@ -920,6 +911,19 @@ fn submit_until_abort(
         "{}",
         first.log()
     );
+}
+
+/// host's example policy, with its rule asking for the owner's co-signature.
+fn co_signature_policy(fed: &Fed) -> std::path::PathBuf {
+    let policy = fed.dir.path().join("host-policy.toml");
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(root().join("examples/policies/breast_homo_host.toml"))
+            .expect("policy")
+            .replace("approval = \"automatic\"", "approval = \"co-signature\""),
+    )
+    .expect("write");
+    policy
 }
 
 fn hex_of(bytes: &[u8]) -> String {
