@@ -434,6 +434,11 @@ fn a_threshold_job_runs_through_aggregator_daemons() {
 /// round had left send the same bytes again; the job completes with the model of an
 /// uninterrupted one-shot run, and the key holder decrypted each round once.
 fn coordinator_killed_at(point: &str, scheme: &str) {
+    coordinator_killed_with(point, scheme, "");
+}
+
+/// [`coordinator_killed_at`] with `extra` appended to the job file.
+fn coordinator_killed_with(point: &str, scheme: &str, job_extra: &str) {
     let fed = Fed::new();
     let mut keyholder = fed.keyholder();
     let root_key = fed.dir.path().join("verify.key");
@@ -461,7 +466,13 @@ fn coordinator_killed_at(point: &str, scheme: &str) {
     let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
     let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
     let job = format!("resume-{scheme}-{point}");
-    submit_until_abort(&fed, &control, (&job, scheme), &mut first, &crash);
+    submit_until_abort(
+        &fed,
+        &control,
+        (&job, scheme, job_extra),
+        &mut first,
+        &crash,
+    );
     let mut second = fed.coordinator_at((&control, &fleet), &extra, &[], "coordinator-2.log");
     assert!(
         second.log().contains("it goes on after round"),
@@ -590,6 +601,17 @@ fn a_coordinator_killed_mid_masking_round_replays_it() {
     coordinator_killed_at("coordinator-stage-2", "masking");
 }
 
+/// A server optimiser's moments are part of the checkpoint: under FedAdam the job goes on at
+/// round 4 with the moments of round 3, and the model is the uninterrupted run's.
+#[test]
+fn a_coordinator_killed_between_fedadam_rounds_keeps_the_optimiser_moments() {
+    coordinator_killed_with(
+        "coordinator-committed",
+        "plain",
+        "\n[training.server_optimizer]\nkind = \"fedadam\"\n",
+    );
+}
+
 /// Round 3 committed under `masking`: the job goes on at round 4 with fresh masks from a
 /// model nobody trained from.
 #[test]
@@ -622,7 +644,7 @@ fn a_node_daemon_killed_mid_round_rejoins_and_sends_its_stored_update() {
     submit_until_abort(
         &fed,
         &control,
-        (job, "paillier"),
+        (job, "paillier", ""),
         &mut first,
         "node-recorded@3",
     );
@@ -719,7 +741,7 @@ fn an_aggregator_daemon_killed_mid_round_comes_back_with_the_jobs_key_and_record
     submit_until_abort(
         &fed,
         &control,
-        (job, "shares"),
+        (job, "shares", ""),
         &mut first,
         "aggregator-recorded@3",
     );
@@ -891,11 +913,11 @@ fn an_owner_approves_with_a_key_the_node_daemon_does_not_hold() {
 fn submit_until_abort(
     fed: &Fed,
     control: &str,
-    (job, scheme): (&str, &str),
+    (job, scheme, extra): (&str, &str, &str),
     first: &mut common::daemons::Daemon,
     point: &str,
 ) {
-    let m = fed.manifest(job, scheme, 6);
+    let m = fed.manifest_with(job, scheme, 6, extra);
     let out = fed.job(control, "owner", &["submit", path(&m)]);
     assert_eq!(
         out.status.code(),

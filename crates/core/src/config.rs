@@ -288,13 +288,65 @@ pub struct TrainingSection {
     /// L2 penalty (weight decay) applied to weights, not biases.
     #[serde(default)]
     pub l2: f64,
-    /// Server learning rate applied to the averaged update (1.0 is plain FedAvg).
+    /// Server learning rate applied to the averaged update (1.0 is plain FedAvg); the η of
+    /// the server optimiser when there is one.
     #[serde(default = "one")]
     pub server_learning_rate: f64,
+    /// The server optimiser; none is FedAvg (the model moves by η times the mean update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_optimizer: Option<ServerOptimizer>,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+/// A server optimiser: how the coordinator moves the global model by the round's mean update
+/// Δ. FedAvgM is Hsu et al. 2019 (arXiv:1909.06335): `v ← β₁·v + Δ`, `x ← x + η·v`. FedAdagrad,
+/// FedAdam and FedYogi are Reddi et al., "Adaptive Federated Optimization", ICLR 2021,
+/// Algorithm 2: `m ← β₁·m + (1−β₁)·Δ`, then `v ← v + Δ²` (Adagrad), `v ← β₂·v + (1−β₂)·Δ²`
+/// (Adam) or `v ← v − (1−β₂)·Δ²·sign(v − Δ²)` (Yogi), and `x ← x + η·m / (√v + τ)`, with
+/// `m` starting at 0 and `v` at τ².
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOptimizer {
+    /// `fedavgm`, `fedadagrad`, `fedadam` or `fedyogi`.
+    pub kind: ServerOptimizerKind,
+    /// β₁: the momentum (FedAvgM) or the first-moment decay.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// β₂: the second-moment decay (FedAdam, FedYogi).
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// τ: the adaptivity (the second moment's floor).
+    #[serde(default = "default_tau")]
+    pub tau: f64,
+}
+
+/// Which server optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerOptimizerKind {
+    /// Server momentum.
+    FedAvgM,
+    /// Adaptive, with the sum of squared updates.
+    FedAdagrad,
+    /// Adaptive, Adam's moments.
+    FedAdam,
+    /// Adaptive, Yogi's additive second moment.
+    FedYogi,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+
+fn default_beta2() -> f64 {
+    0.99
+}
+
+fn default_tau() -> f64 {
+    1e-3
 }
 
 /// The `[encoding]` section: how float updates become integers for secure aggregation.
@@ -1040,6 +1092,26 @@ impl JobSpec {
                 format!("must be in (0, {MAX_LEARNING_RATE}]"),
             ));
         }
+        if let Some(o) = &t.server_optimizer {
+            if !(0.0..1.0).contains(&o.beta1) {
+                return Err(invalid(
+                    "training.server_optimizer.beta1",
+                    "must be in [0, 1)",
+                ));
+            }
+            if !(0.0..1.0).contains(&o.beta2) {
+                return Err(invalid(
+                    "training.server_optimizer.beta2",
+                    "must be in [0, 1)",
+                ));
+            }
+            if !(o.tau > 0.0 && o.tau <= 1.0) {
+                return Err(invalid(
+                    "training.server_optimizer.tau",
+                    "must be in (0, 1]",
+                ));
+            }
+        }
         let e = &self.encoding;
         if e.scale_bits == 0 || e.scale_bits > 40 {
             return Err(invalid("encoding.scale_bits", "must be between 1 and 40"));
@@ -1156,6 +1228,34 @@ data = "b.csv"
         let back = JobSpec::from_wire(&spec.to_wire()).expect("parses");
         assert_eq!(spec, back);
         assert_eq!(spec.digest_input(), back.digest_input());
+    }
+
+    /// A server optimiser is part of the signed spec only when a job names one: the digest of
+    /// every job without one is what it was before the option existed.
+    #[test]
+    fn a_server_optimiser_is_parsed_checked_and_absent_from_older_specs() {
+        let plain = JobConfig::parse(MINIMAL).expect("valid").spec();
+        assert!(!plain.to_wire().contains("server_optimizer"));
+        let text = format!("{MINIMAL}\n[training.server_optimizer]\nkind = \"fedyogi\"\n");
+        let spec = JobConfig::parse(&text).expect("valid").spec();
+        let o = spec.training.server_optimizer.clone().expect("optimiser");
+        assert_eq!(
+            (o.kind, o.beta1, o.beta2, o.tau),
+            (ServerOptimizerKind::FedYogi, 0.9, 0.99, 1e-3)
+        );
+        assert_ne!(spec.digest_input(), plain.digest_input());
+        for (line, field) in [
+            ("beta1 = 1.0", "beta1"),
+            ("beta2 = -0.1", "beta2"),
+            ("tau = 0.0", "tau"),
+            ("kind = \"fedsgd\"", "kind"),
+        ] {
+            let bad =
+                format!("{MINIMAL}\n[training.server_optimizer]\nkind = \"fedadam\"\n{line}\n")
+                    .replace("kind = \"fedadam\"\nkind", "kind");
+            let err = JobConfig::parse(&bad).expect_err("invalid");
+            assert!(err.to_string().contains(field), "{line}: {err}");
+        }
     }
 
     #[test]

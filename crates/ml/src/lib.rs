@@ -22,6 +22,7 @@ pub mod idx;
 pub mod job;
 pub mod model;
 pub mod partition;
+pub mod server_opt;
 pub mod standardize;
 pub mod train;
 

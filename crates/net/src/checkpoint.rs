@@ -24,6 +24,8 @@ use crate::coordinator::{OwnerPrivacy, RoundRecord};
 pub const CHECKPOINTS: &str = "coordinator.checkpoints";
 /// The table of checkpointed global models (little-endian `f32`s), by manifest hash.
 const MODELS: &str = "coordinator.checkpoint_models";
+/// The table of checkpointed server optimiser moments (`ServerState::to_bytes`), by hash.
+const MOMENTS: &str = "coordinator.checkpoint_moments";
 
 /// Where a job stands after its last committed round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,8 @@ pub struct Checkpoint {
     /// SHA-256 of the global model after `round` (`confide_secagg::model_digest`), checked
     /// when the model is read back.
     pub model_digest: String,
+    /// SHA-256 of the server optimiser's moments (`moments`), checked when they are read back.
+    pub moments_digest: String,
     /// Owners that joined.
     pub joined: BTreeSet<String>,
     /// Owners still in the job (approved in time, not excluded, not withdrawn).
@@ -53,6 +57,9 @@ pub struct Checkpoint {
     /// The global model after `round` (stored apart, as raw bytes).
     #[serde(skip)]
     pub params: Vec<f32>,
+    /// The server optimiser's moments after `round` (stored apart; empty under FedAvg).
+    #[serde(skip)]
+    pub moments: Vec<u8>,
 }
 
 /// The checkpoints of the jobs of one coordinator, in its store (the store of its audit log
@@ -81,6 +88,7 @@ impl Checkpoints {
                 let index = AuditLog::record_in(txn, event)?;
                 txn.put(CHECKPOINTS, hash, &json)?;
                 txn.put(MODELS, hash, &model)?;
+                txn.put(MOMENTS, hash, &cp.moments)?;
                 Ok::<_, AuditError>(index)
             })
             .map_err(|e| format!("audit log and checkpoint: {e}"))
@@ -92,12 +100,13 @@ impl Checkpoints {
     /// The store failed, or the checkpoint does not read back whole (its model's digest
     /// differs from the one recorded).
     pub fn load(&self, hash: &[u8; 32]) -> Result<Option<Checkpoint>, String> {
-        let (json, model) = self
+        let (json, model, moments) = self
             .store
             .read(|txn| {
                 Ok::<_, confide_store::StoreError>((
                     txn.get(CHECKPOINTS, hash)?,
                     txn.get(MODELS, hash)?,
+                    txn.get(MOMENTS, hash)?,
                 ))
             })
             .map_err(|e| e.to_string())?;
@@ -117,6 +126,10 @@ impl Checkpoints {
         if hex::encode(confide_secagg::model_digest(&cp.params)) != cp.model_digest {
             return Err("checkpoint: its model does not match its digest".into());
         }
+        cp.moments = moments.unwrap_or_default();
+        if hex::encode(confide_crypto::sha256(&cp.moments)) != cp.moments_digest {
+            return Err("checkpoint: its optimiser moments do not match their digest".into());
+        }
         Ok(Some(cp))
     }
 
@@ -129,6 +142,7 @@ impl Checkpoints {
             .transact(|txn| {
                 let had = txn.delete(CHECKPOINTS, hash)?;
                 txn.delete(MODELS, hash)?;
+                txn.delete(MOMENTS, hash)?;
                 Ok::<_, confide_store::StoreError>(had)
             })
             .map_err(|e| e.to_string())
@@ -142,9 +156,12 @@ mod tests {
 
     fn sample(round: u32) -> Checkpoint {
         let params = vec![0.5f32, -1.25, f32::MIN_POSITIVE, 3.0e-12];
+        let moments = vec![1u8, 2, 3];
         Checkpoint {
             round,
             model_digest: hex::encode(confide_secagg::model_digest(&params)),
+            moments_digest: hex::encode(confide_crypto::sha256(&moments)),
+            moments,
             joined: ["a".into(), "b".into()].into(),
             alive: ["a".into()].into(),
             registered: ["a".into(), "b".into()].into(),

@@ -226,6 +226,8 @@ struct State {
     received: BTreeMap<(String, u32), [u8; 32]>,
     /// The round whose aggregation state `server` is (0: none yet).
     server_round: u32,
+    /// The server optimiser's moments after the last committed round.
+    moments: confide_ml::server_opt::ServerState,
 }
 
 /// How many refusals of one caller get an audit entry each; later ones are counted, and the
@@ -469,6 +471,7 @@ impl Coordinator {
             refusals: BTreeMap::new(),
             received: BTreeMap::new(),
             server_round: 0,
+            moments: confide_ml::server_opt::ServerState::default(),
         };
         let mut initial = Snapshot {
             state: JobState::Waiting,
@@ -505,6 +508,9 @@ impl Coordinator {
             state.privacy.clone_from(&cp.privacy);
             state.events.clone_from(&cp.events);
             state.rejections.clone_from(&cp.rejections);
+            state.moments =
+                confide_ml::server_opt::ServerState::from_bytes(&cp.moments, cp.params.len())
+                    .map_err(|e| crate::transport::transport_err("checkpoint", e))?;
             // Not `Running` until its next round opens: no task is handed out before then.
             initial.round = cp.round;
         }
@@ -607,7 +613,7 @@ impl Coordinator {
         kind: EventKind,
         detail: serde_json::Value,
         (round, params): (u32, &[f32]),
-        record: Option<&RoundRecord>,
+        record: Option<(&RoundRecord, &confide_ml::server_opt::ServerState)>,
     ) -> Result<u64, String> {
         let event = Event::now(kind, &self.spec.job.id, "coordinator", detail);
         let Some(checkpoints) = &self.checkpoints else {
@@ -618,9 +624,12 @@ impl Coordinator {
         };
         let cp = {
             let s = lock(&self.state);
+            let moments = record.map_or(&s.moments, |(_, m)| m).to_bytes();
             Checkpoint {
                 round,
                 model_digest: hex::encode(model_digest(params)),
+                moments_digest: hex::encode(confide_crypto::sha256(&moments)),
+                moments,
                 joined: s.joined.clone(),
                 alive: s.alive.clone(),
                 registered: s.registered.clone(),
@@ -629,7 +638,12 @@ impl Coordinator {
                     .iter()
                     .map(|(k, v)| (k.clone(), hex::encode(v)))
                     .collect(),
-                history: s.history.iter().chain(record).cloned().collect(),
+                history: s
+                    .history
+                    .iter()
+                    .chain(record.map(|(r, _)| r))
+                    .cloned()
+                    .collect(),
                 privacy: s.privacy.clone(),
                 events: s.events.clone(),
                 rejections: s.rejections.clone(),
@@ -1160,7 +1174,7 @@ impl Coordinator {
                 }
             };
             // Evaluate the candidate first: the global model only advances with a complete round.
-            let candidate = self
+            let (candidate, moments) = self
                 .apply(params, &sum, round)
                 .map_err(|e| format!("round {round} failed: {e}"))?;
             let aggregation_seconds = agg_started.elapsed().as_secs_f64();
@@ -1194,10 +1208,11 @@ impl Coordinator {
                     "model_digest": hex::encode(model_digest(&candidate)),
                 }),
                 (round, &candidate),
-                Some(&record),
+                Some((&record, &moments)),
             )
             .map_err(|e| format!("round {round} failed: {e}"))?;
             *params = Arc::new(candidate);
+            lock(&self.state).moments = moments;
             confide_core::crash::point("coordinator-committed", round);
             let json = serde_json::to_string(&record).unwrap_or_default();
             lock(&self.state).history.push(record);
@@ -1212,28 +1227,53 @@ impl Coordinator {
         Ok(())
     }
 
-    /// FedAvg: the new global model is `w + η · mean(Δ)` over the contributors (uniform
-    /// weights; weighting by sample counts would reveal each owner's count).
-    fn apply(&self, params: &[f32], sum: &AggregateSum, round: u32) -> Result<Vec<f32>, String> {
+    /// The server step: FedAvg moves the global model to `w + η · mean(Δ)` over the
+    /// contributors (uniform weights; weighting by sample counts would reveal each owner's
+    /// count); a server optimiser (`training.server_optimizer`) moves it by its own rule from
+    /// the same mean (`confide_ml::server_opt`). Returns the model and the optimiser's moments.
+    fn apply(
+        &self,
+        params: &[f32],
+        sum: &AggregateSum,
+        round: u32,
+    ) -> Result<(Vec<f32>, confide_ml::server_opt::ServerState), String> {
         let k = sum.contributors.len().max(1) as f64;
         let lr = self.spec.training.server_learning_rate;
-        if let Some(c) = &self.client_dp {
-            let seed = ClientDp::round_seed(&self.digest, round);
-            let mean = c
-                .ddg
-                .decode_mean(&sum.sums, sum.contributors.len(), seed)
-                .map_err(|e| e.to_string())?;
-            return Ok(params
-                .iter()
-                .zip(&mean)
-                .map(|(w, m)| (f64::from(*w) + lr * f64::from(*m)) as f32)
-                .collect());
+        let mean: Vec<f64> = match &self.client_dp {
+            Some(c) => {
+                let seed = ClientDp::round_seed(&self.digest, round);
+                c.ddg
+                    .decode_mean(&sum.sums, sum.contributors.len(), seed)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
+            }
+            None if self.spec.training.server_optimizer.is_none() => {
+                // FedAvg without client-level DP, as it always was: η·Σ/k in one expression.
+                let model = params
+                    .iter()
+                    .zip(&sum.sums)
+                    .map(|(w, s)| (f64::from(*w) + lr * self.fixed.decode(*s) / k) as f32)
+                    .collect();
+                return Ok((model, confide_ml::server_opt::ServerState::default()));
+            }
+            None => sum.sums.iter().map(|s| self.fixed.decode(*s) / k).collect(),
+        };
+        match &self.spec.training.server_optimizer {
+            Some(opt) => {
+                let before = lock(&self.state).moments.clone();
+                confide_ml::server_opt::step(opt, lr, params, &mean, &before)
+            }
+            None => Ok((
+                params
+                    .iter()
+                    .zip(&mean)
+                    .map(|(w, m)| (f64::from(*w) + lr * m) as f32)
+                    .collect(),
+                confide_ml::server_opt::ServerState::default(),
+            )),
         }
-        Ok(params
-            .iter()
-            .zip(&sum.sums)
-            .map(|(w, s)| (f64::from(*w) + lr * self.fixed.decode(*s) / k) as f32)
-            .collect())
     }
 
     /// Whether this coordinator lacks `owner`'s update for `round`: the round is open (or,
