@@ -139,9 +139,13 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             resume.push(hash);
             continue;
         }
-        let reason = "the coordinator stopped before the job's first round began (nothing was \
-                      trained); submit it again under a new job id"
-            .to_string();
+        let reason = if matches!(r.state, JobState::Running { .. }) {
+            "the coordinator stopped before the job's first round began (nothing was trained); \
+             submit it again under a new job id"
+        } else {
+            "the coordinator stopped while it released the job's model"
+        }
+        .to_string();
         jobs.transition(
             &hash,
             &confide_service::Transition::Fail { reason },
@@ -153,6 +157,15 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             "confide coordinator: job `{}` was starting; it is failed",
             r.job_id
         );
+    }
+    // A job that ended while its checkpoint was being erased leaves one behind: erase it now.
+    for hash in checkpoints.jobs().map_err(anyhow::Error::msg)? {
+        let ended = jobs
+            .get(&hash)?
+            .is_none_or(|r| !matches!(r.state, JobState::Running { .. }));
+        if ended {
+            checkpoints.erase(&hash).map_err(anyhow::Error::msg)?;
+        }
     }
     // Recover before serving: every record must read back (a corrupt store stops here).
     let counts = jobs

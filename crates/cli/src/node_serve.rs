@@ -37,6 +37,9 @@ use crate::governance::Passphrase;
 
 const INBOX: &str = "node.inbox";
 
+/// What a daemon serving several datasets tells the coordinator when none accepts a job.
+const NONE_FITS: &str = "NODE-002 none of this owner's datasets accepts the job";
+
 /// The longest reason a rejection carries to the coordinator, in characters.
 const MAX_REASON: usize = confide_net::guard::MAX_RULE_CHARS;
 
@@ -140,9 +143,13 @@ pub struct Entry {
     pub updated_ms: u64,
     /// The manifest file.
     pub manifest_json: String,
-    /// Which of the daemon's datasets the job runs on (its position, from 0).
+    /// Which of the daemon's datasets the job runs on (its position, from 0, when offered).
     #[serde(default)]
     pub source: usize,
+    /// That dataset's name (its policy's dataset, or its file): a restarted daemon runs the
+    /// job on the dataset of this name, wherever it now is in the list.
+    #[serde(default)]
+    pub dataset: String,
 }
 
 fn now_ms() -> u64 {
@@ -394,9 +401,17 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         ))
     };
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let names = base
+        .iter()
+        .map(|o| match &o.policy {
+            Some(p) => confide_governance::policy::Policy::load(p).map(|p| p.dataset),
+            None => Ok(o.data.display().to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let daemon = Daemon {
         inbox,
         base,
+        names,
         creds,
         heard,
         running: Arc::default(),
@@ -541,6 +556,8 @@ struct Daemon {
     inbox: Inbox,
     /// Per dataset, the options a job on it runs with (in the order given).
     base: Vec<confide_net::node::NodeOptions>,
+    /// Per dataset, its name (its policy's dataset, or its file).
+    names: Vec<String>,
     creds: Credentials,
     heard: Arc<Mutex<Heartbeats>>,
     /// The jobs this daemon runs now.
@@ -682,6 +699,7 @@ impl Daemon {
             updated_ms: 0,
             manifest_json: offer.manifest_json.clone(),
             source,
+            dataset: self.names[source].clone(),
         };
         self.inbox.put(&mut e)?;
         eprintln!(
@@ -702,7 +720,7 @@ impl Daemon {
     ) -> Result<()> {
         let hash = parse_hash(&e.hash)?;
         let approve = e.status == Status::Approved;
-        let rule: String = e.why.chars().take(MAX_REASON).collect();
+        let rule = public_reason(e, self.base.len());
         let message = if approve {
             online_approval_message(coordinator, &hash)
         } else {
@@ -767,17 +785,21 @@ impl Daemon {
             None => {}
         }
         let hash = parse_hash(&e.hash)?;
-        let Some(mut opts) = self.base.get(e.source).cloned() else {
+        let at = if e.dataset.is_empty() {
+            Some(e.source).filter(|i| *i < self.base.len())
+        } else {
+            self.names.iter().position(|n| *n == e.dataset)
+        };
+        let Some(mut opts) = at.map(|i| self.base[i].clone()) else {
             self.running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&e.hash);
             bail!(
-                "job `{}` was approved for dataset {} of this daemon, which now serves {}: \
-                 start it with the same datasets",
+                "job `{}` was approved for dataset `{}`, which this daemon no longer serves: \
+                 start it with that dataset",
                 e.job_id,
-                e.source + 1,
-                self.base.len()
+                e.dataset
             );
         };
         e.status = Status::Running;
@@ -862,8 +884,7 @@ fn choose(
     base: &[confide_net::node::NodeOptions],
     verdicts: Vec<Verdict>,
 ) -> (usize, (&'static str, String, Status)) {
-    // Datasets are named by position: the reasons of a rejection go to the coordinator, and
-    // this machine's paths do not.
+    // Datasets are named by position in the owner's inbox (the coordinator hears NODE-002).
     let several = base.len() > 1;
     let tagged = |i: usize, why: &str| {
         if several {
@@ -888,6 +909,18 @@ fn choose(
     match ask {
         Some((i, why)) => (i, ("ask", why, Status::Pending)),
         None => (0, ("reject", reasons.join("; "), Status::Rejected)),
+    }
+}
+
+/// What the coordinator hears of a decision: the reason, at most [`MAX_REASON`] characters.
+/// With several datasets, a job the checks reject gets only NODE-002 (none of them accepts
+/// it): each dataset's reason stays in the owner's inbox. An owner's own rejection from the
+/// inbox carries the owner's words.
+fn public_reason(e: &Entry, datasets: usize) -> String {
+    if e.status != Status::Approved && e.verdict == "reject" && datasets > 1 {
+        NONE_FITS.to_string()
+    } else {
+        e.why.chars().take(MAX_REASON).collect()
     }
 }
 
@@ -1073,5 +1106,50 @@ pub fn inbox(cmd: InboxCommand) -> Result<i32> {
             let signed = SignedStatement::sign(statement, &id)?;
             post(&at, &e, "reject", signed.to_json().into_bytes())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(verdict: &str, why: &str, status: Status) -> Entry {
+        Entry {
+            hash: "00".repeat(32),
+            job_id: "j".into(),
+            model_owner: "m".into(),
+            rounds: 1,
+            verdict: verdict.into(),
+            why: why.into(),
+            status,
+            sent: false,
+            approval: None,
+            note: String::new(),
+            updated_ms: 0,
+            manifest_json: String::new(),
+            source: 0,
+            dataset: String::new(),
+        }
+    }
+
+    /// NODE-002: with several datasets, the coordinator hears that none fits, not why each
+    /// refused; with one, the numbered reason as before; the owner's own words always.
+    #[test]
+    fn the_coordinator_hears_none_of_the_datasets_reasons() {
+        let checks = entry(
+            "reject",
+            "dataset 1: DATA-003 …; dataset 2: policy refuses",
+            Status::Rejected,
+        );
+        assert_eq!(public_reason(&checks, 2), NONE_FITS);
+        assert_eq!(public_reason(&checks, 1), checks.why);
+        let owner = entry(
+            "ask",
+            "rejected by the owner: not this study",
+            Status::Rejected,
+        );
+        assert_eq!(public_reason(&owner, 2), owner.why);
+        let long = entry("reject", &"x".repeat(500), Status::Rejected);
+        assert_eq!(public_reason(&long, 1).chars().count(), MAX_REASON);
     }
 }

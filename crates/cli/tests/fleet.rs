@@ -439,6 +439,11 @@ fn coordinator_killed_at(point: &str, scheme: &str) {
 
 /// [`coordinator_killed_at`] with `extra` appended to the job file.
 fn coordinator_killed_with(point: &str, scheme: &str, job_extra: &str) {
+    coordinator_killed_in(3, point, scheme, job_extra);
+}
+
+/// [`coordinator_killed_with`] at `point` in round `at` (of 6).
+fn coordinator_killed_in(at: u32, point: &str, scheme: &str, job_extra: &str) {
     let fed = Fed::new();
     let mut keyholder = fed.keyholder();
     let root_key = fed.dir.path().join("verify.key");
@@ -454,7 +459,7 @@ fn coordinator_killed_with(point: &str, scheme: &str, job_extra: &str) {
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let listen = fed.listen("coordinator");
-    let crash = format!("{point}@3");
+    let crash = format!("{point}@{at}");
     let mut first = fed.coordinator_at(
         (&listen, &listen),
         &extra,
@@ -502,9 +507,9 @@ fn coordinator_killed_with(point: &str, scheme: &str, job_extra: &str) {
     )
     .expect("json");
     let resumed_after = if point == "coordinator-committed" {
-        3
+        at
     } else {
-        2
+        at - 1
     };
     assert!(
         report["events"]
@@ -599,6 +604,14 @@ fn a_coordinator_killed_after_a_masking_round_gets_the_same_answers_again() {
 #[test]
 fn a_coordinator_killed_mid_masking_round_replays_it() {
     coordinator_killed_at("coordinator-stage-2", "masking");
+}
+
+/// The last round committed, the daemon stops before the job's end is stored (while it waits
+/// for the final cosignatures): started again, it goes on to the job's end and releases the
+/// model of the uninterrupted run.
+#[test]
+fn a_coordinator_killed_after_its_last_round_still_releases_the_model() {
+    coordinator_killed_in(6, "coordinator-committed", "plain", "");
 }
 
 /// A server optimiser's moments are part of the checkpoint: under FedAdam the job goes on at
@@ -823,6 +836,7 @@ fn a_node_daemon_with_two_datasets_runs_a_job_on_the_one_that_fits() {
     let list = json(&fed.inbox(&guest_admin, "guest", &["list"]));
     let entry = &list.as_array().expect("entries")[0];
     assert_eq!(entry["source"], 1, "{list}");
+    assert_eq!(entry["dataset"], "breast_homo_guest", "{list}");
     assert!(
         entry["why"]
             .as_str()

@@ -133,6 +133,21 @@ impl Checkpoints {
         Ok(Some(cp))
     }
 
+    /// The jobs that have a checkpoint.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn jobs(&self) -> Result<Vec<[u8; 32]>, String> {
+        let rows = self
+            .store
+            .read(|txn| txn.scan_prefix(CHECKPOINTS, &[]))
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, _)| <[u8; 32]>::try_from(k.as_slice()).ok())
+            .collect())
+    }
+
     /// Removes job `hash`'s checkpoint (the job ended); says whether there was one.
     ///
     /// # Errors
@@ -200,7 +215,9 @@ mod tests {
         );
         cps.commit(&hash, &event, &sample(2)).expect("commit");
         assert_eq!(cps.load(&hash).expect("load").map(|c| c.round), Some(2));
+        assert_eq!(cps.jobs().expect("jobs"), vec![hash]);
         assert!(cps.erase(&hash).expect("erase"));
+        assert!(cps.jobs().expect("jobs").is_empty());
         assert_eq!(cps.load(&hash).expect("load"), None);
         assert!(!cps.erase(&hash).expect("erase"));
     }

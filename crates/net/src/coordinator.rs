@@ -483,7 +483,9 @@ impl Coordinator {
             broadcast: Arc::new(Vec::new()),
         };
         if let Some(cp) = &opts.resume {
-            if cp.params.len() != model.param_count() || cp.round >= opts.spec.job.rounds {
+            // A checkpoint at the last round is a job that ended before its end was stored: it
+            // goes on to its end (the model is released from the checkpoint).
+            if cp.params.len() != model.param_count() || cp.round > opts.spec.job.rounds {
                 return Err(crate::transport::transport_err(
                     "checkpoint",
                     format!(
@@ -800,8 +802,7 @@ impl Coordinator {
                 }),
             ) {
                 Ok(_) => {
-                    let first = (cp.round + 1, true);
-                    self.rounds_loop(&mut params, first, holder_key, &unseal, timeout)
+                    self.rounds_loop(&mut params, cp.round + 1, holder_key, &unseal, timeout)
                         .await
                 }
                 Err(e) => Err(e),
@@ -810,7 +811,7 @@ impl Coordinator {
             params = Arc::new(self.model.initial_vector(self.spec.job.seed));
             match self.start(&params, timeout).await {
                 Ok(()) => {
-                    self.rounds_loop(&mut params, (1, false), holder_key, &unseal, timeout)
+                    self.rounds_loop(&mut params, 1, holder_key, &unseal, timeout)
                         .await
                 }
                 Err(e) => Err(e),
@@ -1008,12 +1009,12 @@ impl Coordinator {
         }
     }
 
-    /// Runs rounds `first.0` to the job's last; `first.1`: the first of them is collected
-    /// again after a restart (RES-007).
+    /// Runs rounds `first` to the job's last (after a restart, `first` is collected again from
+    /// the owners' stored updates, RES-007).
     async fn rounds_loop<F, Fut>(
         &self,
         params: &mut Arc<Vec<f32>>,
-        first: (u32, bool),
+        first: u32,
         holder_key: Option<HolderPublicKey>,
         unseal: &F,
         timeout: Duration,
@@ -1023,7 +1024,7 @@ impl Coordinator {
         Fut: std::future::Future<Output = Result<ExternalResult, String>>,
     {
         let sp = job_scheme_params(&self.spec).map_err(|e| e.to_string())?;
-        for round in first.0..=self.spec.job.rounds {
+        for round in first..=self.spec.job.rounds {
             let started = Instant::now();
             let ctx = RoundContext {
                 round,
@@ -1277,8 +1278,10 @@ impl Coordinator {
     }
 
     /// Whether this coordinator lacks `owner`'s update for `round`: the round is open (or,
-    /// after a restart, not open yet) and has not accepted one from it. Under `masking` the
-    /// owner then answers the round's later stages again from its record (RES-011).
+    /// after a restart, not open yet) and has not accepted one from it. After a restart, a
+    /// `masking` owner then answers the round's later stages again from its record (RES-011);
+    /// a coordinator that kept running is past the round's first stage by then, so a masking
+    /// owner that lost its connection mid-round is excluded from that round.
     fn lacks_update(&self, owner: &str, round: u32) -> bool {
         if round == 0 {
             return false;

@@ -66,8 +66,8 @@ struct TrainingRecord {
     rounds: BTreeMap<u32, [u8; 32]>,
     /// The last update sent: its round and its bytes (a `SubmitRequest` without tree head).
     sent: Option<(u32, Vec<u8>)>,
-    /// This owner approved the job (RES-008): its ledger was debited, and a restarted node
-    /// rejoins instead of approving again.
+    /// This owner decided to approve the job (RES-008; written before its ledger is debited
+    /// and its approval sent): a restarted node rejoins instead of approving again.
     approved: bool,
     /// Under `masking`, the last round's record (RES-011).
     masking: Option<MaskingRecord>,
@@ -536,8 +536,14 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
     };
     // RES-008: an owner that approved this job before it restarted rejoins: its ledger was
-    // debited then (it is only checked now), and the coordinator has its approval.
+    // debited then (it is only checked now), and the coordinator has its approval. The
+    // intent is written before the debit: a crash between the two leaves a rejoin that finds
+    // no debit and refuses (no ε spent), never a debit that a restart cannot rejoin.
     let rejoin = training.approved;
+    if !rejoin && let Err(e) = training.mark_approved() {
+        refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
+        return Err(e);
+    }
     let private = match gov
         .ledger(&opts)
         .and_then(|l| debit_ledger(&spec, spend, l.as_ref(), rejoin))
@@ -555,10 +561,6 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             training.last_round()
         );
     } else {
-        if let Err(e) = training.mark_approved() {
-            refuse(&mut coord, WITNESS_UNUSABLE, "refusal").await;
-            return Err(e);
-        }
         let approval = signing.sign(&online_approval_message(
             &gov.coordinator_id,
             &gov.manifest_hash,

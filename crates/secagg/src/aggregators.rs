@@ -1004,6 +1004,33 @@ struct Committed {
     reply: FinishReply,
 }
 
+/// SHA-256 over a step-3 request (its round, which aggregators answered, every cell of the
+/// table, the reasons and the signatures), to recognise the same request sent again.
+fn request_digest(r: &FinishRequest) -> [u8; 32] {
+    fn put(b: &mut Vec<u8>, x: &[u8]) {
+        b.extend((x.len() as u64).to_be_bytes());
+        b.extend_from_slice(x);
+    }
+    let mut b = b"confide/aggregators/finish-request".to_vec();
+    b.extend(r.round.to_be_bytes());
+    b.extend(r.answered.iter().map(|a| u8::from(*a)));
+    for (owner, row) in &r.table {
+        put(&mut b, owner.as_bytes());
+        for cell in row {
+            b.push(u8::from(cell.is_some()));
+            put(&mut b, cell.as_deref().unwrap_or_default());
+        }
+    }
+    for (owner, reason) in &r.reasons {
+        put(&mut b, owner.as_bytes());
+        b.extend((*reason as u32).to_be_bytes());
+    }
+    for sig in &r.signatures {
+        put(&mut b, sig);
+    }
+    sha256(&b)
+}
+
 /// One aggregator's state for a job (sans-I/O): its keys, its copy of the job, and the rounds
 /// in progress or finished.
 pub struct Aggregator {
@@ -1020,6 +1047,11 @@ pub struct Aggregator {
     models: BTreeSet<[u8; 32]>,
     round_models: BTreeMap<u32, [u8; 32]>,
     records: BTreeMap<u32, RoundRecord>,
+    /// Per committed round, the request's digest and the commit signature: the same request
+    /// again (its answer was lost) gets the same answer.
+    commits: BTreeMap<u32, ([u8; 32], Vec<u8>)>,
+    /// Per released round, the partial sum released: a release asked again gets it again.
+    released: BTreeMap<u32, FinishReply>,
 }
 
 /// What an aggregator answered in a round (RES-009): kept for the job's life, and by a daemon
@@ -1120,6 +1152,8 @@ impl Aggregator {
             models: BTreeSet::new(),
             round_models: BTreeMap::new(),
             records: BTreeMap::new(),
+            commits: BTreeMap::new(),
+            released: BTreeMap::new(),
         })
     }
 
@@ -1174,6 +1208,8 @@ impl Aggregator {
                 self.open.remove(&round);
                 self.committed.remove(&round);
                 self.finished.remove(&round);
+                self.commits.remove(&round);
+                self.released.remove(&round);
             }
             Some(_) => return Err(UnsealError::AlreadyUnsealed(round)),
             None => {
@@ -1304,8 +1340,13 @@ impl Aggregator {
         keys: &AggregatorKeys,
     ) -> Result<Vec<u8>, UnsealError> {
         let round = request.round;
+        let digest = request_digest(request);
         if self.finished.contains(&round) || self.committed.contains_key(&round) {
-            return Err(UnsealError::AlreadyUnsealed(round));
+            // The identical request again (the answer was lost): the same answer.
+            return match self.commits.get(&round) {
+                Some((d, signature)) if *d == digest => Ok(signature.clone()),
+                _ => Err(UnsealError::AlreadyUnsealed(round)),
+            };
         }
         let open = self
             .open
@@ -1410,6 +1451,7 @@ impl Aggregator {
             .signer
             .sign(&self.params.commit_statement(round, self.index, &content))
             .to_vec();
+        self.commits.insert(round, (digest, signature.clone()));
         self.open.remove(&round);
         if let Some(m) = self.round_models.remove(&round) {
             self.models.insert(m);
@@ -1439,7 +1481,12 @@ impl Aggregator {
         keys: &AggregatorKeys,
     ) -> Result<FinishReply, UnsealError> {
         if self.finished.contains(&round) {
-            return Err(UnsealError::AlreadyUnsealed(round));
+            // Released already (the answer was lost): the same partial sum, nothing new.
+            return self
+                .released
+                .get(&round)
+                .cloned()
+                .ok_or(UnsealError::AlreadyUnsealed(round));
         }
         let committed = self.committed.get(&round).ok_or_else(|| {
             UnsealError::Internal(format!("round {round} was not committed here"))
@@ -1469,6 +1516,7 @@ impl Aggregator {
             .remove(&round)
             .ok_or_else(|| UnsealError::Internal("lost the committed round".into()))?;
         self.finished.insert(round);
+        self.released.insert(round, committed.reply.clone());
         Ok(committed.reply)
     }
 

@@ -167,8 +167,16 @@ fn commit_and_release_all(aggs: &mut [Aggregator], request: &FinishRequest) {
         .map(|a| a.commit(request, &signers).expect("commit"))
         .collect();
     for a in aggs.iter_mut() {
-        a.release(request.round, &commits, &signers)
+        let reply = a
+            .release(request.round, &commits, &signers)
             .expect("release");
+        // A release asked again (its answer was lost) gets the same partial sum, and a commit
+        // asked again the same signature (RES-010).
+        let again = a.release(request.round, &commits, &signers).expect("again");
+        assert_eq!(again, reply);
+    }
+    for (a, signature) in aggs.iter_mut().zip(&commits) {
+        assert_eq!(&a.commit(request, &signers).expect("again"), signature);
     }
 }
 
@@ -483,8 +491,13 @@ fn aggregators_refuse_a_second_round_too_few_owners_and_forged_contributions() {
         &[Some(prepared), None, None],
     );
     let mine = a.commit(&request, &no_keys).expect("commit");
+    // The identical request again (its answer was lost) gets the same answer; another one is
+    // refused (KEY-005).
+    assert_eq!(a.commit(&request, &no_keys).expect("again"), mine);
+    let mut other = request.clone();
+    other.signatures[0].push(0);
     assert!(matches!(
-        a.commit(&request, &no_keys),
+        a.commit(&other, &no_keys),
         Err(UnsealError::AlreadyUnsealed(1))
     ));
     assert!(matches!(
