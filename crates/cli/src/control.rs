@@ -71,54 +71,11 @@ pub struct ServeArgs {
     passphrase: Passphrase,
 }
 
-/// A duration in seconds: finite and above zero.
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v < 1e10 => Ok(v),
-        _ => Err(format!("`{text}` is not a number of seconds above 0")),
-    }
-}
-
-/// Runs the long-lived coordinator until SIGTERM or SIGINT: opens (and so recovers) its store
-/// first, then serves.
-pub async fn serve(args: ServeArgs) -> Result<i32> {
-    // Watch for SIGTERM and SIGINT from the start: a signal that arrives while the store
-    // recovers, or just after the daemon turned ready, still stops it cleanly.
-    let signalled = stop_signal()?;
-    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
-    if creds.role != Role::Coordinator {
-        bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
-    }
-    // The admin port answers first, so that /readyz says 503 while the store recovers.
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admin = crate::bind(args.admin, "coordinator admin").await?;
-    let render: Arc<std::sync::OnceLock<control::ControlService>> = Arc::default();
-    let admin_task = {
-        let render = render.clone();
-        let render: confide_net::admin::Render = Arc::new(move || match render.get() {
-            Some(s) => s.render_metrics(),
-            None => Ok("# EOF\n".to_string()),
-        });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(confide_net::admin::serve_admin(
-            admin,
-            ready.clone(),
-            render,
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        (task, stop_tx)
-    };
-    let path = args
-        .store
-        .unwrap_or_else(|| args.fed.join(format!("{}-service.redb", args.name)));
-    let store: Arc<dyn confide_store::Store> = Arc::new(confide_store::RedbStore::open(&path)?);
-    let jobs = confide_service::Jobs::new(store.clone());
-    let audit = confide_governance::audit::AuditLog::new(store);
-    // A job that was running when the daemon stopped goes on from its checkpoint (RES-006);
-    // one without a checkpoint (stopped before its first round began) is failed with its
-    // reason. Both before anything is served: never left `running` with nobody running it.
+/// Before anything is served: every job that was `running` when the daemon stopped goes on
+/// from its checkpoint (RES-006), and is returned; one without a checkpoint (stopped before
+/// its first round began) is failed with its reason. Never left `running` with nobody running
+/// it. Checkpoints of jobs that ended are erased.
+fn resume_or_fail(jobs: &confide_service::Jobs, path: &std::path::Path) -> Result<Vec<[u8; 32]>> {
     let checkpoints = confide_net::checkpoint::Checkpoints::new(jobs.store());
     let interrupted = jobs
         .list()
@@ -167,6 +124,55 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             checkpoints.erase(&hash).map_err(anyhow::Error::msg)?;
         }
     }
+    Ok(resume)
+}
+
+/// A duration in seconds: finite and above zero.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e10 => Ok(v),
+        _ => Err(format!("`{text}` is not a number of seconds above 0")),
+    }
+}
+
+/// Runs the long-lived coordinator until SIGTERM or SIGINT: opens (and so recovers) its store
+/// first, then serves.
+pub async fn serve(args: ServeArgs) -> Result<i32> {
+    // Watch for SIGTERM and SIGINT from the start: a signal that arrives while the store
+    // recovers, or just after the daemon turned ready, still stops it cleanly.
+    let signalled = stop_signal()?;
+    let creds = Credentials::load_with(&args.fed, &args.name, args.passphrase.get()?.as_deref())?;
+    if creds.role != Role::Coordinator {
+        bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
+    }
+    // The admin port answers first, so that /readyz says 503 while the store recovers.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = crate::bind(args.admin, "coordinator admin").await?;
+    let render: Arc<std::sync::OnceLock<control::ControlService>> = Arc::default();
+    let admin_task = {
+        let render = render.clone();
+        let render: confide_net::admin::Render = Arc::new(move || match render.get() {
+            Some(s) => s.render_metrics(),
+            None => Ok("# EOF\n".to_string()),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(confide_net::admin::serve_admin(
+            admin,
+            ready.clone(),
+            render,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        (task, stop_tx)
+    };
+    let path = args
+        .store
+        .unwrap_or_else(|| args.fed.join(format!("{}-service.redb", args.name)));
+    let store: Arc<dyn confide_store::Store> = Arc::new(confide_store::RedbStore::open(&path)?);
+    let jobs = confide_service::Jobs::new(store.clone());
+    let audit = confide_governance::audit::AuditLog::new(store);
+    let resume = resume_or_fail(&jobs, &path)?;
     // Recover before serving: every record must read back (a corrupt store stops here).
     let counts = jobs
         .count_by_state()

@@ -74,6 +74,35 @@ fn admin_port(
     ))
 }
 
+/// A daemon's store (`store`, default `<fed>/<name>-service.redb`) and the root its job keys
+/// are sealed under (`seal_key`, default `<fed>/<name>-seal.key`).
+fn store_and_seal(
+    fed: &std::path::Path,
+    name: &str,
+    store: Option<PathBuf>,
+    seal_key: Option<PathBuf>,
+) -> Result<(PathBuf, Arc<dyn confide_store::Store>, [u8; 32])> {
+    let path = store.unwrap_or_else(|| fed.join(format!("{name}-service.redb")));
+    let opened: Arc<dyn confide_store::Store> = confide_store::RedbStore::open_shared(&path)
+        .with_context(|| format!("{name} store {}", path.display()))?;
+    let root = seal_root(&seal_key.unwrap_or_else(|| fed.join(format!("{name}-seal.key"))))?;
+    Ok((path, opened, root))
+}
+
+/// Says what a daemon recovered from its store at `path`, or why it could not.
+fn recovered(
+    role: &str,
+    path: &std::path::Path,
+    outcome: Result<usize, confide_net::transport::NetError>,
+) -> Result<()> {
+    let n = outcome.with_context(|| format!("recovering {}", path.display()))?;
+    eprintln!(
+        "confide {role}: store {} recovered ({n} open jobs)",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Reads the seal root, or creates it (32 bytes from the OS generator, mode 0600).
 fn seal_root(path: &std::path::Path) -> Result<[u8; 32]> {
     match std::fs::read(path) {
@@ -108,16 +137,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     }
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = crate::bind(args.admin, "keyholder admin").await?;
-    let path = args
-        .store
-        .unwrap_or_else(|| args.fed.join(format!("{}-service.redb", args.name)));
-    let store: Arc<dyn confide_store::Store> = confide_store::RedbStore::open_shared(&path)
-        .with_context(|| format!("key holder store {}", path.display()))?;
-    let root = seal_root(
-        &args
-            .seal_key
-            .unwrap_or_else(|| args.fed.join(format!("{}-seal.key", args.name))),
-    )?;
+    let (path, store, root) = store_and_seal(&args.fed, &args.name, args.store, args.seal_key)?;
     let source = match args.insecure_fixed_key {
         Some(p) => {
             eprintln!(
@@ -147,13 +167,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         )
     };
     // Recover before serving: every open job's key must unseal.
-    let recovered = jobs
-        .recover()
-        .with_context(|| format!("recovering {}", path.display()))?;
-    eprintln!(
-        "confide keyholder: store {} recovered ({recovered} open jobs)",
-        path.display()
-    );
+    recovered("keyholder", &path, jobs.recover())?;
     let listener = crate::bind(args.listen, "keyholder").await?;
     let stop = until_stopped("keyholder", signalled, &ready);
     confide_net::roles::serve_keyholder_daemon(listener, &creds, jobs, stop).await?;
@@ -240,16 +254,7 @@ pub async fn serve_aggregator(args: AggregatorServeArgs) -> Result<i32> {
         .transpose()?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = crate::bind(args.admin, "aggregator admin").await?;
-    let path = args
-        .store
-        .unwrap_or_else(|| args.fed.join(format!("{name}-service.redb")));
-    let store: Arc<dyn confide_store::Store> = confide_store::RedbStore::open_shared(&path)
-        .with_context(|| format!("aggregator store {}", path.display()))?;
-    let seal = seal_root(
-        &args
-            .seal_key
-            .unwrap_or_else(|| args.fed.join(format!("{name}-seal.key"))),
-    )?;
+    let (path, store, seal) = store_and_seal(&args.fed, &name, args.store, args.seal_key)?;
     let jobs = confide_net::aggregators::AggregatorJobs::new(
         creds.clone(),
         args.index - 1,
@@ -272,13 +277,7 @@ pub async fn serve_aggregator(args: AggregatorServeArgs) -> Result<i32> {
         )
     };
     // Recover before serving: every open job's key must unseal.
-    let recovered = jobs
-        .recover()
-        .with_context(|| format!("recovering {}", path.display()))?;
-    eprintln!(
-        "confide aggregator: store {} recovered ({recovered} open jobs)",
-        path.display()
-    );
+    recovered("aggregator", &path, jobs.recover())?;
     let listener = crate::bind(args.listen, "aggregator").await?;
     let stop = until_stopped("aggregator", signalled, &ready);
     confide_net::roles::serve_aggregator_daemon(listener, &creds, jobs, stop).await?;

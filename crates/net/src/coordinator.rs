@@ -1370,9 +1370,11 @@ impl Coordinator {
             out.copy_from_slice(d.as_ref());
             out
         };
-        if lock(&self.state).server_round == c_round
-            && lock(&self.state).received.get(&key) == Some(&fingerprint)
-        {
+        let resent = {
+            let s = lock(&self.state);
+            s.server_round == c_round && s.received.get(&key) == Some(&fingerprint)
+        };
+        if resent {
             // A resend of what this round has (the owner did not hear the answer).
             return Ok(());
         }

@@ -537,6 +537,8 @@ pub struct Dispatcher {
     resume: Vec<[u8; 32]>,
     /// How long a job may wait for approval or in the queue before it expires.
     expire_after: Duration,
+    /// The jobs' checkpoints, in the job store's store (RES-006).
+    checkpoints: crate::checkpoint::Checkpoints,
 }
 
 /// What a job's rounds need beyond the coordinator.
@@ -589,6 +591,7 @@ impl Dispatcher {
         max_running: usize,
     ) -> Self {
         Self {
+            checkpoints: crate::checkpoint::Checkpoints::new(control.jobs().store()),
             control,
             routes,
             creds,
@@ -717,23 +720,14 @@ impl Dispatcher {
 
     /// Runs one job from `queued` to its end.
     async fn run_job(self: Arc<Self>, hash: [u8; 32], record: JobRecord) {
-        let job = record.job_id.clone();
-        let (coordinator, external) = match self.prepare(&hash, None).await {
-            Ok(c) => c,
-            Err(reason) => {
-                self.close_keys(&hash).await;
-                return self.fail(hash, &job, reason).await;
-            }
-        };
-        self.follow(hash, record, coordinator, external).await;
-        self.ended(&hash).await;
+        self.start(hash, record, None).await;
     }
 
     /// Goes on with a job that was running when the coordinator stopped, from its
     /// checkpoint (RES-006): the same key material at the key holder and the aggregators
     /// (each kept it), the model and owners of its last committed round.
     async fn resume_job(self: Arc<Self>, hash: [u8; 32]) {
-        let checkpoints = crate::checkpoint::Checkpoints::new(self.control.jobs().store());
+        let checkpoints = self.checkpoints.clone();
         let loaded = read(&self.control, move |jobs| {
             let record = jobs.get(&hash)?;
             let cp = checkpoints.load(&hash).map_err(ServiceError::Corrupt)?;
@@ -753,30 +747,41 @@ impl Dispatcher {
                 return self.fail(hash, "?", e.to_string()).await;
             }
         };
-        let job = record.job_id.clone();
         tracing::info!(
-            "job `{job}` ({}) goes on after round {}",
+            "job `{}` ({}) goes on after round {}",
+            record.job_id,
             hex::encode(&hash[..8]),
             cp.round
         );
-        let (coordinator, external) = match self.prepare(&hash, Some(cp)).await {
+        self.start(hash, record, Some(cp)).await;
+    }
+
+    /// Prepares job `hash` (from `resume`, its checkpoint, when it ran before), serves and
+    /// follows it to its end, then closes its keys and erases its checkpoint.
+    async fn start(
+        &self,
+        hash: [u8; 32],
+        record: JobRecord,
+        resume: Option<crate::checkpoint::Checkpoint>,
+    ) {
+        let job = record.job_id.clone();
+        let resuming = resume.is_some();
+        let (coordinator, external) = match self.prepare(&hash, resume).await {
             Ok(c) => c,
             Err(reason) => {
-                self.routes.close(&hash, reason.clone());
+                // A resumed job's route answered FLEET-004 until now.
+                if resuming {
+                    self.routes.close(&hash, reason.clone());
+                }
                 self.close_keys(&hash).await;
                 return self.fail(hash, &job, reason).await;
             }
         };
         self.follow(hash, record, coordinator, external).await;
-        self.ended(&hash).await;
-    }
-
-    /// A job ended, one way or another: its key material is erased at the key holder and
-    /// the aggregators, and its checkpoint here.
-    async fn ended(&self, hash: &[u8; 32]) {
-        self.close_keys(hash).await;
-        let checkpoints = crate::checkpoint::Checkpoints::new(self.control.jobs().store());
-        let hash = *hash;
+        // The job ended, one way or another: its key material is erased at the key holder
+        // and the aggregators, and its checkpoint here.
+        self.close_keys(&hash).await;
+        let checkpoints = self.checkpoints.clone();
         let erased = read(&self.control, move |_| {
             checkpoints.erase(&hash).map_err(ServiceError::Corrupt)
         })
@@ -1051,9 +1056,7 @@ impl Dispatcher {
             audit: self.audit.clone(),
             audit_export: None,
             revocations: self.creds.revocations.clone(),
-            checkpoints: Some(crate::checkpoint::Checkpoints::new(
-                self.control.jobs().store(),
-            )),
+            checkpoints: Some(self.checkpoints.clone()),
             resume,
         })
         .map_err(|e| e.to_string())?;
