@@ -37,6 +37,10 @@ pub enum BenchCommand {
     /// against the same job one-shot (`confide simulate`), in one run; with --soak N, then N
     /// small jobs back to back, two at a time, with the coordinator's memory and store size.
     Service(crate::bench_service::ServiceBench),
+    /// The trustees' DKG for n = 4, 7 and 16 against a trusted dealer's split, and one read
+    /// (each trustee's checks and share, the reader's verification and combination) against
+    /// one key holder decrypting with the whole key.
+    Trustee(crate::bench_trustee::TrusteeBench),
 }
 
 /// Options of `confide bench attest`.
@@ -115,6 +119,7 @@ pub async fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Secagg(b) => secagg(&b),
         BenchCommand::Attest(b) => attest(&b),
         BenchCommand::Confidential(b) => crate::bench_confidential::run(&b),
+        BenchCommand::Trustee(b) => crate::bench_trustee::run(&b),
         BenchCommand::Service(b) => {
             tokio::task::spawn_blocking(move || crate::bench_service::run(&b)).await?
         }

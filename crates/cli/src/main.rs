@@ -12,6 +12,7 @@ macro_rules! outln {
 mod bench;
 mod bench_confidential;
 mod bench_service;
+mod bench_trustee;
 mod confidential;
 mod control;
 mod governance;
