@@ -34,6 +34,10 @@ pub fn run(b: &TrusteeBench) -> Result<i32> {
     let mut rows = Vec::new();
     for &n in &b.sizes {
         anyhow::ensure!(n >= 2, "--sizes: each n must be at least 2");
+        anyhow::ensure!(
+            b.dkg_repeats >= 1 && b.reads >= 1,
+            "--dkg-repeats and --reads must be at least 1"
+        );
         let t = n - (n - 1) / 3;
         let started = Instant::now();
         let mut shares = Vec::new();
@@ -61,14 +65,17 @@ pub fn run(b: &TrusteeBench) -> Result<i32> {
             .map(|s| Trustee::new(s.clone(), Arc::new(confide_store::MemoryStore::default())))
             .collect();
         for tr in &trustees {
-            tr.accept_write(&write)?;
-            tr.grant(&Grant {
-                write: write.id(),
-                owner: "owner".into(),
-                reader: "reader".into(),
-                purpose: "train".into(),
-                job: "*".into(),
-            })?;
+            tr.accept_write("owner", &write)?;
+            tr.grant(
+                "owner",
+                &Grant {
+                    write: write.id(),
+                    owner: "owner".into(),
+                    reader: "reader".into(),
+                    purpose: "train".into(),
+                    job: "*".into(),
+                },
+            )?;
         }
         let (mut trustee_ms, mut reader_ms) = (0.0, 0.0);
         for i in 0..b.reads {

@@ -494,3 +494,142 @@ fn write_new(path: &Path, text: &str) -> Result<()> {
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// `confide contributions`.
+#[derive(clap::Args, Debug)]
+pub struct ContributionsArgs {
+    /// The job: its id or its manifest hash (hex).
+    pub job: String,
+    #[command(flatten)]
+    source: LogSource,
+    /// Require the log, and so the records, to be signed by this key (hex, e.g. from the
+    /// coordinator's `.key.pub`).
+    #[arg(long)]
+    log_key: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: crate::control::Format,
+}
+
+/// Prints each owner's signed contribution record of a job, read from a verified audit log;
+/// every record's signature must be the log operator's.
+pub async fn contributions(a: ContributionsArgs) -> Result<i32> {
+    use confide_governance::contribution::{RowsBasis, SignedContribution};
+    let key = key_arg(a.log_key.as_deref())?;
+    let bytes = a.source.bytes(key.as_ref()).await?;
+    let v = audit::verify_export(&bytes, key.as_ref().map(|k| &k[..]))?;
+    let by_hash = a.job.len() == 64 && a.job.bytes().all(|b| b.is_ascii_hexdigit());
+    // Records by owner; a record written again (a coordinator stopped between writing the
+    // records and erasing the job's checkpoint writes them again on resume) is shown once.
+    let mut rows: std::collections::BTreeMap<String, (u64, SignedContribution)> =
+        std::collections::BTreeMap::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    for (index, entry) in v.log.entries.iter().enumerate() {
+        let Ok(event) = serde_json::from_value::<audit::Event>(entry.clone()) else {
+            continue;
+        };
+        if event.kind != audit::EventKind::Contribution || (!by_hash && event.job != a.job) {
+            continue;
+        }
+        let signed: SignedContribution = serde_json::from_value(event.detail)
+            .with_context(|| format!("entry {index}: not a contribution record"))?;
+        let record = signed.verify().with_context(|| format!("entry {index}"))?;
+        if by_hash && record.job != a.job {
+            continue;
+        }
+        if record.author.public_key != v.log.log_public_key {
+            bail!(
+                "entry {index}: the record of `{}` is signed by `{}`, not by the log's operator",
+                record.owner,
+                record.author.id
+            );
+        }
+        hashes.insert(record.job.clone());
+        match rows.get(&record.owner) {
+            Some((_, earlier)) if earlier.record == signed.record => {}
+            Some((first, _)) => bail!(
+                "entries {first} and {index} hold two different records of `{}`",
+                record.owner
+            ),
+            None => {
+                rows.insert(record.owner.clone(), (index as u64, signed.clone()));
+            }
+        }
+    }
+    if hashes.len() > 1 {
+        bail!(
+            "job id `{}` names {} different manifests in this log ({}): give the manifest hash",
+            a.job,
+            hashes.len(),
+            hashes.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let pinned = key.is_some();
+    if a.format == crate::control::Format::Json {
+        let records: Vec<Value> = rows
+            .values()
+            .map(|(index, s)| json!({ "entry": index, "signed": s }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "pinned": pinned, "records": records }))?
+        );
+        return Ok(if records.is_empty() { 1 } else { 0 });
+    }
+    let Some((_, first)) = rows.values().next() else {
+        bail!(
+            "no contribution records for job `{}` in this log (they are written when a job ends)",
+            a.job
+        );
+    };
+    let first = &first.record;
+    println!(
+        "job {} ({}), {} rounds run; records signed by {}{}",
+        first.job_id,
+        first.job,
+        first.rounds_run,
+        first.author.id,
+        if pinned {
+            ""
+        } else {
+            " (not pinned: pass --log-key to check who wrote the log)"
+        }
+    );
+    println!(
+        "{:<16} {:>8} {:>9} {:<20} {:>14} {:>8} {:>9} {:>6}",
+        "owner", "in sums", "late in", "refused", "rows", "ε", "δ", "entry"
+    );
+    for (index, s) in rows.values() {
+        let r = &s.record;
+        let refused = if r.refused.is_empty() {
+            "-".to_string()
+        } else {
+            r.refused
+                .iter()
+                .map(|(rule, n)| format!("{rule}×{n}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let rows_text = match (r.rows, r.rows_basis) {
+            (Some(n), RowsBasis::Attested) => format!("{n} attested"),
+            (Some(n), _) => format!("{n} declared"),
+            (None, _) => "-".to_string(),
+        };
+        let num = |x: Option<f64>, f: fn(f64) -> String| x.map_or("-".to_string(), f);
+        println!(
+            "{:<16} {:>8} {:>9} {:<20} {:>14} {:>8} {:>9} {:>6}",
+            r.owner,
+            r.rounds.len(),
+            r.excluded_in.len(),
+            refused,
+            rows_text,
+            num(r.epsilon, |e| format!("{e:.3}")),
+            num(r.delta, |d| format!("{d:.0e}")),
+            index
+        );
+    }
+    println!(
+        "each owner proves its record offline: confide audit prove --log FILE ENTRY, then confide audit check-proof"
+    );
+    Ok(0)
+}

@@ -116,6 +116,9 @@ enum Command {
     /// The tamper-evident audit log: verify, prove, check-proof, export (prints JSON).
     #[command(subcommand)]
     Audit(governance::AuditCommand),
+    /// Each owner's signed contribution record of a job (rounds its update was summed in,
+    /// refused contributions, rows, ε and δ), from a verified audit log.
+    Contributions(governance::ContributionsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -638,6 +641,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Job(cmd) => print_json(governance::job(cmd)?),
         Command::Policy(cmd) => print_json(governance::policy(cmd)?),
         Command::Audit(cmd) => print_json(governance::audit(cmd).await?),
+        Command::Contributions(a) => governance::contributions(a).await,
         Command::Paillier(PaillierCommand::Keygen { bits, out }) => {
             let start = std::time::Instant::now();
             let sk = SecretKey::generate(bits, &mut rand::rngs::OsRng)?;

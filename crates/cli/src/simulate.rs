@@ -561,7 +561,11 @@ async fn follow(
                         bail!("{} already has a [revoked] table", policy.display());
                     }
                     text.push_str(&format!("\n[revoked]\njobs = [\"{job}\"]\n"));
-                    std::fs::write(policy, text)?;
+                    // Replace the file in one step: the owner's node reads it every round,
+                    // and a half-written policy reads as unreadable (POL-003), not revoked.
+                    let staged = policy.with_extension("toml.new");
+                    std::fs::write(&staged, text)?;
+                    std::fs::rename(&staged, policy)?;
                     revoke = None;
                 }
             }

@@ -83,9 +83,10 @@ fn the_example_signs_approves_by_policy_and_leaves_a_verifiable_audit_log() {
         "b547bdb0e95a80974d0ccd4b00544743"
     );
     let audit = &r["audit"];
-    // registration ×2, approval ×2, job start, 3 rounds, job end, model release.
-    assert_eq!(audit["entries"], 10, "{audit}");
-    assert_eq!(audit["tree_head"]["size"], 10);
+    // registration ×2, approval ×2, job start, 3 rounds, job end, a contribution record per
+    // owner ×2, model release.
+    assert_eq!(audit["entries"], 12, "{audit}");
+    assert_eq!(audit["tree_head"]["size"], 12);
     assert_eq!(audit["witnesses"], 2, "both owners cosigned the final head");
     let log = PathBuf::from(audit["log_file"].as_str().expect("log file"));
     let key = audit["log_public_key"].as_str().expect("key").to_string();
@@ -97,7 +98,7 @@ fn the_example_signs_approves_by_policy_and_leaves_a_verifiable_audit_log() {
         "--log-key",
         &key,
     ]));
-    assert_eq!(v["entries"], 10);
+    assert_eq!(v["entries"], 12);
     assert_eq!(v["pinned"], true);
     assert_eq!(v["root"], audit["tree_head"]["root"]);
     // Requiring the witnesses that cosigned passes; requiring another party fails.
@@ -173,7 +174,7 @@ fn the_example_signs_approves_by_policy_and_leaves_a_verifiable_audit_log() {
     ]));
     assert_eq!(
         (c["index"].as_u64(), c["tree_size"].as_u64()),
-        (Some(4), Some(10))
+        (Some(4), Some(12))
     );
     let mut p: Value =
         serde_json::from_str(&std::fs::read_to_string(&proof).expect("read")).expect("json");
@@ -248,6 +249,114 @@ fn a_revocation_during_a_running_job_stops_it_at_the_next_round() {
     assert_eq!(kinds(&log)["revocation"], 1);
     // Only host and third witnessed the final head.
     assert_eq!(r["audit"]["witnesses"], 2);
+    contribution_records_match(&r, &log, dir.path());
+}
+
+/// Each owner's signed contribution record says what the job did: the rounds its update was
+/// summed in (from the report's history), its declared rows, and it verifies offline through
+/// an inclusion proof of its entry.
+fn contribution_records_match(r: &Value, log: &Path, dir: &Path) {
+    let out = confide(&[
+        "contributions",
+        "breast-homo",
+        "--log",
+        log.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listing["pinned"], false, "no --log-key given");
+    let records = listing["records"].as_array().expect("records");
+    let history = r["history"].as_array().expect("history");
+    let mut owners = Vec::new();
+    for rec in records {
+        let record = &rec["signed"]["record"];
+        let owner = record["owner"].as_str().expect("owner");
+        owners.push(owner.to_string());
+        let summed: Vec<u64> = history
+            .iter()
+            .filter(|h| {
+                h["contributors"]
+                    .as_array()
+                    .expect("list")
+                    .iter()
+                    .any(|c| c == owner)
+            })
+            .map(|h| h["round"].as_u64().expect("round"))
+            .collect();
+        assert_eq!(record["rounds"], serde_json::json!(summed), "{owner}");
+        assert_eq!(record["rounds_run"], history.len(), "{owner}");
+        // guest revoked once round 2 was seen: in rounds 1 and 2, perhaps 3, never later.
+        if owner == "guest" {
+            assert!(summed.len() == 2 || summed == [1, 2, 3], "{summed:?}");
+            assert_eq!(summed[..2], [1, 2]);
+        } else {
+            assert_eq!(summed, (1..=8).collect::<Vec<u64>>(), "{owner}");
+        }
+        // guest's and host's policies declare rows (guest has its own data file; host's
+        // file has one row more); third has no policy, so it declares nothing.
+        match owner {
+            "third" => {
+                assert_eq!(record["rows"], Value::Null);
+                assert_eq!(record["rows_basis"], "unknown");
+            }
+            _ => {
+                let rows = if owner == "guest" { 227 } else { 228 };
+                assert_eq!(record["rows"], rows, "{owner}: the rows its node declared");
+                assert_eq!(record["rows_basis"], "declared");
+            }
+        }
+        // Offline: the entry's inclusion proof under the log's signed head.
+        let entry = rec["entry"].as_u64().expect("entry").to_string();
+        let proof = dir.join(format!("{owner}-proof.json"));
+        let proved = confide(&[
+            "audit",
+            "prove",
+            "--log",
+            log.to_str().expect("utf-8"),
+            &entry,
+            "--out",
+            proof.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            proved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&proved.stderr)
+        );
+        let checked = json_out(&confide(&[
+            "audit",
+            "check-proof",
+            "--proof",
+            proof.to_str().expect("utf-8"),
+        ]));
+        assert_eq!(checked["valid"], true);
+        assert_eq!(
+            checked["entry"]["detail"], rec["signed"],
+            "{owner}: the proof is of its record"
+        );
+    }
+    owners.sort();
+    assert_eq!(
+        owners,
+        ["guest", "host", "third"],
+        "one record per owner that approved"
+    );
+    // The table names every owner.
+    let table = confide(&[
+        "contributions",
+        "breast-homo",
+        "--log",
+        log.to_str().expect("utf-8"),
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    for o in ["guest", "host", "third"] {
+        assert!(text.contains(o), "{text}");
+    }
 }
 
 #[test]

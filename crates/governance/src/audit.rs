@@ -222,6 +222,8 @@ pub enum EventKind {
     StateChange,
     /// A party cancelled a job with a signed statement.
     Cancellation,
+    /// An owner's signed contribution record, at the job's end.
+    Contribution,
 }
 
 /// One audit entry.

@@ -16,6 +16,7 @@
 //!   head it saw before.
 
 pub mod audit;
+pub mod contribution;
 pub mod identity;
 pub mod jcs;
 pub mod manifest;

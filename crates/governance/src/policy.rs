@@ -7,6 +7,8 @@
 //! expires = 2027-12-31T23:59:59Z    # an offset date-time, or a date (expires at its start, UTC)
 //! lifetime_epsilon = 10.0           # optional: the dataset's total ε budget in the ledger
 //! lifetime_delta = 1e-5             # required with lifetime_epsilon
+//! declare_rows = true               # optional: state the row count for contribution records
+//!                                   # (every party that reads the audit log sees it)
 //!
 //! [[rule]]
 //! name = "breast-homo study"
@@ -94,6 +96,9 @@ pub struct Policy {
     pub expires: OffsetDateTime,
     /// The dataset's lifetime (ε, δ) budget, when set.
     pub lifetime: Option<(f64, f64)>,
+    /// Whether the node states the dataset's row count when it approves a job, for the
+    /// owner's contribution record in the audit log (default: no).
+    pub declare_rows: bool,
     /// The rules, in order.
     pub rules: Vec<Rule>,
     /// Revoked model owners.
@@ -170,6 +175,8 @@ struct RawDataset {
     expires: Spanned<toml::value::Datetime>,
     lifetime_epsilon: Option<Spanned<f64>>,
     lifetime_delta: Option<Spanned<f64>>,
+    #[serde(default)]
+    declare_rows: bool,
 }
 
 #[derive(Deserialize)]
@@ -407,6 +414,7 @@ impl Policy {
             dataset: d.name.into_inner(),
             expires,
             lifetime,
+            declare_rows: d.declare_rows,
             rules,
             revoked_model_owners,
             revoked_jobs: revoked.jobs,

@@ -18,7 +18,7 @@ use confide_governance::audit::{AuditError, AuditLog, Event};
 use confide_store::{Store, StoreExt as _};
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::{OwnerPrivacy, RoundRecord};
+use crate::coordinator::{OwnerPrivacy, OwnerTally, RoundRecord};
 
 /// The table of checkpoints (JSON), by manifest hash.
 pub const CHECKPOINTS: &str = "coordinator.checkpoints";
@@ -54,6 +54,9 @@ pub struct Checkpoint {
     pub events: Vec<String>,
     /// Refused contributions so far, by reason.
     pub rejections: BTreeMap<String, u64>,
+    /// Per owner: declared rows and refused contributions, for the contribution records.
+    #[serde(default)]
+    pub tallies: BTreeMap<String, OwnerTally>,
     /// The global model after `round` (stored apart, as raw bytes).
     #[serde(skip)]
     pub params: Vec<f32>,
@@ -185,6 +188,7 @@ mod tests {
             privacy: BTreeMap::new(),
             events: vec!["round 1: `b` missed the deadline and is excluded".into()],
             rejections: BTreeMap::new(),
+            tallies: BTreeMap::new(),
             params,
         }
     }

@@ -132,6 +132,16 @@ pub struct OwnerPrivacy {
     pub steps: u64,
 }
 
+/// What the coordinator counts of one owner for its contribution record: its declared rows
+/// and its refused contributions by rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerTally {
+    /// Rows the owner's node declared when it approved (`None`: not declared).
+    pub declared_rows: Option<u64>,
+    /// Refused contributions by rule id.
+    pub refused: BTreeMap<String, u64>,
+}
+
 impl OwnerPrivacy {
     /// From the wire form.
     pub fn from_pb(c: &pb::PrivacyClaim) -> Self {
@@ -212,6 +222,9 @@ struct State {
     server: Option<Box<dyn AggregationServer>>,
     certs: BTreeMap<String, Vec<u8>>,
     rejections: BTreeMap<String, u64>,
+    /// Per owner that approved: declared rows and refused contributions (its contribution
+    /// record). An owner is in it once its approval is in the audit log.
+    tallies: BTreeMap<String, OwnerTally>,
     events: Vec<String>,
     history: Vec<RoundRecord>,
     privacy: BTreeMap<String, OwnerPrivacy>,
@@ -463,6 +476,7 @@ impl Coordinator {
             server: None,
             certs: BTreeMap::new(),
             rejections: BTreeMap::new(),
+            tallies: BTreeMap::new(),
             events: Vec::new(),
             history: Vec::new(),
             privacy: BTreeMap::new(),
@@ -510,6 +524,7 @@ impl Coordinator {
             state.privacy.clone_from(&cp.privacy);
             state.events.clone_from(&cp.events);
             state.rejections.clone_from(&cp.rejections);
+            state.tallies.clone_from(&cp.tallies);
             state.moments =
                 confide_ml::server_opt::ServerState::from_bytes(&cp.moments, cp.params.len())
                     .map_err(|e| crate::transport::transport_err("checkpoint", e))?;
@@ -649,6 +664,7 @@ impl Coordinator {
                 privacy: s.privacy.clone(),
                 events: s.events.clone(),
                 rejections: s.rejections.clone(),
+                tallies: s.tallies.clone(),
                 params: params.to_vec(),
             }
         };
@@ -677,6 +693,67 @@ impl Coordinator {
             self.log_or_warn(EventKind::Refusal, "coordinator", detail);
         }
         audited
+    }
+
+    /// Appends each owner's signed contribution record (every owner whose approval is in the
+    /// log), at the job's end: the rounds its update was summed in, the rounds it missed the
+    /// deadline in, its refused contributions by rule (in committed rounds), its declared rows,
+    /// and the (ε, δ) its node stated with its accountant. A claim that is not finite and
+    /// non-negative is left out, so that one owner's claim cannot hold back the release.
+    fn log_contributions(&self, rounds_run: u32) -> Result<(), String> {
+        use confide_governance::contribution::{
+            Contribution, FORMAT, RowsBasis, SignedContribution,
+        };
+        let records: Vec<Contribution> = {
+            let s = lock(&self.state);
+            s.tallies
+                .iter()
+                .map(|(owner, tally)| {
+                    let tally = tally.clone();
+                    let rounds_where = |pick: fn(&RoundRecord) -> &Vec<String>| {
+                        s.history
+                            .iter()
+                            .filter(|r| pick(r).contains(owner))
+                            .map(|r| r.round)
+                            .collect::<Vec<u32>>()
+                    };
+                    let privacy = s.privacy.get(owner).filter(|p| {
+                        [p.epsilon, p.delta]
+                            .iter()
+                            .all(|x| x.is_finite() && *x >= 0.0)
+                    });
+                    Contribution {
+                        format: FORMAT.into(),
+                        job: hex::encode(self.manifest_hash),
+                        job_id: self.spec.job.id.clone(),
+                        owner: owner.clone(),
+                        rounds: rounds_where(|r| &r.contributors),
+                        rounds_run,
+                        excluded_in: rounds_where(|r| &r.excluded),
+                        refused: tally.refused,
+                        rows: tally.declared_rows,
+                        rows_basis: if tally.declared_rows.is_some() {
+                            RowsBasis::Declared
+                        } else {
+                            RowsBasis::Unknown
+                        },
+                        epsilon: privacy.map(|p| p.epsilon),
+                        delta: privacy.map(|p| p.delta),
+                        accountant: privacy.map(|p| p.accountant.clone()),
+                        author: self.identity.public(),
+                    }
+                })
+                .collect()
+        };
+        for record in records {
+            let owner = record.owner.clone();
+            let signed = SignedContribution::sign(record, &self.identity)
+                .map_err(|e| format!("contribution record of `{owner}`: {e}"))?;
+            let detail = serde_json::to_value(&signed)
+                .map_err(|e| format!("contribution record of `{owner}`: {e}"))?;
+            self.log(EventKind::Contribution, "coordinator", detail)?;
+        }
+        Ok(())
     }
 
     /// Logs the refusals that were only counted, once, at the job's end.
@@ -830,7 +907,12 @@ impl Coordinator {
             }),
         );
         self.log_counted_refusals();
-        let release = if rounds_done > 0 && end.is_ok() {
+        let records = if end.is_ok() {
+            self.log_contributions(rounds_done)
+        } else {
+            Ok(())
+        };
+        let release = if rounds_done > 0 && end.is_ok() && records.is_ok() {
             self.log(
                 EventKind::ModelRelease,
                 "coordinator",
@@ -846,10 +928,15 @@ impl Coordinator {
             Ok(0)
         };
         let head = self.sign_head();
-        let audit_problem = [end.err(), release.err(), head.as_ref().err().cloned()]
-            .into_iter()
-            .flatten()
-            .next();
+        let audit_problem = [
+            end.err(),
+            records.err(),
+            release.err(),
+            head.as_ref().err().cloned(),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
         if let Some(p) = &audit_problem {
             tracing::error!("{p}: the model is not released");
             params = Arc::new(Vec::new());
@@ -1157,7 +1244,7 @@ impl Coordinator {
                             .map_err(|e| format!("round {round} failed: {e}"))?
                     };
                     for (owner, reason) in &sum.rejected {
-                        self.count_rejection(*reason);
+                        self.count_rejection(owner, *reason);
                         self.record_event(format!(
                             "round {round}: the aggregators refused `{owner}`'s update: {} {}",
                             reason.rule(),
@@ -1338,11 +1425,13 @@ impl Coordinator {
         }
     }
 
-    fn count_rejection(&self, reason: Reject) {
-        *lock(&self.state)
-            .rejections
-            .entry(reason.name().to_string())
-            .or_default() += 1;
+    fn count_rejection(&self, owner: &str, reason: Reject) {
+        let mut s = lock(&self.state);
+        *s.rejections.entry(reason.name().to_string()).or_default() += 1;
+        // Only an owner that approved gets a record (others' refusals are counted above).
+        if let Some(t) = s.tallies.get_mut(owner) {
+            *t.refused.entry(reason.rule()).or_default() += 1;
+        }
     }
 
     fn submit(
@@ -1447,7 +1536,7 @@ impl Coordinator {
         match &result {
             Ok(()) => self.changed.notify_waiters(),
             Err(r) => {
-                self.count_rejection(r.reason);
+                self.count_rejection(peer_name, r.reason);
                 let audited = self.refusal(
                     &r.reason.rule(),
                     peer_id,
@@ -1601,6 +1690,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             if logged.is_ok() {
                 s.joined.insert(id.name.clone());
                 s.alive.insert(id.name.clone());
+                // Capped where canonical JSON numbers stay exact.
+                s.tallies.entry(id.name.clone()).or_default().declared_rows =
+                    (req.declared_rows > 0).then_some(req.declared_rows.min((1 << 53) - 1));
             }
         }
         c.changed.notify_waiters();

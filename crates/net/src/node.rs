@@ -570,6 +570,11 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 manifest_hash: hex::encode(gov.manifest_hash),
                 basis: basis.clone(),
                 signature: hex::encode(approval),
+                // Only when the owner's policy says so: the count goes into the audit log.
+                declared_rows: match Governance::policy(&opts) {
+                    Ok(Some(p)) if p.declare_rows => data.len() as u64,
+                    _ => 0,
+                },
             })
             .await
             .map_err(|s| NodeError::Refused(format!("approval refused: {}", s.message())))?;

@@ -108,7 +108,7 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         linger: Duration::from_millis(10),
         manifest: common::manifest(&fed, &spec),
         audit_store: None,
-        audit_export: None,
+        audit_export: Some(dir.path().join("audit.json")),
     };
     let coordinator = tokio::spawn(run_coordinator(co_listener, role));
 
@@ -310,4 +310,37 @@ async fn broken_updates_are_refused_by_rule_and_rounds_complete() {
         );
     }
     assert_eq!(report.rejections.values().sum::<u64>(), 10);
+
+    // Each owner's signed contribution record, in the exported log: guest's connection sent
+    // every refused contribution, host none; both were summed in rounds 1 and 2.
+    let bytes = std::fs::read(dir.path().join("audit.json")).expect("exported log");
+    let log = confide_governance::audit::verify_export(&bytes, None).expect("verifies");
+    let mut records = std::collections::BTreeMap::new();
+    let mut count = 0;
+    for entry in &log.log.entries {
+        let event: confide_governance::audit::Event =
+            serde_json::from_value(entry.clone()).expect("event");
+        if event.kind == confide_governance::audit::EventKind::Contribution {
+            let signed: confide_governance::contribution::SignedContribution =
+                serde_json::from_value(event.detail).expect("record");
+            let record = signed.verify().expect("signed by the coordinator").clone();
+            assert_eq!(record.author.public_key, log.log.log_public_key);
+            records.insert(record.owner.clone(), record);
+            count += 1;
+        }
+    }
+    assert_eq!((records.len(), count), (2, 2), "one record per owner, once");
+    for r in records.values() {
+        assert_eq!(
+            (r.rounds.clone(), r.rounds_run),
+            (vec![1, 2], 2),
+            "{}",
+            r.owner
+        );
+    }
+    let guest = &records["guest"].refused;
+    assert_eq!(guest.values().sum::<u64>(), 10, "{guest:?}");
+    assert_eq!(guest.get(&Reject::Duplicate.rule()), Some(&2));
+    assert_eq!(guest.get(&Reject::WrongRound.rule()), Some(&2));
+    assert!(records["host"].refused.is_empty());
 }

@@ -4,8 +4,8 @@ Group arithmetic is libsodium's ristretto255 (through pysodium); hashing is Pyth
 The protocol steps are written out again here from the specifications cited in
 crates/trustee/src/secret.rs (TDH2 write proof, RFC 8235 key proof, RFC 9497 DLEQ, Lagrange
 combination). Run: python3 -m venv v && v/bin/pip install pysodium && v/bin/python kat.py
-(needs libsodium, e.g. apt install libsodium23). Its output is pasted into tests/kat.rs;
-`kat.py tests/kat.rs` checks instead that every value it computes is in that file (CI runs this).
+(needs libsodium, e.g. apt install libsodium23). Its output (Rust constants) is pasted into tests/kat.rs;
+`kat.py tests/kat.rs` checks instead that each constant in that file has the value computed here (CI runs this).
 """
 import hashlib
 import sys
@@ -69,8 +69,14 @@ a = [num(fixed(b"a%d" % i)) for i in range(3)]
 shares = {i: sc(a[0] + a[1] * i + a[2] * i * i) for i in range(1, 5)}
 X = base(sc(a[0]))
 
+# The epoch: SHA-256 of t || X || (i || X_i)... (t and i as 16-bit big-endian).
+group_bytes = (3).to_bytes(2, "big") + X
+for i in range(1, 5):
+    group_bytes += i.to_bytes(2, "big") + base(shares[i])
+epoch = hashlib.sha256(group_bytes).hexdigest()
+
 # Write (TDH2 with hashed ElGamal).
-label_fields = [b"policy-digest", b"hospital-a", b"envelope-digest", b"kat-epoch"]
+label_fields = [b"policy-digest", b"hospital-a", b"envelope-digest", epoch.encode()]
 label = b"".join(fr(f) for f in label_fields)
 secret = bytes(range(32))
 r, w = fixed(b"r"), fixed(b"w")
@@ -127,30 +133,33 @@ assert opened == secret
 values = []
 
 
-def emit(name, *rest):
-    values.append((name.rstrip(" ="), rest[-1] if rest[-1:] else ""))
+def emit(name, value):
+    values.append((name, value))
 
 
-emit("X =", X.hex())
+emit("X", X.hex())
+emit("EPOCH", epoch)
 for i in range(1, 5):
-    emit("s%d =" % i, shares[i].hex())
-for name, val in [("r", r), ("w", w), ("U", U), ("Ubar", Ubar), ("c", c), ("e", e), ("f", f)]:
-    emit(name, "=", val.hex())
-emit("write_id =", write_id)
-for name, val in [("xc", xc), ("v", v), ("V", V), ("key_proof_r", rr)]:
-    emit(name, "=", val.hex())
+    emit("S%d" % i, shares[i].hex())
+for name, val in [("R", r), ("W", w), ("U", U), ("UBAR", Ubar), ("C", c), ("E", e), ("F", f)]:
+    emit(name, val.hex())
+emit("WRITE_ID", write_id)
+for name, val in [("XC", xc), ("V", v), ("V_POINT", V), ("KEY_PROOF_R", rr)]:
+    emit(name, val.hex())
 for i in ids:
-    emit("u%d =" % i, out[i][0].hex())
-    emit("proof%d =" % i, out[i][1].hex())
-    emit("nonce%d =" % i, fixed(b"nonce%d" % i).hex())
-emit("opened =", opened.hex())
-
+    emit("U%d" % i, out[i][0].hex())
+    emit("PROOF%d" % i, out[i][1].hex())
+    emit("NONCE%d" % i, fixed(b"nonce%d" % i).hex())
+emit("OPENED", opened.hex())
 if len(sys.argv) > 1:
+    import re
+
     text = open(sys.argv[1]).read()
-    missing = [n for n, v in values if v not in text]
-    if missing:
-        sys.exit("kat.py: values not in %s: %s" % (sys.argv[1], ", ".join(missing)))
+    consts = dict(re.findall(r'const ([A-Z0-9_]+): &str = "([0-9a-f]+)";', text))
+    wrong = [n for n, v in values if consts.get(n) != v]
+    if wrong:
+        sys.exit("kat.py: constants of %s that differ: %s" % (sys.argv[1], ", ".join(wrong)))
     print("kat.py: all %d values match %s" % (len(values), sys.argv[1]))
 else:
     for n, v in values:
-        print(n, "=", v)
+        print('const %s: &str = "%s";' % (n, v))

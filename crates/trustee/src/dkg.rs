@@ -42,20 +42,20 @@ fn identifier(index: u16) -> Result<frost::Identifier, DkgError> {
     frost::Identifier::try_from(index).map_err(|e| refused(&e))
 }
 
-/// A FROST identifier back to the trustee's index (identifiers made from `u16`s).
-fn index(id: &frost::Identifier) -> u16 {
+/// A FROST identifier back to the trustee's index (identifiers made from `u16`s); `None` for
+/// one that no `u16` made.
+fn index(id: &frost::Identifier) -> Option<u16> {
     let bytes = id.serialize();
-    if bytes[2..].iter().all(|b| *b == 0) {
-        u16::from_le_bytes([bytes[0], bytes[1]])
-    } else {
-        u16::MAX
-    }
+    bytes[2..]
+        .iter()
+        .all(|b| *b == 0)
+        .then(|| u16::from_le_bytes([bytes[0], bytes[1]]))
 }
 
 fn refused(e: &frost::Error) -> DkgError {
     DkgError::Refused {
         reason: e.to_string(),
-        culprits: e.culprits().iter().map(index).collect(),
+        culprits: e.culprits().iter().filter_map(index).collect(),
     }
 }
 
@@ -72,6 +72,8 @@ enum Step {
 pub struct Participant {
     index: u16,
     n: u16,
+    /// Its own round-1 package, as broadcast: the board must show the same one.
+    own: Vec<u8>,
     step: Step,
 }
 
@@ -101,6 +103,7 @@ impl Participant {
             Participant {
                 index,
                 n,
+                own: bytes.clone(),
                 step: Step::Round1(secret),
             },
             bytes,
@@ -116,11 +119,34 @@ impl Participant {
         let Step::Round1(secret) = std::mem::replace(&mut self.step, Step::Done) else {
             return Err(DkgError::OutOfOrder("round 2 needs round 1"));
         };
+        // The broadcast must hold exactly trustees 1..=n, and this trustee's own package as it
+        // sent it: anything else under its index is someone posting in its name.
+        if round1.get(&self.index) != Some(&self.own) {
+            return Err(DkgError::Equivocation(self.index, 1));
+        }
+        let expected: Vec<u16> = (1..=self.n).collect();
+        if round1.keys().copied().collect::<Vec<_>>() != expected {
+            return Err(DkgError::Refused {
+                reason: format!(
+                    "round 1 needs packages from trustees 1..={} exactly",
+                    self.n
+                ),
+                culprits: round1
+                    .keys()
+                    .filter(|i| **i == 0 || **i > self.n)
+                    .copied()
+                    .collect(),
+            });
+        }
         let packages = decode(round1, self.index, 1, dkg::round1::Package::deserialize)?;
         let (secret2, out) = dkg::part2(secret, &packages).map_err(|e| refused(&e))?;
         self.step = Step::Round2(secret2, packages);
         out.into_iter()
-            .map(|(id, p)| Ok((index(&id), p.serialize().map_err(|e| refused(&e))?)))
+            .map(|(id, p)| {
+                let to =
+                    index(&id).ok_or(DkgError::OutOfOrder("an identifier not from an index"))?;
+                Ok((to, p.serialize().map_err(|e| refused(&e))?))
+            })
             .collect()
     }
 
@@ -131,8 +157,13 @@ impl Participant {
         };
         let packages = decode(round2, self.index, 2, dkg::round2::Package::deserialize)?;
         let (key, public) = dkg::part3(&secret, &round1, &packages).map_err(|e| refused(&e))?;
-        let secret = group::scalar(&key.signing_share().serialize(), "signing share")
-            .map_err(|e| DkgError::Disagreement(e.to_string()))?;
+        let secret =
+            group::scalar(&key.signing_share().serialize(), "signing share").map_err(|e| {
+                DkgError::Refused {
+                    reason: e.to_string(),
+                    culprits: Vec::new(),
+                }
+            })?;
         let group = group_key(&public, self.n)?;
         Ok(KeyShare {
             index: self.index,
@@ -170,8 +201,9 @@ fn group_key(public: &frost::keys::PublicKeyPackage, n: u16) -> Result<GroupKey,
     let mut shares = BTreeMap::new();
     for (id, share) in public.verifying_shares() {
         let bytes = share.serialize().map_err(|_| bad("shares"))?;
+        let i = index(id).ok_or_else(|| bad("shares"))?;
         shares.insert(
-            index(id),
+            i,
             group::element(&bytes, "verifying share").map_err(|_| bad("shares"))?,
         );
     }

@@ -67,14 +67,16 @@ impl GroupKey {
         let mut shares = BTreeMap::new();
         for chunk in bytes[34..].chunks(34) {
             let i = u16::from_be_bytes([chunk[0], chunk[1]]);
-            if shares
-                .insert(i, group::element(&chunk[2..], "public share")?)
-                .is_some()
+            // Index 0 would be the whole key's abscissa.
+            if i == 0
+                || shares
+                    .insert(i, group::element(&chunk[2..], "public share")?)
+                    .is_some()
             {
                 return Err(Error::Encoding("group key"));
             }
         }
-        if threshold == 0 || usize::from(threshold) > shares.len() {
+        if threshold < 2 || usize::from(threshold) > shares.len() {
             return Err(Error::Encoding("group key"));
         }
         Ok(GroupKey {

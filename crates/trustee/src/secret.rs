@@ -29,6 +29,10 @@ const READER: &[u8] = b"CONFIDE-TRUSTEE-V1-reader";
 const REENCRYPT: &[u8] = b"CONFIDE-TRUSTEE-V1-reencrypt";
 const PAD: &[u8] = b"CONFIDE-TRUSTEE-V1-pad";
 
+/// The longest label or request field, in bytes: well inside the transcripts' 16-bit length
+/// prefixes, so that no field is ever ambiguous.
+pub const MAX_FIELD: usize = 1024;
+
 /// TDH2's second generator `Ḡ`, whose discrete logarithm to `G` nobody knows.
 pub fn second_generator() -> RistrettoPoint {
     hash_to_group(&[b"second generator"], CONTEXT)
@@ -48,6 +52,13 @@ pub struct Label {
 }
 
 impl Label {
+    /// Whether every field fits [`MAX_FIELD`].
+    pub fn fits(&self) -> bool {
+        [&self.policy, &self.owner, &self.envelope, &self.epoch]
+            .iter()
+            .all(|f| f.len() <= MAX_FIELD)
+    }
+
     /// The label's bytes in the proof transcript.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -130,6 +141,10 @@ impl Write {
 
     /// Checks the TDH2 proof against the write's own label (TRU-001).
     pub fn verify(&self) -> bool {
+        let identity = RistrettoPoint::default();
+        if !self.label.fits() || self.u == identity || self.u_bar == identity {
+            return false;
+        }
         let g_bar = second_generator();
         let w = self.f * G - self.e * self.u;
         let w_bar = self.f * g_bar - self.e * self.u_bar;
@@ -314,6 +329,15 @@ impl ReadRequest {
 
     /// Whether the key proof holds for this reader, write, job, purpose and key (TRU-004).
     pub fn key_proof_holds(&self) -> bool {
+        // The identity is x_c = 0: every share would then be s_i·U, which opens the write for
+        // anyone who sees t of them.
+        if self.reader_key == RistrettoPoint::default()
+            || [&self.write, &self.reader, &self.job, &self.purpose]
+                .iter()
+                .any(|f| f.len() > MAX_FIELD)
+        {
+            return false;
+        }
         let other = ReadRequest::bound(&self.write, &self.job, &self.purpose, &self.reader_key);
         self.key_proof
             .verify(&self.reader_key, &self.reader, &other)
@@ -424,7 +448,7 @@ fn lagrange(i: u16, set: &[u16]) -> Scalar {
 /// Why a read could not be opened: the trustees named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "TRU-008: {valid} valid shares of the {threshold} needed; bad shares from {bad:?} (TRU-007), no answer from {missing:?}"
+    "TRU-008: {valid} valid shares of the {threshold} needed; bad shares from {bad:?} (TRU-007), no answer from {missing:?} (no valid shares at all: the write does not verify or is not for this epoch)"
 )]
 pub struct Unopened {
     /// Valid shares received.
@@ -454,18 +478,31 @@ pub fn open(
     shares: &[Share],
 ) -> Result<Opened, Unopened> {
     let reader_key = reader_secret * G;
+    if !write.verify() || write.label.epoch != group.digest() {
+        return Err(Unopened {
+            valid: 0,
+            threshold: group.threshold,
+            bad: Vec::new(),
+            missing: Vec::new(),
+        });
+    }
     let mut valid: BTreeMap<u16, RistrettoPoint> = BTreeMap::new();
-    let mut bad = Vec::new();
+    let mut failed = std::collections::BTreeSet::new();
     for s in shares {
-        if valid.contains_key(&s.trustee) || bad.contains(&s.trustee) {
+        if valid.contains_key(&s.trustee) {
             continue;
         }
+        // A forged share under an honest trustee's index does not hide its real one.
         if s.verify(group, write, &reader_key) {
             valid.insert(s.trustee, s.u);
         } else {
-            bad.push(s.trustee);
+            failed.insert(s.trustee);
         }
     }
+    let bad: Vec<u16> = failed
+        .into_iter()
+        .filter(|i| !valid.contains_key(i))
+        .collect();
     let missing: Vec<u16> = group
         .shares
         .keys()

@@ -140,8 +140,15 @@ impl Trustee {
         &self.epoch
     }
 
-    /// Accepts a logged write (TRU-001, TRU-002). The same write again is accepted again.
-    pub fn accept_write(&self, w: &Write) -> Result<String, Refusal> {
+    /// Accepts a logged write from `caller` (the authenticated writer, who must be the owner
+    /// its label names): TRU-001, TRU-002. The same write again is accepted again.
+    pub fn accept_write(&self, caller: &str, w: &Write) -> Result<String, Refusal> {
+        if caller != w.label.owner {
+            return Err(Refusal::BadWrite(format!(
+                "`{caller}` wrote a secret labelled as `{}`'s",
+                w.label.owner
+            )));
+        }
         if w.label.epoch != self.epoch {
             return Err(Refusal::BadWrite(format!(
                 "the write's label names epoch {}, this trustee serves {}",
@@ -161,6 +168,8 @@ impl Trustee {
                 return if existing == id {
                     Ok(id.clone())
                 } else {
+                    // Another label, or the same label with a fresh proof: either way not the
+                    // write already accepted for this ciphertext.
                     Err(Refusal::Relabelled(existing))
                 };
             }
@@ -184,36 +193,58 @@ impl Trustee {
         Ok(w)
     }
 
-    /// Records a logged grant. Only the write's owner grants (TRU-005).
-    pub fn grant(&self, g: &Grant) -> Result<String, Refusal> {
-        let w = self.write(&g.write)?;
-        if w.label.owner != g.owner {
+    /// Checks that `caller` (the authenticated party) owns write `write`.
+    fn owned_by(&self, write: &str, caller: &str) -> Result<(), Refusal> {
+        let w = self.write(write)?;
+        if w.label.owner != caller {
             return Err(Refusal::NotAllowed(format!(
-                "`{}` granted a read of {}, which `{}` owns",
-                g.owner, g.write, w.label.owner
+                "`{caller}` cannot grant or revoke reads of {write}, which `{}` owns",
+                w.label.owner
             )));
         }
+        Ok(())
+    }
+
+    /// Records a logged grant from `caller`, who must be the grant's owner and the write's
+    /// (TRU-005). A grant made again after its revocation is a new decision: it holds again.
+    pub fn grant(&self, caller: &str, g: &Grant) -> Result<String, Refusal> {
+        if caller != g.owner {
+            return Err(Refusal::NotAllowed(format!(
+                "`{caller}` sent a grant made by `{}`",
+                g.owner
+            )));
+        }
+        if [&g.reader, &g.purpose, &g.job]
+            .iter()
+            .any(|f| f.len() > crate::secret::MAX_FIELD)
+        {
+            return Err(Refusal::NotAllowed("a grant field is too long".into()));
+        }
+        self.owned_by(&g.write, caller)?;
         let id = g.id();
+        let key = format!("{}/{id}", g.write);
         let value = serde_json::to_vec(g).map_err(|e| Refusal::Store(e.to_string()))?;
         self.store.transact(|txn| {
-            txn.put(GRANTS, format!("{}/{id}", g.write).as_bytes(), &value)?;
+            txn.put(GRANTS, key.as_bytes(), &value)?;
+            txn.delete(REVOKED, key.as_bytes())?;
             Ok::<_, Refusal>(())
         })?;
         Ok(id)
     }
 
-    /// Records a logged revocation of grant `id` by `owner`. From then on, no read under it.
-    pub fn revoke(&self, write: &str, id: &str, owner: &str) -> Result<(), Refusal> {
-        let w = self.write(write)?;
-        if w.label.owner != owner {
-            return Err(Refusal::NotAllowed(format!(
-                "`{owner}` cannot revoke a grant on {write}, which `{}` owns",
-                w.label.owner
-            )));
-        }
+    /// Records a logged revocation by `caller` of its grant `id` on `write`: from then on, no
+    /// read under it (TRU-005). Only the write's owner revokes, and only a grant it made.
+    pub fn revoke(&self, caller: &str, write: &str, id: &str) -> Result<(), Refusal> {
+        self.owned_by(write, caller)?;
+        let key = format!("{write}/{id}");
         self.store.transact(|txn| {
-            txn.put(REVOKED, id.as_bytes(), owner.as_bytes())?;
-            Ok::<_, Refusal>(())
+            if txn.get(GRANTS, key.as_bytes())?.is_none() {
+                return Err(Refusal::NotAllowed(format!(
+                    "no grant {id} on {write} to revoke"
+                )));
+            }
+            txn.put(REVOKED, key.as_bytes(), caller.as_bytes())?;
+            Ok(())
         })
     }
 
@@ -243,13 +274,13 @@ impl Trustee {
             let grants = txn.scan_prefix(GRANTS, format!("{}/", request.write).as_bytes())?;
             let mut allowed = false;
             let mut revoked = false;
-            for (_, value) in grants {
+            for (key, value) in grants {
                 let g: Grant = serde_json::from_slice(&value)
                     .map_err(|e| Refusal::Store(format!("a stored grant: {e}")))?;
                 if !g.allows(request) {
                     continue;
                 }
-                if txn.get(REVOKED, g.id().as_bytes())?.is_some() {
+                if txn.get(REVOKED, &key)?.is_some() {
                     revoked = true;
                 } else {
                     allowed = true;

@@ -13,6 +13,7 @@ use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as G;
 use curve25519_dalek::scalar::Scalar;
 
 const X: &str = "18f83127c0f0c8bad39ea4a029b7f1c544357290d51c0303096a670dfda08714";
+const EPOCH: &str = "c702a87c1f864b14a462ff9fe19ca152cd4f7d6204663f744bc4a0df7ce47cb6";
 const S1: &str = "b60d7a68080207c743fd98d3e0d33b05350fd0bff2d1c77b3cdf72f541626300";
 const S2: &str = "c51b8e60f3c9b24b3f04bd934ea1f889405e9034025b3fbda5cc6e80424f2d08";
 const S3: &str = "2eac4d7d84b8ea6b195f2ffbfa88bac7bed808be40506a22f9c652f1a19b2804";
@@ -22,13 +23,13 @@ const W: &str = "e27c76e6b926e9c5d660c4fa5ea4fc6c9f6d2121e3e06f502dcfbfaa6c50b20
 const U: &str = "14f8510658af177f4114d614396f81b38547eeb42425e3d1a7ce50615bc7ce12";
 const UBAR: &str = "b4898e8b494f101eb651bb9cd09d0a536ec0782c0a665972c8384cb62477e441";
 const C: &str = "c29128045567ced114b597f7ade7fdbb56fb2a28fd8bd1bc80f909fed5b02bd0";
-const E: &str = "73a5359f2206eb4bd136c26a8ec3d12ec574e733d11b8fcce4d15eb9e2822c04";
-const F: &str = "eb909bb733d0d137afc44f745f5654f428c19c21e26d8c2eca272f8a55f8d901";
-const WRITE_ID: &str = "e46aeacd475c8888ac895b19697018cf128726de6f8516ace124de23adbf4d3d";
+const E: &str = "37133c14586d965887bad06d79187ae172f8eced138acfe3f6326ee221afb60a";
+const F: &str = "a0d0505b1b8fa00d3653dc34cbb5d8ea2e57a48b796c92204130498166775b0b";
+const WRITE_ID: &str = "4aa6e2c729f21aa3e936036703be8d9a66158bbdcbc453bc85c2f649296926a4";
 const XC: &str = "4165f2005675b20128904db64d82acb06f26262dc47eb13ac597528a0b5e500f";
 const V: &str = "342c26b78a3bcfd214cf9149d70ec38220e762eac77ebabeb28623ead74b3801";
 const V_POINT: &str = "5213f6b980884544a129af333906bab96b3c07cd0ad64423f20d914acdf2e070";
-const KEY_PROOF_R: &str = "c954d81dcd54fa82a0e852d7fae92647defcb9d417ba83841007cd295af42f0d";
+const KEY_PROOF_R: &str = "96ec8503b77843d07eedbf38127464557f273de45a27aacf262629b45abda607";
 const U1: &str = "842c9f59c720e287ccf4f5d09d0dca630c5d63c301265fe393832e0c672ce156";
 const PROOF1: &str = "e43dc1735b0a43502dc15a00562f6214ea6b485566d98325c0e281d560baf00db2da677a061adce330e8f79fb33673801e4cb6d9be840cbb08c4c0e7266f0c04";
 const NONCE1: &str = "1e1683f0e6657b8613619195fd9b4a8999f8a8ebd6e76a00cae652c5b2c7850d";
@@ -60,12 +61,17 @@ fn group_key() -> GroupKey {
     }
 }
 
+#[test]
+fn the_group_keys_digest_matches_the_independent_value() {
+    assert_eq!(group_key().digest(), EPOCH);
+}
+
 fn write() -> Write {
     let label = Label {
         policy: "policy-digest".into(),
         owner: "hospital-a".into(),
         envelope: "envelope-digest".into(),
-        epoch: "kat-epoch".into(),
+        epoch: EPOCH.into(),
     };
     let secret: [u8; 32] = std::array::from_fn(|i| i as u8);
     Write::seal_with(&group_key().key, &secret, label, &s(R), &s(W))

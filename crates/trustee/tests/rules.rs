@@ -41,7 +41,7 @@ fn setup(seed: u64) -> Setup {
         .map(|s| Trustee::new(s.clone(), Arc::new(MemoryStore::default())))
         .collect();
     for t in &trustees {
-        t.accept_write(&write).expect("write");
+        t.accept_write("hospital-a", &write).expect("write");
     }
     Setup {
         shares,
@@ -62,7 +62,8 @@ fn grant(write: &Write, reader: &str, job: &str) -> Grant {
 
 fn granted(s: &Setup, reader: &str) {
     for t in &s.trustees {
-        t.grant(&grant(&s.write, reader, "*")).expect("grant");
+        t.grant("hospital-a", &grant(&s.write, reader, "*"))
+            .expect("grant");
     }
 }
 
@@ -81,36 +82,58 @@ fn a_3_of_4_read_opens_the_secret_with_one_trustee_down() {
 }
 
 #[test]
-fn tru_001_a_write_with_a_broken_proof_or_another_epoch_is_refused() {
+fn tru_001_a_write_with_a_broken_proof_another_epoch_or_another_writer_is_refused() {
     let s = setup(2);
-    let mut moved = s.write.clone();
+    let mut rng = rand::thread_rng();
+    let group = &s.shares[0].group;
+    // A fresh write (its U never seen), its label changed after the proof was made.
+    let mut moved = Write::seal(&group.key, &SECRET, label(group), &mut rng);
     moved.label.policy = "attacker policy".into();
     let e = s.trustees[0]
-        .accept_write(&moved)
-        .expect_err("relabelled proof");
+        .accept_write("hospital-a", &moved)
+        .expect_err("broken proof");
     assert_eq!(e.rule(), "TRU-001");
-    let mut rng = rand::thread_rng();
-    let mut other = label(&s.shares[0].group);
+    assert!(e.to_string().contains("proof"), "{e}");
+    let mut other = label(group);
     other.epoch = "another epoch".into();
-    let w = Write::seal(&s.shares[0].group.key, &SECRET, other, &mut rng);
+    let w = Write::seal(&group.key, &SECRET, other, &mut rng);
     assert_eq!(
-        s.trustees[0].accept_write(&w).expect_err("epoch").rule(),
+        s.trustees[0]
+            .accept_write("hospital-a", &w)
+            .expect_err("epoch")
+            .rule(),
         "TRU-001"
     );
+    // Mallory writes a secret labelled as hospital-a's (to grant reads of it in its name).
+    let fresh = Write::seal(&group.key, &SECRET, label(group), &mut rng);
+    assert_eq!(
+        s.trustees[0]
+            .accept_write("mallory", &fresh)
+            .expect_err("writer")
+            .rule(),
+        "TRU-001"
+    );
+    s.trustees[0]
+        .accept_write("hospital-a", &fresh)
+        .expect("its owner");
 }
 
 #[test]
 fn tru_002_a_ciphertext_written_again_under_another_label_is_refused() {
     let s = setup(3);
-    // The attacker knows r for its own write, so it can prove a new label for the same U.
+    // The writer knows r for its own write, so it can prove a new label for the same U.
     let group = &s.shares[0].group;
     let r = Scalar::from(7u64);
     let mine = Write::seal_with(&group.key, &SECRET, label(group), &r, &Scalar::from(9u64));
-    s.trustees[0].accept_write(&mine).expect("first");
+    s.trustees[0]
+        .accept_write("hospital-a", &mine)
+        .expect("first");
     assert_eq!(
-        s.trustees[0].accept_write(&mine).expect("again"),
+        s.trustees[0]
+            .accept_write("hospital-a", &mine)
+            .expect("again"),
         mine.id(),
-        "same write: no-op"
+        "the same write: accepted again, nothing new"
     );
     let mut relabel = label(group);
     relabel.policy = "a looser policy".into();
@@ -121,7 +144,7 @@ fn tru_002_a_ciphertext_written_again_under_another_label_is_refused() {
     );
     assert_eq!(
         s.trustees[0]
-            .accept_write(&again)
+            .accept_write("hospital-a", &again)
             .expect_err("relabel")
             .rule(),
         "TRU-002"
@@ -134,7 +157,10 @@ fn tru_003_an_unknown_write_is_neither_granted_nor_read() {
     let mut g = grant(&s.write, "trainer", "*");
     g.write = "no-such-write".into();
     assert_eq!(
-        s.trustees[0].grant(&g).expect_err("grant").rule(),
+        s.trustees[0]
+            .grant("hospital-a", &g)
+            .expect_err("grant")
+            .rule(),
         "TRU-003"
     );
     let mut rng = rand::thread_rng();
@@ -149,32 +175,32 @@ fn tru_003_an_unknown_write_is_neither_granted_nor_read() {
 }
 
 #[test]
-fn tru_004_a_replayed_request_or_a_substituted_key_is_refused_by_every_trustee() {
+fn tru_004_another_callers_request_a_substituted_key_or_the_identity_key_is_refused() {
     let s = setup(5);
     granted(&s, "trainer");
-    granted(&s, "mallory");
     let mut rng = rand::thread_rng();
     let (req, _) = ReadRequest::new(&s.write.id(), "trainer", "job-1", "train", &mut rng);
-    // Mallory replays the trainer's request from its own connection.
+    // Mallory sends the trainer's request from its own connection.
     for t in &s.trustees {
         assert_eq!(
             t.reencrypt("mallory", &req, &mut rng)
-                .expect_err("replay")
+                .expect_err("caller")
                 .rule(),
             "TRU-004"
         );
     }
-    // Mallory has its own write W' (U') and a grant on it, and asks to read W' with
-    // X_c = U − U' + y·G, which would open W: it cannot prove it holds that key.
+    // Mallory has its own write W' (U') with a grant to itself, and no grant on the victim's
+    // write W. It asks to read W' with X_c = U − U' + y·G, which would open W: it cannot
+    // prove it holds that key.
     let group = &s.shares[0].group;
     let mut own = label(group);
     own.owner = "mallory".into();
     let theirs = Write::seal(&group.key, &[1u8; 32], own, &mut rng);
     for t in &s.trustees {
-        t.accept_write(&theirs).expect("mallory's write");
+        t.accept_write("mallory", &theirs).expect("mallory's write");
         let mut g = grant(&theirs, "mallory", "*");
         g.owner = "mallory".into();
-        t.grant(&g).expect("mallory's grant");
+        t.grant("mallory", &g).expect("mallory's grant");
     }
     let y = Scalar::random(&mut rng);
     let (mut forged, _) = ReadRequest::new(&theirs.id(), "mallory", "job-1", "train", &mut rng);
@@ -182,12 +208,12 @@ fn tru_004_a_replayed_request_or_a_substituted_key_is_refused_by_every_trustee()
     for t in &s.trustees {
         assert_eq!(
             t.reencrypt("mallory", &forged, &mut rng)
-                .expect_err("x_c = U - U'")
+                .expect_err("x_c = U - U' + yG")
                 .rule(),
             "TRU-004"
         );
     }
-    // Had a trustee answered, the shares would have opened the other write: the check matters.
+    // Had the trustees answered, the shares would open the victim's write: the check matters.
     let shares: Vec<Share> = s
         .shares
         .iter()
@@ -200,6 +226,22 @@ fn tru_004_a_replayed_request_or_a_substituted_key_is_refused_by_every_trustee()
         xor_pad(&s.write, &victim),
         SECRET,
         "the attack works without TRU-004"
+    );
+    // The identity as reader key (x_c = 0): every share would be s_i·U, readable by anyone.
+    let zero = ReadRequest::with(
+        &s.write.id(),
+        "trainer",
+        "job-1",
+        "train",
+        &Scalar::ZERO,
+        &Scalar::ONE,
+    );
+    assert_eq!(
+        s.trustees[0]
+            .reencrypt("trainer", &zero, &mut rng)
+            .expect_err("identity")
+            .rule(),
+        "TRU-004"
     );
 }
 
@@ -230,54 +272,71 @@ fn xor_pad(w: &Write, shared: &curve25519_dalek::ristretto::RistrettoPoint) -> [
 #[test]
 fn tru_005_no_grant_another_owners_grant_or_a_revoked_grant_is_refused() {
     let s = setup(6);
+    let t = &s.trustees[0];
     let mut rng = rand::thread_rng();
     let (req, _) = ReadRequest::new(&s.write.id(), "trainer", "job-1", "train", &mut rng);
     assert_eq!(
-        s.trustees[0]
-            .reencrypt("trainer", &req, &mut rng)
+        t.reencrypt("trainer", &req, &mut rng)
             .expect_err("no grant")
             .rule(),
         "TRU-005"
     );
+    // Mallory grants a read of hospital-a's write, in its own name or in hospital-a's.
     let mut stranger = grant(&s.write, "trainer", "*");
     stranger.owner = "mallory".into();
     assert_eq!(
-        s.trustees[0]
-            .grant(&stranger)
+        t.grant("mallory", &stranger)
             .expect_err("not the owner")
             .rule(),
         "TRU-005"
     );
-    // A grant for another job or purpose does not reach this request.
-    let narrow = grant(&s.write, "trainer", "job-2");
-    s.trustees[0].grant(&narrow).expect("grant");
+    let forged = grant(&s.write, "trainer", "*");
     assert_eq!(
-        s.trustees[0]
-            .reencrypt("trainer", &req, &mut rng)
+        t.grant("mallory", &forged)
+            .expect_err("in another's name")
+            .rule(),
+        "TRU-005"
+    );
+    // A grant for another job does not reach this request.
+    t.grant("hospital-a", &grant(&s.write, "trainer", "job-2"))
+        .expect("grant");
+    assert_eq!(
+        t.reencrypt("trainer", &req, &mut rng)
             .expect_err("other job")
             .rule(),
         "TRU-005"
     );
     let g = grant(&s.write, "trainer", "job-1");
-    let id = s.trustees[0].grant(&g).expect("grant");
-    s.trustees[0]
-        .reencrypt("trainer", &req, &mut rng)
-        .expect("allowed");
+    let id = t.grant("hospital-a", &g).expect("grant");
+    t.reencrypt("trainer", &req, &mut rng).expect("allowed");
+    // Only the owner revokes, and only a grant that exists on that write.
     assert_eq!(
-        s.trustees[0]
-            .revoke(&s.write.id(), &id, "mallory")
+        t.revoke("mallory", &s.write.id(), &id)
             .expect_err("not the owner")
             .rule(),
         "TRU-005"
     );
-    s.trustees[0]
-        .revoke(&s.write.id(), &id, "hospital-a")
-        .expect("revoke");
-    let e = s.trustees[0]
-        .reencrypt("trainer", &req, &mut rng)
-        .expect_err("revoked");
+    let group = &s.shares[0].group;
+    let mut own = label(group);
+    own.owner = "mallory".into();
+    let theirs = Write::seal(&group.key, &[1u8; 32], own, &mut rng);
+    t.accept_write("mallory", &theirs).expect("mallory's write");
+    assert_eq!(
+        t.revoke("mallory", &theirs.id(), &id)
+            .expect_err("a grant on another write")
+            .rule(),
+        "TRU-005"
+    );
+    t.reencrypt("trainer", &req, &mut rng)
+        .expect("still allowed");
+    t.revoke("hospital-a", &s.write.id(), &id).expect("revoke");
+    let e = t.reencrypt("trainer", &req, &mut rng).expect_err("revoked");
     assert_eq!(e.rule(), "TRU-005");
     assert!(e.to_string().contains("revoked"), "{e}");
+    // The owner grants it again: a new decision, and it holds.
+    t.grant("hospital-a", &g).expect("granted again");
+    t.reencrypt("trainer", &req, &mut rng)
+        .expect("allowed again");
 }
 
 #[test]
@@ -306,8 +365,9 @@ fn tru_006_the_share_survives_a_restart_of_the_trustee() {
     let first = {
         let store = Arc::new(confide_store::RedbStore::open(&path).expect("store"));
         let t = Trustee::new(s.shares[0].clone(), store);
-        t.accept_write(&s.write).expect("write");
-        t.grant(&grant(&s.write, "trainer", "*")).expect("grant");
+        t.accept_write("hospital-a", &s.write).expect("write");
+        t.grant("hospital-a", &grant(&s.write, "trainer", "*"))
+            .expect("grant");
         t.reencrypt("trainer", &req, &mut rng).expect("share")
     };
     let store = Arc::new(confide_store::RedbStore::open(&path).expect("reopen"));
@@ -335,6 +395,14 @@ fn tru_007_and_008_a_lying_trustee_is_named_and_two_down_stop_the_read() {
     let opened = secret::open(group, &s.write, &key, &answers).expect("three good of four");
     assert_eq!(opened.secret, SECRET);
     assert_eq!(opened.bad, vec![2], "TRU-007 names the trustee");
+    // A forged share under trustee 1's index, sent before trustee 1's own: it is skipped,
+    // trustee 1's real share still counts, and trustee 1 is not named.
+    let mut forged = answers[0];
+    forged.u += G;
+    let mut with_forgery = vec![forged];
+    with_forgery.extend(answers.iter().copied());
+    let opened = secret::open(group, &s.write, &key, &with_forgery).expect("still opens");
+    assert_eq!((opened.secret, opened.bad.clone()), (SECRET, vec![2]));
     // Two down: trustees 3 and 4 give nothing.
     let e = secret::open(group, &s.write, &key, &answers[..2]).expect_err("too few");
     assert_eq!(
@@ -353,6 +421,27 @@ fn tru_009_a_trustee_that_equivocates_is_named_and_the_dkg_aborts() {
     board.post(1, 2, &first).expect("first");
     board.post(1, 2, &first).expect("the same again");
     assert_eq!(board.post(1, 2, &second), Err(DkgError::Equivocation(2, 1)));
+    // A trustee whose round-1 slot shows a package it did not send stops: someone posted in
+    // its name.
+    let mut round1 = BTreeMap::new();
+    let mut parts = Vec::new();
+    for i in 1..=4 {
+        let (p, pkg) = Participant::start(i, 4, 3, &mut rng).expect("start");
+        round1.insert(i, pkg);
+        parts.push(p);
+    }
+    let mut in_its_name = round1.clone();
+    in_its_name.insert(1, second);
+    assert_eq!(
+        parts[0].round2(&in_its_name).map(|_| ()),
+        Err(DkgError::Equivocation(1, 1))
+    );
+    let mut missing = round1.clone();
+    missing.remove(&4);
+    assert!(matches!(
+        parts[1].round2(&missing),
+        Err(DkgError::Refused { .. })
+    ));
 }
 
 #[test]
@@ -425,9 +514,7 @@ proptest! {
         let shares = dkg::run_local(n, t, &mut rng).expect("dkg");
         let group = shares[0].group.clone();
         let secret_bytes: [u8; 32] = rand::Rng::r#gen(&mut rng);
-        let mut l = label(&group);
-        l.owner = "o".into();
-        let w = Write::seal(&group.key, &secret_bytes, l, &mut rng);
+        let w = Write::seal(&group.key, &secret_bytes, label(&group), &mut rng);
         let (req, key) = ReadRequest::new(&w.id(), "r", "j", "p", &mut rng);
         // A pseudo-random subset of size t.
         let mut order: Vec<usize> = (0..usize::from(n)).collect();
@@ -444,6 +531,11 @@ proptest! {
         prop_assert_eq!(opened.secret, secret_bytes);
         let short = secret::open(&group, &w, &key, &answers[..usize::from(t) - 1]);
         prop_assert!(short.is_err());
+        // And not only by counting: t − 1 key shares interpolate to another key.
+        let fewer: Vec<KeyShare> = order[..usize::from(t) - 1].iter().map(|&i| shares[i].clone()).collect();
+        prop_assert_ne!(secret::open_with_key(&secret::whole_key(&fewer), &w), secret_bytes);
+        let all: Vec<KeyShare> = order[..usize::from(t)].iter().map(|&i| shares[i].clone()).collect();
+        prop_assert_eq!(secret::open_with_key(&secret::whole_key(&all), &w), secret_bytes);
         let mut bent = answers.clone();
         bent[0].proof.s += Scalar::ONE;
         let e = secret::open(&group, &w, &key, &bent);

@@ -62,6 +62,7 @@ pub async fn approve(
             manifest_hash: verified.hash_hex(),
             basis: "test".into(),
             signature: hex::encode(sig),
+            declared_rows: 0,
         })
         .await
         .expect("approve");
