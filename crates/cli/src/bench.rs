@@ -786,6 +786,7 @@ fn dpsgd(b: &DpsgdBench) -> Result<i32> {
             batch_size: batch,
             learning_rate: 0.05,
             l2: 0.0,
+            proximal_mu: 0.0,
             seed: 1,
         };
         let dp_cfg = DpSgdConfig {
@@ -794,6 +795,7 @@ fn dpsgd(b: &DpsgdBench) -> Result<i32> {
             learning_rate: 0.05,
             momentum: 0.0,
             l2: 0.0,
+            proximal_mu: 0.0,
             clip_norm: 1.0,
             noise_multiplier: 1.0,
         };

@@ -243,6 +243,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
                     batch_size: spec.training.batch_size,
                     learning_rate: spec.training.learning_rate,
                     l2: spec.training.l2,
+                    proximal_mu: 0.0,
                     seed,
                 },
             )?;

@@ -18,6 +18,8 @@ pub const MAX_PARAMS: usize = 1 << 24;
 /// The largest learning rate accepted (local and server). Far above any useful value; it
 /// keeps a typo such as `1e300` from passing validation.
 pub const MAX_LEARNING_RATE: f64 = 100.0;
+/// Largest FedProx μ accepted (Li et al. tune μ in {0.001, 0.01, 0.1, 1}).
+pub const MAX_PROXIMAL_MU: f64 = 10.0;
 
 /// Errors found while reading or validating a job configuration. These are configuration
 /// mistakes: the person who wrote the file must fix it.
@@ -295,6 +297,12 @@ pub struct TrainingSection {
     /// The server optimiser; none is FedAvg (the model moves by η times the mean update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_optimizer: Option<ServerOptimizer>,
+    /// FedProx's proximal term μ (Li et al., "Federated Optimization in Heterogeneous
+    /// Networks", MLSys 2020): each owner minimises its loss plus `μ/2·‖w − w_global‖²`, which
+    /// keeps local models near the round's global model on skewed data. None is FedAvg's
+    /// local step (μ = 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proximal_mu: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -1092,6 +1100,14 @@ impl JobSpec {
                 format!("must be in (0, {MAX_LEARNING_RATE}]"),
             ));
         }
+        if let Some(mu) = t.proximal_mu
+            && !(mu > 0.0 && mu <= MAX_PROXIMAL_MU)
+        {
+            return Err(invalid(
+                "training.proximal_mu",
+                format!("must be in (0, {MAX_PROXIMAL_MU}] (leave it out for FedAvg)"),
+            ));
+        }
         if let Some(o) = &t.server_optimizer {
             if !(0.0..1.0).contains(&o.beta1) {
                 return Err(invalid(
@@ -1255,6 +1271,26 @@ data = "b.csv"
                     .replace("kind = \"fedadam\"\nkind", "kind");
             let err = JobConfig::parse(&bad).expect_err("invalid");
             assert!(err.to_string().contains(field), "{line}: {err}");
+        }
+    }
+
+    /// FedProx's μ is in the signed spec only when a job sets it, and is checked.
+    #[test]
+    fn fedprox_mu_is_parsed_checked_and_absent_from_older_specs() {
+        let plain = JobConfig::parse(MINIMAL).expect("valid").spec();
+        assert!(!plain.to_wire().contains("proximal_mu"));
+        let with = |mu: &str| {
+            MINIMAL.replace("[training]\n", &format!("[training]\nproximal_mu = {mu}\n"))
+        };
+        let spec = JobConfig::parse(&with("0.01")).expect("valid").spec();
+        assert_eq!(spec.training.proximal_mu, Some(0.01));
+        assert_ne!(spec.digest_input(), plain.digest_input());
+        for bad in ["0.0", "-1.0", "11.0", "nan"] {
+            let err = JobConfig::parse(&with(bad)).expect_err("invalid");
+            assert!(
+                err.to_string().contains("training.proximal_mu"),
+                "{bad}: {err}"
+            );
         }
     }
 

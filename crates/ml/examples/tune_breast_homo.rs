@@ -80,6 +80,7 @@ fn main() {
                         batch_size: 32,
                         learning_rate: lr,
                         l2,
+                        proximal_mu: 0.0,
                         seed: 3,
                     };
                     let (mut correct, mut rows, mut ll) = (0usize, 0usize, 0.0f64);

@@ -129,6 +129,11 @@ pub struct DpSgdConfig {
     pub clip_norm: f64,
     /// Noise multiplier `σ`: the noise standard deviation is `σ·C`.
     pub noise_multiplier: f64,
+    /// FedProx's proximal term μ (0: none): `μ·(w − w₀)` joins each step's gradient after the
+    /// noise. It depends only on the parameters (public to the owner), not on any record, so
+    /// it changes nothing in the accounting (post-processing).
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 impl DpSgdConfig {
@@ -152,6 +157,9 @@ impl DpSgdConfig {
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.proximal_mu.is_finite() && self.proximal_mu >= 0.0) {
+            return Err(format!("proximal_mu must be ≥ 0, got {}", self.proximal_mu));
         }
         if !(self.l2.is_finite() && self.l2 >= 0.0) {
             return Err(format!("l2 must be ≥ 0, got {}", self.l2));
@@ -257,6 +265,7 @@ pub fn plan_private_run(
             l2,
             clip_norm: privacy.clip_norm,
             noise_multiplier: plan.noise_multiplier,
+            proximal_mu: 0.0,
         },
         calls,
         plan,
@@ -451,6 +460,8 @@ pub fn train_dp(
         ));
     }
     let device = Device::flex();
+    let anchor = params.to_vec();
+    let mu = config.proximal_mu as f32;
     let mut params = params.to_vec();
     let mut velocity = vec![0.0f32; params.len()];
     let decay_mask = weight_mask(spec);
@@ -501,15 +512,19 @@ pub fn train_dp(
                 .apply(&mut batch.sum, &z, std, bound)
                 .map_err(|e| ModelError::Architecture(format!("DP noise: {e}")))?;
         }
-        for (((p, v), g), &decay) in params
+        for ((((p, v), g), &decay), p0) in params
             .iter_mut()
             .zip(&mut velocity)
             .zip(&batch.sum)
             .zip(&decay_mask)
+            .zip(&anchor)
         {
             let mut grad = g * inv_batch;
             if decay {
                 grad += l2 * *p;
+            }
+            if mu > 0.0 {
+                grad += mu * (*p - p0);
             }
             *v = momentum * *v + grad;
             *p -= lr * *v;
@@ -753,6 +768,7 @@ mod tests {
             learning_rate: 0.1,
             momentum: 0.0,
             l2: 0.0,
+            proximal_mu: 0.0,
             clip_norm: 1.0,
             noise_multiplier: 1.0,
         };
@@ -804,6 +820,7 @@ mod tests {
             learning_rate: 1.0,
             momentum: 0.0,
             l2: 0.0,
+            proximal_mu: 0.0,
             clip_norm: 0.5,
             noise_multiplier: 1.3,
         };
@@ -838,6 +855,53 @@ mod tests {
         }
     }
 
+    /// FedProx in DP-SGD: with every row sampled and no noise, the first step is the same
+    /// with or without μ (the parameters are still the anchor), and the second differs by
+    /// exactly `−lr·μ·(p₁ − p₀)`: the term is added after clipping and noise, from the
+    /// parameters alone.
+    #[test]
+    fn the_proximal_term_joins_the_step_after_clipping_and_noise() {
+        let spec = &specs()[0];
+        let data = toy_data(30, 6, 3, 5);
+        let p0 = spec.initial_vector(2);
+        let run = |steps: u64, mu: f64| {
+            let config = DpSgdConfig {
+                steps,
+                sampling_rate: 1.0,
+                learning_rate: 0.3,
+                momentum: 0.0,
+                l2: 0.0,
+                proximal_mu: mu,
+                clip_norm: 0.5,
+                noise_multiplier: 0.0,
+            };
+            let mut noise = Recording {
+                rng: ChaCha20Rng::seed_from_u64(8),
+                added: vec![],
+                stds: vec![],
+            };
+            let mut rng = ChaCha20Rng::seed_from_u64(1);
+            train_dp(
+                spec,
+                &p0,
+                &data,
+                &config,
+                &mut rng,
+                &mut noise,
+                &mut |_, _| {},
+            )
+            .expect("trains")
+            .params
+        };
+        assert_eq!(run(1, 0.0), run(1, 0.7), "no pull at the anchor itself");
+        let p1 = run(1, 0.0);
+        let (free, prox) = (run(2, 0.0), run(2, 0.7));
+        for ((a, b), (q1, q0)) in prox.iter().zip(&free).zip(p1.iter().zip(&p0)) {
+            let expected = -0.3 * 0.7 * (q1 - q0);
+            assert!((a - b - expected).abs() < 1e-5, "{} vs {expected}", a - b);
+        }
+    }
+
     #[test]
     fn the_production_noise_source_adds_noise_of_the_calibrated_scale() {
         let spec = ModelSpec {
@@ -855,6 +919,7 @@ mod tests {
             learning_rate: 1.0,
             momentum: 0.0,
             l2: 0.0,
+            proximal_mu: 0.0,
             clip_norm: clip,
             noise_multiplier: sigma,
         };

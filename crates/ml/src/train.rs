@@ -21,6 +21,10 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// L2 penalty on weights (not biases).
     pub l2: f64,
+    /// FedProx's proximal term μ (0: none): the step adds `μ·(w − w₀)` to every parameter's
+    /// gradient, `w₀` being the parameters training started from.
+    #[serde(default)]
+    pub proximal_mu: f64,
     /// Shuffling seed.
     pub seed: u64,
 }
@@ -54,6 +58,8 @@ pub fn train(
     }
     let device = Device::flex().autodiff();
     let mut net = Network::from_vector(spec, params, &device)?;
+    // The proximal term's anchor: the parameters training starts from, off the tape.
+    let anchor = (config.proximal_mu > 0.0).then(|| Anchor::of(&net));
     let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let batch_size = config.batch_size.max(1);
@@ -74,7 +80,13 @@ pub fn train(
             let loss = model::loss(spec, net.forward(batch.x), batch.target);
             let grads = loss.backward();
             total += f64::from(loss.inner().into_scalar::<f32>());
-            net = sgd_step(net, &grads, config.learning_rate, config.l2);
+            net = sgd_step(
+                net,
+                &grads,
+                config.learning_rate,
+                config.l2,
+                anchor.as_ref().map(|a| (a, config.proximal_mu)),
+            );
             batches += 1;
             steps += 1;
         }
@@ -87,13 +99,43 @@ pub fn train(
     })
 }
 
-fn sgd_step(mut net: Network, grads: &burn::tensor::Gradients, lr: f64, l2: f64) -> Network {
-    for layer in &mut net.layers {
+/// Each layer's weights and bias at the start of local training (FedProx's `w₀`).
+struct Anchor(Vec<(Tensor<2>, Option<Tensor<1>>)>);
+
+impl Anchor {
+    fn of(net: &Network) -> Anchor {
+        Anchor(
+            net.layers
+                .iter()
+                .map(|l| {
+                    (
+                        l.weight.val().inner(),
+                        l.bias.as_ref().map(|b| b.val().inner()),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+fn sgd_step(
+    mut net: Network,
+    grads: &burn::tensor::Gradients,
+    lr: f64,
+    l2: f64,
+    proximal: Option<(&Anchor, f64)>,
+) -> Network {
+    for (i, layer) in net.layers.iter_mut().enumerate() {
+        let anchor = proximal.map(|(a, mu)| (&a.0[i], mu));
         let w = layer.weight.val();
         let new_w = match w.grad(grads) {
             Some(g) => {
                 let w = w.inner();
                 let g = if l2 > 0.0 { g + w.clone() * l2 } else { g };
+                let g = match anchor {
+                    Some(((w0, _), mu)) => g + (w.clone() - w0.clone()) * mu,
+                    None => g,
+                };
                 w - g * lr
             }
             None => w.inner(),
@@ -102,7 +144,14 @@ fn sgd_step(mut net: Network, grads: &burn::tensor::Gradients, lr: f64, l2: f64)
         if let Some(bias) = &layer.bias {
             let b = bias.val();
             let new_b: Tensor<1> = match b.grad(grads) {
-                Some(g) => b.inner() - g * lr,
+                Some(g) => {
+                    let b = b.inner();
+                    let g = match anchor {
+                        Some(((_, Some(b0)), mu)) => g + (b.clone() - b0.clone()) * mu,
+                        _ => g,
+                    };
+                    b - g * lr
+                }
                 None => b.inner(),
             };
             layer.bias = Some(Param::from_tensor(new_b.autodiff()));
@@ -256,6 +305,7 @@ mod tests {
             batch_size: 16,
             learning_rate: 0.5,
             l2: 0.0,
+            proximal_mu: 0.0,
             seed: 1,
         };
         let out = train(&spec, &spec.initial_vector(0), &data, &cfg).expect("train");
@@ -289,6 +339,7 @@ mod tests {
                 batch_size: 10,
                 learning_rate: 0.2,
                 l2: 1e-4,
+                proximal_mu: 0.0,
                 seed: 2,
             };
             let out = train(&spec, &init, &data, &cfg).expect("train");
@@ -316,10 +367,74 @@ mod tests {
             batch_size: 8,
             learning_rate: 0.1,
             l2: 0.0,
+            proximal_mu: 0.0,
             seed: 9,
         };
         let a = train(&spec, &spec.initial_vector(1), &data, &cfg).expect("train");
         let b = train(&spec, &spec.initial_vector(1), &data, &cfg).expect("train");
         assert_eq!(a.params, b.params);
+    }
+
+    /// One SGD step with FedProx's term moves each parameter by exactly `−lr·μ·(w − w₀)` more
+    /// than the same step without it (weights and biases alike).
+    #[test]
+    fn the_proximal_term_adds_mu_times_the_distance_to_the_anchor() {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp,
+            input_dim: 2,
+            hidden: vec![3],
+            classes: 2,
+        };
+        let data = separable(16);
+        let device = Device::flex().autodiff();
+        let start = spec.initial_vector(3);
+        // The anchor sits at w₀ = w − 0.25 in every coordinate.
+        let shifted: Vec<f32> = start.iter().map(|w| w - 0.25).collect();
+        let anchor = Anchor::of(&Network::from_vector(&spec, &shifted, &device).expect("net"));
+        let (lr, mu) = (0.1, 0.5);
+        let step = |proximal: Option<(&Anchor, f64)>| {
+            let net = Network::from_vector(&spec, &start, &device).expect("net");
+            let batch = model::make_batch(&spec, data.features.clone(), &data.labels, &device);
+            let grads = model::loss(&spec, net.forward(batch.x), batch.target).backward();
+            sgd_step(net, &grads, lr, 0.0, proximal).to_vector()
+        };
+        let plain = step(None);
+        let prox = step(Some((&anchor, mu)));
+        let expected = -(lr * mu * 0.25) as f32;
+        for (a, b) in prox.iter().zip(&plain) {
+            assert!((a - b - expected).abs() < 1e-6, "{} vs {}", a - b, expected);
+        }
+    }
+
+    /// With μ > 0, local training ends nearer the model it started from.
+    #[test]
+    fn fedprox_keeps_local_training_near_the_global_model() {
+        let spec = ModelSpec {
+            kind: ModelKind::Logistic,
+            input_dim: 2,
+            hidden: vec![],
+            classes: 2,
+        };
+        let data = separable(100);
+        let start = spec.initial_vector(4);
+        let distance = |mu: f64| {
+            let cfg = TrainConfig {
+                epochs: 5,
+                batch_size: 10,
+                learning_rate: 0.5,
+                l2: 0.0,
+                proximal_mu: mu,
+                seed: 7,
+            };
+            let out = train(&spec, &start, &data, &cfg).expect("train");
+            out.params
+                .iter()
+                .zip(&start)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (free, near) = (distance(0.0), distance(1.0));
+        assert!(near < 0.8 * free, "μ = 1: {near}, μ = 0: {free}");
     }
 }

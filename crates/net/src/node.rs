@@ -592,7 +592,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         );
     }
     let dp_run = match &private {
-        Some((Spend::Record(run), _)) => Some(run.config.clone()),
+        Some((Spend::Record(run), _)) => Some(confide_ml::dpsgd::DpSgdConfig {
+            proximal_mu: spec.training.proximal_mu.unwrap_or(0.0),
+            ..run.config.clone()
+        }),
         _ => None,
     };
     let client_level = match &private {
@@ -861,6 +864,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 batch_size: spec.training.batch_size,
                 learning_rate: spec.training.learning_rate,
                 l2: spec.training.l2,
+                proximal_mu: spec.training.proximal_mu.unwrap_or(0.0),
                 seed: spec.job.seed ^ (u64::from(round) << 32) ^ name_seed(&name),
             };
             // Shared, not copied: the dataset can be large and every round hands it to a thread.

@@ -46,6 +46,7 @@ fn train(dir: &Path) -> Result<serde_json::Value, String> {
         learning_rate: 0.5,
         momentum: 0.0,
         l2: 0.0,
+        proximal_mu: 0.0,
         clip_norm: 1.0,
         noise_multiplier: 1.0,
     };
