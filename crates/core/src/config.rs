@@ -805,6 +805,12 @@ impl JobConfig {
             message: e.to_string(),
         })?;
         config.spec().validate()?;
+        if config.confidential.is_some() && config.training.proximal_mu.is_some() {
+            return Err(invalid(
+                "training.proximal_mu",
+                "FedProx is for federated jobs; confidential mode trains centrally",
+            ));
+        }
         Ok(config)
     }
 
@@ -1100,13 +1106,24 @@ impl JobSpec {
                 format!("must be in (0, {MAX_LEARNING_RATE}]"),
             ));
         }
-        if let Some(mu) = t.proximal_mu
-            && !(mu > 0.0 && mu <= MAX_PROXIMAL_MU)
-        {
-            return Err(invalid(
-                "training.proximal_mu",
-                format!("must be in (0, {MAX_PROXIMAL_MU}] (leave it out for FedAvg)"),
-            ));
+        if let Some(mu) = t.proximal_mu {
+            if !(mu > 0.0 && mu <= MAX_PROXIMAL_MU) {
+                return Err(invalid(
+                    "training.proximal_mu",
+                    format!("must be in (0, {MAX_PROXIMAL_MU}] (leave it out for FedAvg)"),
+                ));
+            }
+            // Alone, the term scales w − w_global by (1 − lr·μ) each step: at lr·μ ≥ 1 it
+            // overshoots the global model, and at 2 it diverges.
+            if t.learning_rate * mu >= 1.0 {
+                return Err(invalid(
+                    "training.proximal_mu",
+                    format!(
+                        "training.learning_rate × proximal_mu must be below 1 (it is {})",
+                        t.learning_rate * mu
+                    ),
+                ));
+            }
         }
         if let Some(o) = &t.server_optimizer {
             if !(0.0..1.0).contains(&o.beta1) {
@@ -1285,7 +1302,14 @@ data = "b.csv"
         let spec = JobConfig::parse(&with("0.01")).expect("valid").spec();
         assert_eq!(spec.training.proximal_mu, Some(0.01));
         assert_ne!(spec.digest_input(), plain.digest_input());
-        for bad in ["0.0", "-1.0", "11.0", "nan"] {
+        assert_eq!(JobSpec::from_wire(&spec.to_wire()).expect("wire"), spec);
+        // Confidential mode trains centrally: no FedProx there.
+        let confidential = include_str!("../../../examples/confidential_digits.toml")
+            .replace("[training]\n", "[training]\nproximal_mu = 0.01\n");
+        let err = JobConfig::parse(&confidential).expect_err("confidential");
+        assert!(err.to_string().contains("training.proximal_mu"), "{err}");
+        // 10 is allowed alone, but not with this job's learning rate 0.1 (lr·μ = 1).
+        for bad in ["0.0", "-1.0", "11.0", "nan", "10.0"] {
             let err = JobConfig::parse(&with(bad)).expect_err("invalid");
             assert!(
                 err.to_string().contains("training.proximal_mu"),

@@ -56,6 +56,12 @@ pub fn train(
             data.feature_count, spec.input_dim
         )));
     }
+    if !(config.proximal_mu.is_finite() && config.proximal_mu >= 0.0) {
+        return Err(ModelError::Architecture(format!(
+            "proximal_mu must be ≥ 0, got {}",
+            config.proximal_mu
+        )));
+    }
     let device = Device::flex().autodiff();
     let mut net = Network::from_vector(spec, params, &device)?;
     // The proximal term's anchor: the parameters training starts from, off the tape.
