@@ -303,6 +303,50 @@ pub struct TrainingSection {
     /// local step (μ = 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proximal_mu: Option<f64>,
+    /// A robust aggregation rule instead of the mean (only under `plain`, where the
+    /// coordinator sees each update; the other schemes reveal only the sum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust: Option<RobustRule>,
+}
+
+/// `[training.robust]`: how the coordinator combines the round's updates under `plain` when
+/// some owners may send arbitrary ones. Coordinate-wise median and trimmed mean are Yin et al.,
+/// "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018; Krum
+/// is Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient
+/// Descent", NeurIPS 2017.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobustRule {
+    /// `median`, `trimmed_mean` or `krum`.
+    pub kind: RobustKind,
+    /// Trimmed mean: the fraction of updates dropped at each end of every coordinate, in
+    /// [0, 0.5).
+    #[serde(default = "default_trim")]
+    pub trim: f64,
+    /// Krum: the number of faulty owners f it tolerates (it needs n ≥ 2f + 3 updates).
+    #[serde(default = "default_faulty")]
+    pub faulty: usize,
+}
+
+/// Which robust rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RobustKind {
+    /// The coordinate-wise median.
+    Median,
+    /// The coordinate-wise mean of the values left after dropping the `trim` fraction at
+    /// each end.
+    TrimmedMean,
+    /// The one update whose n − f − 2 nearest neighbours are nearest (squared L2).
+    Krum,
+}
+
+fn default_trim() -> f64 {
+    0.1
+}
+
+fn default_faulty() -> usize {
+    1
 }
 
 fn one() -> f64 {
@@ -1125,6 +1169,28 @@ impl JobSpec {
                 ));
             }
         }
+        if let Some(r) = &t.robust {
+            if self.job.scheme != SchemeKind::Plain {
+                return Err(invalid(
+                    "training.robust",
+                    "a robust rule needs scheme = \"plain\": every other scheme reveals only the sum of the updates (they rely on norm bounds, which `shares` proves)",
+                ));
+            }
+            if !(0.0..0.5).contains(&r.trim) {
+                return Err(invalid("training.robust.trim", "must be in [0, 0.5)"));
+            }
+            if r.kind == RobustKind::Krum && self.job.min_owners < 2 * r.faulty + 3 {
+                return Err(invalid(
+                    "training.robust.faulty",
+                    format!(
+                        "Krum with {} faulty owners needs at least {} updates per round; job.min_owners is {}",
+                        r.faulty,
+                        2 * r.faulty + 3,
+                        self.job.min_owners
+                    ),
+                ));
+            }
+        }
         if let Some(o) = &t.server_optimizer {
             if !(0.0..1.0).contains(&o.beta1) {
                 return Err(invalid(
@@ -1315,6 +1381,40 @@ data = "b.csv"
                 err.to_string().contains("training.proximal_mu"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    /// A robust rule is in the signed spec only when set, and only under `plain`.
+    #[test]
+    fn a_robust_rule_needs_plain_and_enough_owners_for_krum() {
+        let plain_text = MINIMAL.replace("scheme = \"paillier\"", "scheme = \"plain\"");
+        let base = JobConfig::parse(&plain_text).expect("valid").spec();
+        assert!(!base.to_wire().contains("robust"));
+        let with = |text: &str, rule: &str| format!("{text}\n[training.robust]\n{rule}\n");
+        let spec = JobConfig::parse(&with(&plain_text, "kind = \"median\""))
+            .expect("valid")
+            .spec();
+        let r = spec.training.robust.expect("rule");
+        assert_eq!((r.kind, r.trim, r.faulty), (RobustKind::Median, 0.1, 1));
+        assert_ne!(spec.digest_input(), base.digest_input());
+        assert_eq!(JobSpec::from_wire(&spec.to_wire()).expect("wire"), spec);
+        for (text, rule, field) in [
+            (MINIMAL, "kind = \"median\"", "training.robust"),
+            (
+                plain_text.as_str(),
+                "kind = \"trimmed_mean\"\ntrim = 0.5",
+                "training.robust.trim",
+            ),
+            // MINIMAL's min_owners = 2 < 2·1 + 3.
+            (
+                plain_text.as_str(),
+                "kind = \"krum\"",
+                "training.robust.faulty",
+            ),
+            (plain_text.as_str(), "kind = \"mean\"", "kind"),
+        ] {
+            let err = JobConfig::parse(&with(text, rule)).expect_err("invalid");
+            assert!(err.to_string().contains(field), "{rule}: {err}");
         }
     }
 

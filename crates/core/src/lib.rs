@@ -7,7 +7,7 @@ pub mod role;
 
 pub use config::{
     AccountantKind, AggregatorsSection, ColumnRef, ConfidentialSection, ConfigError, JobConfig,
-    JobSpec, ModelKind, Partition, PrivacyLevel, PrivacySection, SchemeKind, ServerOptimizer,
-    ServerOptimizerKind, SimulateMode, StandardizeSpec,
+    JobSpec, ModelKind, Partition, PrivacyLevel, PrivacySection, RobustKind, RobustRule,
+    SchemeKind, ServerOptimizer, ServerOptimizerKind, SimulateMode, StandardizeSpec,
 };
 pub use role::Role;

@@ -1118,7 +1118,9 @@ impl Coordinator {
                 model_digest: model_digest(params),
             };
             let server: Box<dyn AggregationServer> = match self.spec.job.scheme {
-                SchemeKind::Plain => Box::new(PlainServer::new(sp.clone(), ctx)),
+                SchemeKind::Plain => {
+                    Box::new(PlainServer::new(sp.clone(), ctx).with_rule(self.spec.training.robust))
+                }
                 SchemeKind::Paillier | SchemeKind::Lattice => holder_key
                     .as_ref()
                     .ok_or("the scheme needs the key holder's public key")?

@@ -11,6 +11,7 @@ pub mod holder;
 pub mod keyholder;
 pub mod lattice;
 pub mod masking;
+pub mod robust;
 pub mod scheme;
 pub mod shamir;
 pub mod threshold;

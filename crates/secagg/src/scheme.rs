@@ -397,6 +397,7 @@ pub struct PlainServer {
     closed: bool,
     got: BTreeMap<String, VerifiedContribution>,
     parsed: BTreeMap<String, Vec<i64>>,
+    rule: Option<confide_core::RobustRule>,
 }
 
 impl PlainServer {
@@ -408,7 +409,16 @@ impl PlainServer {
             closed: false,
             got: BTreeMap::new(),
             parsed: BTreeMap::new(),
+            rule: None,
         }
+    }
+
+    /// Combines the round's updates with a robust rule instead of summing them
+    /// ([`crate::robust`]); the result is still the rule's estimate times the count.
+    #[must_use]
+    pub fn with_rule(mut self, rule: Option<confide_core::RobustRule>) -> Self {
+        self.rule = rule;
+        self
     }
 }
 
@@ -446,12 +456,22 @@ impl AggregationServer for PlainServer {
     fn close_stage(&mut self, survivors: &BTreeSet<String>) -> Result<StageResult, SchemeError> {
         self.closed = true;
         survivors_only(&mut self.got, survivors, self.params.min_owners)?;
-        let mut sums = vec![0i128; self.params.len];
-        for owner in self.got.keys() {
-            for (s, v) in sums.iter_mut().zip(&self.parsed[owner]) {
-                *s += i128::from(*v);
+        let sums = match &self.rule {
+            Some(rule) => {
+                let updates: Vec<&[i64]> =
+                    self.got.keys().map(|o| self.parsed[o].as_slice()).collect();
+                crate::robust::combine(rule, &updates).map_err(SchemeError::Unrecoverable)?
             }
-        }
+            None => {
+                let mut sums = vec![0i128; self.params.len];
+                for owner in self.got.keys() {
+                    for (s, v) in sums.iter_mut().zip(&self.parsed[owner]) {
+                        *s += i128::from(*v);
+                    }
+                }
+                sums
+            }
+        };
         Ok(StageResult::Sum(AggregateSum {
             sums,
             contributors: self.got.keys().cloned().collect(),

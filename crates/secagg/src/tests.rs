@@ -676,3 +676,36 @@ fn lattice_server_and_key_holder_refuse_what_they_must() {
             .is_err()
     );
 }
+
+/// A `plain` server with a robust rule gives the rule's estimate times the count, so that the
+/// coordinator's division by the count gives the median; one wild owner does not move it.
+#[test]
+fn a_plain_server_with_a_robust_rule_returns_the_median_times_the_count() {
+    let os = owners(3);
+    let p = params(4, 3, 2);
+    let rule = confide_core::RobustRule {
+        kind: confide_core::RobustKind::Median,
+        trim: 0.1,
+        faulty: 1,
+    };
+    let mut server = PlainServer::new(p.clone(), ctx(1)).with_rule(Some(rule));
+    let ups: [Vec<i64>; 3] = [
+        vec![10, 20, 30, 40],
+        vec![12, 18, 33, 41],
+        vec![9_000, -9_000, 9_000, -9_000],
+    ];
+    for (o, u) in os.iter().zip(&ups) {
+        server
+            .accept(verified(o, 1, PlainClient.start(u).expect("protect")))
+            .expect("accept");
+    }
+    let StageResult::Sum(sum) = server.close_stage(&all(&os)).expect("close") else {
+        panic!("a sum")
+    };
+    assert_eq!(sum.sums, vec![3 * 12, 3 * 18, 3 * 33, 3 * 40]);
+    assert_eq!(
+        sum.contributors.len(),
+        3,
+        "every accepted owner is the rule's input"
+    );
+}
