@@ -345,6 +345,12 @@ fn default_trim() -> f64 {
     0.1
 }
 
+/// How many updates a trimmed mean drops at each end of a coordinate when `n` arrive:
+/// ⌊trim·n⌋, computed so that a product such as 0.29·100 = 28.999… still gives 29.
+pub fn trimmed(trim: f64, n: usize) -> usize {
+    (trim * n as f64 + 1e-9).floor() as usize
+}
+
 fn default_faulty() -> usize {
     1
 }
@@ -849,11 +855,21 @@ impl JobConfig {
             message: e.to_string(),
         })?;
         config.spec().validate()?;
-        if config.confidential.is_some() && config.training.proximal_mu.is_some() {
-            return Err(invalid(
-                "training.proximal_mu",
-                "FedProx is for federated jobs; confidential mode trains centrally",
-            ));
+        if config.confidential.is_some() {
+            for (set, field) in [
+                (
+                    config.training.proximal_mu.is_some(),
+                    "training.proximal_mu",
+                ),
+                (config.training.robust.is_some(), "training.robust"),
+            ] {
+                if set {
+                    return Err(invalid(
+                        field,
+                        "is for federated jobs; confidential mode trains centrally",
+                    ));
+                }
+            }
         }
         Ok(config)
     }
@@ -1176,19 +1192,39 @@ impl JobSpec {
                     "a robust rule needs scheme = \"plain\": every other scheme reveals only the sum of the updates (they rely on norm bounds, which `shares` proves)",
                 ));
             }
-            if !(0.0..0.5).contains(&r.trim) {
-                return Err(invalid("training.robust.trim", "must be in [0, 0.5)"));
-            }
-            if r.kind == RobustKind::Krum && self.job.min_owners < 2 * r.faulty + 3 {
-                return Err(invalid(
-                    "training.robust.faulty",
-                    format!(
-                        "Krum with {} faulty owners needs at least {} updates per round; job.min_owners is {}",
-                        r.faulty,
-                        2 * r.faulty + 3,
-                        self.job.min_owners
-                    ),
-                ));
+            let n = self.job.min_owners;
+            match r.kind {
+                RobustKind::Median if n < 3 => {
+                    return Err(invalid(
+                        "training.robust",
+                        format!(
+                            "the median of fewer than 3 updates is their mean; job.min_owners is {n}"
+                        ),
+                    ));
+                }
+                RobustKind::TrimmedMean => {
+                    if !(0.0..0.5).contains(&r.trim) {
+                        return Err(invalid("training.robust.trim", "must be in [0, 0.5)"));
+                    }
+                    if trimmed(r.trim, n) == 0 {
+                        return Err(invalid(
+                            "training.robust.trim",
+                            format!(
+                                "drops nothing from {n} updates (job.min_owners): raise trim or min_owners"
+                            ),
+                        ));
+                    }
+                }
+                RobustKind::Krum if r.faulty > self.owners.len() || n < 2 * r.faulty + 3 => {
+                    return Err(invalid(
+                        "training.robust.faulty",
+                        format!(
+                            "Krum with {} faulty owners needs at least 2·faulty + 3 updates per round; job.min_owners is {n}",
+                            r.faulty
+                        ),
+                    ));
+                }
+                _ => {}
             }
         }
         if let Some(o) = &t.server_optimizer {
@@ -1387,35 +1423,57 @@ data = "b.csv"
     /// A robust rule is in the signed spec only when set, and only under `plain`.
     #[test]
     fn a_robust_rule_needs_plain_and_enough_owners_for_krum() {
-        let plain_text = MINIMAL.replace("scheme = \"paillier\"", "scheme = \"plain\"");
-        let base = JobConfig::parse(&plain_text).expect("valid").spec();
+        // Plain, with three owners and min_owners = 3.
+        let three = MINIMAL
+            .replace("scheme = \"paillier\"", "scheme = \"plain\"")
+            .replace("min_owners = 2", "min_owners = 3")
+            + "\n[[parties]]\nname = \"c\"\ndata = \"c.csv\"\n";
+        let base = JobConfig::parse(&three).expect("valid").spec();
         assert!(!base.to_wire().contains("robust"));
         let with = |text: &str, rule: &str| format!("{text}\n[training.robust]\n{rule}\n");
-        let spec = JobConfig::parse(&with(&plain_text, "kind = \"median\""))
+        let spec = JobConfig::parse(&with(&three, "kind = \"median\""))
             .expect("valid")
             .spec();
         let r = spec.training.robust.expect("rule");
         assert_eq!((r.kind, r.trim, r.faulty), (RobustKind::Median, 0.1, 1));
         assert_ne!(spec.digest_input(), base.digest_input());
         assert_eq!(JobSpec::from_wire(&spec.to_wire()).expect("wire"), spec);
+        // A trim that drops one of three, and a median with a trim it ignores, are fine.
+        JobConfig::parse(&with(&three, "kind = \"trimmed_mean\"\ntrim = 0.34")).expect("valid");
+        JobConfig::parse(&with(&three, "kind = \"median\"\ntrim = 0.9")).expect("valid");
+        let two = MINIMAL.replace("scheme = \"paillier\"", "scheme = \"plain\"");
+        let invalid_field = |text: &str, rule: &str| match JobConfig::parse(&with(text, rule)) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{rule}: expected a refusal, got {other:?}"),
+        };
         for (text, rule, field) in [
             (MINIMAL, "kind = \"median\"", "training.robust"),
+            (two.as_str(), "kind = \"median\"", "training.robust"),
             (
-                plain_text.as_str(),
+                three.as_str(),
                 "kind = \"trimmed_mean\"\ntrim = 0.5",
                 "training.robust.trim",
             ),
-            // MINIMAL's min_owners = 2 < 2·1 + 3.
+            // The default trim 0.1 drops nothing from 3 updates.
             (
-                plain_text.as_str(),
-                "kind = \"krum\"",
+                three.as_str(),
+                "kind = \"trimmed_mean\"",
+                "training.robust.trim",
+            ),
+            // min_owners = 3 < 2·1 + 3.
+            (three.as_str(), "kind = \"krum\"", "training.robust.faulty"),
+            (
+                three.as_str(),
+                "kind = \"krum\"\nfaulty = 9223372036854775807",
                 "training.robust.faulty",
             ),
-            (plain_text.as_str(), "kind = \"mean\"", "kind"),
         ] {
-            let err = JobConfig::parse(&with(text, rule)).expect_err("invalid");
-            assert!(err.to_string().contains(field), "{rule}: {err}");
+            assert_eq!(invalid_field(text, rule), field, "{rule}");
         }
+        assert!(matches!(
+            JobConfig::parse(&with(&three, "kind = \"mean\"")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

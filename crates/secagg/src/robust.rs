@@ -35,7 +35,7 @@ pub fn combine(rule: &RobustRule, updates: &[&[i64]]) -> Result<Vec<i128>, Strin
             let k = if rule.kind == RobustKind::Median {
                 0
             } else {
-                (rule.trim * n as f64).floor() as usize
+                confide_core::config::trimmed(rule.trim, n).min((n - 1) / 2)
             };
             let mut column = vec![0i64; n];
             Ok((0..len)
@@ -61,10 +61,10 @@ pub fn combine(rule: &RobustRule, updates: &[&[i64]]) -> Result<Vec<i128>, Strin
         }
         RobustKind::Krum => {
             let f = rule.faulty;
-            if n < 2 * f + 3 {
+            let needed = f.saturating_mul(2).saturating_add(3);
+            if n < needed {
                 return Err(format!(
-                    "Krum with {f} faulty owners needs at least {} updates, this round has {n}",
-                    2 * f + 3
+                    "Krum with {f} faulty owners needs at least {needed} updates, this round has {n}"
                 ));
             }
             let mut dist = vec![vec![0f64; n]; n];
@@ -74,7 +74,8 @@ pub fn combine(rule: &RobustRule, updates: &[&[i64]]) -> Result<Vec<i128>, Strin
                         .iter()
                         .zip(updates[j])
                         .map(|(a, b)| {
-                            let x = (*a as f64) - (*b as f64);
+                            // |v| ≤ the encoding's bound < 2^62: the difference fits an i64.
+                            let x = (*a - *b) as f64;
                             x * x
                         })
                         .sum();
@@ -91,7 +92,7 @@ pub fn combine(rule: &RobustRule, updates: &[&[i64]]) -> Result<Vec<i128>, Strin
             // Ties go to the first owner in name order: the choice is deterministic.
             let best = (0..n)
                 .map(|i| (score(i), i))
-                .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, i)| i)
                 .unwrap_or(0);
             Ok(updates[best]
@@ -188,7 +189,7 @@ mod tests {
 
     #[test]
     fn trimmed_mean_rounds_to_nearest() {
-        // Mean of (1, 2) = 1.5; times n = 2 is exactly 3. Mean of (1, 2, 2) = 5/3; times 3 is 5.
+        // Mean of (1, 2) = 1.5; times n = 2 is exactly 3.
         let a: Vec<&[i64]> = vec![&[1], &[2]];
         assert_eq!(
             combine(&rule(RobustKind::TrimmedMean, 0.0, 1), &a),
@@ -199,6 +200,20 @@ mod tests {
         assert_eq!(
             combine(&rule(RobustKind::TrimmedMean, 0.2, 1), &b),
             Ok(vec![-8])
+        );
+        // A positive inexact one: trim 0.2 of 5 keeps (1, 2, 2), mean 5/3, times 5 = 8.33 -> 8;
+        // and (2, 2, 3) in the second coordinate, 7/3 · 5 = 11.67 -> 12.
+        let c: Vec<&[i64]> = vec![&[1, 2], &[2, 2], &[2, 3], &[0, 0], &[9, 9]];
+        assert_eq!(
+            combine(&rule(RobustKind::TrimmedMean, 0.2, 1), &c),
+            Ok(vec![8, 12])
+        );
+        // Ties round away from zero: trim 0.2 of 6 drops one at each end and keeps (0, 0, 0, 1),
+        // times 6 / 4 = 1.5 -> 2; and (−1, 0, 0, 0) -> −1.5 -> −2.
+        let d: Vec<&[i64]> = vec![&[0, 0], &[0, 0], &[1, -1], &[0, 0], &[9, 9], &[-9, -9]];
+        assert_eq!(
+            combine(&rule(RobustKind::TrimmedMean, 0.2, 1), &d),
+            Ok(vec![2, -2])
         );
     }
 }
