@@ -172,6 +172,16 @@ fn print_summary(r: &Value) -> Result<()> {
     } else {
         outln!("  privacy:       no differential privacy (updates protected by the scheme only)");
     }
+    if let Some(lost) = r["lost_owners"].as_array().filter(|l| !l.is_empty()) {
+        outln!("  lost owners:   {}", lost.len());
+        for l in lost {
+            outln!(
+                "                 {}: {}",
+                l["owner"].as_str().unwrap_or(""),
+                l["why"].as_str().unwrap_or("")
+            );
+        }
+    }
     outln!("  wall time:     {:.2} s", f("wall_seconds").unwrap_or(0.0));
     if let Some(m) = r["model"]["safetensors"].as_str() {
         outln!("  model:         {m}");
@@ -366,7 +376,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         follow(&fed, &coord_addr, &spec, quiet, revoke).await
     }
     .await;
-    roles.stop().await;
+    let lost = roles.stop().await;
     let (report, params) = result?;
 
     let model_dir = work.join("model");
@@ -415,6 +425,12 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         "mean_round_seconds": mean(report.history.iter().map(|r| r.seconds)),
         "history": report.history,
         "rejections": report.rejections,
+        // Owners whose node failed or was stopped: a run that lost owners says so, whatever
+        // the job's status (it fails by itself when fewer than min_owners remain).
+        "lost_owners": lost
+            .iter()
+            .map(|(owner, why)| json!({ "owner": owner, "why": why }))
+            .collect::<Vec<_>>(),
         "events": report.events,
         "param_count": report.param_count,
         "min_owners": spec.job.min_owners,
@@ -654,6 +670,8 @@ fn prepare_governance(
 struct Roles {
     children: Vec<(String, Child)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Owners whose node did not end cleanly (in-process: its error), by name.
+    lost: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
     stop_servers: Vec<tokio::sync::oneshot::Sender<()>>,
     /// The key holder's attestation policy (it runs as a trusted core under the dev TEE),
     /// which every node checks before encrypting to its key.
@@ -1047,9 +1065,13 @@ impl Roles {
                     approver: None,
                 };
                 let name = name.to_string();
+                let lost = self.lost.clone();
                 self.tasks.push(tokio::spawn(async move {
                     if let Err(e) = confide_net::node::run_node(opts).await {
                         eprintln!("node `{name}`: {e}");
+                        if let Ok(mut l) = lost.lock() {
+                            l.push((name, e.to_string()));
+                        }
                     }
                 }));
                 Ok(())
@@ -1058,14 +1080,40 @@ impl Roles {
     }
 
     /// Lets nodes and the coordinator finish, then stops the key holder and the aggregators.
-    async fn stop(&mut self) {
+    /// Returns the owners whose node did not end cleanly, with why (a process that exited
+    /// with an error or had to be killed, or an in-process node's error).
+    async fn stop(&mut self) -> Vec<(String, String)> {
         let grace = Duration::from_secs(10);
+        let mut lost = Vec::new();
         for (name, child) in &mut self.children {
             if name == "keyholder" || name.starts_with("aggregator-") {
                 continue;
             }
-            if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                let _ = child.kill().await;
+            let owner = name.strip_prefix("node-").map(str::to_string);
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => {
+                    if let Some(o) = owner {
+                        lost.push((
+                            o.clone(),
+                            format!("its node {status} (see logs/node-{o}.log)"),
+                        ));
+                    }
+                }
+                Ok(Err(e)) => {
+                    if let Some(o) = owner {
+                        lost.push((o, format!("its node could not be waited for: {e}")));
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill().await;
+                    if let Some(o) = owner {
+                        lost.push((
+                            o,
+                            "its node did not stop within 10 s of the job's end".into(),
+                        ));
+                    }
+                }
             }
         }
         for (_, child) in &mut self.children {
@@ -1079,6 +1127,11 @@ impl Roles {
                 // A role task that does not stop is abandoned with the runtime.
             }
         }
+        if let Ok(l) = self.lost.lock() {
+            lost.extend(l.iter().cloned());
+        }
+        lost.sort();
+        lost
     }
 }
 

@@ -330,6 +330,10 @@ fn a_node_that_disconnects_mid_job_is_excluded_and_the_job_continues() {
     );
     assert_eq!(h[2]["contributors"], serde_json::json!(["guest", "host"]));
     assert_eq!(h[2]["excluded"], serde_json::json!(["third"]));
+    // The run says it lost an owner, and which.
+    let lost = r["lost_owners"].as_array().expect("lost owners");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["owner"], "third");
 }
 
 #[test]
