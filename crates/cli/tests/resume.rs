@@ -547,3 +547,49 @@ fn res_005_owners_never_train_a_round_again_for_a_restarted_coordinator() {
     let _ = kh.kill();
     let _ = kh.wait();
 }
+
+/// NODE-003: nodes started before their coordinator keep asking for it (backing off to 2 s,
+/// for at most 60 s) instead of failing at the first refused connection; the job then runs.
+#[test]
+fn node_003_nodes_started_before_their_coordinator_wait_for_it() {
+    let _serial = serial();
+    let f = federation();
+    let (d, mut kh, kh_addr) = keyholder_in(&f, "late");
+    // A free port for the coordinator that is not there yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    let mut nodes = start_nodes(&f, &d, &addr);
+    std::thread::sleep(Duration::from_secs(2));
+    for n in &mut nodes {
+        assert!(
+            n.try_wait().expect("wait").is_none(),
+            "a node gave up while its coordinator was not there yet"
+        );
+    }
+    let mut co_args = coordinator_args(&f, &d, &kh_addr);
+    co_args.extend(["--listen", &addr, "--linger-secs", "1"].map(String::from));
+    let (mut co, co_addr) = start(&co_args, &[], &d.join("coordinator.log"));
+    assert_eq!(co_addr, addr);
+    let started = Instant::now();
+    while co.try_wait().expect("wait").is_none() {
+        // A guard against a hung test, not a timing assertion.
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the job did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (n, name) in nodes.iter_mut().zip(["guest", "host"]) {
+        assert!(
+            n.wait().expect("node").success(),
+            "{name}: {}",
+            std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default()
+        );
+    }
+    assert!(co.wait().expect("coordinator").success());
+    let _ = kh.kill();
+    let _ = kh.wait();
+}

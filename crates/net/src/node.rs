@@ -50,6 +50,9 @@ pub use confide_ml::job::load_job_data;
 /// silent coordinator before it concludes that the coordinator stopped answering (NODE-001).
 const SILENCE_MARGIN: Duration = Duration::from_secs(10);
 
+/// How long a node keeps trying to reach the coordinator for its first join (NODE-003).
+const FIRST_CONTACT: Duration = Duration::from_secs(60);
+
 /// RES-005: what this owner trained for a job, kept in the node's store (the witness store)
 /// and written before each update leaves: the rounds and the global models it trained from.
 /// A node restarted, or facing a restarted coordinator, refuses a round it already trained, a
@@ -439,16 +442,45 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         .creds
         .signing_key()
         .map_err(|e| NodeError::Job(e.to_string()))?;
-    let channel = tonic::service::interceptor::InterceptedService::new(
-        connect(&opts.coordinator, "coordinator", &opts.creds).await?,
-        crate::fleet::JobHeader::new(opts.job.as_ref()),
-    );
-    // The join reply is small; later messages are bounded by the job's limit.
-    let join = pb::coordinator_client::CoordinatorClient::new(channel.clone())
-        .join(pb::JoinRequest {})
-        .await
-        .map_err(|s| NodeError::Refused(format!("join refused: {}", s.message())))?
-        .into_inner();
+    // NODE-003: a coordinator that cannot be reached yet (not started, restarting, a busy
+    // host that lets the connection time out) is asked again, backing off from 0.1 s to 2 s,
+    // for at most FIRST_CONTACT; a refusal ends the node at once.
+    let first_contact = tokio::time::Instant::now() + FIRST_CONTACT;
+    let mut pause = Duration::from_millis(100);
+    let (channel, join) = loop {
+        let attempt = async {
+            let channel = tonic::service::interceptor::InterceptedService::new(
+                connect(&opts.coordinator, "coordinator", &opts.creds)
+                    .await
+                    .map_err(|e| (true, NodeError::from(e)))?,
+                crate::fleet::JobHeader::new(opts.job.as_ref()),
+            );
+            // The join reply is small; later messages are bounded by the job's limit.
+            let join = pb::coordinator_client::CoordinatorClient::new(channel.clone())
+                .join(pb::JoinRequest {})
+                .await
+                .map_err(|s| {
+                    (
+                        crate::roles::is_transport_failure(&s),
+                        NodeError::Refused(format!("join refused: {}", s.message())),
+                    )
+                })?
+                .into_inner();
+            Ok::<_, (bool, NodeError)>((channel, join))
+        }
+        .await;
+        match attempt {
+            Ok(contact) => break contact,
+            Err((true, e)) if tokio::time::Instant::now() + pause < first_contact => {
+                tracing::warn!(
+                    "`{name}`: the coordinator cannot be reached yet ({e}); asking again"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err((_, e)) => return Err(e),
+        }
+    };
     let spec =
         JobSpec::from_wire(&join.job_spec).map_err(|e| NodeError::Job(format!("job spec: {e}")))?;
     let digest = job_digest(&spec);
