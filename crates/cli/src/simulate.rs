@@ -1091,7 +1091,9 @@ impl Roles {
             }
             let owner = name.strip_prefix("node-").map(str::to_string);
             match tokio::time::timeout(grace, child.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
+                // 2: the job failed, and the node stayed to its end (as an in-process node
+                // that returns a summary of a failed job).
+                Ok(Ok(status)) if status.success() || status.code() == Some(2) => {}
                 Ok(Ok(status)) => {
                     if let Some(o) = owner {
                         lost.push((

@@ -73,6 +73,7 @@ fn processes_paillier_breast_homo_reaches_target_accuracy() {
     assert_eq!(r["scheme"], "paillier");
     assert_eq!(r["mode"], "processes");
     assert_eq!(r["parties"], serde_json::json!(["guest", "host"]));
+    assert_eq!(r["lost_owners"], serde_json::json!([]), "no owner lost");
     assert_eq!(r["rounds"], 80);
     assert_eq!(r["history"].as_array().expect("history").len(), 80);
     assert!(r["wall_seconds"].as_f64().expect("wall") > 0.0);
@@ -356,6 +357,10 @@ fn a_disconnect_below_min_owners_fails_the_round_and_keeps_the_last_model() {
     assert_eq!(r["rounds"], 1, "round 1 completed before the crash");
     let msg = r["message"].as_str().expect("message");
     assert!(msg.contains("round 2 failed"), "{msg}");
+    // Only the crashed owner is lost: guest stayed to the failed job's end (exit code 2).
+    let lost = r["lost_owners"].as_array().expect("lost owners");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["owner"], "host");
     // The released model is round 1's.
     assert!(r["test_accuracy"].as_f64().is_some());
 }

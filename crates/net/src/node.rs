@@ -50,8 +50,13 @@ pub use confide_ml::job::load_job_data;
 /// silent coordinator before it concludes that the coordinator stopped answering (NODE-001).
 const SILENCE_MARGIN: Duration = Duration::from_secs(10);
 
-/// How long a node keeps trying to reach the coordinator for its first join (NODE-003).
+/// How long a one-shot node keeps trying to reach the coordinator for its first join
+/// (NODE-003).
 const FIRST_CONTACT: Duration = Duration::from_secs(60);
+
+/// The same for a node daemon's job, whose coordinator may be recovering the job (FLEET-004)
+/// while it waits for a key holder or aggregators for up to a round timeout each.
+const FIRST_CONTACT_SERVED: Duration = Duration::from_secs(600);
 
 /// RES-005: what this owner trained for a job, kept in the node's store (the witness store)
 /// and written before each update leaves: the rounds and the global models it trained from.
@@ -445,14 +450,19 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // NODE-003: a coordinator that cannot be reached yet (not started, restarting, a busy
     // host that lets the connection time out) is asked again, backing off from 0.1 s to 2 s,
     // for at most FIRST_CONTACT; a refusal ends the node at once.
-    let first_contact = tokio::time::Instant::now() + FIRST_CONTACT;
+    let patience = if opts.job.is_some() {
+        FIRST_CONTACT_SERVED
+    } else {
+        FIRST_CONTACT
+    };
+    let first_contact = tokio::time::Instant::now() + patience;
     let mut pause = Duration::from_millis(100);
     let (channel, join) = loop {
         let attempt = async {
             let channel = tonic::service::interceptor::InterceptedService::new(
-                connect(&opts.coordinator, "coordinator", &opts.creds)
+                crate::transport::connect_classified(&opts.coordinator, "coordinator", &opts.creds)
                     .await
-                    .map_err(|e| (true, NodeError::from(e)))?,
+                    .map_err(|f| (f.transient, NodeError::from(f.error)))?,
                 crate::fleet::JobHeader::new(opts.job.as_ref()),
             );
             // The join reply is small; later messages are bounded by the job's limit.
@@ -460,15 +470,38 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 .join(pb::JoinRequest {})
                 .await
                 .map_err(|s| {
-                    (
-                        crate::roles::is_transport_failure(&s),
-                        NodeError::Refused(format!("join refused: {}", s.message())),
-                    )
+                    if crate::roles::is_transport_failure(&s) {
+                        (
+                            true,
+                            NodeError::Refused(format!(
+                                "join: the coordinator {}",
+                                crate::roles::describe_failure(&s)
+                            )),
+                        )
+                    } else {
+                        (
+                            false,
+                            NodeError::Refused(format!("join refused: {}", s.message())),
+                        )
+                    }
                 })?
                 .into_inner();
             Ok::<_, (bool, NodeError)>((channel, join))
-        }
-        .await;
+        };
+        // Each attempt within the time left: a coordinator that takes the connection but
+        // never answers does not hold the node past its patience.
+        let left = first_contact.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = match tokio::time::timeout(left.max(Duration::from_secs(1)), attempt).await {
+            Ok(result) => result,
+            Err(_) => Err((
+                false,
+                NodeError::Refused(format!(
+                    "the coordinator at {} did not answer the join within {} s",
+                    opts.coordinator,
+                    patience.as_secs()
+                )),
+            )),
+        };
         match attempt {
             Ok(contact) => break contact,
             Err((true, e)) if tokio::time::Instant::now() + pause < first_contact => {
