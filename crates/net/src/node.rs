@@ -440,13 +440,21 @@ pub struct NodeSummary {
     pub message: String,
 }
 
-/// Runs a node until the job ends.
-pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
-    let name = opts.creds.name.clone();
-    let signing = opts
-        .creds
-        .signing_key()
-        .map_err(|e| NodeError::Job(e.to_string()))?;
+/// The channel to the coordinator with the job header, and its join reply (NODE-003: a
+/// coordinator that cannot be reached yet is asked again).
+async fn first_contact(
+    opts: &NodeOptions,
+    name: &str,
+) -> Result<
+    (
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            crate::fleet::JobHeader,
+        >,
+        pb::JoinReply,
+    ),
+    NodeError,
+> {
     // NODE-003: a coordinator that cannot be reached yet (not started, restarting, a busy
     // host that lets the connection time out) is asked again, backing off from 0.1 s to 2 s,
     // for at most FIRST_CONTACT; a refusal ends the node at once.
@@ -457,7 +465,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     };
     let first_contact = tokio::time::Instant::now() + patience;
     let mut pause = Duration::from_millis(100);
-    let (channel, join) = loop {
+    loop {
         let attempt = async {
             let channel = tonic::service::interceptor::InterceptedService::new(
                 crate::transport::connect_classified(&opts.coordinator, "coordinator", &opts.creds)
@@ -503,7 +511,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             )),
         };
         match attempt {
-            Ok(contact) => break contact,
+            Ok(contact) => return Ok(contact),
             Err((true, e)) if tokio::time::Instant::now() + pause < first_contact => {
                 tracing::warn!(
                     "`{name}`: the coordinator cannot be reached yet ({e}); asking again"
@@ -513,7 +521,17 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             }
             Err((_, e)) => return Err(e),
         }
-    };
+    }
+}
+
+/// Runs a node until the job ends.
+pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
+    let name = opts.creds.name.clone();
+    let signing = opts
+        .creds
+        .signing_key()
+        .map_err(|e| NodeError::Job(e.to_string()))?;
+    let (channel, join) = first_contact(&opts, &name).await?;
     let spec =
         JobSpec::from_wire(&join.job_spec).map_err(|e| NodeError::Job(format!("job spec: {e}")))?;
     let digest = job_digest(&spec);
