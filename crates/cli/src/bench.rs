@@ -771,12 +771,7 @@ fn dpsgd(b: &DpsgdBench) -> Result<i32> {
     ];
     let mut results = Vec::new();
     for (name, data, hidden) in shapes {
-        let spec = ModelSpec {
-            kind: ModelKind::Mlp,
-            input_dim: data.feature_count,
-            hidden,
-            classes: 10,
-        };
+        let spec = ModelSpec::preset(ModelKind::Mlp, data.feature_count, hidden, 10);
         let init = spec.initial_vector(1);
         // Plain SGD: fixed batches of 256 via the ML core's trainer, `steps` steps in total.
         let epochs = (b.steps as usize * batch).div_ceil(data.len()).max(1);

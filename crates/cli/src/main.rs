@@ -15,6 +15,7 @@ mod bench_service;
 mod bench_trustee;
 mod confidential;
 mod control;
+mod evaluate;
 mod governance;
 mod keyholder_serve;
 mod node_serve;
@@ -55,6 +56,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Central training for one data owner (DP-SGD when the job has a [privacy] section).
     Train(train::TrainArgs),
+    /// Score an exported model on data files read as its job describes them, for example each
+    /// owner's own test set (prints JSON).
+    Evaluate(evaluate::EvaluateArgs),
     /// Manage a federation's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -724,6 +728,7 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Data(DataCommand::Partition(args)) => print_json(partition::run(&args)?),
+        Command::Evaluate(args) => print_json(evaluate::run(&args)?),
         Command::Dp(cmd) => {
             let out = dp_json(cmd)?;
             outln!("{}", serde_json::to_string_pretty(&out)?);

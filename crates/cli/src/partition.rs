@@ -2,7 +2,9 @@
 //! partitioner (`confide_ml::partition`), prints each owner's size and label counts as JSON,
 //! and draws the label distribution per owner as an SVG.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use confide_core::PartySection;
 
 use anyhow::{Context, Result, bail};
 use confide_ml::dataset::{Column, CsvSpec, load_csv, read_column};
@@ -235,4 +237,106 @@ fn plot(title: &str, counts: &[Vec<usize>]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// `[simulate.partition]`: splits the job's dataset among owners `owner-001`, … and writes each
+/// owner's rows (the source's own lines, header first) to `dir/owner-NNN.csv`. Returns the
+/// parties and a JSON summary (sizes, label counts, and for the natural split each owner's
+/// group value).
+pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<PartySection>, Value)> {
+    let Some(part) = &config.simulate.partition else {
+        bail!("the job has no [simulate.partition]");
+    };
+    let how = parse_partitioner(&part.partitioner).context("simulate.partition.partitioner")?;
+    if how == Partitioner::Natural && part.group.is_none() {
+        bail!("simulate.partition: the natural split needs `group`, a column of data.exclude");
+    }
+    let d = &config.data;
+    if d.format != confide_core::DataFormat::Csv {
+        bail!("simulate.partition splits CSV data only");
+    }
+    let Some(label) = d.label.clone() else {
+        bail!("data.label is missing");
+    };
+    let spec = CsvSpec {
+        has_header: d.has_header,
+        label,
+        exclude: d.exclude.clone(),
+    };
+    let shown = part.data.display().to_string();
+    let data = load_csv(&part.data, &spec, config.model.classes)?;
+    let groups = match &part.group {
+        Some(g) => {
+            let file = std::fs::File::open(&part.data).with_context(|| shown.clone())?;
+            Some(read_column(file, &shown, d.has_header, g)?)
+        }
+        None => None,
+    };
+    let seed = part.seed.unwrap_or(config.job.seed);
+    let parts = partition(&data.labels, groups.as_deref(), part.owners, &how, seed)?;
+    if parts.len() > 10_000 {
+        bail!(
+            "simulate.partition: the natural split makes {} owners; at most 10000",
+            parts.len()
+        );
+    }
+    // The source's records, to copy each owner's rows exactly as they are.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_path(&part.data)
+        .with_context(|| shown.clone())?;
+    let mut records = reader.records();
+    let header = if d.has_header {
+        Some(records.next().context("the dataset is empty")??)
+    } else {
+        None
+    };
+    let rows: Vec<csv::StringRecord> = records.collect::<Result<_, _>>()?;
+    if rows.len() != data.labels.len() {
+        bail!(
+            "{shown}: {} records read twice as {}",
+            data.labels.len(),
+            rows.len()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let mut parties = Vec::with_capacity(parts.len());
+    let mut owners = Vec::with_capacity(parts.len());
+    for (i, indices) in parts.iter().enumerate() {
+        let name = format!("owner-{:03}", i + 1);
+        let path = dir.join(format!("{name}.csv"));
+        let mut w = csv::Writer::from_path(&path).with_context(|| path.display().to_string())?;
+        if let Some(h) = &header {
+            w.write_record(h)?;
+        }
+        let mut counts = vec![0usize; config.model.classes];
+        for &r in indices {
+            w.write_record(&rows[r])?;
+            counts[data.labels[r] as usize] += 1;
+        }
+        w.flush()?;
+        owners.push(json!({
+            "name": name,
+            "records": indices.len(),
+            "label_counts": counts,
+            "group": groups.as_ref().and_then(|g| indices.first().map(|&r| g[r].clone())),
+        }));
+        parties.push(PartySection {
+            name,
+            data: path,
+            policy: None,
+        });
+    }
+    let summary = json!({
+        "data": shown,
+        "partitioner": part.partitioner,
+        "seed": seed,
+        "owners": owners,
+    });
+    std::fs::write(
+        dir.join("partition.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok((parties, summary))
 }

@@ -215,6 +215,17 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
             ModeArg::InProcess => SimulateMode::InProcess,
         };
     }
+    if config.simulate.partition.is_some() {
+        // Checked once `simulate` has made the owners (`expand_partition`).
+        return Ok(config);
+    }
+    check_config(&config)?;
+    Ok(config)
+}
+
+/// Checks a job whose owners are known: the whole spec, client-level DP's calibration, and
+/// every owner's data file.
+fn check_config(config: &JobConfig) -> Result<()> {
     config.spec().validate()?;
     // Client-level DP: calibrate now, so that a ring without headroom is refused up front.
     confide_net::coordinator::client_dp(&config.spec()).map_err(anyhow::Error::msg)?;
@@ -227,14 +238,13 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
             );
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 /// Runs a simulation (used by `simulate` and by the benchmarks).
 pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
     let started = Instant::now();
-    let config = effective_config(args)?;
-    let spec = config.spec();
+    let mut config = effective_config(args)?;
     let work = match &args.work_dir {
         Some(d) => d.clone(),
         None => {
@@ -242,7 +252,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())
                 .unwrap_or(0);
-            PathBuf::from("runs").join(format!("{}-{stamp}", spec.job.id))
+            PathBuf::from("runs").join(format!("{}-{stamp}", config.job.id))
         }
     };
     if config.confidential.is_some() {
@@ -256,6 +266,27 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
     if fed.exists() {
         bail!("{} already exists; choose a new --work-dir", fed.display());
     }
+    if config.simulate.partition.is_some() {
+        let (parties, summary) = crate::partition::expand(&config, &work.join("owners"))?;
+        if !args.quiet {
+            let sizes: Vec<u64> = summary["owners"]
+                .as_array()
+                .map(|o| o.iter().filter_map(|x| x["records"].as_u64()).collect())
+                .unwrap_or_default();
+            eprintln!(
+                "{} owners from {} ({}): {} to {} records each (details in {})",
+                sizes.len(),
+                summary["data"].as_str().unwrap_or(""),
+                summary["partitioner"].as_str().unwrap_or(""),
+                sizes.iter().min().copied().unwrap_or(0),
+                sizes.iter().max().copied().unwrap_or(0),
+                work.join("owners/partition.json").display()
+            );
+        }
+        config.parties = parties;
+        check_config(&config)?;
+    }
+    let spec = config.spec();
     std::fs::create_dir_all(work.join("logs"))?;
     let now = time::OffsetDateTime::now_utc();
     pki::init_ca(&fed, &spec.job.id, now)?;

@@ -149,6 +149,12 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         .checked_mul(spec.training.local_epochs)
         .context("job.rounds × training.local_epochs overflows")?;
 
+    if spec.privacy.is_some() {
+        // Central training with a [privacy] section is DP-SGD, whatever its level says: refuse
+        // a layer it cannot clip before any budget is touched.
+        confide_core::layers::record_level_dp_supported(&spec.model.layers)
+            .map_err(anyhow::Error::msg)?;
+    }
     let mut private = match &spec.privacy {
         Some(p) => Some(
             dpsgd::plan_private_run(

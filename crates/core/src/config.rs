@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::layers::{self, Layer, Shape};
+
 /// The most parameters a job's model may have (64 MiB as f32): every process of a job
 /// allocates several vectors of this length, and an unallocatable model would abort each one.
 pub const MAX_PARAMS: usize = 1 << 24;
@@ -169,6 +171,9 @@ pub enum ModelKind {
     Softmax,
     /// Multi-layer perceptron with ReLU hidden layers and a softmax (or sigmoid) output.
     Mlp,
+    /// A declarative list of layers (`model.input`, `[[model.layers]]`; see
+    /// [`crate::layers`]), ending in one logit per class under a softmax.
+    Layers,
 }
 
 /// A column of a CSV file, by header name or by zero-based index (for files without a header).
@@ -227,6 +232,23 @@ pub struct ModelSection {
     pub hidden: Vec<usize>,
     /// Number of classes (2 for logistic regression).
     pub classes: usize,
+    /// The shape of one record for a layer list (`kind = "layers"` only; empty: a flat
+    /// vector of `data.feature_count` numbers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input: Vec<usize>,
+    /// The layers (`kind = "layers"` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Layer>,
+}
+
+impl ModelSection {
+    /// The input shape of a layer list, for records of `features` numbers.
+    ///
+    /// # Errors
+    /// A message when `input` does not fit the features or the first layer.
+    pub fn layer_input(&self, features: usize) -> Result<Shape, String> {
+        layers::input_shape(&self.input, features, &self.layers)
+    }
 }
 
 /// How features are standardised. Statistics are never fitted per node in a federated job,
@@ -246,15 +268,101 @@ pub enum StandardizeSpec {
     },
 }
 
-/// The `[data]` section: the schema every owner's CSV must have.
+/// How an owner's data file is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// A CSV file of feature columns and a label column.
+    #[default]
+    Csv,
+    /// Plain text for next-character prediction (LEAF's Shakespeare task): the file's lines
+    /// are joined with one space, every character becomes its index in `data.text.alphabet`,
+    /// and each window of `data.feature_count` characters is a record whose label is the
+    /// character after it.
+    Text,
+}
+
+impl DataFormat {
+    fn is_csv(&self) -> bool {
+        *self == DataFormat::Csv
+    }
+}
+
+/// LEAF's 80 characters for Shakespeare (`ALL_LETTERS` in LEAF's
+/// `models/utils/language_utils.py`, github.com/TalwalkarLab/leaf), in its order.
+pub const LEAF_ALPHABET: &str =
+    "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}";
+
+/// What a text file's characters outside the alphabet do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownChars {
+    /// The file is refused (the error gives the count and the first line, never the
+    /// character).
+    #[default]
+    Refuse,
+    /// They are dropped before the windows are cut.
+    Skip,
+}
+
+/// `[data.text]`: how text becomes records (format = "text").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    /// The characters, in id order; `model.classes` must be its length. `"leaf"` (the
+    /// default) is [`LEAF_ALPHABET`].
+    #[serde(default = "leaf")]
+    pub alphabet: String,
+    /// Characters outside the alphabet.
+    #[serde(default)]
+    pub unknown: UnknownChars,
+    /// Characters between the starts of consecutive windows (1: every window, as LEAF).
+    #[serde(default = "one_usize")]
+    pub stride: usize,
+}
+
+fn leaf() -> String {
+    "leaf".into()
+}
+
+fn one_usize() -> usize {
+    1
+}
+
+impl TextSpec {
+    /// The alphabet's characters, in id order.
+    pub fn characters(&self) -> Vec<char> {
+        if self.alphabet == "leaf" {
+            LEAF_ALPHABET.chars().collect()
+        } else {
+            self.alphabet.chars().collect()
+        }
+    }
+}
+
+impl Default for TextSpec {
+    fn default() -> Self {
+        Self {
+            alphabet: leaf(),
+            unknown: UnknownChars::Refuse,
+            stride: 1,
+        }
+    }
+}
+
+/// The `[data]` section: the schema every owner's data file must have.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// How the files are read (CSV unless set).
+    #[serde(default, skip_serializing_if = "DataFormat::is_csv")]
+    pub format: DataFormat,
     /// Whether the CSV files start with a header row.
     #[serde(default = "yes")]
     pub has_header: bool,
-    /// The label column.
-    pub label: ColumnRef,
+    /// The label column (CSV only; required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<ColumnRef>,
     /// Columns that are neither features nor label (such as a row id).
     #[serde(default)]
     pub exclude: Vec<ColumnRef>,
@@ -267,6 +375,9 @@ pub struct DataSection {
     /// Standardisation.
     #[serde(default = "no_standardize")]
     pub standardize: StandardizeSpec,
+    /// How text becomes records (format = "text" only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
 }
 
 fn yes() -> bool {
@@ -499,6 +610,35 @@ pub struct SimulateSection {
     /// and receives the model. Default: a fresh key for this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_owner_key: Option<PathBuf>,
+    /// Make the owners from one dataset and a partitioner instead of `[[parties]]` tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionSection>,
+}
+
+/// `[simulate.partition]`: `confide simulate` splits one CSV (with the job's columns) among
+/// owners `owner-001`, `owner-002`, … with a seeded partitioner, and writes each owner's part
+/// into the run's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSection {
+    /// The dataset: a CSV with the job's header, label and excluded columns.
+    pub data: PathBuf,
+    /// `natural`, `iid`, `dirichlet:ALPHA`, `shards:PER_OWNER` or `quantity:BETA`.
+    pub partitioner: String,
+    /// Owners to split among (the natural split makes one per group value instead).
+    #[serde(default = "ten")]
+    pub owners: usize,
+    /// Seed of the split (the job's seed if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The group column of the natural split (a writer, a hospital, a role); it must be one
+    /// of `data.exclude`, so that it is not a feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<ColumnRef>,
+}
+
+fn ten() -> usize {
+    10
 }
 
 /// The `[evaluation]` section: the coordinator's held-out set, as in Intel's sample where the
@@ -714,7 +854,8 @@ pub struct JobConfig {
     /// `[confidential]`: train centrally in an attested trusted core instead of federating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidential: Option<ConfidentialSection>,
-    /// `[[parties]]`
+    /// `[[parties]]` (none when `[simulate.partition]` makes the owners).
+    #[serde(default)]
     pub parties: Vec<PartySection>,
 }
 
@@ -839,6 +980,9 @@ impl JobConfig {
         if let Some(k) = &mut config.simulate.model_owner_key {
             *k = resolve(base, k);
         }
+        if let Some(part) = &mut config.simulate.partition {
+            part.data = resolve(base, &part.data);
+        }
         if let Some(eval) = &mut config.evaluation {
             eval.test = resolve(base, &eval.test);
         }
@@ -854,8 +998,52 @@ impl JobConfig {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
         })?;
-        config.spec().validate()?;
+        match &config.simulate.partition {
+            None => config.spec().validate()?,
+            Some(part) => {
+                if !config.parties.is_empty() {
+                    return Err(invalid(
+                        "parties",
+                        "a job with [simulate.partition] has no [[parties]]: simulate makes the owners",
+                    ));
+                }
+                if config.confidential.is_some() {
+                    return Err(invalid(
+                        "simulate.partition",
+                        "is for federated jobs, not confidential mode",
+                    ));
+                }
+                if part.owners == 0 || part.owners > 10_000 {
+                    return Err(invalid(
+                        "simulate.partition.owners",
+                        "must be between 1 and 10000",
+                    ));
+                }
+                if let Some(g) = &part.group
+                    && !config.data.exclude.contains(g)
+                {
+                    return Err(invalid(
+                        "simulate.partition.group",
+                        format!("{g} must be one of data.exclude, so that it is not a feature"),
+                    ));
+                }
+                // Everything else is checked now, on as many placeholder owners as the split
+                // asks for (the natural split's count is known once the data is read).
+                let mut probe = config.clone();
+                probe.parties = (1..=part.owners.max(probe.job.min_owners))
+                    .map(|i| PartySection {
+                        name: format!("owner-{i:03}"),
+                        data: PathBuf::new(),
+                        policy: None,
+                    })
+                    .collect();
+                probe.spec().validate()?;
+            }
+        }
         if config.confidential.is_some() {
+            // The trusted core trains with DP-SGD only.
+            layers::record_level_dp_supported(&config.model.layers)
+                .map_err(|m| invalid("model.layers", m))?;
             for (set, field) in [
                 (
                     config.training.proximal_mu.is_some(),
@@ -928,6 +1116,15 @@ impl JobSpec {
     /// An upper bound on the model's parameter count (saturating): the layers from the
     /// features through the hidden widths to one output per class.
     pub fn param_count_bound(&self) -> usize {
+        if self.model.kind == ModelKind::Layers {
+            return self
+                .model
+                .layer_input(self.data.feature_count)
+                .and_then(|input| {
+                    layers::param_count(input, &self.model.layers, self.model.classes)
+                })
+                .unwrap_or(0);
+        }
         let mut dims = vec![self.data.feature_count];
         dims.extend(&self.model.hidden);
         dims.push(self.model.classes);
@@ -1077,6 +1274,19 @@ impl JobSpec {
                     "an MLP needs at least one hidden layer",
                 ));
             }
+            ModelKind::Layers if !m.hidden.is_empty() => {
+                return Err(invalid(
+                    "model.hidden",
+                    "a layer list gives its widths in model.layers",
+                ));
+            }
+            ModelKind::Layers => {}
+            _ if !m.layers.is_empty() || !m.input.is_empty() => {
+                return Err(invalid(
+                    "model.layers",
+                    "model.input and model.layers need kind = \"layers\"",
+                ));
+            }
             _ => {}
         }
         if m.classes < 2 || m.classes > 100_000 {
@@ -1095,11 +1305,48 @@ impl JobSpec {
                 "must be between 1 and 1000000",
             ));
         }
+        if self.model.kind == ModelKind::Layers {
+            let input = self
+                .model
+                .layer_input(d.feature_count)
+                .map_err(|m| invalid("model.input", m))?;
+            layers::infer(input, &self.model.layers, self.model.classes)
+                .map_err(|m| invalid("model.layers", m))?;
+            if self
+                .privacy
+                .as_ref()
+                .is_some_and(|p| p.level == PrivacyLevel::Record)
+            {
+                layers::record_level_dp_supported(&self.model.layers)
+                    .map_err(|m| invalid("privacy.level", m))?;
+            }
+            if let Some(Layer::Embedding { vocab, .. }) = self.model.layers.first() {
+                if d.standardize != StandardizeSpec::None {
+                    return Err(invalid(
+                        "data.standardize",
+                        "an embedding reads token ids: they must not be standardised",
+                    ));
+                }
+                let alphabet = d.text.clone().unwrap_or_default().characters().len();
+                if d.format == DataFormat::Text && *vocab < alphabet {
+                    return Err(invalid(
+                        "model.layers",
+                        format!(
+                            "layers[0] (embedding): vocab = {vocab} is below the alphabet's {alphabet} characters"
+                        ),
+                    ));
+                }
+            }
+        }
         // Each width may be within bounds while their products are not: bound the model.
         let params = self.param_count_bound();
         if params > MAX_PARAMS {
             return Err(invalid(
-                "model.hidden",
+                if self.model.kind == ModelKind::Layers {
+                    "model.layers"
+                } else {
+                    "model.hidden"
+                },
                 format!(
                     "the model has {params} parameters; at most {MAX_PARAMS} are accepted (each process holds several copies, {} MiB each as f32)",
                     (MAX_PARAMS * 4) >> 20
@@ -1116,8 +1363,76 @@ impl JobSpec {
                 ),
             ));
         }
+        match (d.format, &d.label) {
+            (DataFormat::Csv, None) => {
+                return Err(invalid("data.label", "a CSV job names its label column"));
+            }
+            (DataFormat::Csv, Some(_)) => {
+                if d.text.is_some() {
+                    return Err(invalid("data.text", "applies to format = \"text\" only"));
+                }
+            }
+            (DataFormat::Text, Some(_)) => {
+                return Err(invalid(
+                    "data.label",
+                    "a text job's label is the character after each window; remove data.label",
+                ));
+            }
+            (DataFormat::Text, None) => {
+                let text = d.text.clone().unwrap_or_default();
+                let chars = text.characters();
+                let distinct: std::collections::BTreeSet<char> = chars.iter().copied().collect();
+                if chars.len() < 2 || distinct.len() != chars.len() {
+                    return Err(invalid(
+                        "data.text.alphabet",
+                        "needs at least 2 characters, each once",
+                    ));
+                }
+                if self.model.classes != chars.len() {
+                    return Err(invalid(
+                        "model.classes",
+                        format!(
+                            "a text job predicts a character: classes must be the alphabet's {} characters",
+                            chars.len()
+                        ),
+                    ));
+                }
+                if text.stride == 0 || text.stride > d.feature_count + 1 {
+                    return Err(invalid(
+                        "data.text.stride",
+                        "must be between 1 and the window (data.feature_count) + 1",
+                    ));
+                }
+                // Record-level DP protects one record. Overlapping windows put one character in
+                // up to window + 1 records, so the guarantee would not cover a character.
+                if self
+                    .privacy
+                    .as_ref()
+                    .is_some_and(|p| p.level == PrivacyLevel::Record)
+                    && text.stride <= d.feature_count
+                {
+                    return Err(invalid(
+                        "data.text.stride",
+                        format!(
+                            "record-level DP needs windows that share no character: stride = {} (the window {} and the label after it); for a speaker's or an owner's whole text, use client-level DP",
+                            d.feature_count + 1,
+                            d.feature_count
+                        ),
+                    ));
+                }
+                if !d.exclude.is_empty()
+                    || !d.features.is_empty()
+                    || d.standardize != StandardizeSpec::None
+                {
+                    return Err(invalid(
+                        "data",
+                        "a text job has no columns to exclude or name, and no standardisation",
+                    ));
+                }
+            }
+        }
         if !d.has_header
-            && (matches!(d.label, ColumnRef::Name(_))
+            && (matches!(d.label, Some(ColumnRef::Name(_)))
                 || d.exclude.iter().any(|c| matches!(c, ColumnRef::Name(_))))
         {
             return Err(invalid(
@@ -1390,6 +1705,54 @@ data = "b.csv"
                     .replace("kind = \"fedadam\"\nkind", "kind");
             let err = JobConfig::parse(&bad).expect_err("invalid");
             assert!(err.to_string().contains(field), "{line}: {err}");
+        }
+    }
+
+    /// A layer list is read, checked and carried in the signed spec; presets' specs do not
+    /// change (no `input` or `layers` keys), so their manifest hashes stay as they were.
+    #[test]
+    fn layer_lists_are_parsed_checked_and_absent_from_preset_specs() {
+        let plain = JobConfig::parse(MINIMAL).expect("valid").spec();
+        let wire = plain.to_wire();
+        for key in ["layers", "input", "format", "text"] {
+            assert!(!wire.contains(key), "{key} in {wire}");
+        }
+        let cnn = include_str!("../../../examples/digits_cnn.toml");
+        let spec = JobConfig::parse(cnn).expect("valid").spec();
+        assert_eq!(spec.model.kind, ModelKind::Layers);
+        assert_eq!(spec.model.input, [1, 8, 8]);
+        assert_eq!(JobSpec::from_wire(&spec.to_wire()).expect("wire"), spec);
+        assert!(spec.param_count_bound() > 0);
+        let gru = cnn.replace("input = [1, 8, 8]", "input = [8, 8]").replace(
+            "  { type = \"conv2d\", channels = 8, kernel = 3, padding = 1 },\n  { type = \"group_norm\", groups = 2 },\n  { type = \"relu\" },\n  { type = \"max_pool2d\", size = 2 },\n  { type = \"flatten\" },\n",
+            "  { type = \"gru\", units = 8 },\n",
+        );
+        JobConfig::parse(&gru).expect("a GRU without DP");
+        let record = gru.replace(
+            "[evaluation]",
+            "[privacy]\nlevel = \"record\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\n\n[evaluation]",
+        );
+        let err = JobConfig::parse(&record).expect_err("record-level DP");
+        assert!(
+            err.to_string().contains("privacy.level") && err.to_string().contains("(gru)"),
+            "{err}"
+        );
+        for (from, to, field) in [
+            (
+                "{ type = \"relu\" }",
+                "{ type = \"batch_norm\" }",
+                "model.layers",
+            ),
+            ("input = [1, 8, 8]", "input = [2, 8, 8]", "model.input"),
+            (
+                "kind = \"layers\"",
+                "kind = \"mlp\"\nhidden = [4]",
+                "model.layers",
+            ),
+        ] {
+            assert!(cnn.contains(from), "{from}");
+            let err = JobConfig::parse(&cnn.replacen(from, to, 1)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
         }
     }
 

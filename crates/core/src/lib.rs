@@ -3,11 +3,14 @@
 
 pub mod config;
 pub mod crash;
+pub mod layers;
 pub mod role;
 
 pub use config::{
-    AccountantKind, AggregatorsSection, ColumnRef, ConfidentialSection, ConfigError, JobConfig,
-    JobSpec, ModelKind, Partition, PrivacyLevel, PrivacySection, RobustKind, RobustRule,
-    SchemeKind, ServerOptimizer, ServerOptimizerKind, SimulateMode, StandardizeSpec,
+    AccountantKind, AggregatorsSection, ColumnRef, ConfidentialSection, ConfigError, DataFormat,
+    JobConfig, JobSpec, LEAF_ALPHABET, ModelKind, Partition, PartitionSection, PartySection,
+    PrivacyLevel, PrivacySection, RobustKind, RobustRule, SchemeKind, ServerOptimizer,
+    ServerOptimizerKind, SimulateMode, StandardizeSpec, TextSpec, UnknownChars,
 };
+pub use layers::{Layer, Shape};
 pub use role::Role;

@@ -62,12 +62,7 @@ fn fedavg(spec: &ModelSpec, owners: &[Dataset], rounds: u32, cfg: &TrainConfig) 
 
 fn main() {
     let owners = [load("breast_homo_guest.csv"), load("breast_homo_host.csv")];
-    let spec = ModelSpec {
-        kind: ModelKind::Logistic,
-        input_dim: 30,
-        hidden: vec![],
-        classes: 2,
-    };
+    let spec = ModelSpec::preset(ModelKind::Logistic, 30, vec![], 2);
     let k = 5;
     let owner_folds: Vec<Vec<Vec<usize>>> = owners.iter().map(|d| folds(d, k, 7)).collect();
     let mut results = Vec::new();

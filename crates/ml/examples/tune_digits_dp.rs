@@ -29,12 +29,7 @@ fn main() {
         *v /= 16.0;
     }
     let (fit, val) = all.stratified_split(0.2, 99);
-    let spec = ModelSpec {
-        kind: ModelKind::Mlp,
-        input_dim: 64,
-        hidden: vec![64],
-        classes: 10,
-    };
+    let spec = ModelSpec::preset(ModelKind::Mlp, 64, vec![64], 10);
     let privacy = PrivacySection {
         level: PrivacyLevel::Record,
         target_epsilon: Some(8.0),

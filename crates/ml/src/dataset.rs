@@ -99,6 +99,16 @@ pub enum DataError {
         /// File path.
         path: String,
     },
+    /// A text file cannot become records (never shows the text).
+    #[error("{path}:{line}: {message}")]
+    Text {
+        /// File path.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong, without the text's content.
+        message: String,
+    },
     /// The file's columns do not match the job's schema.
     #[error("{path}: schema mismatch: {message}")]
     Schema {
@@ -145,6 +155,7 @@ impl DataError {
             Self::Malformed { line, .. } => format!("DATA-006 malformed CSV near line {line}"),
             Self::Empty { .. } => "DATA-007 the data file has no data rows".into(),
             Self::Schema { public, .. } => format!("DATA-008 {public}"),
+            Self::Text { line, message, .. } => format!("DATA-009 line {line}: {message}"),
         }
     }
 }

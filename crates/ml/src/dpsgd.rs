@@ -36,7 +36,11 @@ use confide_dp::noise::{GaussianNoise, NoiseRng, draw_standard_normals};
 use confide_dp::plan::{Accountant, NoiseChoice, PrivacyPlan};
 
 use crate::dataset::Dataset;
-use crate::model::{self, ModelError, ModelSpec};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::model::{self, ModelError, ModelKind, ModelSpec};
+use crate::stack;
 
 /// Where DP-SGD's Gaussian noise comes from. Drawing is separate from adding because the
 /// noise does not depend on the data: [`train_dp`] draws a step's noise on a second thread
@@ -315,6 +319,9 @@ pub fn clipped_gradient_sum(
     rows: &[usize],
     clip_norm: Option<f64>,
 ) -> Result<ClippedSum, ModelError> {
+    if spec.kind == ModelKind::Layers {
+        return stack::clipped_sum(spec, params, data, rows, clip_norm, None);
+    }
     check_inputs(spec, params, data)?;
     let device = Device::flex();
     let layers = Layers::from_vector(spec, params, &device);
@@ -465,6 +472,13 @@ pub fn train_dp(
     let mut params = params.to_vec();
     let mut velocity = vec![0.0f32; params.len()];
     let decay_mask = weight_mask(spec);
+    // A layer list goes through `stack`, with its own dropout generator when it has dropout
+    // (seeded once from the secret sampler; the masks need no secrecy, only independence).
+    let mut dropout: Option<Option<ChaCha20Rng>> = (spec.kind == ModelKind::Layers).then(|| {
+        let mut seed = [0u8; 32];
+        sampler.fill_bytes(&mut seed);
+        Some(ChaCha20Rng::from_seed(seed))
+    });
     let expected_batch = config.sampling_rate * data.len() as f64;
     let std = config.noise_multiplier * config.clip_norm;
     let inv_batch = (1.0 / expected_batch) as f32;
@@ -479,24 +493,35 @@ pub fn train_dp(
         if rows.is_empty() {
             empty += 1;
         }
-        let layers = Layers::from_vector(spec, &params, &device);
         let n = params.len();
+        let clip = Some(config.clip_norm);
+        let mut compute = || match &mut dropout {
+            Some(rng) => stack::clipped_sum(spec, &params, data, &rows, clip, rng.as_mut()),
+            None => Ok(clipped_sum(
+                spec,
+                &Layers::from_vector(spec, &params, &device),
+                data,
+                &rows,
+                clip,
+                &device,
+            )),
+        };
         // The noise does not depend on the data: draw it beside the gradient computation.
-        let (mut batch, z) = if std > 0.0 && n >= OVERLAP_MIN_PARAMS {
+        let (batch, z) = if std > 0.0 && n >= OVERLAP_MIN_PARAMS {
             std::thread::scope(|scope| {
                 let drawing = scope.spawn(|| noise.draw(n));
-                let batch =
-                    clipped_sum(spec, &layers, data, &rows, Some(config.clip_norm), &device);
+                let batch = compute();
                 let z = drawing
                     .join()
                     .unwrap_or_else(|_| Err("the noise thread panicked".into()));
                 (batch, Some(z))
             })
         } else {
-            let batch = clipped_sum(spec, &layers, data, &rows, Some(config.clip_norm), &device);
+            let batch = compute();
             let z = (std > 0.0).then(|| noise.draw(n));
             (batch, z)
         };
+        let mut batch = batch?;
         sampled += rows.len() as u64;
         let limit = config.clip_norm as f32;
         clipped += batch.norms.iter().filter(|&&n| n > limit).count() as u64;
@@ -554,6 +579,9 @@ pub fn train_dp(
 
 /// `true` for weight entries, `false` for biases, in parameter-vector order.
 fn weight_mask(spec: &ModelSpec) -> Vec<bool> {
+    if spec.kind == ModelKind::Layers {
+        return stack::Plan::new(spec).map_or_else(|_| Vec::new(), |p| p.decay_mask());
+    }
     let mut mask = Vec::with_capacity(spec.param_count());
     for (d_in, d_out) in spec.layer_dims() {
         mask.extend(std::iter::repeat_n(true, d_in * d_out));
@@ -608,24 +636,9 @@ mod tests {
 
     fn specs() -> Vec<ModelSpec> {
         vec![
-            ModelSpec {
-                kind: ModelKind::Mlp,
-                input_dim: 6,
-                hidden: vec![5, 4],
-                classes: 3,
-            },
-            ModelSpec {
-                kind: ModelKind::Logistic,
-                input_dim: 6,
-                hidden: vec![],
-                classes: 2,
-            },
-            ModelSpec {
-                kind: ModelKind::Softmax,
-                input_dim: 6,
-                hidden: vec![],
-                classes: 4,
-            },
+            ModelSpec::preset(ModelKind::Mlp, 6, vec![5, 4], 3),
+            ModelSpec::preset(ModelKind::Logistic, 6, vec![], 2),
+            ModelSpec::preset(ModelKind::Softmax, 6, vec![], 4),
         ]
     }
 
@@ -915,12 +928,7 @@ mod tests {
 
     #[test]
     fn the_production_noise_source_adds_noise_of_the_calibrated_scale() {
-        let spec = ModelSpec {
-            kind: ModelKind::Mlp,
-            input_dim: 30,
-            hidden: vec![64],
-            classes: 3,
-        };
+        let spec = ModelSpec::preset(ModelKind::Mlp, 30, vec![64], 3);
         let data = toy_data(50, 30, 3, 6);
         let params = spec.initial_vector(2);
         let (clip, sigma) = (0.8, 1.7);

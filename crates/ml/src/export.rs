@@ -3,7 +3,9 @@
 //! can load it without Confide.
 //!
 //! Tensor names are `layers.{i}.weight` (shape `[d_in, d_out]`, `y = x·W + b`) and
-//! `layers.{i}.bias` (shape `[d_out]`), all `F32` little-endian.
+//! `layers.{i}.bias` (shape `[d_out]`), all `F32` little-endian. For a layer list, `i` is the
+//! layer's position in the list and the shapes are each layer's own (see [`crate::stack`]);
+//! the card's `spec.layers` and `spec.input_shape` rebuild the architecture.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +13,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelError, ModelSpec};
+use crate::model::{ModelError, ModelKind, ModelSpec};
 use crate::standardize::Standardizer;
 
 /// The JSON sidecar written next to the safetensors file.
@@ -57,6 +59,9 @@ pub enum ExportError {
 }
 
 fn tensor_names(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    if spec.kind == ModelKind::Layers {
+        return crate::stack::Plan::new(spec).map_or_else(|_| Vec::new(), |p| p.tensor_names());
+    }
     let mut out = Vec::new();
     for (i, (d_in, d_out)) in spec.layer_dims().into_iter().enumerate() {
         out.push((format!("layers.{i}.weight"), vec![d_in, d_out]));
@@ -150,17 +155,23 @@ impl ModelCard {
         standardization: Option<Standardizer>,
         provenance: HashMap<String, String>,
     ) -> Self {
+        let layers = spec.kind == ModelKind::Layers;
         Self {
             format: "confide-model/v1".into(),
             spec: spec.clone(),
-            hidden_activation: "relu".into(),
+            hidden_activation: if layers { "as listed in spec.layers" } else { "relu" }.into(),
             output: if spec.outputs() == 1 {
                 "sigmoid"
             } else {
                 "softmax"
             }
             .into(),
-            weight_layout: "[d_in, d_out], y = x W + b".into(),
+            weight_layout: if layers {
+                "dense [d_in, d_out] (y = x W + b); conv2d [out, in, k, k] (PyTorch's); group_norm and layer_norm: weight = scale, bias = shift; embedding [vocab, dim]; layers.{i} is the i-th entry of spec.layers"
+            } else {
+                "[d_in, d_out], y = x W + b"
+            }
+            .into(),
             feature_names,
             standardization,
             tensors: tensor_names(spec).into_iter().map(|(n, _)| n).collect(),
@@ -176,12 +187,7 @@ mod tests {
 
     #[test]
     fn safetensors_round_trip_and_sidecar() {
-        let spec = ModelSpec {
-            kind: ModelKind::Mlp,
-            input_dim: 3,
-            hidden: vec![4],
-            classes: 2,
-        };
+        let spec = ModelSpec::preset(ModelKind::Mlp, 3, vec![4], 2);
         let params = spec.initial_vector(11);
         let dir = tempfile::tempdir().expect("tempdir");
         let card = ModelCard::new(
@@ -209,12 +215,7 @@ mod tests {
 
     #[test]
     fn loading_with_the_wrong_architecture_fails_cleanly() {
-        let spec = ModelSpec {
-            kind: ModelKind::Logistic,
-            input_dim: 3,
-            hidden: vec![],
-            classes: 2,
-        };
+        let spec = ModelSpec::preset(ModelKind::Logistic, 3, vec![], 2);
         let bytes = to_safetensors(&spec, &spec.initial_vector(0)).expect("export");
         let other = ModelSpec {
             input_dim: 4,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use confide_core::{JobSpec, StandardizeSpec};
+use confide_core::{DataFormat, JobSpec, StandardizeSpec};
 
 use crate::{CsvSpec, DataError, Dataset, ModelSpec, Standardizer};
 
@@ -15,11 +15,14 @@ pub fn model_spec(spec: &JobSpec) -> ModelSpec {
         input_dim: spec.input_dim(),
         hidden: spec.model.hidden.clone(),
         classes: spec.model.classes,
+        input_shape: spec.model.input.clone(),
+        layers: spec.model.layers.clone(),
     }
 }
 
-/// Loads an owner's CSV as the job describes it: its label column and exclusions, checked
-/// against the job's schema, with the job's fixed standardisation applied.
+/// Loads an owner's data file as the job describes it: a CSV with its label column and
+/// exclusions, checked against the job's schema, with the job's fixed standardisation
+/// applied; or text cut into windows ([`crate::text`]).
 pub fn load_job_data(spec: &JobSpec, path: &Path) -> Result<Dataset, DataError> {
     let shown = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| DataError::Io {
@@ -35,9 +38,23 @@ pub fn read_job_data(
     reader: impl std::io::Read,
     shown: &str,
 ) -> Result<Dataset, DataError> {
+    let label = match (spec.data.format, &spec.data.label) {
+        (DataFormat::Text, _) => {
+            let text = spec.data.text.clone().unwrap_or_default();
+            return crate::text::read_text(reader, shown, spec.data.feature_count, &text);
+        }
+        (DataFormat::Csv, Some(label)) => label.clone(),
+        (DataFormat::Csv, None) => {
+            return Err(DataError::Schema {
+                path: shown.to_string(),
+                message: "the job names no label column".into(),
+                public: "the job names no label column".into(),
+            });
+        }
+    };
     let csv = CsvSpec {
         has_header: spec.data.has_header,
-        label: spec.data.label.clone(),
+        label,
         exclude: spec.data.exclude.clone(),
     };
     let mut data = crate::dataset::read_csv(reader, shown, &csv, spec.model.classes)?;

@@ -5,6 +5,9 @@
 //! - [`standardize`]: standardisation fitted on training data only.
 //! - [`model`]: logistic regression, softmax regression and an MLP as one burn module; the
 //!   parameter vector round trip.
+//! - [`stack`]: models as a list of layers (dense, conv2d, pooling, norms, dropout,
+//!   embedding), their training and per-sample clipping for DP-SGD.
+//! - [`text`]: text for next-character prediction, cut into windows of character ids.
 //! - [`train`]: mini-batch SGD, and accuracy, log-loss and AUC.
 //! - [`dpsgd`]: DP-SGD with per-sample clipping by book-keeping, Poisson sampling and
 //!   Gaussian noise.
@@ -23,7 +26,9 @@ pub mod job;
 pub mod model;
 pub mod partition;
 pub mod server_opt;
+pub mod stack;
 pub mod standardize;
+pub mod text;
 pub mod train;
 
 pub use dataset::{Column, CsvSpec, DataError, Dataset};

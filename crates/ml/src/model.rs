@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-pub use confide_core::ModelKind;
+pub use confide_core::{Layer, ModelKind};
 
 /// Errors of model construction. A wrong parameter count means a peer or file sent a model of
 /// another shape.
@@ -40,7 +40,7 @@ pub enum ModelError {
 }
 
 /// The architecture of a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     /// Family.
     pub kind: ModelKind,
@@ -50,12 +50,80 @@ pub struct ModelSpec {
     pub hidden: Vec<usize>,
     /// Classes.
     pub classes: usize,
+    /// The shape of one record for a layer list (empty: `[input_dim]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_shape: Vec<usize>,
+    /// The layers of a layer list ([`ModelKind::Layers`] only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Layer>,
 }
 
 impl ModelSpec {
+    /// One of the preset families (logistic, softmax, MLP).
+    pub fn preset(kind: ModelKind, input_dim: usize, hidden: Vec<usize>, classes: usize) -> Self {
+        Self {
+            kind,
+            input_dim,
+            hidden,
+            classes,
+            input_shape: Vec::new(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// A layer list on records of `input_shape` (empty: a flat vector of `input_dim`).
+    pub fn layer_list(
+        input_dim: usize,
+        input_shape: Vec<usize>,
+        layers: Vec<Layer>,
+        classes: usize,
+    ) -> Self {
+        Self {
+            kind: ModelKind::Layers,
+            input_dim,
+            hidden: Vec::new(),
+            classes,
+            input_shape,
+            layers,
+        }
+    }
+
+    /// A preset written as the equivalent layer list (dense layers with ReLU between them);
+    /// a layer list as it is. Logistic regression's single logit under a sigmoid is the
+    /// one exception: as a list it becomes two logits under a softmax, the same model family
+    /// with another parameterisation.
+    pub fn as_layer_list(&self) -> Vec<Layer> {
+        if self.kind == ModelKind::Layers {
+            return self.layers.clone();
+        }
+        let mut out = Vec::new();
+        for (i, (_, d_out)) in self.layer_dims().into_iter().enumerate() {
+            if i > 0 {
+                out.push(Layer::Relu);
+            }
+            out.push(Layer::Dense {
+                units: if self.kind == ModelKind::Logistic {
+                    2
+                } else {
+                    d_out
+                },
+            });
+        }
+        out
+    }
+
     /// Checks the architecture.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: &str| Err(ModelError::Architecture(m.to_string()));
+        if self.kind == ModelKind::Layers {
+            if !self.hidden.is_empty() {
+                return bad("a layer list gives its widths in its layers");
+            }
+            return crate::stack::Plan::new(self).map(|_| ());
+        }
+        if !self.layers.is_empty() || !self.input_shape.is_empty() {
+            return bad("only a layer list has layers");
+        }
         match self.kind {
             _ if self.input_dim == 0 => bad("input_dim must be positive"),
             _ if self.classes < 2 => bad("at least 2 classes"),
@@ -77,8 +145,11 @@ impl ModelSpec {
         }
     }
 
-    /// `(d_in, d_out)` per dense layer.
+    /// `(d_in, d_out)` per dense layer of a preset (empty for a layer list).
     pub fn layer_dims(&self) -> Vec<(usize, usize)> {
+        if self.kind == ModelKind::Layers {
+            return Vec::new();
+        }
         let mut widths = vec![self.input_dim];
         widths.extend_from_slice(&self.hidden);
         widths.push(self.outputs());
@@ -87,6 +158,9 @@ impl ModelSpec {
 
     /// Total number of parameters.
     pub fn param_count(&self) -> usize {
+        if self.kind == ModelKind::Layers {
+            return crate::stack::Plan::new(self).map_or(0, |p| p.param_count());
+        }
         self.layer_dims().iter().map(|(i, o)| i * o + o).sum()
     }
 
@@ -94,6 +168,10 @@ impl ModelSpec {
     /// sample), He-uniform weights and zero biases for an MLP, from a seeded generator so every
     /// role derives the same initial model from the job's seed.
     pub fn initial_vector(&self, seed: u64) -> Vec<f32> {
+        if self.kind == ModelKind::Layers {
+            return crate::stack::Plan::new(self)
+                .map_or_else(|_| Vec::new(), |p| p.initial_vector(seed));
+        }
         let mut out = Vec::with_capacity(self.param_count());
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         for (d_in, d_out) in self.layer_dims() {
@@ -122,11 +200,11 @@ pub struct Network {
     pub layers: Vec<Linear>,
 }
 
-fn tensor2(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+pub(crate) fn tensor2(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), device)
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     match t.into_data().try_into_vec::<f32>() {
         Ok(v) => v,
         // Every tensor here is created as f32 by this module.
@@ -142,6 +220,11 @@ impl Network {
         device: &Device,
     ) -> Result<Self, ModelError> {
         spec.validate()?;
+        if spec.kind == ModelKind::Layers {
+            return Err(ModelError::Architecture(
+                "a layer list is not a dense network (use the layer-list engine)".into(),
+            ));
+        }
         let expected = spec.param_count();
         if params.len() != expected {
             return Err(ModelError::ShapeMismatch {
@@ -248,6 +331,9 @@ pub fn predict_proba(
     params: &[f32],
     features: &[f32],
 ) -> Result<Vec<f32>, ModelError> {
+    if spec.kind == ModelKind::Layers {
+        return crate::stack::predict_proba(spec, params, features);
+    }
     let device = Device::flex();
     let net = Network::from_vector(spec, params, &device)?;
     let rows = features.len() / spec.input_dim;
@@ -266,23 +352,13 @@ mod tests {
     use super::*;
 
     fn mlp() -> ModelSpec {
-        ModelSpec {
-            kind: ModelKind::Mlp,
-            input_dim: 5,
-            hidden: vec![4, 3],
-            classes: 3,
-        }
+        ModelSpec::preset(ModelKind::Mlp, 5, vec![4, 3], 3)
     }
 
     #[test]
     fn param_count_matches_layers() {
         assert_eq!(mlp().param_count(), 5 * 4 + 4 + 4 * 3 + 3 + 3 * 3 + 3);
-        let lr = ModelSpec {
-            kind: ModelKind::Logistic,
-            input_dim: 30,
-            hidden: vec![],
-            classes: 2,
-        };
+        let lr = ModelSpec::preset(ModelKind::Logistic, 30, vec![], 2);
         assert_eq!(lr.param_count(), 31);
     }
 

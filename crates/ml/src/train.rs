@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
-use crate::model::{self, ModelError, ModelSpec, Network};
+use crate::model::{self, ModelError, ModelKind, ModelSpec, Network};
 
 /// Hyper-parameters of local training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,9 @@ pub fn train(
             "proximal_mu must be ≥ 0, got {}",
             config.proximal_mu
         )));
+    }
+    if spec.kind == ModelKind::Layers {
+        return crate::stack::train(spec, params, data, config);
     }
     let device = Device::flex().autodiff();
     let mut net = Network::from_vector(spec, params, &device)?;
@@ -299,12 +302,7 @@ mod tests {
 
     #[test]
     fn logistic_regression_learns_a_separable_problem() {
-        let spec = ModelSpec {
-            kind: ModelKind::Logistic,
-            input_dim: 2,
-            hidden: vec![],
-            classes: 2,
-        };
+        let spec = ModelSpec::preset(ModelKind::Logistic, 2, vec![], 2);
         let data = separable(200);
         let cfg = TrainConfig {
             epochs: 20,
@@ -325,18 +323,8 @@ mod tests {
     fn mlp_and_softmax_train_and_reduce_loss() {
         let data = separable(120);
         for spec in [
-            ModelSpec {
-                kind: ModelKind::Softmax,
-                input_dim: 2,
-                hidden: vec![],
-                classes: 2,
-            },
-            ModelSpec {
-                kind: ModelKind::Mlp,
-                input_dim: 2,
-                hidden: vec![8],
-                classes: 2,
-            },
+            ModelSpec::preset(ModelKind::Softmax, 2, vec![], 2),
+            ModelSpec::preset(ModelKind::Mlp, 2, vec![8], 2),
         ] {
             let init = spec.initial_vector(5);
             let before = evaluate(&spec, &init, &data).expect("eval").log_loss;
@@ -361,12 +349,7 @@ mod tests {
 
     #[test]
     fn training_is_deterministic_for_a_seed() {
-        let spec = ModelSpec {
-            kind: ModelKind::Mlp,
-            input_dim: 2,
-            hidden: vec![4],
-            classes: 2,
-        };
+        let spec = ModelSpec::preset(ModelKind::Mlp, 2, vec![4], 2);
         let data = separable(50);
         let cfg = TrainConfig {
             epochs: 2,
@@ -385,12 +368,7 @@ mod tests {
     /// than the same step without it (weights and biases alike).
     #[test]
     fn the_proximal_term_adds_mu_times_the_distance_to_the_anchor() {
-        let spec = ModelSpec {
-            kind: ModelKind::Mlp,
-            input_dim: 2,
-            hidden: vec![3],
-            classes: 2,
-        };
+        let spec = ModelSpec::preset(ModelKind::Mlp, 2, vec![3], 2);
         let data = separable(16);
         let device = Device::flex().autodiff();
         let start = spec.initial_vector(3);
@@ -415,12 +393,7 @@ mod tests {
     /// With μ > 0, local training ends nearer the model it started from.
     #[test]
     fn fedprox_keeps_local_training_near_the_global_model() {
-        let spec = ModelSpec {
-            kind: ModelKind::Logistic,
-            input_dim: 2,
-            hidden: vec![],
-            classes: 2,
-        };
+        let spec = ModelSpec::preset(ModelKind::Logistic, 2, vec![], 2);
         let data = separable(100);
         let start = spec.initial_vector(4);
         let distance = |mu: f64| {

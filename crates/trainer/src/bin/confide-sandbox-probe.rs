@@ -34,12 +34,7 @@ fn train(dir: &Path) -> Result<serde_json::Value, String> {
     };
     let data = confide_ml::dataset::load_csv(&dir.join("train.csv"), &spec, 10)
         .map_err(|e| e.to_string())?;
-    let model = ModelSpec {
-        kind: ModelKind::Mlp,
-        input_dim: data.feature_count,
-        hidden: vec![16],
-        classes: 10,
-    };
+    let model = ModelSpec::preset(ModelKind::Mlp, data.feature_count, vec![16], 10);
     let config = DpSgdConfig {
         steps: 20,
         sampling_rate: 0.2,
