@@ -1,11 +1,13 @@
 //! `confide evaluate`: scores an exported model (its safetensors file, with the JSON card
 //! beside it) on data files read as the job describes them, for example each hospital's own
-//! test set. Prints JSON.
+//! test set. The card must match the job's model, standardisation and feature names, so that
+//! the files are read and scaled as in training. Prints JSON.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use confide_core::JobConfig;
+use confide_core::{JobConfig, StandardizeSpec};
+use confide_ml::Standardizer;
 use confide_ml::export::{ModelCard, from_safetensors};
 use serde_json::{Value, json};
 
@@ -37,6 +39,27 @@ pub fn run(args: &EvaluateArgs) -> Result<Value> {
     if card.spec != model {
         bail!(
             "{} describes another model than {}'s [model] section",
+            card_path.display(),
+            args.config.display()
+        );
+    }
+    let standardization = match &spec.data.standardize {
+        StandardizeSpec::None => None,
+        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
+            mean: mean.clone(),
+            std: std.clone(),
+        }),
+    };
+    if card.standardization != standardization {
+        bail!(
+            "{} was trained with another standardisation than {}'s [data] section applies",
+            card_path.display(),
+            args.config.display()
+        );
+    }
+    if !spec.data.features.is_empty() && card.feature_names != spec.data.features {
+        bail!(
+            "{} was trained on other features than {}'s data.features",
             card_path.display(),
             args.config.display()
         );

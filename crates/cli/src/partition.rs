@@ -240,9 +240,9 @@ fn plot(title: &str, counts: &[Vec<usize>]) -> String {
 }
 
 /// `[simulate.partition]`: splits the job's dataset among owners `owner-001`, … and writes each
-/// owner's rows (the source's own lines, header first) to `dir/owner-NNN.csv`. Returns the
-/// parties and a JSON summary (sizes, label counts, and for the natural split each owner's
-/// group value).
+/// owner's rows (the source's fields, header first, rewritten as CSV) to `dir/owner-NNN.csv`.
+/// Returns the parties and a JSON summary (sizes, label counts, and for the natural split each
+/// owner's group value). An owner left without records is refused.
 pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<PartySection>, Value)> {
     let Some(part) = &config.simulate.partition else {
         bail!("the job has no [simulate.partition]");
@@ -274,6 +274,14 @@ pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<Party
     };
     let seed = part.seed.unwrap_or(config.job.seed);
     let parts = partition(&data.labels, groups.as_deref(), part.owners, &how, seed)?;
+    if let Some(i) = parts.iter().position(Vec::is_empty) {
+        bail!(
+            "simulate.partition: owner-{:03} would get no records from {} ({}, seed {seed}); choose fewer owners, another seed or a less skewed split",
+            i + 1,
+            shown,
+            part.partitioner
+        );
+    }
     if parts.len() > 10_000 {
         bail!(
             "simulate.partition: the natural split makes {} owners; at most 10000",
@@ -295,7 +303,7 @@ pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<Party
     let rows: Vec<csv::StringRecord> = records.collect::<Result<_, _>>()?;
     if rows.len() != data.labels.len() {
         bail!(
-            "{shown}: {} records read twice as {}",
+            "{shown}: {} data rows, but {} CSV records (blank or whitespace-only lines?): the owners' files cannot be cut from it",
             data.labels.len(),
             rows.len()
         );
@@ -320,7 +328,9 @@ pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<Party
             "name": name,
             "records": indices.len(),
             "label_counts": counts,
-            "group": groups.as_ref().and_then(|g| indices.first().map(|&r| g[r].clone())),
+            "group": (how == Partitioner::Natural)
+                .then(|| groups.as_ref().and_then(|g| indices.first().map(|&r| g[r].clone())))
+                .flatten(),
         }));
         parties.push(PartySection {
             name,

@@ -216,7 +216,7 @@ fn effective_config(args: &SimulateArgs) -> Result<JobConfig> {
         };
     }
     if config.simulate.partition.is_some() {
-        // Checked once `simulate` has made the owners (`expand_partition`).
+        // Checked once `simulate` has made the owners (`partition::expand`).
         return Ok(config);
     }
     check_config(&config)?;
@@ -284,6 +284,9 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
             );
         }
         config.parties = parties;
+        // The roles read the job with its owners: the split is done (in processes mode they
+        // would refuse a file with both).
+        config.simulate.partition = None;
         check_config(&config)?;
     }
     let spec = config.spec();

@@ -182,7 +182,8 @@ fn simulate_makes_owners_from_one_dataset_and_a_partitioner() {
     );
     let job = dir.path().join("dirichlet.toml");
     std::fs::write(&job, &text).expect("write");
-    let run = simulate(&job, dir.path(), &["--quiet"]);
+    // Processes mode: every role reads the job file simulate writes, with the owners it made.
+    let run = simulate(&job, dir.path(), &["--quiet", "--mode", "processes"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let r = &run.report;
     let parties = r["parties"].as_array().expect("parties");
@@ -224,13 +225,31 @@ fn simulate_makes_owners_from_one_dataset_and_a_partitioner() {
     assert_eq!(split["owners"], split2["owners"]);
     // Owners from a partition and [[parties]] at once, and a natural split on a feature column,
     // are refused.
-    for (extra, field) in [
-        ("\n[[parties]]\nname = \"x\"\ndata = \"x.csv\"\n", "parties"),
-        ("group = \"p3\"\n", "simulate.partition.group"),
+    let bad = dir.path().join("bad.toml");
+    for (changed, field) in [
+        (
+            format!("{text}\n[[parties]]\nname = \"x\"\ndata = \"x.csv\"\n"),
+            "parties",
+        ),
+        (
+            format!("{text}group = \"p3\"\n"),
+            "simulate.partition.group",
+        ),
+        // Fewer owners than job.min_owners (8).
+        (
+            text.replace("owners = 10", "owners = 3"),
+            "simulate.partition.owners",
+        ),
+        // So many owners and so skewed a split that one gets nothing.
+        (
+            text.replace("owners = 10", "owners = 400")
+                .replace("dirichlet:0.5", "dirichlet:0.05"),
+            "would get no records",
+        ),
     ] {
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, format!("{text}{extra}")).expect("write");
-        let run = simulate(&bad, dir.path(), &["--quiet"]);
+        std::fs::write(&bad, changed).expect("write");
+        let fresh = tempfile::tempdir().expect("tmp");
+        let run = simulate(&bad, fresh.path(), &["--quiet"]);
         assert_ne!(run.code, 0);
         assert!(run.stderr.contains(field), "{field}: {}", run.stderr);
     }

@@ -1019,6 +1019,21 @@ impl JobConfig {
                         "must be between 1 and 10000",
                     ));
                 }
+                if part.partitioner != "natural" && part.owners < config.job.min_owners {
+                    return Err(invalid(
+                        "simulate.partition.owners",
+                        format!(
+                            "{} owners cannot reach job.min_owners = {}",
+                            part.owners, config.job.min_owners
+                        ),
+                    ));
+                }
+                if config.data.format != DataFormat::Csv {
+                    return Err(invalid(
+                        "simulate.partition",
+                        "splits CSV data only (data.format = \"csv\")",
+                    ));
+                }
                 if let Some(g) = &part.group
                     && !config.data.exclude.contains(g)
                 {
@@ -1752,6 +1767,56 @@ data = "b.csv"
         ] {
             assert!(cnn.contains(from), "{from}");
             let err = JobConfig::parse(&cnn.replacen(from, to, 1)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
+    }
+
+    /// Text jobs: the label is the next character, the classes are the alphabet, and record-level
+    /// DP needs windows that share no character.
+    #[test]
+    fn text_jobs_are_checked() {
+        let text = include_str!("../../../examples/shakespeare_gru.toml")
+            .replace("{ type = \"gru\", units = 64 },", "{ type = \"flatten\" },");
+        let spec = JobConfig::parse(&text).expect("valid").spec();
+        assert_eq!(spec.data.format, DataFormat::Text);
+        assert_eq!(JobSpec::from_wire(&spec.to_wire()).expect("wire"), spec);
+        let dp = |stride: usize| {
+            text.replace("stride = 1", &format!("stride = {stride}")).replace(
+                "[evaluation]",
+                "[privacy]\nlevel = \"record\"\ntarget_epsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\n\n[evaluation]",
+            )
+        };
+        let err = JobConfig::parse(&dp(1)).expect_err("overlapping windows");
+        assert!(
+            err.to_string().contains("data.text.stride") && err.to_string().contains("stride = 21"),
+            "{err}"
+        );
+        JobConfig::parse(&dp(21)).expect("disjoint windows");
+        for (from, to, field) in [
+            (
+                "\nformat = \"text\"",
+                "\nformat = \"text\"\nlabel = \"y\"",
+                "data.label",
+            ),
+            ("classes = 80", "classes = 79", "model.classes"),
+            ("units = 80 }", "units = 79 }", "model.layers"),
+            ("vocab = 80", "vocab = 60", "model.layers"),
+            ("stride = 1", "stride = 0", "data.text.stride"),
+            ("stride = 1", "stride = 22", "data.text.stride"),
+            (
+                "alphabet = \"leaf\"",
+                "alphabet = \"aa\"",
+                "data.text.alphabet",
+            ),
+            ("\nformat = \"text\"", "\nformat = \"csv\"", "data.label"),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let mut changed = text.replacen(from, to, 1);
+            if to == "classes = 79" {
+                // The last layer follows, so that only the alphabet disagrees.
+                changed = changed.replace("units = 80 }", "units = 79 }");
+            }
+            let err = JobConfig::parse(&changed).expect_err(to);
             assert!(err.to_string().contains(field), "{to}: {err}");
         }
     }
