@@ -102,7 +102,8 @@ enum Command {
     /// Differential-privacy accounting (prints JSON) and the accuracy–ε sweep.
     #[command(subcommand)]
     Dp(DpCommand),
-    /// Datasets: split one among simulated owners (prints JSON; --plot draws an SVG).
+    /// Datasets: split one among simulated owners (prints JSON; --plot draws an SVG), or convert
+    /// IDX images to the safetensors format jobs read.
     #[command(subcommand)]
     Data(DataCommand),
     /// A data owner's privacy budget ledger (a redb file; prints JSON).
@@ -188,6 +189,9 @@ enum DataCommand {
     /// Split a dataset among owners with a seeded partitioner: natural (by a group column),
     /// iid, dirichlet:ALPHA over labels, shards:PER_OWNER (label-sorted shards), quantity:BETA.
     Partition(partition::PartitionArgs),
+    /// IDX images and labels (and a group per image, e.g. MNIST's writers) to one safetensors
+    /// file, the format jobs read with `[data] format = "safetensors"` (prints JSON).
+    Convert(partition::ConvertArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -728,6 +732,7 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Data(DataCommand::Partition(args)) => print_json(partition::run(&args)?),
+        Command::Data(DataCommand::Convert(args)) => print_json(partition::convert(&args)?),
         Command::Evaluate(args) => print_json(evaluate::run(&args)?),
         Command::Dp(cmd) => {
             let out = dp_json(cmd)?;

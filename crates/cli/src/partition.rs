@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use confide_core::PartySection;
 
 use anyhow::{Context, Result, bail};
+use confide_core::DataFormat;
+use confide_ml::arrays::{Records, read_arrays, write_arrays};
 use confide_ml::dataset::{Column, CsvSpec, load_csv, read_column};
 use confide_ml::partition::{Partitioner, partition};
 use serde_json::{Value, json};
@@ -248,29 +250,48 @@ pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<Party
         bail!("the job has no [simulate.partition]");
     };
     let how = parse_partitioner(&part.partitioner).context("simulate.partition.partitioner")?;
-    if how == Partitioner::Natural && part.group.is_none() {
-        bail!("simulate.partition: the natural split needs `group`, a column of data.exclude");
-    }
     let d = &config.data;
-    if d.format != confide_core::DataFormat::Csv {
-        bail!("simulate.partition splits CSV data only");
-    }
-    let Some(label) = d.label.clone() else {
-        bail!("data.label is missing");
-    };
-    let spec = CsvSpec {
-        has_header: d.has_header,
-        label,
-        exclude: d.exclude.clone(),
-    };
     let shown = part.data.display().to_string();
-    let data = load_csv(&part.data, &spec, config.model.classes)?;
-    let groups = match &part.group {
-        Some(g) => {
-            let file = std::fs::File::open(&part.data).with_context(|| shown.clone())?;
-            Some(read_column(file, &shown, d.has_header, g)?)
+    let (data, groups) = match d.format {
+        DataFormat::Csv => {
+            if how == Partitioner::Natural && part.group.is_none() {
+                bail!(
+                    "simulate.partition: the natural split needs `group`, a column of data.exclude"
+                );
+            }
+            let Some(label) = d.label.clone() else {
+                bail!("data.label is missing");
+            };
+            let spec = CsvSpec {
+                has_header: d.has_header,
+                label,
+                exclude: d.exclude.clone(),
+            };
+            let data = load_csv(&part.data, &spec, config.model.classes)?;
+            let groups = match &part.group {
+                Some(g) => {
+                    let file = std::fs::File::open(&part.data).with_context(|| shown.clone())?;
+                    Some(read_column(file, &shown, d.has_header, g)?)
+                }
+                None => None,
+            };
+            (data, groups)
         }
-        None => None,
+        DataFormat::Safetensors => {
+            let bytes = std::fs::read(&part.data).with_context(|| shown.clone())?;
+            let arrays = read_arrays(&bytes, &shown, d.feature_count, config.model.classes)?;
+            let groups = match (&how, arrays.groups) {
+                (Partitioner::Natural, Some(g)) => {
+                    Some(g.iter().map(i64::to_string).collect::<Vec<_>>())
+                }
+                (Partitioner::Natural, None) => {
+                    bail!("{shown}: the natural split needs a `group` tensor in the file")
+                }
+                _ => None,
+            };
+            (arrays.data, groups)
+        }
+        DataFormat::Text => bail!("simulate.partition splits CSV or safetensors data, not text"),
     };
     let seed = part.seed.unwrap_or(config.job.seed);
     let parts = partition(&data.labels, groups.as_deref(), part.owners, &how, seed)?;
@@ -288,42 +309,19 @@ pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<Party
             parts.len()
         );
     }
-    // The source's records, to copy each owner's rows exactly as they are.
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_path(&part.data)
-        .with_context(|| shown.clone())?;
-    let mut records = reader.records();
-    let header = if d.has_header {
-        Some(records.next().context("the dataset is empty")??)
-    } else {
-        None
-    };
-    let rows: Vec<csv::StringRecord> = records.collect::<Result<_, _>>()?;
-    if rows.len() != data.labels.len() {
-        bail!(
-            "{shown}: {} data rows, but {} CSV records (blank or whitespace-only lines?): the owners' files cannot be cut from it",
-            data.labels.len(),
-            rows.len()
-        );
-    }
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let written = match d.format {
+        DataFormat::Csv => write_csv_parts(&part.data, d.has_header, &parts, dir)?,
+        _ => write_array_parts(&data, &parts, dir)?,
+    };
     let mut parties = Vec::with_capacity(parts.len());
     let mut owners = Vec::with_capacity(parts.len());
-    for (i, indices) in parts.iter().enumerate() {
+    for ((i, indices), path) in parts.iter().enumerate().zip(written) {
         let name = format!("owner-{:03}", i + 1);
-        let path = dir.join(format!("{name}.csv"));
-        let mut w = csv::Writer::from_path(&path).with_context(|| path.display().to_string())?;
-        if let Some(h) = &header {
-            w.write_record(h)?;
-        }
         let mut counts = vec![0usize; config.model.classes];
         for &r in indices {
-            w.write_record(&rows[r])?;
             counts[data.labels[r] as usize] += 1;
         }
-        w.flush()?;
         owners.push(json!({
             "name": name,
             "records": indices.len(),
@@ -349,4 +347,203 @@ pub fn expand(config: &confide_core::JobConfig, dir: &Path) -> Result<(Vec<Party
         serde_json::to_string_pretty(&summary)?,
     )?;
     Ok((parties, summary))
+}
+
+/// Each owner's rows of a CSV source (its fields, header first) as `dir/owner-NNN.csv`.
+fn write_csv_parts(
+    source: &Path,
+    has_header: bool,
+    parts: &[Vec<usize>],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let shown = source.display().to_string();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_path(source)
+        .with_context(|| shown.clone())?;
+    let mut records = reader.records();
+    let header = if has_header {
+        Some(records.next().context("the dataset is empty")??)
+    } else {
+        None
+    };
+    let rows: Vec<csv::StringRecord> = records.collect::<Result<_, _>>()?;
+    let total: usize = parts.iter().map(Vec::len).sum();
+    if rows.len() != total {
+        bail!(
+            "{shown}: {total} data rows, but {} CSV records (blank or whitespace-only lines?): the owners' files cannot be cut from it",
+            rows.len()
+        );
+    }
+    let mut paths = Vec::with_capacity(parts.len());
+    for (i, indices) in parts.iter().enumerate() {
+        let path = dir.join(format!("owner-{:03}.csv", i + 1));
+        let mut w = csv::Writer::from_path(&path).with_context(|| path.display().to_string())?;
+        if let Some(h) = &header {
+            w.write_record(h)?;
+        }
+        for &r in indices {
+            w.write_record(&rows[r])?;
+        }
+        w.flush()?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Each owner's records of an array source as `dir/owner-NNN.safetensors` (`x` as `F32`,
+/// already scaled, so the owner reads the same numbers).
+fn write_array_parts(
+    data: &confide_ml::Dataset,
+    parts: &[Vec<usize>],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::with_capacity(parts.len());
+    for (i, indices) in parts.iter().enumerate() {
+        let part = data.select(indices);
+        let bytes = write_arrays(
+            &[data.feature_count],
+            Records::Values(&part.features),
+            &part.labels,
+            None,
+        )?;
+        let path = dir.join(format!("owner-{:03}.safetensors", i + 1));
+        std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// `confide data convert`.
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// An IDX image file (`[count, rows, cols]` bytes), gzipped or not.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// The IDX label file that goes with it (`[count]`).
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Number of classes (labels must be below it).
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// A CSV with one row per image, in image order after `--select`, holding each image's
+    /// group (MNIST's writers.csv); its `label` column, when present, must agree with the
+    /// label file.
+    #[arg(long, requires = "group_column")]
+    pub groups: Option<PathBuf>,
+    /// The group column of `--groups` (an integer per row, e.g. writer_id).
+    #[arg(long)]
+    pub group_column: Option<String>,
+    /// Keep only the `--groups` rows whose COLUMN equals VALUE (e.g. split=train).
+    #[arg(long, value_name = "COLUMN=VALUE", requires = "groups")]
+    pub select: Option<String>,
+    /// Keep only the images of the first N groups, in ascending group order.
+    #[arg(long, requires = "groups")]
+    pub max_groups: Option<usize>,
+    /// The safetensors file to write (`x` U8 `[n, rows, cols]`, `y`, and `group` with
+    /// `--groups`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `confide data convert`: IDX images and labels (and a group per image) to the one-file
+/// safetensors format jobs read with `[data] format = "safetensors"`.
+pub fn convert(args: &ConvertArgs) -> Result<Value> {
+    let images = confide_ml::idx::load_idx(&args.images)?;
+    let labels = confide_ml::idx::load_idx(&args.labels)?;
+    // Checks the shapes and the labels.
+    let data = confide_ml::idx::image_dataset(&images, &labels, args.classes)?;
+    let n = data.labels.len();
+    let shape = images.dims[1..].to_vec();
+    let width: usize = shape.iter().product();
+    let groups: Option<Vec<i64>> = match (&args.groups, &args.group_column) {
+        (Some(path), Some(column)) => {
+            let shown = path.display().to_string();
+            let mut reader = csv::Reader::from_path(path).with_context(|| shown.clone())?;
+            let header = reader.headers()?.clone();
+            let at = |name: &str| header.iter().position(|h| h == name);
+            let group_at = at(column).with_context(|| format!("{shown}: no column `{column}`"))?;
+            let select = match &args.select {
+                Some(s) => {
+                    let (col, value) = s.split_once('=').context("--select takes COLUMN=VALUE")?;
+                    Some((
+                        at(col).with_context(|| format!("{shown}: no column `{col}`"))?,
+                        value,
+                    ))
+                }
+                None => None,
+            };
+            let label_at = at("label");
+            let mut out = Vec::with_capacity(n);
+            for (line, record) in reader.records().enumerate() {
+                let record = record?;
+                if select.is_some_and(|(c, v)| record.get(c) != Some(v)) {
+                    continue;
+                }
+                let i = out.len();
+                if i >= n {
+                    bail!("{shown}: more selected rows than the {n} images");
+                }
+                let group: i64 = record
+                    .get(group_at)
+                    .and_then(|g| g.parse().ok())
+                    .with_context(|| {
+                        format!("{shown}:{}: `{column}` is not an integer", line + 2)
+                    })?;
+                if let Some(l) = label_at
+                    && record.get(l).and_then(|v| v.parse::<u32>().ok()) != Some(data.labels[i])
+                {
+                    bail!(
+                        "{shown}:{}: its label disagrees with image {i}'s: the rows are not in image order",
+                        line + 2
+                    );
+                }
+                out.push(group);
+            }
+            if out.len() != n {
+                bail!("{shown}: {} selected rows for {n} images", out.len());
+            }
+            Some(out)
+        }
+        _ => None,
+    };
+    // The images of the first `max_groups` groups.
+    let keep: Vec<usize> = match (&groups, args.max_groups) {
+        (Some(g), Some(max)) => {
+            let mut distinct: Vec<i64> = g.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let kept: std::collections::BTreeSet<i64> = distinct.into_iter().take(max).collect();
+            (0..n).filter(|&i| kept.contains(&g[i])).collect()
+        }
+        _ => (0..n).collect(),
+    };
+    let pixels: Vec<u8> = keep
+        .iter()
+        .flat_map(|&i| images.data[i * width..(i + 1) * width].iter().copied())
+        .collect();
+    let kept_labels: Vec<u32> = keep.iter().map(|&i| data.labels[i]).collect();
+    let kept_groups: Option<Vec<i64>> = groups
+        .as_ref()
+        .map(|g| keep.iter().map(|&i| g[i]).collect());
+    let bytes = write_arrays(
+        &shape,
+        Records::Pixels(&pixels),
+        &kept_labels,
+        kept_groups.as_deref(),
+    )?;
+    std::fs::write(&args.out, bytes).with_context(|| args.out.display().to_string())?;
+    let distinct = kept_groups.as_ref().map(|g| {
+        g.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<i64>>()
+            .len()
+    });
+    Ok(json!({
+        "out": args.out.display().to_string(),
+        "records": keep.len(),
+        "shape": shape,
+        "groups": distinct,
+    }))
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{absolute_example_paths, root, simulate};
+use common::{absolute_example_paths, confide, json_out, root, simulate};
 
 /// A shipped example with absolute data paths and text replacements, written into `dir`.
 fn example_job(example: &str, dir: &Path, name: &str, replace: &[(&str, &str)]) -> PathBuf {
@@ -189,15 +189,8 @@ fn simulate_makes_owners_from_one_dataset_and_a_partitioner() {
     let parties = r["parties"].as_array().expect("parties");
     assert_eq!(parties.len(), 10, "{r}");
     assert_eq!(parties[0], "owner-001");
-    let split: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("run/owners/partition.json")).expect("split"),
-    )
-    .expect("json");
+    let (split, total) = split_of(dir.path());
     let owners = split["owners"].as_array().expect("owners");
-    let total: u64 = owners
-        .iter()
-        .map(|o| o["records"].as_u64().expect("n"))
-        .sum();
     assert_eq!(
         total, 1438,
         "every record of digits_train.csv goes to one owner"
@@ -253,4 +246,98 @@ fn simulate_makes_owners_from_one_dataset_and_a_partitioner() {
         assert_ne!(run.code, 0);
         assert!(run.stderr.contains(field), "{field}: {}", run.stderr);
     }
+}
+
+/// The split `simulate` wrote into a run under `work`, and its records in all.
+fn split_of(work: &Path) -> (serde_json::Value, u64) {
+    let split: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.join("run/owners/partition.json")).expect("split"),
+    )
+    .expect("json");
+    let total = split["owners"]
+        .as_array()
+        .expect("owners")
+        .iter()
+        .map(|o| o["records"].as_u64().expect("n"))
+        .sum();
+    (split, total)
+}
+
+/// `confide data convert` of MNIST's `set` ("train" or "t10k") with the writers of `split`, the
+/// images of the first `groups` writers only.
+fn convert_mnist(set: &str, split: &str, groups: &str, out: &Path) -> std::process::Output {
+    let data = root().join("data/mnist");
+    let file = |kind: &str, dims: &str| {
+        data.join(format!("{set}-{kind}-idx{dims}-ubyte.gz"))
+            .display()
+            .to_string()
+    };
+    confide(&[
+        "data",
+        "convert",
+        "--images",
+        &file("images", "3"),
+        "--labels",
+        &file("labels", "1"),
+        "--groups",
+        &data.join("writers.csv").display().to_string(),
+        "--group-column",
+        "writer_id",
+        "--select",
+        &format!("split={split}"),
+        "--max-groups",
+        groups,
+        "--out",
+        &out.display().to_string(),
+    ])
+}
+
+#[test]
+fn mnist_writers_are_owners_from_one_converted_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let train = dir.path().join("train.safetensors");
+    let test = dir.path().join("test.safetensors");
+    let converted = json_out(&convert_mnist("train", "train", "12", &train));
+    assert_eq!(converted["groups"], 12);
+    let records = converted["records"].as_u64().expect("records");
+    // The test images of 15 writers are enough to see learning in a test.
+    json_out(&convert_mnist("t10k", "test", "15", &test));
+    // A groups file out of image order is refused (its labels disagree).
+    let out = convert_mnist("t10k", "train", "15", &dir.path().join("bad.safetensors"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in image order"));
+    let job = example_job(
+        "mnist_writers.toml",
+        dir.path(),
+        "mnist",
+        &[
+            ("rounds = 10", "rounds = 3"),
+            ("min_owners = 80", "min_owners = 10"),
+            (
+                "\"../runs/mnist/test.safetensors\"",
+                &format!("\"{}\"", test.display()),
+            ),
+            (
+                "\"../runs/mnist/train100.safetensors\"",
+                &format!("\"{}\"", train.display()),
+            ),
+        ],
+    );
+    let run = simulate(&job, dir.path(), &["--quiet"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = &run.report;
+    assert_eq!(
+        r["parties"].as_array().map(Vec::len),
+        Some(12),
+        "one owner per writer"
+    );
+    let (split, total) = split_of(dir.path());
+    let owners = split["owners"].as_array().expect("owners");
+    assert_eq!(total, records);
+    assert!(owners.iter().all(|o| o["group"].is_string()), "{split}");
+    // Learning: the first round's accuracy rises by the third.
+    let history = r["history"].as_array().expect("history");
+    let first = history[0]["test_accuracy"].as_f64().expect("acc");
+    let last = r["test_accuracy"].as_f64().expect("acc");
+    assert!(last > first && last >= 0.5, "{first} → {last}");
 }

@@ -280,6 +280,9 @@ pub enum DataFormat {
     /// and each window of `data.feature_count` characters is a record whose label is the
     /// character after it.
     Text,
+    /// One safetensors file per owner: records `x` (`U8` pixels, scaled by 1/255, or `F32`),
+    /// labels `y`, and optionally `group` (docs/models.md).
+    Safetensors,
 }
 
 impl DataFormat {
@@ -1028,19 +1031,25 @@ impl JobConfig {
                         ),
                     ));
                 }
-                if config.data.format != DataFormat::Csv {
+                if config.data.format == DataFormat::Text {
                     return Err(invalid(
                         "simulate.partition",
-                        "splits CSV data only (data.format = \"csv\")",
+                        "splits CSV or safetensors data, not text",
                     ));
                 }
-                if let Some(g) = &part.group
-                    && !config.data.exclude.contains(g)
-                {
-                    return Err(invalid(
-                        "simulate.partition.group",
-                        format!("{g} must be one of data.exclude, so that it is not a feature"),
-                    ));
+                if let Some(g) = &part.group {
+                    if config.data.format == DataFormat::Safetensors {
+                        return Err(invalid(
+                            "simulate.partition.group",
+                            "an array file's groups are its tensor `group`; remove this key",
+                        ));
+                    }
+                    if !config.data.exclude.contains(g) {
+                        return Err(invalid(
+                            "simulate.partition.group",
+                            format!("{g} must be one of data.exclude, so that it is not a feature"),
+                        ));
+                    }
                 }
                 // Everything else is checked now, on as many placeholder owners as the split
                 // asks for (the natural split's count is known once the data is read).
@@ -1385,6 +1394,20 @@ impl JobSpec {
             (DataFormat::Csv, Some(_)) => {
                 if d.text.is_some() {
                     return Err(invalid("data.text", "applies to format = \"text\" only"));
+                }
+            }
+            (DataFormat::Safetensors, Some(_)) => {
+                return Err(invalid(
+                    "data.label",
+                    "an array file's labels are its tensor `y`; remove data.label",
+                ));
+            }
+            (DataFormat::Safetensors, None) => {
+                if d.text.is_some() || !d.exclude.is_empty() || !d.features.is_empty() {
+                    return Err(invalid(
+                        "data",
+                        "an array file has no columns to exclude or name, and no text settings",
+                    ));
                 }
             }
             (DataFormat::Text, Some(_)) => {

@@ -43,6 +43,23 @@ pub fn read_job_data(
             let text = spec.data.text.clone().unwrap_or_default();
             return crate::text::read_text(reader, shown, spec.data.feature_count, &text);
         }
+        (DataFormat::Safetensors, _) => {
+            let mut bytes = Vec::new();
+            let mut reader = reader;
+            std::io::Read::read_to_end(&mut reader, &mut bytes).map_err(|e| DataError::Io {
+                path: shown.to_string(),
+                message: e.to_string(),
+            })?;
+            let mut data = crate::arrays::read_arrays(
+                &bytes,
+                shown,
+                spec.data.feature_count,
+                spec.model.classes,
+            )?
+            .data;
+            standardize(spec, &mut data);
+            return Ok(data);
+        }
         (DataFormat::Csv, Some(label)) => label.clone(),
         (DataFormat::Csv, None) => {
             return Err(DataError::Schema {
@@ -59,12 +76,17 @@ pub fn read_job_data(
     };
     let mut data = crate::dataset::read_csv(reader, shown, &csv, spec.model.classes)?;
     data.check_schema(shown, spec.data.feature_count, &spec.data.features)?;
+    standardize(spec, &mut data);
+    Ok(data)
+}
+
+/// The job's fixed standardisation, if any.
+fn standardize(spec: &JobSpec, data: &mut Dataset) {
     if let StandardizeSpec::Fixed { mean, std } = &spec.data.standardize {
         Standardizer {
             mean: mean.clone(),
             std: std.clone(),
         }
-        .apply(&mut data);
+        .apply(data);
     }
-    Ok(data)
 }

@@ -1,5 +1,6 @@
 //! Confide's machine-learning core, on burn 0.22 (pure-Rust `flex` CPU backend with autodiff).
 //!
+//! - [`arrays`]: records, labels and groups as one safetensors file (images).
 //! - [`dataset`]: CSV loading with label and excluded columns by name or index, schema checks,
 //!   stratified splits.
 //! - [`standardize`]: standardisation fitted on training data only.
@@ -18,6 +19,7 @@
 //!
 //! burn lives only in this crate (docs/ARCHITECTURE.md, "Layout").
 
+pub mod arrays;
 pub mod dataset;
 pub mod dpsgd;
 pub mod export;
