@@ -433,7 +433,7 @@ pub struct ConvertArgs {
     #[arg(long, requires = "group_column")]
     pub groups: Option<PathBuf>,
     /// The group column of `--groups` (an integer per row, e.g. writer_id).
-    #[arg(long)]
+    #[arg(long, requires = "groups")]
     pub group_column: Option<String>,
     /// Keep only the `--groups` rows whose COLUMN equals VALUE (e.g. split=train).
     #[arg(long, value_name = "COLUMN=VALUE", requires = "groups")]
@@ -452,11 +452,33 @@ pub struct ConvertArgs {
 pub fn convert(args: &ConvertArgs) -> Result<Value> {
     let images = confide_ml::idx::load_idx(&args.images)?;
     let labels = confide_ml::idx::load_idx(&args.labels)?;
-    // Checks the shapes and the labels.
-    let data = confide_ml::idx::image_dataset(&images, &labels, args.classes)?;
-    let n = data.labels.len();
-    let shape = images.dims[1..].to_vec();
+    let Some((&n, shape)) = images.dims.split_first() else {
+        bail!(
+            "{}: an image file needs a record axis",
+            args.images.display()
+        );
+    };
+    let shape = shape.to_vec();
     let width: usize = shape.iter().product();
+    if labels.dims != [n] {
+        bail!(
+            "{}: {n} images but labels of shape {:?}",
+            args.labels.display(),
+            labels.dims
+        );
+    }
+    if let Some(i) = labels
+        .data
+        .iter()
+        .position(|&l| usize::from(l) >= args.classes)
+    {
+        bail!(
+            "{}: the label of image {i} is not below {}",
+            args.labels.display(),
+            args.classes
+        );
+    }
+    let image_labels: Vec<u32> = labels.data.iter().map(|&l| u32::from(l)).collect();
     let groups: Option<Vec<i64>> = match (&args.groups, &args.group_column) {
         (Some(path), Some(column)) => {
             let shown = path.display().to_string();
@@ -492,7 +514,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Value> {
                         format!("{shown}:{}: `{column}` is not an integer", line + 2)
                     })?;
                 if let Some(l) = label_at
-                    && record.get(l).and_then(|v| v.parse::<u32>().ok()) != Some(data.labels[i])
+                    && record.get(l).and_then(|v| v.parse::<u32>().ok()) != Some(image_labels[i])
                 {
                     bail!(
                         "{shown}:{}: its label disagrees with image {i}'s: the rows are not in image order",
@@ -523,7 +545,10 @@ pub fn convert(args: &ConvertArgs) -> Result<Value> {
         .iter()
         .flat_map(|&i| images.data[i * width..(i + 1) * width].iter().copied())
         .collect();
-    let kept_labels: Vec<u32> = keep.iter().map(|&i| data.labels[i]).collect();
+    if keep.is_empty() {
+        bail!("no images to write (an empty image file, or --max-groups 0)");
+    }
+    let kept_labels: Vec<u32> = keep.iter().map(|&i| image_labels[i]).collect();
     let kept_groups: Option<Vec<i64>> = groups
         .as_ref()
         .map(|g| keep.iter().map(|&i| g[i]).collect());
@@ -533,6 +558,9 @@ pub fn convert(args: &ConvertArgs) -> Result<Value> {
         &kept_labels,
         kept_groups.as_deref(),
     )?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+    }
     std::fs::write(&args.out, bytes).with_context(|| args.out.display().to_string())?;
     let distinct = kept_groups.as_ref().map(|g| {
         g.iter()

@@ -1,6 +1,6 @@
 //! Image and tensor data as one safetensors file (`[data] format = "safetensors"`): records
 //! `x` (`[n, …]`, `U8` pixels scaled to `[0, 1]` by 1/255, or `F32` as they are), labels `y`
-//! (`[n]`, any unsigned or signed integer type) and, optionally, a group per record `group`
+//! (`[n]`, U8, I8, U16, I16, U32, I32 or I64) and, optionally, a group per record `group`
 //! (`[n]` integers: a writer, a hospital) for the natural split. One file per owner, readable by
 //! NumPy, PyTorch and every safetensors reader; `confide data convert` makes one from IDX files.
 //!
@@ -74,11 +74,8 @@ pub fn read_arrays(
     width: usize,
     classes: usize,
 ) -> Result<Arrays, DataError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| DataError::Malformed {
-        path: shown.to_string(),
-        line: 0,
-        message: format!("not a safetensors file: {e}"),
-    })?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(shown, format!("not a safetensors file ({e})")))?;
     let x = st
         .tensor("x")
         .map_err(|_| bad(shown, "no tensor `x` (the records)".into()))?;
@@ -89,7 +86,15 @@ pub fn read_arrays(
         .shape()
         .first()
         .ok_or_else(|| bad(shown, "`x` has no record axis".into()))?;
-    let per: usize = x.shape()[1..].iter().product();
+    let per = x.shape()[1..]
+        .iter()
+        .try_fold(1usize, |p, &d| p.checked_mul(d))
+        .ok_or_else(|| {
+            bad(
+                shown,
+                format!("`x` has an impossible shape {:?}", x.shape()),
+            )
+        })?;
     if per != width {
         return Err(bad(
             shown,

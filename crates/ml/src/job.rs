@@ -21,8 +21,9 @@ pub fn model_spec(spec: &JobSpec) -> ModelSpec {
 }
 
 /// Loads an owner's data file as the job describes it: a CSV with its label column and
-/// exclusions, checked against the job's schema, with the job's fixed standardisation
-/// applied; or text cut into windows ([`crate::text`]).
+/// exclusions, checked against the job's schema, or a safetensors array file
+/// ([`crate::arrays`]), each with the job's fixed standardisation applied; or text cut into
+/// windows ([`crate::text`]).
 pub fn load_job_data(spec: &JobSpec, path: &Path) -> Result<Dataset, DataError> {
     let shown = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| DataError::Io {
