@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use confide_attest::Policy;
 use confide_attest::dev::DevTee;
-use confide_core::{ConfidentialSection, JobConfig, JobSpec, Partition, StandardizeSpec};
+use confide_core::{ConfidentialSection, JobConfig, JobSpec, Partition};
 use confide_crypto::SigningKey;
 use confide_crypto::envelope::RecipientKey;
 use confide_ml::Standardizer;
@@ -199,13 +199,7 @@ pub(crate) fn export_released(
     report: &TrainingReport,
     dir: &Path,
 ) -> Result<PathBuf> {
-    let standardization = match &spec.data.standardize {
-        StandardizeSpec::None => None,
-        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
-            mean: mean.clone(),
-            std: std.clone(),
-        }),
-    };
+    let standardization = Standardizer::of_job(&spec.data.standardize);
     let provenance = [
         ("job_id".to_string(), spec.job.id.clone()),
         (

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use confide_core::{JobConfig, StandardizeSpec};
+use confide_core::JobConfig;
 use confide_ml::Standardizer;
 use confide_ml::export::{ModelCard, from_safetensors};
 use serde_json::{Value, json};
@@ -43,13 +43,7 @@ pub fn run(args: &EvaluateArgs) -> Result<Value> {
             args.config.display()
         );
     }
-    let standardization = match &spec.data.standardize {
-        StandardizeSpec::None => None,
-        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
-            mean: mean.clone(),
-            std: std.clone(),
-        }),
-    };
+    let standardization = Standardizer::of_job(&spec.data.standardize);
     if card.standardization != standardization {
         bail!(
             "{} was trained with another standardisation than {}'s [data] section applies",

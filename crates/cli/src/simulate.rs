@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use confide_core::{JobConfig, JobSpec, Role, SchemeKind, SimulateMode, StandardizeSpec};
+use confide_core::{JobConfig, JobSpec, Role, SchemeKind, SimulateMode};
 use confide_ml::export::{ModelCard, export_model};
 use confide_ml::{ModelSpec, Standardizer};
 use confide_net::coordinator::{JobReport, model_spec};
@@ -527,13 +527,7 @@ pub fn export_release(
     } else {
         spec.data.features.clone()
     };
-    let standardization = match &spec.data.standardize {
-        StandardizeSpec::None => None,
-        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
-            mean: mean.clone(),
-            std: std.clone(),
-        }),
-    };
+    let standardization = Standardizer::of_job(&spec.data.standardize);
     let provenance = HashMap::from([
         ("job_id".to_string(), job_id.to_string()),
         ("scheme".to_string(), report.scheme.clone()),

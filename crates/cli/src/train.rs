@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use confide_core::{JobConfig, JobSpec, StandardizeSpec};
+use confide_core::{JobConfig, JobSpec};
 use confide_dp::ledger::{Budget, BudgetLedger};
 use confide_ml::dpsgd::{self, CsprngNoise, PrivateRun};
 use confide_ml::export::{ModelCard, export_model};
@@ -328,13 +328,7 @@ fn write_model(
     train: &Dataset,
     private: Option<&PrivateRun>,
 ) -> Result<PathBuf> {
-    let standardization = match &spec.data.standardize {
-        StandardizeSpec::None => None,
-        StandardizeSpec::Fixed { mean, std } => Some(Standardizer {
-            mean: mean.clone(),
-            std: std.clone(),
-        }),
-    };
+    let standardization = Standardizer::of_job(&spec.data.standardize);
     let mut provenance = HashMap::from([
         ("job_id".to_string(), spec.job.id.clone()),
         ("trainer".to_string(), "confide train".to_string()),

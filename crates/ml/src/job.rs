@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use confide_core::{DataFormat, JobSpec, StandardizeSpec};
+use confide_core::{DataFormat, JobSpec};
 
 use crate::{CsvSpec, DataError, Dataset, ModelSpec, Standardizer};
 
@@ -83,11 +83,7 @@ pub fn read_job_data(
 
 /// The job's fixed standardisation, if any.
 fn standardize(spec: &JobSpec, data: &mut Dataset) {
-    if let StandardizeSpec::Fixed { mean, std } = &spec.data.standardize {
-        Standardizer {
-            mean: mean.clone(),
-            std: std.clone(),
-        }
-        .apply(data);
+    if let Some(s) = Standardizer::of_job(&spec.data.standardize) {
+        s.apply(data);
     }
 }

@@ -18,6 +18,17 @@ pub struct Standardizer {
 }
 
 impl Standardizer {
+    /// The fixed standardisation a job file gives (`None` for `mode = "none"`).
+    pub fn of_job(spec: &confide_core::StandardizeSpec) -> Option<Self> {
+        match spec {
+            confide_core::StandardizeSpec::None => None,
+            confide_core::StandardizeSpec::Fixed { mean, std } => Some(Self {
+                mean: mean.clone(),
+                std: std.clone(),
+            }),
+        }
+    }
+
     /// Fits mean and (population) standard deviation on a training set.
     pub fn fit(train: &Dataset) -> Self {
         let d = train.feature_count;
