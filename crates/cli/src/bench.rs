@@ -41,6 +41,9 @@ pub enum BenchCommand {
     /// (each trustee's checks and share, the reader's verification and combination) against
     /// one key holder decrypting with the whole key.
     Trustee(crate::bench_trustee::TrusteeBench),
+    /// The node dashboard's views rendered from a store of 200 jobs, with their sizes,
+    /// against the inbox's JSON listing as the baseline; and "verify now" on their log.
+    Dashboard(crate::bench_dashboard::DashboardBench),
 }
 
 /// Options of `confide bench attest`.
@@ -120,6 +123,9 @@ pub async fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Attest(b) => attest(&b),
         BenchCommand::Confidential(b) => crate::bench_confidential::run(&b),
         BenchCommand::Trustee(b) => crate::bench_trustee::run(&b),
+        BenchCommand::Dashboard(b) => {
+            tokio::task::spawn_blocking(move || crate::bench_dashboard::run(&b)).await?
+        }
         BenchCommand::Service(b) => {
             tokio::task::spawn_blocking(move || crate::bench_service::run(&b)).await?
         }

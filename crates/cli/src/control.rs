@@ -200,7 +200,8 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     for hash in &resume {
         routes.recovering(hash);
     }
-    let fleet = confide_net::fleet::FleetService::new(service.clone(), creds.cert_der()?);
+    let fleet = confide_net::fleet::FleetService::new(service.clone(), creds.cert_der()?)
+        .with_audit(audit.clone(), creds.identity());
     let fleet_task = {
         let creds = creds.clone();
         let routes = routes.clone();

@@ -11,15 +11,19 @@ macro_rules! outln {
 
 mod bench;
 mod bench_confidential;
+mod bench_dashboard;
 mod bench_service;
 mod bench_trustee;
 mod confidential;
 mod control;
+mod dashboard;
+mod dashboard_views;
 mod evaluate;
 mod governance;
 mod keyholder_serve;
 mod node_serve;
 mod partition;
+mod sessions;
 mod simulate;
 mod sweep;
 mod train;
@@ -347,9 +351,12 @@ enum NodeSub {
     /// coordinator's fleet port, files each job offered to it in its inbox (approving or
     /// rejecting it when the owner's policy decides), and runs the approved jobs.
     Serve(node_serve::ServeArgs),
-    /// The jobs offered to a running node daemon: list, show, approve, reject.
+    /// The jobs offered to a running node daemon: list, show, approve, reject, revoke.
     #[command(subcommand)]
     Inbox(node_serve::InboxCommand),
+    /// Open the node daemon's dashboard: signs a login challenge with the owner's approval
+    /// key and prints a one-time address to open in a browser.
+    Login(dashboard::LoginArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -709,13 +716,17 @@ async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => tokio::task::spawn_blocking(move || node_serve::inbox(cmd)).await?,
         Command::Node(NodeCmd {
+            sub: Some(NodeSub::Login(args)),
+            ..
+        }) => tokio::task::spawn_blocking(move || dashboard::login_command(&args)).await?,
+        Command::Node(NodeCmd {
             one_job: Some(args),
             ..
         }) => node(args).await,
         Command::Nodes(NodesCommand::List { connect }) => control::nodes(connect).await,
         Command::Node(_) => {
             bail!(
-                "`confide node` needs `serve`, `inbox`, or --fed, --name, --coordinator and --data for one job"
+                "`confide node` needs `serve`, `inbox`, `login`, or --fed, --name, --coordinator and --data for one job"
             )
         }
         Command::Trainer(args) => trainer_net::trainer(args).await,

@@ -81,12 +81,20 @@ pub struct ServeArgs {
     /// holds.)
     #[arg(long)]
     approver: Option<String>,
+    /// The owner's approval key file, encrypted (`confide keygen` with a passphrase): its id
+    /// becomes --approver, and the dashboard's forms sign the owner's decisions with it,
+    /// opening it with the passphrase typed into the form for that one signature (the daemon
+    /// never keeps it unlocked). An unencrypted key is refused.
+    #[arg(long)]
+    approver_key: Option<PathBuf>,
     /// The daemon's store: its inbox, its witness memory and training records (redb).
     /// Default: <fed>/<name>-node.redb.
     #[arg(long)]
     store: Option<PathBuf>,
-    /// Address of the admin port (plain HTTP: /metrics, /livez, /readyz, and the inbox for
-    /// `confide node inbox`); keep it on loopback. The bound address is printed on stdout.
+    /// Address of the admin port (plain HTTP: /metrics, /livez, /readyz, the inbox for
+    /// `confide node inbox`, and the owner's dashboard under /ui/, which needs a session
+    /// from `confide node login`); keep it on loopback, or behind the organisation's reverse
+    /// proxy (docs/dashboard.md). The bound address is printed on stdout.
     #[arg(long, default_value = "127.0.0.1:7103")]
     admin: std::net::SocketAddr,
     /// The longest wait between two heartbeats, in seconds. Each heartbeat is a long poll
@@ -150,6 +158,16 @@ pub struct Entry {
     /// job on the dataset of this name, wherever it now is in the list.
     #[serde(default)]
     pub dataset: String,
+    /// What the job costs that dataset, and the mechanism, as the daemon's checks computed it.
+    #[serde(default)]
+    pub cost: Option<confide_net::node::PrivacyCost>,
+    /// Each rule of that dataset's policy on the job.
+    #[serde(default)]
+    pub rules: Vec<confide_governance::policy::RuleVerdict>,
+    /// The owner's signed rejection or revocation (JSON), when the owner decided so from the
+    /// inbox: the coordinator logs it with the decision.
+    #[serde(default)]
+    pub statement: String,
 }
 
 fn now_ms() -> u64 {
@@ -157,22 +175,22 @@ fn now_ms() -> u64 {
 }
 
 #[derive(Clone)]
-struct Inbox {
-    store: Arc<dyn Store>,
+pub(crate) struct Inbox {
+    pub(crate) store: Arc<dyn Store>,
     /// The party id of the owner's approval key (`--approver`); without one the daemon takes
     /// no decision of the owner's from the inbox.
-    me: Option<String>,
+    pub(crate) me: Option<String>,
 }
 
 impl Inbox {
-    fn get(&self, hash: &str) -> Result<Option<Entry>> {
+    pub(crate) fn get(&self, hash: &str) -> Result<Option<Entry>> {
         let bytes = self.store.read(|txn| txn.get(INBOX, hash.as_bytes()))?;
         bytes
             .map(|b| serde_json::from_slice(&b).context("inbox entry"))
             .transpose()
     }
 
-    fn put(&self, e: &mut Entry) -> Result<()> {
+    pub(crate) fn put(&self, e: &mut Entry) -> Result<()> {
         e.updated_ms = now_ms();
         let bytes = serde_json::to_vec(e)?;
         self.store
@@ -180,7 +198,7 @@ impl Inbox {
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<Entry>> {
+    pub(crate) fn list(&self) -> Result<Vec<Entry>> {
         let rows = self.store.read(|txn| txn.scan_prefix(INBOX, &[]))?;
         rows.iter()
             .map(|(_, v)| serde_json::from_slice(v).context("inbox entry"))
@@ -200,62 +218,159 @@ impl Inbox {
         })
     }
 
-    fn approve(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
-        let me = self.owner()?;
+    /// Changes job `hash`'s entry with `f` in one store transaction (read, check, write), so
+    /// that two decisions, or a decision and the daemon's own bookkeeping, never overwrite
+    /// each other. `f` sees the transaction too, for what it must record with the change.
+    pub(crate) fn update(
+        &self,
+        hash: &str,
+        f: impl FnOnce(&mut dyn confide_store::Txn, &mut Entry) -> Result<(), (u16, String)>,
+    ) -> Result<Entry, (u16, String)> {
+        struct Fail((u16, String));
+        impl From<confide_store::StoreError> for Fail {
+            fn from(e: confide_store::StoreError) -> Self {
+                Fail((500, e.to_string()))
+            }
+        }
+        self.store
+            .transact(|txn| {
+                let raw = txn
+                    .get(INBOX, hash.as_bytes())?
+                    .ok_or_else(|| Fail((404, format!("no job {hash} in the inbox"))))?;
+                let mut e: Entry = serde_json::from_slice(&raw)
+                    .map_err(|err| Fail((500, format!("inbox entry: {err}"))))?;
+                f(txn, &mut e).map_err(Fail)?;
+                e.updated_ms = now_ms();
+                let bytes = serde_json::to_vec(&e).map_err(|err| Fail((500, err.to_string())))?;
+                txn.put(INBOX, hash.as_bytes(), &bytes)?;
+                Ok(e)
+            })
+            .map_err(|Fail(f)| f)
+    }
+
+    /// The owner's co-signature from `confide node inbox approve` (or the dashboard).
+    pub(crate) fn approve(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+        let me = self.owner()?.to_string();
         let sig: ManifestSignature =
             serde_json::from_slice(body).map_err(|e| (400, format!("not a co-signature: {e}")))?;
-        let mut e = self.entry(hash)?;
-        let h = parse_hash(&e.hash).map_err(|m| (500, m.to_string()))?;
+        let h = parse_hash(hash).map_err(|m| (404, m.to_string()))?;
         if sig.role != SignatureRole::Approval || sig.signer != me || sig.verify(&h).is_err() {
             return Err((
                 403,
                 "the co-signature is not this owner's approval of this manifest".into(),
             ));
         }
-        match e.status {
-            Status::Pending | Status::Approved => {}
-            other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
-        }
-        e.status = Status::Approved;
-        e.why = "co-signed by the owner (inbox)".into();
-        e.approval = Some(sig);
-        e.sent = false;
-        self.put(&mut e).map_err(|m| (500, m.to_string()))?;
-        Ok(e)
+        self.update(hash, |txn, e| {
+            if revoked_in(txn, &h)? {
+                return Err((
+                    409,
+                    "the owner revoked this job: it cannot be approved".into(),
+                ));
+            }
+            match e.status {
+                Status::Pending | Status::Approved => {}
+                other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
+            }
+            e.status = Status::Approved;
+            e.why = "co-signed by the owner (inbox)".into();
+            e.approval = Some(sig);
+            e.sent = false;
+            Ok(())
+        })
     }
 
-    /// The owner's signed rejection from `confide node inbox reject`.
-    fn reject(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+    /// The owner's statement `body`, checked: it verifies, its author is this owner, its
+    /// action is `action` and it names job `hash`. Returns it re-serialised (compact).
+    fn signed(
+        &self,
+        hash: &str,
+        body: &[u8],
+        action: Action,
+        what: &str,
+    ) -> Result<(String, confide_governance::statement::VerifiedStatement), (u16, String)> {
         let me = self.owner()?;
         let signed =
             SignedStatement::from_json(body).map_err(|e| (400, format!("not a statement: {e}")))?;
         let verified = signed.verify().map_err(|e| (403, e.to_string()))?;
-        let mut e = self.entry(hash)?;
-        if verified.statement.action != Action::Reject
+        if verified.statement.action != action
             || verified.statement.author.id != me
-            || hex::encode(verified.job) != e.hash
+            || hex::encode(verified.job) != hash
         {
             return Err((
                 403,
-                "the statement is not this owner's rejection of this job".into(),
+                format!("the statement is not this owner's {what} of this job"),
             ));
         }
-        match e.status {
-            Status::Pending | Status::Approved => {}
-            other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
-        }
-        e.status = Status::Rejected;
-        e.why = format!("rejected by the owner: {}", verified.statement.reason);
-        e.sent = false;
-        self.put(&mut e).map_err(|m| (500, m.to_string()))?;
-        Ok(e)
+        Ok((signed.to_json(), verified))
     }
 
-    fn entry(&self, hash: &str) -> Result<Entry, (u16, String)> {
+    /// The owner's signed rejection from `confide node inbox reject` (or the dashboard).
+    pub(crate) fn reject(&self, hash: &str, body: &[u8]) -> Result<Entry, (u16, String)> {
+        let (json, verified) = self.signed(hash, body, Action::Reject, "rejection")?;
+        self.update(hash, |_, e| {
+            match e.status {
+                Status::Pending | Status::Approved => {}
+                other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
+            }
+            e.status = Status::Rejected;
+            e.why = format!("rejected by the owner: {}", verified.statement.reason);
+            e.statement = json;
+            e.sent = false;
+            Ok(())
+        })
+    }
+
+    /// The owner's signed revocation (`confide node inbox revoke`, or the dashboard),
+    /// recorded in the node's store (`confide_net::node::REVOKED`) with the entry's change:
+    /// - a pending job is rejected with it;
+    /// - an approved job that does not run yet: the daemon sends a rejection carrying it
+    ///   (the job ends rejected, if the coordinator has not started it; if it has, the node
+    ///   joins only to withdraw with the statement, before it debits its ledger);
+    /// - a running job stops at its next round, and the withdrawal carries the statement.
+    ///
+    /// Either way the statement reaches the coordinator's audit log.
+    pub(crate) fn revoke(&self, hash: &str, body: &str) -> Result<Entry, (u16, String)> {
+        let (json, verified) = self.signed(hash, body.as_bytes(), Action::Revoke, "revocation")?;
+        let h = parse_hash(hash).map_err(|m| (404, m.to_string()))?;
+        let reason = verified.statement.reason.clone();
+        self.update(hash, |txn, e| {
+            if revoked_in(txn, &h)? {
+                return Err((409, format!("job `{}` is revoked already", e.job_id)));
+            }
+            match e.status {
+                Status::Pending => {
+                    e.status = Status::Rejected;
+                    e.why = format!("revoked by the owner: {reason}");
+                    e.statement = json.clone();
+                    e.sent = false;
+                }
+                Status::Approved => {
+                    e.note = format!("revoked by the owner: {reason}");
+                    e.statement = json.clone();
+                    e.sent = false;
+                }
+                Status::Running => {
+                    e.note = format!("revoked by the owner: {reason}; it stops at its next round");
+                }
+                other => return Err((409, format!("job `{}` is {other:?}", e.job_id))),
+            }
+            txn.put(confide_net::node::REVOKED, &h, json.as_bytes())
+                .map_err(|err| (500, err.to_string()))
+        })
+    }
+
+    pub(crate) fn entry(&self, hash: &str) -> Result<Entry, (u16, String)> {
         self.get(hash)
             .map_err(|m| (500, m.to_string()))?
             .ok_or_else(|| (404, format!("no job {hash} in the inbox")))
     }
+}
+
+/// Whether the owner revoked job `hash` (in the transaction's view of the node's store).
+fn revoked_in(txn: &dyn confide_store::ReadTxn, hash: &[u8; 32]) -> Result<bool, (u16, String)> {
+    txn.get(confide_net::node::REVOKED, hash)
+        .map(|r| r.is_some())
+        .map_err(|e| (500, e.to_string()))
 }
 
 fn parse_hash(text: &str) -> Result<[u8; 32]> {
@@ -338,7 +453,20 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     {
         bail!("--approver `{a}` is not a party id (the `id` that `confide keygen` prints)");
     }
-    if args.approver.is_none() {
+    let approver = match &args.approver_key {
+        Some(key) => {
+            let id = approval_key_id(key)?;
+            if args.approver.as_ref().is_some_and(|a| *a != id) {
+                bail!(
+                    "--approver {} is not the id of --approver-key ({id})",
+                    args.approver.as_deref().unwrap_or("")
+                );
+            }
+            Some(id)
+        }
+        None => args.approver.clone(),
+    };
+    if approver.is_none() {
         eprintln!(
             "confide node: no --approver: jobs that a policy leaves to the owner wait in the \
              inbox, and the daemon takes no approval or rejection from it"
@@ -353,8 +481,8 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let store: Arc<dyn Store> = confide_store::RedbStore::open_shared(&path)
         .with_context(|| format!("node store {}", path.display()))?;
     let inbox = Inbox {
-        store,
-        me: args.approver.clone(),
+        store: store.clone(),
+        me: approver.clone(),
     };
     let recovered = inbox
         .list()
@@ -378,10 +506,43 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             job: None,
             approval: None,
             keyholder_attestation: None,
-            approver: args.approver.clone(),
+            approver: approver.clone(),
         })
         .collect();
     let heard = Arc::new(Mutex::new(Heartbeats::default()));
+    let names = base
+        .iter()
+        .map(|o| match &o.policy {
+            Some(p) => confide_governance::policy::Policy::load(p).map(|p| p.dataset),
+            None => Ok(o.data.display().to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let view = Arc::new(crate::dashboard_views::Node {
+        node: creds.name.clone(),
+        node_id: creds.id(),
+        admin: admin.local_addr()?.to_string(),
+        coordinator: args.coordinator.clone(),
+        approver: approver.clone(),
+        approver_key: args.approver_key.clone(),
+        datasets: names
+            .iter()
+            .zip(&base)
+            .map(|(name, o)| crate::dashboard_views::Dataset {
+                name: name.clone(),
+                ledger: o.ledger.as_ref().map(|(_, d)| d.clone()),
+                policy: o.policy.clone(),
+            })
+            .collect(),
+        ledger: args.ledger.clone(),
+        store,
+        inbox: inbox.clone(),
+        creds: creds.clone(),
+        heard: heard.clone(),
+        started_ms: now_ms(),
+        verified: Mutex::default(),
+    });
+    let dashboard =
+        crate::dashboard::Dashboard::new(view, inbox.clone(), args.approver_key.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
         let render = {
@@ -394,20 +555,13 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             admin,
             ready.clone(),
             render,
-            inbox_routes(inbox.clone()),
+            inbox_routes(inbox.clone()).merge(crate::dashboard::routes(dashboard)),
             async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             },
         ))
     };
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let names = base
-        .iter()
-        .map(|o| match &o.policy {
-            Some(p) => confide_governance::policy::Policy::load(p).map(|p| p.dataset),
-            None => Ok(o.data.display().to_string()),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let daemon = Daemon {
         inbox,
         base,
@@ -430,11 +584,24 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
-#[derive(Debug, Default)]
-struct Heartbeats {
-    ok: u64,
-    failed: u64,
-    last_error: String,
+use crate::dashboard_views::Heartbeats;
+
+/// The party id of an approval key file, which must be encrypted.
+fn approval_key_id(key: &std::path::Path) -> Result<String> {
+    use confide_governance::identity::{Identity, IdentityError, PublicIdentity, public_path};
+    match Identity::load(key, None) {
+        Err(IdentityError::NeedsPassphrase(_)) => {}
+        Ok(_) => bail!(
+            "--approver-key {}: the key is not encrypted; the daemon holds the owner's key only \
+             encrypted (make one with `confide keygen --passphrase-env …`)",
+            key.display()
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    let public = public_path(key);
+    let p = PublicIdentity::load(&public)
+        .with_context(|| format!("--approver-key needs its public half {}", public.display()))?;
+    Ok(p.id)
 }
 
 fn render(inbox: &Inbox, heard: &Mutex<Heartbeats>) -> Result<String, String> {
@@ -543,11 +710,22 @@ fn inbox_routes(inbox: Inbox) -> axum::Router {
     ) -> Response {
         decide(inbox, hash, body, Inbox::reject).await
     }
+    async fn revoke(
+        State(inbox): State<Inbox>,
+        Path(hash): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        decide(inbox, hash, body, |inbox, hash, body| {
+            inbox.revoke(hash, &String::from_utf8_lossy(body))
+        })
+        .await
+    }
     axum::Router::new()
         .route("/inbox", get(list))
         .route("/inbox/{hash}", get(show))
         .route("/inbox/{hash}/approve", post(approve))
         .route("/inbox/{hash}/reject", post(reject))
+        .route("/inbox/{hash}/revoke", post(revoke))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .with_state(inbox)
 }
@@ -620,6 +798,7 @@ impl Daemon {
                     h.last_error.clear();
                 }
                 h.ok += 1;
+                h.last_ok_ms = now_ms();
             }
             Err(e) => {
                 if h.last_error != e {
@@ -652,6 +831,10 @@ impl Daemon {
         if coordinator.role != Role::Coordinator {
             bail!("`{}` is not a coordinator", coordinator.name);
         }
+        self.heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .coordinator = Some(coordinator.clone());
         for offer in reply.offers {
             let record: JobRecord = serde_json::from_str(&offer.record_json)
                 .context("the coordinator sent a malformed job record")?;
@@ -684,7 +867,10 @@ impl Daemon {
                 .collect::<Vec<_>>()
         })
         .await?;
-        let (source, (verdict, why, status)) = choose(&self.base, verdicts);
+        let (source, (verdict, why, status)) = choose(
+            &self.base,
+            verdicts.iter().map(|a| a.verdict.clone()).collect(),
+        );
         let mut e = Entry {
             hash: record.hash.clone(),
             job_id: record.job_id.clone(),
@@ -700,6 +886,9 @@ impl Daemon {
             manifest_json: offer.manifest_json.clone(),
             source,
             dataset: self.names[source].clone(),
+            cost: verdicts[source].cost.clone(),
+            rules: verdicts[source].rules.clone(),
+            statement: String::new(),
         };
         self.inbox.put(&mut e)?;
         eprintln!(
@@ -719,8 +908,14 @@ impl Daemon {
         coordinator: &str,
     ) -> Result<()> {
         let hash = parse_hash(&e.hash)?;
-        let approve = e.status == Status::Approved;
-        let rule = public_reason(e, self.base.len());
+        // An approved job the owner revoked before it ran is rejected, with the revocation.
+        let revoking = e.status == Status::Approved && !e.statement.is_empty();
+        let approve = e.status == Status::Approved && !revoking;
+        let rule = if revoking {
+            e.note.chars().take(MAX_REASON).collect()
+        } else {
+            public_reason(e, self.base.len())
+        };
         let message = if approve {
             online_approval_message(coordinator, &hash)
         } else {
@@ -733,19 +928,29 @@ impl Daemon {
                 approve,
                 rule,
                 signature,
+                owner_statement: if approve {
+                    e.approval
+                        .as_ref()
+                        .and_then(|a| serde_json::to_string(a).ok())
+                        .unwrap_or_default()
+                } else {
+                    e.statement.clone()
+                },
             })
             .await;
-        match sent {
-            Ok(_) => {}
+        let refused = match sent {
+            Ok(_) => None,
             // A numbered refusal is final (the job ended meanwhile, or moved past the point
             // where this decision applies): keep it in the note, and do not send it again.
+            // (A revocation refused because the job runs already is sent again as the
+            // node's withdrawal, when it joins.)
             Err(s) if confide_net::control::rule_of(&s).is_some() => {
                 eprintln!(
                     "confide node: job `{}`: the coordinator refused the decision: {}",
                     e.job_id,
                     s.message()
                 );
-                e.note = format!("decision refused: {}", s.message());
+                Some(format!("decision refused: {}", s.message()))
             }
             // Not delivered (the coordinator is restarting, the connection broke): again at
             // the next heartbeat.
@@ -754,9 +959,28 @@ impl Daemon {
                 e.job_id,
                 confide_net::roles::describe_failure(&s)
             ),
-        }
-        e.sent = true;
-        self.inbox.put(e)?;
+        };
+        // Recorded only if the owner did not decide otherwise meanwhile (that decision is then
+        // sent at the next heartbeat).
+        let sent_as = (e.status, e.statement.clone(), e.approval.clone());
+        *e = self
+            .inbox
+            .update(&e.hash, |_, cur| {
+                if (cur.status, cur.statement.clone(), cur.approval.clone()) == sent_as {
+                    cur.sent = true;
+                    match &refused {
+                        Some(note) if !revoking => cur.note.clone_from(note),
+                        Some(_) => {}
+                        None if revoking => {
+                            cur.status = Status::Rejected;
+                            cur.why.clone_from(&cur.note);
+                        }
+                        None => {}
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|(_, m)| anyhow::anyhow!(m))?;
         Ok(())
     }
 
@@ -802,8 +1026,22 @@ impl Daemon {
                 e.dataset
             );
         };
-        e.status = Status::Running;
-        self.inbox.put(&mut e)?;
+        e = match self.inbox.update(&e.hash, |_, cur| {
+            if cur.status == Status::Ended {
+                return Err((409, "ended".into()));
+            }
+            cur.status = Status::Running;
+            Ok(())
+        }) {
+            Ok(now) => now,
+            Err(_) => {
+                self.running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&e.hash);
+                return Ok(());
+            }
+        };
         opts.job = Some(hash);
         opts.approval = e.approval.clone();
         let inbox = self.inbox.clone();
@@ -811,15 +1049,19 @@ impl Daemon {
         eprintln!("confide node: job `{}` runs", e.job_id);
         tokio::spawn(async move {
             let outcome = confide_net::node::run_node(opts).await;
-            e.status = Status::Ended;
-            e.note = match outcome {
+            let note = match outcome {
                 Ok(s) if s.finished => format!("finished after {} rounds", s.rounds),
                 Ok(s) => format!("failed: {}", s.message),
                 Err(err) => format!("failed: {err}"),
             };
-            eprintln!("confide node: job `{}`: {}", e.job_id, e.note);
-            if let Err(err) = inbox.put(&mut e) {
-                eprintln!("confide node: inbox: {err:#}");
+            eprintln!("confide node: job `{}`: {note}", e.job_id);
+            let ended = inbox.update(&e.hash, |_, cur| {
+                cur.status = Status::Ended;
+                cur.note = note;
+                Ok(())
+            });
+            if let Err((_, err)) = ended {
+                eprintln!("confide node: inbox: {err}");
             }
             running
                 .lock()
@@ -960,10 +1202,24 @@ pub enum InboxCommand {
         #[command(flatten)]
         owner: Owner,
     },
+    /// Revoke your consent to a job, with a statement signed by your key: a waiting job is
+    /// rejected; an approved or running one stops at its next round, and the coordinator
+    /// logs your statement.
+    Revoke {
+        /// The job: its manifest hash, a unique hash prefix or its job id.
+        job: String,
+        /// Why (at most 200 characters; it reaches the coordinator's audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        at: InboxAt,
+        #[command(flatten)]
+        owner: Owner,
+    },
 }
 
 /// A plain HTTP/1.1 exchange with the daemon's admin port (loopback).
-fn http(admin: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+pub(crate) fn http(admin: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin)
         .with_context(|| format!("is `confide node serve` running with --admin {admin}?"))?;
@@ -1037,6 +1293,30 @@ fn print_entry(format: crate::control::Format, e: &Entry, full: bool) -> Result<
     Ok(())
 }
 
+/// Signs the owner's statement of `action` on `job` and posts it to the inbox's `what`.
+fn signed_post(
+    action: Action,
+    what: &str,
+    job: &str,
+    reason: &str,
+    at: &InboxAt,
+    owner: &Owner,
+    post: impl Fn(&InboxAt, &Entry, &str, Vec<u8>) -> Result<i32>,
+) -> Result<i32> {
+    let e = find(&at.admin, job)?;
+    let id = owner.identity()?;
+    let hash = parse_hash(&e.hash)?;
+    let statement = Statement::new(
+        action,
+        &hash,
+        reason,
+        id.public(),
+        time::OffsetDateTime::now_utc(),
+    );
+    let signed = SignedStatement::sign(statement, &id)?;
+    post(at, &e, what, signed.to_json().into_bytes())
+}
+
 /// Runs `confide node inbox …`.
 pub fn inbox(cmd: InboxCommand) -> Result<i32> {
     let post = |at: &InboxAt, e: &Entry, what: &str, body: Vec<u8>| -> Result<i32> {
@@ -1092,20 +1372,13 @@ pub fn inbox(cmd: InboxCommand) -> Result<i32> {
             reason,
             at,
             owner,
-        } => {
-            let e = find(&at.admin, &job)?;
-            let id = owner.identity()?;
-            let hash = parse_hash(&e.hash)?;
-            let statement = Statement::new(
-                Action::Reject,
-                &hash,
-                &reason,
-                id.public(),
-                time::OffsetDateTime::now_utc(),
-            );
-            let signed = SignedStatement::sign(statement, &id)?;
-            post(&at, &e, "reject", signed.to_json().into_bytes())
-        }
+        } => signed_post(Action::Reject, "reject", &job, &reason, &at, &owner, post),
+        InboxCommand::Revoke {
+            job,
+            reason,
+            at,
+            owner,
+        } => signed_post(Action::Revoke, "revoke", &job, &reason, &at, &owner, post),
     }
 }
 
@@ -1129,6 +1402,9 @@ mod tests {
             manifest_json: String::new(),
             source: 0,
             dataset: String::new(),
+            cost: None,
+            rules: Vec::new(),
+            statement: String::new(),
         }
     }
 

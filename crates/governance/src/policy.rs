@@ -59,7 +59,7 @@ pub struct PolicyError {
 }
 
 /// How a matching rule approves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Approval {
     /// The rule approves matching jobs by itself.
@@ -156,6 +156,20 @@ pub struct Allowed {
     pub rule: String,
     /// How it approves.
     pub approval: Approval,
+}
+
+/// One rule's verdict on a job, for the owner's review (the node's dashboard).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleVerdict {
+    /// The rule's name.
+    pub rule: String,
+    /// Whether the rule allows the job.
+    pub allows: bool,
+    /// How the rule approves what it allows.
+    pub approval: Approval,
+    /// Why it does not allow the job (empty when it does).
+    pub why: String,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +488,37 @@ impl Policy {
             job.job_id,
             reasons.join("; ")
         )))
+    }
+}
+
+impl Policy {
+    /// Every rule's own verdict on `job`, in order (the first that allows it decides, as in
+    /// [`Policy::evaluate`], whose result comes first).
+    pub fn review(
+        &self,
+        job: &JobRequest,
+        now: OffsetDateTime,
+    ) -> (Result<Allowed, Denial>, Vec<RuleVerdict>) {
+        let decision = self.evaluate(job, now);
+        // A revocation or the policy's expiry refuses before any rule is asked.
+        let first = match &decision {
+            Err(d @ (Denial::Revoked(_) | Denial::Expired(_))) => Some(d.to_string()),
+            _ => None,
+        };
+        let rules = self
+            .rules
+            .iter()
+            .map(|rule| {
+                let check = rule.check(job);
+                RuleVerdict {
+                    rule: rule.name.clone(),
+                    allows: check.is_ok() && first.is_none(),
+                    approval: rule.approval,
+                    why: first.clone().or(check.err()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        (decision, rules)
     }
 }
 

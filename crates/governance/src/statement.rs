@@ -27,6 +27,9 @@ pub enum Action {
     /// Refuse a job offered to the author's node (`confide node inbox reject`): the node
     /// rejects it to the coordinator, and the job ends `rejected`.
     Reject,
+    /// Withdraw the author's dataset from a job it approved (the node dashboard's revoke):
+    /// the node stops at the job's next round and tells the coordinator, which logs it.
+    Revoke,
 }
 
 /// The statement.

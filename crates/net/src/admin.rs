@@ -65,6 +65,36 @@ async fn metrics(State(a): State<Admin>) -> Response {
     }
 }
 
+/// The headers every admin response carries: a Content-Security-Policy that allows only the
+/// daemon's own stylesheet (no script, no frames, forms only to the daemon), no sniffing, no
+/// referrer, no framing, and no caching unless the route set its own.
+async fn security_headers(mut res: Response) -> Response {
+    use axum::http::HeaderValue;
+    let h = res.headers_mut();
+    for (k, v) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+        (
+            "permissions-policy",
+            "camera=(), microphone=(), geolocation=()",
+        ),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
 /// Serves the admin port on `listener` until `shutdown` completes. `ready` is the daemon's
 /// readiness, which it sets once it has recovered and clears when it stops.
 pub async fn serve_admin(
@@ -89,7 +119,8 @@ pub async fn serve_admin_with(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Admin { ready, render })
-        .merge(routes);
+        .merge(routes)
+        .layer(axum::middleware::map_response(security_headers));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -1560,6 +1560,19 @@ impl Coordinator {
     }
 }
 
+/// The owner's signed revocation that a withdrawal carries, checked (its signature, its
+/// action, its job), as the audit entry keeps it.
+fn revocation_statement(text: &str, job: &[u8; 32]) -> Result<serde_json::Value, String> {
+    use confide_governance::statement::{Action, SignedStatement};
+    let signed =
+        SignedStatement::from_json(text.as_bytes()).map_err(|e| format!("malformed: {e}"))?;
+    let verified = signed.verify().map_err(|e| e.to_string())?;
+    if verified.statement.action != Action::Revoke || verified.job != *job {
+        return Err("it is not a revocation of this job".into());
+    }
+    serde_json::to_value(&signed).map_err(|e| e.to_string())
+}
+
 /// The most characters of a withdrawal reason the coordinator keeps.
 pub const WITHDRAW_REASON_CHARS: usize = 200;
 
@@ -1967,18 +1980,23 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             "revocation" => "revocation",
             _ => "other",
         };
+        let mut detail = serde_json::json!({
+            "what": "withdrawal",
+            "owner": id.name,
+            "id": id.id,
+            "kind": kind_name,
+            "reason": reason,
+        });
+        // The owner's statement is evidence for the log: one that does not verify is logged
+        // as refused, never lost with the withdrawal.
+        if !req.statement_json.is_empty() {
+            match revocation_statement(&req.statement_json, &self.0.manifest_hash) {
+                Ok(v) => detail["statement"] = v,
+                Err(why) => detail["statement_refused"] = serde_json::json!(why),
+            }
+        }
         self.0
-            .log(
-                kind,
-                &id.name,
-                serde_json::json!({
-                    "what": "withdrawal",
-                    "owner": id.name,
-                    "id": id.id,
-                    "kind": kind_name,
-                    "reason": reason,
-                }),
-            )
+            .log(kind, &id.name, detail)
             .map_err(Status::internal)?;
         {
             let mut s = lock(&self.0.state);

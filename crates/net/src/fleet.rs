@@ -362,6 +362,8 @@ fn now() -> time::OffsetDateTime {
 pub struct FleetService {
     control: ControlService,
     certificate: Vec<u8>,
+    /// The audit log and the key that signs its heads, for `Audit`.
+    audit: Option<(AuditLog, Arc<confide_governance::identity::Identity>)>,
 }
 
 impl FleetService {
@@ -371,7 +373,18 @@ impl FleetService {
         Self {
             control,
             certificate,
+            audit: None,
         }
+    }
+
+    /// Serves `Audit` from `log`, whose heads `identity` (the coordinator's) signs.
+    pub fn with_audit(
+        mut self,
+        log: AuditLog,
+        identity: Arc<confide_governance::identity::Identity>,
+    ) -> Self {
+        self.audit = Some((log, identity));
+        self
     }
 
     /// The request guard of the `Fleet` service.
@@ -498,13 +511,21 @@ impl pb::fleet_server::Fleet for FleetService {
                 rule: d.rule.clone(),
             }
         };
-        let detail = serde_json::json!({
+        // The node's own signature decides; the owner's statement is evidence for the log.
+        // One that does not verify is logged as refused, never lost with the decision.
+        let owner = owner_statement(&d.owner_statement, d.approve, &hash);
+        let mut detail = serde_json::json!({
             "participant": caller.name,
             "approve": d.approve,
             "basis": d.rule,
             "signature": d.signature,
             "public_key": hex::encode(&caller.public_key),
         });
+        match owner {
+            Ok(Some(owner)) => detail["owner_statement"] = owner,
+            Ok(None) => {}
+            Err(why) => detail["owner_statement_refused"] = serde_json::json!(why),
+        }
         let actor = caller.id.clone();
         let record = self
             .control
@@ -521,6 +542,74 @@ impl pb::fleet_server::Fleet for FleetService {
             record_json: serde_json::to_string(&record)
                 .map_err(|e| Status::internal(e.to_string()))?,
         }))
+    }
+
+    async fn audit(
+        &self,
+        req: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<pb::ExportAuditReply>, Status> {
+        peer(&req, &[Role::Node], self.control.revocations())?;
+        let Some((log, identity)) = self.audit.clone() else {
+            return Err(Status::unimplemented(
+                "this coordinator does not export its audit log on the fleet port",
+            ));
+        };
+        let log_file = tokio::task::spawn_blocking(move || {
+            // Entries appended after the last head are covered by a fresh head, so that the
+            // export verifies to its end.
+            let behind = match (log.latest_head(), log.size()) {
+                (Ok(Some(h)), Ok(n)) => h.size < n,
+                (Ok(None), Ok(_)) => true,
+                _ => false,
+            };
+            if behind {
+                log.sign_head(&identity).map_err(|e| e.to_string())?;
+            }
+            log.export(&identity.public_key())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("audit task: {e}")))?
+        .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ExportAuditReply { log_file }))
+    }
+}
+
+/// The owner's own signed decision that a node's decision carries (empty: none), checked:
+/// an approval carries the owner's co-signature of the manifest, a rejection the owner's
+/// signed rejection of this job. Returns it as the audit entry keeps it.
+fn owner_statement(
+    text: &str,
+    approve: bool,
+    hash: &[u8; 32],
+) -> Result<Option<serde_json::Value>, String> {
+    use confide_governance::manifest::{ManifestSignature, SignatureRole};
+    use confide_governance::statement::{Action, SignedStatement};
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if approve {
+        let sig: ManifestSignature =
+            serde_json::from_str(text).map_err(|e| format!("not a co-signature: {e}"))?;
+        if sig.role != SignatureRole::Approval || sig.verify(hash).is_err() {
+            return Err("the co-signature does not approve this manifest".into());
+        }
+        serde_json::to_value(&sig)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    } else {
+        let signed = SignedStatement::from_json(text.as_bytes())
+            .map_err(|e| format!("not a signed statement: {e}"))?;
+        let verified = signed.verify().map_err(|e| e.to_string())?;
+        // An owner rejects a pending job, or revokes it before it ran (the dashboard).
+        if !matches!(verified.statement.action, Action::Reject | Action::Revoke)
+            || verified.job != *hash
+        {
+            return Err("the statement is not a rejection of this job".into());
+        }
+        serde_json::to_value(&signed)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -1114,6 +1203,30 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The owner's own decision that a node forwards is logged only when it verifies and
+    /// concerns this job: a rejection (or a revocation before the job ran) for a rejection.
+    #[test]
+    fn an_owners_statement_is_checked_before_it_is_logged() {
+        use confide_governance::statement::{Action, SignedStatement, Statement};
+        let id = confide_governance::identity::Identity::generate().expect("key");
+        let job = [3u8; 32];
+        let signed = |action, on: &[u8; 32]| {
+            let s = Statement::new(action, on, "no", id.public(), now());
+            SignedStatement::sign(s, &id).expect("sign").to_json()
+        };
+        assert_eq!(owner_statement("", false, &job), Ok(None));
+        for action in [Action::Reject, Action::Revoke] {
+            let logged = owner_statement(&signed(action, &job), false, &job).expect("valid");
+            assert!(logged.is_some());
+        }
+        assert!(owner_statement(&signed(Action::Cancel, &job), false, &job).is_err());
+        assert!(owner_statement(&signed(Action::Reject, &[4; 32]), false, &job).is_err());
+        let tampered = signed(Action::Reject, &job).replace("\"no\"", "\"yes\"");
+        assert!(owner_statement(&tampered, false, &job).is_err());
+        // A rejection is not a co-signature.
+        assert!(owner_statement(&signed(Action::Reject, &job), true, &job).is_err());
+    }
 
     /// A job's service that answers every request with an empty 200.
     #[derive(Clone)]

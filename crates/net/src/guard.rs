@@ -852,8 +852,11 @@ pub fn coordinator(spec: &JobSpec, revocations: Arc<Revocations>) -> Guard {
             "Withdraw",
             MethodRule::new(
                 &[Role::Node],
-                4096,
-                Shape::new().field(1, 1, 2048).field(2, 1, 32),
+                8192,
+                Shape::new()
+                    .field(1, 1, 2048)
+                    .field(2, 1, 32)
+                    .field(3, 1, MAX_STATEMENT_BYTES),
             ),
         )
         .method(
@@ -1000,14 +1003,23 @@ pub fn fleet(revocations: Arc<Revocations>) -> Guard {
             "Decide",
             MethodRule::new(
                 &[Role::Node],
-                2 * SMALL_BYTES,
+                8 * SMALL_BYTES,
                 Shape::new()
                     .field(1, 1, 64)
                     .field(3, 1, 4 * MAX_RULE_CHARS)
-                    .field(4, 1, 128),
+                    .field(4, 1, 128)
+                    .field(5, 1, MAX_STATEMENT_BYTES),
             ),
         )
+        .method(
+            "Audit",
+            MethodRule::new(&[Role::Node], SMALL_BYTES, Shape::new()),
+        )
 }
+
+/// The longest owner's statement (a co-signature or a signed statement, JSON) that a
+/// decision or a withdrawal may carry, in bytes.
+pub const MAX_STATEMENT_BYTES: usize = 4096;
 
 /// The longest basis or rule a node's decision may carry, in characters.
 pub const MAX_RULE_CHARS: usize = 200;

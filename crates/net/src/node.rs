@@ -272,9 +272,19 @@ impl TrainingRecord {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| NodeError::Job(e.to_string()))?;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let log = serde_json::to_vec(&SentRound {
+            round,
+            bytes: sent.len() as u64,
+            at_ms,
+        })
+        .map_err(|e| NodeError::Job(e.to_string()))?;
         self.store
             .transact(|txn| {
                 txn.put(TRAINED, &key, model)?;
+                txn.put(SENT_LOG, &key, &log)?;
                 txn.put(SENT, &self.job, &value)?;
                 match &masking_json {
                     Some(m) => txn.put(MASKING, &self.job, m),
@@ -598,6 +608,12 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
     };
+    // The owner's consent before anything is approved or debited: a job the owner revoked
+    // (the dashboard) is left at once, with the owner's statement, and costs no ε.
+    if let Err(w) = gov.still_allowed(&opts, &request) {
+        withdraw_consent(&mut coord, &w).await;
+        return Err(NodeError::Refused(w.problem));
+    }
     // The witness's memory first: a node that cannot witness must not approve.
     // Local failures (files, stores) are reported to the coordinator by number only: their
     // messages name this machine's paths.
@@ -813,6 +829,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                     stale += 1;
                     continue;
                 }
+                if let Err(e) = record_refused_head(training.store.as_ref(), &gov.log_id, &problem)
+                {
+                    tracing::warn!("`{name}`: recording the refused head: {e}");
+                }
                 refuse(&mut coord, &problem, "refusal").await;
                 return Err(NodeError::Refused(problem));
             }
@@ -840,10 +860,10 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
         }
         // The owner's consent is checked again at every round: a revoked job stops here.
         if state == JobState::Running
-            && let Err(problem) = gov.still_allowed(&opts, &request)
+            && let Err(w) = gov.still_allowed(&opts, &request)
         {
-            refuse(&mut coord, &problem, "revocation").await;
-            return Err(NodeError::Refused(problem));
+            withdraw_consent(&mut coord, &w).await;
+            return Err(NodeError::Refused(w.problem));
         }
         match state {
             JobState::Running => {}
@@ -1023,9 +1043,9 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             );
             // Consent is checked once more before the update leaves: a revocation during training
             // keeps this round's update at home.
-            if let Err(problem) = gov.still_allowed(&opts, &request) {
-                refuse(&mut coord, &problem, "revocation").await;
-                return Err(NodeError::Refused(problem));
+            if let Err(w) = gov.still_allowed(&opts, &request) {
+                withdraw_consent(&mut coord, &w).await;
+                return Err(NodeError::Refused(w.problem));
             }
             // RES-005 and RES-007: the round, its model and the update itself are recorded
             // before the update leaves, so that no restart of this node or of the coordinator
@@ -1333,7 +1353,7 @@ async fn masking_stages(
     (digest, name, round, trained_from): (&[u8; 32], &str, u32, [u8; 32]),
     (opts, spec, certified): (&NodeOptions, &JobSpec, &Certified),
     crash_after: Option<(u32, u32)>,
-    consent: &(dyn Fn() -> Result<(), String> + Sync),
+    consent: &(dyn Fn() -> Result<(), Withdrawn> + Sync),
 ) -> Result<(), NodeError> {
     if crash_after == Some((round, 0)) {
         tracing::warn!("`{name}`: simulated crash after round {round}, stage 0");
@@ -1373,9 +1393,9 @@ async fn masking_stages(
         .map_err(|e| NodeError::Job(e.to_string()))?;
         *client = back;
         // The masked input (stage 2) carries the owner's data: consent is checked again.
-        if let Err(problem) = consent() {
-            refuse(coord, &problem, "revocation").await;
-            return Err(NodeError::Refused(problem));
+        if let Err(w) = consent() {
+            withdraw_consent(coord, &w).await;
+            return Err(NodeError::Refused(w.problem));
         }
         let payload = match answer
             .map_err(|e| NodeError::Refused(format!("round {round}, stage {stage}: {e}")))
@@ -1601,17 +1621,160 @@ const LEDGER_REFUSES: &str =
 /// The numbered reason a node gives when local training diverged.
 pub const DIVERGED: &str = "TRAIN-001 training diverged";
 
-/// Tells the coordinator this owner leaves the job, and why (`kind`: data, refusal or
-/// revocation); the coordinator records it in the audit log.
+/// Tells the coordinator this owner leaves the job, and why (`kind`: data or refusal; a
+/// revocation goes through [`withdraw_consent`]); the coordinator records it in the audit log.
 async fn refuse(coord: &mut Coordinator, problem: &str, kind: &str) {
-    let withdraw = pb::WithdrawRequest {
-        reason: problem.to_string(),
-        kind: kind.to_string(),
-    };
-    // Best effort, and bounded: a coordinator that does not answer cannot hold the node.
+    send_withdrawal(
+        coord,
+        pb::WithdrawRequest {
+            reason: problem.to_string(),
+            kind: kind.to_string(),
+            statement_json: String::new(),
+        },
+    )
+    .await;
+}
+
+/// Best effort, and bounded: a coordinator that does not answer cannot hold the node.
+async fn send_withdrawal(coord: &mut Coordinator, withdraw: pb::WithdrawRequest) {
     let _ = coord
         .withdraw(with_deadline(withdraw, SILENCE_MARGIN))
         .await;
+}
+
+/// Why a node leaves a running job because its owner's consent is gone: the reason, and the
+/// owner's signed revocation when the owner revoked from the node's dashboard.
+#[derive(Debug, Clone)]
+pub struct Withdrawn {
+    /// The reason the coordinator logs.
+    pub problem: String,
+    /// The owner's signed statement (`SignedStatement` JSON, action `revoke`).
+    pub statement: Option<String>,
+}
+
+/// Tells the coordinator this owner withdraws its consent (kind `revocation`), with the
+/// owner's signed statement when there is one.
+async fn withdraw_consent(coord: &mut Coordinator, w: &Withdrawn) {
+    send_withdrawal(
+        coord,
+        pb::WithdrawRequest {
+            reason: w.problem.clone(),
+            kind: "revocation".into(),
+            statement_json: w.statement.clone().unwrap_or_default(),
+        },
+    )
+    .await;
+}
+
+/// The owners' revocations of running jobs (the node dashboard's revoke), by manifest hash:
+/// the owner's signed statement (JSON). A job revoked here stops at its next round.
+pub const REVOKED: &str = "node.revoked";
+
+/// Records the owner's signed revocation of job `hash` in the node's store.
+///
+/// # Errors
+/// The store failed.
+pub fn record_revocation(
+    store: &dyn confide_store::Store,
+    hash: &[u8; 32],
+    statement_json: &str,
+) -> Result<(), confide_store::StoreError> {
+    use confide_store::StoreExt as _;
+    store.transact(|txn| txn.put(REVOKED, hash, statement_json.as_bytes()))
+}
+
+/// The owner's signed revocation of job `hash`, when the owner revoked it.
+///
+/// # Errors
+/// The store failed.
+pub fn owner_revocation(
+    store: &dyn confide_store::Store,
+    hash: &[u8; 32],
+) -> Result<Option<String>, confide_store::StoreError> {
+    use confide_store::StoreExt as _;
+    let raw = store.read(|txn| txn.get(REVOKED, hash))?;
+    Ok(raw.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// The audit-log heads this node's witness refused (a rollback, a fork, a rewritten history,
+/// a bad signature), by time: the owner's dashboard shows them as alerts.
+const REFUSED_HEADS: &str = "node.refused_heads";
+
+/// A head the witness refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefusedHead {
+    /// The log (its operator's party id).
+    pub log_id: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+fn record_refused_head(
+    store: &dyn confide_store::Store,
+    log_id: &str,
+    reason: &str,
+) -> Result<(), String> {
+    use confide_store::StoreExt as _;
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let json = serde_json::to_vec(&RefusedHead {
+        log_id: log_id.to_string(),
+        reason: reason.to_string(),
+        at_ms,
+    })
+    .map_err(|e| e.to_string())?;
+    store
+        .transact(|txn| txn.append(REFUSED_HEADS, &json).map(drop))
+        .map_err(|e| e.to_string())
+}
+
+/// Every head this node's witness refused, oldest first.
+///
+/// # Errors
+/// The store failed or holds a malformed entry.
+pub fn refused_heads(store: &dyn confide_store::Store) -> Result<Vec<RefusedHead>, String> {
+    use confide_store::StoreExt as _;
+    let rows = store
+        .read(|txn| txn.log_range(REFUSED_HEADS, 0..u64::MAX))
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|(_, v)| serde_json::from_slice(v).map_err(|e| format!("refused heads: {e}")))
+        .collect()
+}
+
+/// What this node sent for a job, round by round (sizes and times, never the data), from
+/// its store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SentRound {
+    /// The round.
+    pub round: u32,
+    /// The update's size as sent, in bytes.
+    pub bytes: u64,
+    /// When it was recorded, just before it left (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// Per job and round, what the node sent ([`SentRound`], JSON).
+const SENT_LOG: &str = "node.sent_log";
+
+/// Every round this node sent an update for the job of digest `hash` (`coordinator::job_digest`), in order.
+///
+/// # Errors
+/// The store failed or holds a malformed entry.
+pub fn sent_rounds(
+    store: &dyn confide_store::Store,
+    hash: &[u8; 32],
+) -> Result<Vec<SentRound>, String> {
+    use confide_store::StoreExt as _;
+    let rows = store
+        .read(|txn| txn.scan_prefix(SENT_LOG, hash))
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|(_, v)| serde_json::from_slice(v).map_err(|e| format!("sent log: {e}")))
+        .collect()
 }
 
 /// Why a node did not approve a job on its own.
@@ -1642,13 +1805,64 @@ pub enum Verdict {
     Reject(String),
 }
 
+/// A node daemon's review of a job offered to it: the verdict, what the job costs this
+/// dataset, and each rule of the owner's policy on it (for the owner's inbox).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// What the daemon does with the job.
+    pub verdict: Verdict,
+    /// What the job spends from this dataset's budget, and the mechanism behind it, when
+    /// it is private and the checks got that far.
+    pub cost: Option<PrivacyCost>,
+    /// Each policy rule's own verdict, in order (empty without a policy, or when the checks
+    /// stopped before the policy).
+    pub rules: Vec<confide_governance::policy::RuleVerdict>,
+}
+
+/// What a private job costs one dataset, and the mechanism's parameters, as the node's
+/// accountant computed them for that dataset.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyCost {
+    /// ε over the whole job.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// σ: the noise's standard deviation over the clip norm.
+    pub noise_multiplier: f64,
+    /// The clip norm (per record, or per update at client level).
+    pub clip_norm: f64,
+    /// The Poisson sampling rate q of DP-SGD (record level; 1 at client level).
+    pub sampling_rate: f64,
+    /// Noisy steps (DP-SGD steps, or rounds at client level).
+    pub steps: u64,
+    /// The accountant (`rdp`, `pld`, `ddg-rdp`).
+    pub accountant: String,
+    /// `record` or `client`.
+    pub level: String,
+}
+
+impl Assessment {
+    fn refused(why: String) -> Self {
+        Self {
+            verdict: Verdict::Reject(why),
+            cost: None,
+            rules: Vec::new(),
+        }
+    }
+}
+
 /// Checks a job offered by a long-running coordinator against this node's manifest checks,
 /// data and policy, exactly as [`run_node`] will when the job runs (the ledger is debited
 /// only then).
-pub fn assess(opts: &NodeOptions, manifest_json: &str, coordinator_certificate: &[u8]) -> Verdict {
+pub fn assess(
+    opts: &NodeOptions,
+    manifest_json: &str,
+    coordinator_certificate: &[u8],
+) -> Assessment {
     let spec = match SignedManifest::from_json(manifest_json).and_then(|m| m.manifest.job_spec()) {
         Ok(s) => s,
-        Err(e) => return Verdict::Reject(format!("job manifest refused: {e}")),
+        Err(e) => return Assessment::refused(format!("job manifest refused: {e}")),
     };
     let join = pb::JoinReply {
         manifest_json: manifest_json.to_string(),
@@ -1657,11 +1871,11 @@ pub fn assess(opts: &NodeOptions, manifest_json: &str, coordinator_certificate: 
     };
     let gov = match Governance::check(opts, &join, &spec) {
         Ok(g) => g,
-        Err(problem) => return Verdict::Reject(problem),
+        Err(problem) => return Assessment::refused(problem),
     };
     let rows = match load_job_data(&spec, &opts.data) {
         Ok(d) if d.is_empty() => {
-            return Verdict::Reject(
+            return Assessment::refused(
                 DataError::Empty {
                     path: opts.data.display().to_string(),
                 }
@@ -1669,17 +1883,42 @@ pub fn assess(opts: &NodeOptions, manifest_json: &str, coordinator_certificate: 
             );
         }
         Ok(d) => d.len(),
-        Err(e) => return Verdict::Reject(e.public_reason(&spec.data.features)),
+        Err(e) => return Assessment::refused(e.public_reason(&spec.data.features)),
     };
     let spend = match plan_privacy(&spec, rows) {
         Ok(s) => s,
-        Err(problem) => return Verdict::Reject(problem),
+        Err(problem) => return Assessment::refused(problem),
     };
     let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
-    match gov.decide(opts, &request) {
+    let cost = spend.as_ref().map(|s| {
+        let c = s.claim();
+        PrivacyCost {
+            epsilon: c.epsilon,
+            delta: c.delta,
+            noise_multiplier: c.noise_multiplier,
+            clip_norm: c.clip_norm,
+            sampling_rate: c.sampling_rate,
+            steps: c.steps,
+            accountant: c.accountant,
+            level: match s {
+                Spend::Record(_) => "record".into(),
+                Spend::Client(_) => "client".into(),
+            },
+        }
+    });
+    let rules = match Governance::policy(opts) {
+        Ok(Some(policy)) => policy.review(&request, time::OffsetDateTime::now_utc()).1,
+        _ => Vec::new(),
+    };
+    let verdict = match gov.decide(opts, &request) {
         Ok(basis) => Verdict::Approve(basis),
         Err(Undecided::NeedsOwner(why)) => Verdict::Ask(why),
         Err(Undecided::Refused(problem)) => Verdict::Reject(problem),
+    };
+    Assessment {
+        verdict,
+        cost,
+        rules,
     }
 }
 
@@ -1797,16 +2036,37 @@ impl Governance {
         }
     }
 
-    /// Re-reads the policy and the revocation list: `Err` once the job is no longer allowed.
-    fn still_allowed(&self, opts: &NodeOptions, request: &JobRequest) -> Result<(), String> {
-        self.revocations.check(&self.coordinator_id)?;
+    /// Re-reads the policy, the revocation list and the owner's revocations in the node's
+    /// store (the dashboard's revoke): `Err` once the job is no longer allowed.
+    fn still_allowed(&self, opts: &NodeOptions, request: &JobRequest) -> Result<(), Withdrawn> {
+        let plain = |problem: String| Withdrawn {
+            problem,
+            statement: None,
+        };
+        self.revocations
+            .check(&self.coordinator_id)
+            .map_err(plain)?;
         self.revocations
             .check(&self.manifest.manifest.model_owner.id)
-            .map_err(|e| format!("revoked: the model owner: {e}"))?;
-        if let Some(policy) = Self::policy(opts)? {
+            .map_err(|e| plain(format!("revoked: the model owner: {e}")))?;
+        if let Some(policy) = Self::policy(opts).map_err(plain)? {
             policy
                 .evaluate(request, time::OffsetDateTime::now_utc())
-                .map_err(|d| d.to_string())?;
+                .map_err(|d| plain(d.to_string()))?;
+        }
+        if let Some(path) = &opts.witness_store {
+            let store = confide_store::RedbStore::open_shared(path)
+                .map_err(|_| plain(WITNESS_UNUSABLE.to_string()))?;
+            if let Some(statement) = owner_revocation(store.as_ref(), &self.manifest_hash)
+                .map_err(|_| plain(WITNESS_UNUSABLE.to_string()))?
+            {
+                return Err(Withdrawn {
+                    problem: "revoked: the owner withdrew this dataset from the job (a signed \
+                              statement in the node's store)"
+                        .into(),
+                    statement: Some(statement),
+                });
+            }
         }
         Ok(())
     }

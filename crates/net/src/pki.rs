@@ -502,6 +502,16 @@ pub struct PeerIdentity {
     pub id: String,
 }
 
+/// When a certificate (DER) stops being valid, as Unix seconds.
+///
+/// # Errors
+/// Not a certificate.
+pub fn not_after(der: &[u8]) -> Result<i64, PkiError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| PkiError::Rejected(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// Reads name, role and key from a certificate without checking its issuer (use on
 /// certificates that the TLS layer already verified).
 pub fn read_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {

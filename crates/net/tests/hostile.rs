@@ -506,6 +506,7 @@ async fn peer_strings_do_not_flood_the_audit_log_or_the_replies() {
         host.withdraw(pb::WithdrawRequest {
             reason: "R".repeat(2000),
             kind: "x".repeat(32),
+            statement_json: String::new(),
         })
         .await
         .expect("withdraw");
@@ -640,6 +641,7 @@ async fn the_fleet_port_refuses_a_job_request_that_names_no_job_or_an_unknown_on
             approve: true,
             rule: String::new(),
             signature: String::new(),
+            owner_statement: String::new(),
         })
         .await
         .expect_err("refused");
