@@ -184,8 +184,12 @@ async function main() {
   confide(['ca', 'issue', '--dir', fed, '--name', 'owner', '--role', 'model-owner', '--public-key', join(root, 'examples/keys/model-owner.key.pub')]);
   const host = keygen('host');
   const guest = keygen('guest');
-  const coordinator = await daemon('coordinator', ['coordinator', 'serve', '--fed', fed, '--control', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--fleet', '127.0.0.1:0', '--store', join(work, 'coordinator.redb')], 3);
-  const [, control, fleet] = coordinator.addrs;
+  // The operator's held-out test set for the job (the coordinator's dashboard draws its curves).
+  const evaluation = join(work, 'evaluation');
+  mkdirSync(join(evaluation, OWNER_ID), { recursive: true });
+  writeFileSync(join(evaluation, OWNER_ID, 'dashboard-demo.csv'), readFileSync(join(root, 'data/breast_homo/breast_homo_test.csv')));
+  const coordinator = await daemon('coordinator', ['coordinator', 'serve', '--fed', fed, '--control', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--fleet', '127.0.0.1:0', '--store', join(work, 'coordinator.redb'), '--evaluation', evaluation], 3);
+  const [coordinatorAdmin, control, fleet] = coordinator.addrs;
   const node = (name, approval, key) => daemon(name, ['node', 'serve', '--fed', fed, '--name', name, '--coordinator', fleet,
     '--data', join(root, `data/breast_homo/breast_homo_${name}.csv`), '--policy', policy(`${name}_data`, approval),
     '--ledger', join(work, `${name}-ledger.redb`), '--approver-key', key, '--admin', '127.0.0.1:0', '--poll', '0.3',
@@ -265,6 +269,34 @@ async function main() {
     await page.goto(`${base}/ui/health`);
     check((await page.locator('#health').innerText()).includes('answers'), 'health shows the coordinator answering');
     await view(page, 'health');
+
+    // The coordinator's dashboard, as the model owner: the job, its held-out curves, the
+    // download; as the operator: the nodes.
+    const owner = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+    const ownerPage = await owner.newPage();
+    const coord = `http://${coordinatorAdmin}`;
+    await ownerPage.goto(confide(['job', 'login', '--admin', coordinatorAdmin, '--fed', fed, '--name', 'owner']).trim());
+    check(ownerPage.url() === `${coord}/ui/jobs`, 'the model owner\'s login opens its jobs');
+    check((await ownerPage.locator('#jobs >> text=dashboard-demo').count()) === 1, 'the model owner sees its job');
+    await view(ownerPage, 'coordinator-jobs');
+    await ownerPage.click('text=dashboard-demo');
+    check((await ownerPage.locator('svg.chart').count()) === 1, 'the job\'s held-out curves are drawn');
+    check((await ownerPage.locator('#rounds tbody tr').count()) === 3, 'the rounds table has the 3 rounds');
+    check((await ownerPage.locator('#download-model').count()) === 1, 'the recipient may download the model');
+    await view(ownerPage, 'coordinator-job');
+    const operator = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+    const operatorPage = await operator.newPage();
+    await operatorPage.goto(confide(['job', 'login', '--admin', coordinatorAdmin, '--fed', fed, '--name', 'coordinator']).trim());
+    await operatorPage.goto(`${coord}/ui/nodes`);
+    check((await operatorPage.locator('#nodes >> text=host').count()) === 1, 'the operator sees the nodes');
+    await view(operatorPage, 'coordinator-nodes');
+    await operatorPage.goto(`${coord}/ui/audit`);
+    check((await operatorPage.locator('#head').count()) === 1, 'the operator sees the audit head');
+    await view(operatorPage, 'coordinator-audit');
+    const anonCoord = await (await browser.newContext()).newPage();
+    await anonCoord.goto(`${coord}/ui/jobs`);
+    check(anonCoord.url() === `${coord}/ui/login`, 'without a session the coordinator\'s jobs redirect to its login page');
+    await view(anonCoord, 'coordinator-login');
 
     // Refusals. No session: a fresh browser goes to the login page.
     const anon = await browser.newContext();

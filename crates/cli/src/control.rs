@@ -67,6 +67,17 @@ pub struct ServeArgs {
     /// log. Default: <fed>/<name>-service.redb.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// The operator's held-out test sets: a job with id J of the model owner with party id M
+    /// is evaluated after every round on `<DIR>/M/J.csv` (`.txt` for text, `.safetensors` for
+    /// image arrays; read with the job's data format and features), when that file exists;
+    /// its report and the dashboard then carry the test accuracy and loss. Test sets are not
+    /// part of a signed job: the operator chooses them.
+    #[arg(long)]
+    evaluation: Option<PathBuf>,
+    /// The dashboard's address as users reach it (for example behind a TLS proxy), for the
+    /// job addresses that `confide job submit` prints. Default: http://<the admin address>.
+    #[arg(long)]
+    dashboard_url: Option<String>,
     #[command(flatten)]
     passphrase: Passphrase,
 }
@@ -145,10 +156,17 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     if creds.role != Role::Coordinator {
         bail!("`{}` has role {}, not coordinator", creds.name, creds.role);
     }
+    if let Some(dir) = &args.evaluation
+        && !dir.is_dir()
+    {
+        bail!("--evaluation {}: not a directory", dir.display());
+    }
     // The admin port answers first, so that /readyz says 503 while the store recovers.
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = crate::bind(args.admin, "coordinator admin").await?;
+    let admin_addr = admin.local_addr()?.to_string();
     let render: Arc<std::sync::OnceLock<control::ControlService>> = Arc::default();
+    let board: Arc<std::sync::OnceLock<Arc<crate::board::Board>>> = Arc::default();
     let admin_task = {
         let render = render.clone();
         let render: confide_net::admin::Render = Arc::new(move || match render.get() {
@@ -156,10 +174,11 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             None => Ok("# EOF\n".to_string()),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(confide_net::admin::serve_admin(
+        let task = tokio::spawn(confide_net::admin::serve_admin_with(
             admin,
             ready.clone(),
             render,
+            crate::board::routes(board.clone()),
             async move {
                 let _ = stop_rx.await;
             },
@@ -191,8 +210,21 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             summary.join(", ")
         }
     );
-    let service = control::ControlService::new(jobs, creds.id(), creds.revocations.clone());
+    let dashboard_url = args
+        .dashboard_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{admin_addr}"));
+    let service = control::ControlService::new(jobs, creds.id(), creds.revocations.clone())
+        .with_dashboard(dashboard_url.trim_end_matches('/'));
     let _ = render.set(service.clone());
+    let _ = board.set(Arc::new(crate::board::Board {
+        control: service.clone(),
+        ca: creds.ca_der()?,
+        name: creds.name.clone(),
+        admin: admin_addr.clone(),
+        audit: audit.clone(),
+        sessions: crate::sessions::SessionBook::new(&creds.id()),
+    }));
     let listener = crate::bind(args.control, "coordinator control").await?;
     let fleet_listener = crate::bind(args.fleet, "coordinator fleet").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -223,6 +255,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     .with_keyholder(args.keyholder.clone())
     .with_aggregators(args.aggregators.clone())
     .with_resume(resume)
+    .with_evaluation(args.evaluation.clone())
     .with_expiry(std::time::Duration::from_secs_f64(args.expire_after));
     let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
     let stopper = service.clone();
@@ -309,6 +342,10 @@ pub struct Connect {
 /// The job commands served by a running coordinator.
 #[derive(clap::Subcommand, Debug)]
 pub enum ServiceJobCommand {
+    /// Open the coordinator's dashboard (its admin port, `/ui/`) as this party (a model
+    /// owner, or the operator): signs a login challenge with the party's key and prints a
+    /// one-time address to open in a browser.
+    Login(crate::board::LoginArgs),
     /// Submit a signed manifest to a running coordinator (`confide coordinator serve`). The
     /// same manifest again returns the same job; with --wait, follow it until it ends and
     /// exit with its outcome.
@@ -436,12 +473,21 @@ fn when(ms: u64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn print_record(format: Format, r: &JobRecord, created: Option<bool>) -> Result<()> {
+/// Prints a job's record; `created` and `url` (its dashboard address) come with a submission.
+fn print_record(
+    format: Format,
+    r: &JobRecord,
+    created: Option<bool>,
+    url: Option<&str>,
+) -> Result<()> {
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(r)?;
             if let Some(c) = created {
                 v["created"] = c.into();
+            }
+            if let Some(u) = url.filter(|u| !u.is_empty()) {
+                v["url"] = u.into();
             }
             outln!("{}", serde_json::to_string_pretty(&v)?);
         }
@@ -465,6 +511,9 @@ fn print_record(format: Format, r: &JobRecord, created: Option<bool>) -> Result<
             );
             outln!("submitted {}", when(r.submitted_ms));
             outln!("updated   {}", when(r.updated_ms));
+            if let Some(u) = url.filter(|u| !u.is_empty()) {
+                outln!("dashboard {u}");
+            }
         }
     }
     Ok(())
@@ -583,6 +632,9 @@ pub async fn run(cmd: ServiceJobCommand) -> Result<i32> {
 
 async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
     match cmd {
+        ServiceJobCommand::Login(args) => {
+            tokio::task::spawn_blocking(move || crate::board::login_command(&args)).await?
+        }
         ServiceJobCommand::Submit {
             manifest,
             wait,
@@ -599,8 +651,11 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
                 .into_inner();
             let r: JobRecord = parse(&reply.record_json)?;
             if !wait {
-                print_record(s.format, &r, Some(reply.created))?;
+                print_record(s.format, &r, Some(reply.created), Some(&reply.url))?;
                 return Ok(0);
+            }
+            if s.format == Format::Text && !reply.url.is_empty() {
+                outln!("dashboard {}", reply.url);
             }
             if s.format == Format::Text {
                 outln!(
@@ -704,7 +759,7 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
         ServiceJobCommand::Status { job, connect } => {
             let mut s = Session::open(&connect).await?;
             let r = status(&mut s, &job).await?;
-            print_record(s.format, &r, None)?;
+            print_record(s.format, &r, None, None)?;
             Ok(exit_code(&r))
         }
         ServiceJobCommand::Logs {
@@ -745,7 +800,7 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
                 .map_err(call_failed)?
                 .into_inner();
             let r: JobRecord = parse(&reply.record_json)?;
-            print_record(s.format, &r, None)?;
+            print_record(s.format, &r, None, None)?;
             Ok(0)
         }
     }

@@ -105,7 +105,7 @@ impl Dashboard {
         confide_crypto::sign::verify(&key, &login_message(&self.view.node_id, &req.nonce), &sig)
             .map_err(|_| refused("the signature does not verify"))?;
         self.sessions
-            .admit(&req.nonce, approver, approver)
+            .admit(&req.nonce, (approver, approver, "owner"))
             .map_err(|(c, m)| (c, m.to_string()))
     }
 
@@ -156,7 +156,7 @@ impl Dashboard {
 }
 
 /// A short page for an error, with its status.
-fn problem(code: StatusCode, message: &str) -> Response {
+pub(crate) fn problem(code: StatusCode, message: &str) -> Response {
     let page = views::ProblemPage {
         title: code.canonical_reason().unwrap_or("Error").to_string(),
         message: message.to_string(),
@@ -164,7 +164,7 @@ fn problem(code: StatusCode, message: &str) -> Response {
     (code, html(page.render())).into_response()
 }
 
-fn html(rendered: askama::Result<String>) -> Response {
+pub(crate) fn html(rendered: askama::Result<String>) -> Response {
     match rendered {
         Ok(body) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response(),
         Err(e) => {
@@ -178,7 +178,7 @@ fn html(rendered: askama::Result<String>) -> Response {
     }
 }
 
-fn see_other(to: &str) -> Response {
+pub(crate) fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
@@ -200,8 +200,16 @@ async fn page(
         node: d.view.node.clone(),
         signs_here: d.approver_key.is_some(),
     };
-    let view = d.view.clone();
-    match tokio::task::spawn_blocking(move || render(&view, &chrome)).await {
+    off_thread(d.view.clone(), move |view| render(view, &chrome)).await
+}
+
+/// Renders a page from `state` off the async threads (pages read the stores); a refusal
+/// becomes a problem page.
+pub(crate) async fn off_thread<T: Send + Sync + 'static>(
+    state: Arc<T>,
+    render: impl FnOnce(&T) -> Result<String, (StatusCode, String)> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(move || render(&state)).await {
         Ok(Ok(body)) => {
             ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
         }
@@ -210,13 +218,44 @@ async fn page(
     }
 }
 
+/// The routes both dashboards share: the root and `/ui` go to `home`, and the stylesheet.
+pub(crate) fn common_routes<S: Clone + Send + Sync + 'static>(home: &'static str) -> Router<S> {
+    Router::new()
+        .route("/", get(move || async move { see_other(home) }))
+        .route("/ui", get(move || async move { see_other(home) }))
+        .route("/ui/", get(move || async move { see_other(home) }))
+        .route("/ui/static/dashboard.css", get(stylesheet))
+}
+
+/// The second half of a login from the CLI: posts the signed `request` to the daemon at
+/// `admin` and prints the one-time address under `base` (default `http://<admin>`).
+pub(crate) fn finish_login(
+    admin: &str,
+    request: &impl serde::Serialize,
+    base: Option<&str>,
+) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    let (code, body) = crate::node_serve::http(
+        admin,
+        "POST",
+        "/ui/login/session",
+        &serde_json::to_vec(request)?,
+    )?;
+    if code != 200 {
+        eprintln!("error: refused: {}", views::text_of(&body));
+        return Ok(crate::control::EXIT_REFUSED);
+    }
+    let r: serde_json::Value = serde_json::from_str(&body).context("malformed answer")?;
+    let path = r["path"].as_str().context("no address")?;
+    let base = base.map_or_else(|| format!("http://{admin}"), str::to_string);
+    outln!("{}{path}", base.trim_end_matches('/'));
+    eprintln!("open it within two minutes; it works once, and the session lasts 8 hours");
+    Ok(0)
+}
+
 /// The dashboard's routes, under `/ui/`.
 pub(crate) fn routes(d: Dashboard) -> Router {
-    Router::new()
-        .route("/", get(|| async { see_other("/ui/inbox") }))
-        .route("/ui", get(|| async { see_other("/ui/inbox") }))
-        .route("/ui/", get(|| async { see_other("/ui/inbox") }))
-        .route("/ui/static/dashboard.css", get(stylesheet))
+    common_routes("/ui/inbox")
         .route("/ui/login", get(login_page))
         .route("/ui/login/challenge", post(challenge))
         .route("/ui/login/session", post(login))
@@ -238,7 +277,7 @@ pub(crate) fn routes(d: Dashboard) -> Router {
         .with_state(d)
 }
 
-async fn stylesheet() -> Response {
+pub(crate) async fn stylesheet() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),
@@ -573,19 +612,5 @@ pub fn login_command(args: &LoginArgs) -> anyhow::Result<i32> {
         nonce: nonce.to_string(),
         signature: hex::encode(id.signing_key().sign(&login_message(node_id, nonce))),
     };
-    let (code, body) = crate::node_serve::http(
-        &args.admin,
-        "POST",
-        "/ui/login/session",
-        &serde_json::to_vec(&req)?,
-    )?;
-    if code != 200 {
-        eprintln!("error: refused: {}", views::text_of(&body));
-        return Ok(crate::control::EXIT_REFUSED);
-    }
-    let r: serde_json::Value = serde_json::from_str(&body).context("malformed answer")?;
-    let path = r["path"].as_str().context("no address")?;
-    outln!("http://{}{path}", args.admin);
-    eprintln!("open it within two minutes; it works once, and the session lasts 8 hours");
-    Ok(0)
+    finish_login(&args.admin, &req, None)
 }

@@ -223,6 +223,14 @@ struct Field {
     value: String,
 }
 
+struct DatasetRow {
+    dataset: String,
+    epsilon: String,
+    delta: String,
+    remaining: String,
+    verdict: String,
+}
+
 struct RuleRow {
     rule: String,
     verdict: &'static str,
@@ -245,6 +253,7 @@ struct InboxJobPage<'a> {
     check: String,
     budget: Vec<Field>,
     rules: Vec<RuleRow>,
+    datasets: Vec<DatasetRow>,
     can_decide: bool,
     revoked: bool,
     approve_cmd: String,
@@ -625,6 +634,35 @@ impl Node {
                 why: r.why.clone(),
             })
             .collect();
+        // With several datasets: what the job would cost each, and each one's verdict.
+        let datasets = if e.datasets.len() > 1 {
+            e.datasets
+                .iter()
+                .map(|d| {
+                    let left = self
+                        .figures(&d.dataset)
+                        .ok()
+                        .flatten()
+                        .and_then(|f| f.remaining());
+                    DatasetRow {
+                        dataset: d.dataset.clone(),
+                        epsilon: d.cost.as_ref().map_or("—".into(), |c| eps(c.epsilon)),
+                        delta: d
+                            .cost
+                            .as_ref()
+                            .map_or("—".into(), |c| format!("{:e}", c.delta)),
+                        remaining: match (left, &d.cost) {
+                            (Some(l), Some(c)) => eps(l - c.epsilon),
+                            (Some(l), None) => eps(l),
+                            (None, _) => "no lifetime budget".into(),
+                        },
+                        verdict: d.verdict.clone(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let revoked = self.revoked(&e.hash).is_some();
         let can_decide = matches!(e.status, Status::Pending | Status::Approved)
             && !revoked
@@ -655,6 +693,7 @@ impl Node {
                 check,
                 budget,
                 rules,
+                datasets,
                 can_decide,
                 revoked,
             }
@@ -1293,6 +1332,69 @@ fn burn_down(dataset: &str, lifetime: Option<f64>, history: &[LedgerEntry], now_
     )
 }
 
+/// A job's held-out accuracy and log-loss after each round as an inline SVG (numbers only),
+/// or nothing when no round was evaluated.
+pub(crate) fn curves(job: &str, history: &[confide_net::coordinator::RoundRecord]) -> String {
+    let acc: Vec<(u32, f64)> = history
+        .iter()
+        .filter_map(|r| r.test_accuracy.map(|a| (r.round, a)))
+        .collect();
+    let loss: Vec<(u32, f64)> = history
+        .iter()
+        .filter_map(|r| r.test_log_loss.map(|l| (r.round, l)))
+        .filter(|(_, l)| l.is_finite())
+        .collect();
+    if acc.is_empty() && loss.is_empty() {
+        return String::new();
+    }
+    // The legend sits above the plot, which spans [top, bottom].
+    let (w, h, pad, top) = (560.0_f64, 220.0_f64, 40.0_f64, 40.0_f64);
+    let bottom = h - pad / 2.0;
+    let last = history.iter().map(|r| r.round).max().unwrap_or(1).max(2);
+    let x = |r: u32| pad + f64::from(r - 1) / f64::from(last - 1) * (w - 2.0 * pad);
+    let top_loss = loss
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(0.0_f64, f64::max)
+        .max(1e-9);
+    let y = |v: f64, scale: f64| top + (1.0 - (v / scale).clamp(0.0, 1.0)) * (bottom - top);
+    let line = |pts: &[(u32, f64)], top: f64| {
+        pts.iter()
+            .map(|(r, v)| format!("{:.1},{:.1}", x(*r), y(*v, top)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let label = format!(
+        "Held-out accuracy (blue, 0 to 1) and log-loss (orange, 0 to {}) of {} after each of {} \
+         rounds; last accuracy {}",
+        eps(top_loss),
+        escape(job),
+        history.len(),
+        acc.last().map_or("—".into(), |(_, a)| eps(*a))
+    );
+    format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-labelledby=\"curves-title\">\
+         <title id=\"curves-title\">{label}</title>\
+         <line x1=\"{pad}\" y1=\"{top}\" x2=\"{pad}\" y2=\"{bottom}\" stroke=\"#555\"/>\
+         <line x1=\"{pad}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" stroke=\"#555\"/>\
+         <text x=\"4\" y=\"{ty}\" font-size=\"11\" fill=\"#222\">1</text>\
+         <text x=\"4\" y=\"{bottom}\" font-size=\"11\" fill=\"#222\">0</text>\
+         <text x=\"{pad}\" y=\"{h}\" font-size=\"11\" fill=\"#222\">round 1</text>\
+         <text x=\"{lastx}\" y=\"{h}\" font-size=\"11\" fill=\"#222\">round {last}</text>\
+         <text x=\"{pad}\" y=\"14\" font-size=\"11\" fill=\"#0b5394\">— accuracy (0 to 1)</text>\
+         <text x=\"{legendx}\" y=\"14\" font-size=\"11\" fill=\"#8a4504\">- - log-loss (0 to {toploss})</text>\
+         <polyline fill=\"none\" stroke=\"#0b5394\" stroke-width=\"2\" points=\"{acc}\"/>\
+         <polyline fill=\"none\" stroke=\"#b45f06\" stroke-width=\"2\" stroke-dasharray=\"5 3\" points=\"{loss}\"/></svg>",
+        right = w - pad,
+        ty = top + 4.0,
+        lastx = w - pad - 40.0,
+        legendx = pad + 180.0,
+        toploss = eps(top_loss),
+        acc = line(&acc, 1.0),
+        loss = line(&loss, top_loss),
+    )
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -1334,6 +1436,26 @@ mod tests {
             "{svg}"
         );
         assert_eq!(burn_down("d", None, &[], 0), "");
+    }
+
+    #[test]
+    fn the_curves_show_only_evaluated_rounds_and_escape_the_job() {
+        let round = |r: u32, acc: Option<f64>| confide_net::coordinator::RoundRecord {
+            round: r,
+            contributors: vec!["a".into(), "b".into()],
+            excluded: Vec::new(),
+            test_accuracy: acc,
+            test_auc: None,
+            test_log_loss: acc.map(|a| 1.0 - a),
+            test_correct: None,
+            seconds: 0.1,
+            aggregation_seconds: 0.01,
+        };
+        assert_eq!(curves("j", &[round(1, None), round(2, None)]), "");
+        let svg = curves("<j>", &[round(1, Some(0.5)), round(2, Some(0.9))]);
+        assert!(svg.contains("&lt;j&gt;") && !svg.contains("<j>"), "{svg}");
+        assert!(svg.contains("last accuracy 0.9000"), "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), 2);
     }
 
     #[test]

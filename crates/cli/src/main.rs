@@ -14,6 +14,7 @@ mod bench_confidential;
 mod bench_dashboard;
 mod bench_service;
 mod bench_trustee;
+mod board;
 mod confidential;
 mod control;
 mod dashboard;

@@ -168,6 +168,21 @@ pub struct Entry {
     /// inbox: the coordinator logs it with the decision.
     #[serde(default)]
     pub statement: String,
+    /// What the job would cost each of the daemon's datasets, and each one's verdict.
+    #[serde(default)]
+    pub datasets: Vec<DatasetReview>,
+}
+
+/// One dataset's review of an offered job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetReview {
+    /// The dataset's name.
+    pub dataset: String,
+    /// What the job would cost it (when private and the checks got that far).
+    pub cost: Option<confide_net::node::PrivacyCost>,
+    /// The daemon's checks on it, in words.
+    pub verdict: String,
 }
 
 fn now_ms() -> u64 {
@@ -889,6 +904,20 @@ impl Daemon {
             cost: verdicts[source].cost.clone(),
             rules: verdicts[source].rules.clone(),
             statement: String::new(),
+            datasets: self
+                .names
+                .iter()
+                .zip(&verdicts)
+                .map(|(name, a)| DatasetReview {
+                    dataset: name.clone(),
+                    cost: a.cost.clone(),
+                    verdict: match &a.verdict {
+                        Verdict::Approve(why) => format!("approve: {why}"),
+                        Verdict::Ask(why) => format!("ask: {why}"),
+                        Verdict::Reject(why) => format!("reject: {why}"),
+                    },
+                })
+                .collect(),
         };
         self.inbox.put(&mut e)?;
         eprintln!(
@@ -1405,6 +1434,7 @@ mod tests {
             cost: None,
             rules: Vec::new(),
             statement: String::new(),
+            datasets: Vec::new(),
         }
     }
 

@@ -21,8 +21,11 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(120);
 const TICKET_TTL: Duration = Duration::from_secs(120);
 /// How long a session lasts.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-/// At most this many tickets and sessions each (the oldest goes first).
-const MAX_PENDING: usize = 64;
+/// At most this many tickets, and this many sessions, per party (its oldest goes first), so
+/// that no party's logins push out another's.
+const PER_PARTY: usize = 8;
+/// At most this many tickets and sessions in all (the oldest goes first).
+const MAX_PENDING: usize = 1024;
 /// At most this many used challenges remembered (each from a verified signature).
 const MAX_USED: usize = 1024;
 
@@ -36,14 +39,19 @@ pub(crate) struct Session {
     pub party: String,
     /// How the pages name it (a name and role, or the id).
     pub name: String,
+    /// The role its certificate gave it (empty when the key has no certificate).
+    pub role: String,
     pub csrf: String,
     expires: Instant,
 }
 
+/// Who a ticket admits: party id, display name, role.
+type Admitted = (String, String, String);
+
 #[derive(Debug, Default)]
 struct Inner {
     used: HashMap<String, Instant>,
-    tickets: HashMap<String, (Instant, String, String)>,
+    tickets: HashMap<String, (Instant, Admitted)>,
     live: HashMap<String, Session>,
 }
 
@@ -84,6 +92,36 @@ fn bound<V>(map: &mut HashMap<String, V>, max: usize, expiry: impl Fn(&V) -> Ins
         };
         map.remove(&oldest);
     }
+}
+
+/// Makes room for one more entry of `party`: expired entries go, then the party's oldest
+/// beyond [`PER_PARTY`], then the oldest of all beyond [`MAX_PENDING`].
+fn bound_party<V>(
+    map: &mut HashMap<String, V>,
+    party: &str,
+    of: impl Fn(&V) -> (Instant, &String),
+) {
+    let now = Instant::now();
+    map.retain(|_, v| of(v).0 > now);
+    loop {
+        let mine: Vec<(&String, Instant)> = map
+            .iter()
+            .filter(|(_, v)| of(v).1 == party)
+            .map(|(k, v)| (k, of(v).0))
+            .collect();
+        let Some(oldest) = (mine.len() >= PER_PARTY)
+            .then(|| {
+                mine.iter()
+                    .min_by_key(|(_, t)| *t)
+                    .map(|(k, _)| (*k).clone())
+            })
+            .flatten()
+        else {
+            break;
+        };
+        map.remove(&oldest);
+    }
+    bound(map, MAX_PENDING, |v| of(v).0);
 }
 
 fn unix_ms() -> u64 {
@@ -143,8 +181,12 @@ impl SessionBook {
     }
 
     /// After the signature over `nonce` verified: uses the challenge up (once) and issues a
-    /// one-time ticket for `party`.
-    pub(crate) fn admit(&self, nonce: &str, party: &str, name: &str) -> Result<String, Refused> {
+    /// one-time ticket for `party` (shown as `name`, with `role`).
+    pub(crate) fn admit(
+        &self,
+        nonce: &str,
+        (party, name, role): (&str, &str, &str),
+    ) -> Result<String, Refused> {
         self.fresh(nonce).map_err(|m| (StatusCode::FORBIDDEN, m))?;
         let mut s = self.lock();
         let now = Instant::now();
@@ -162,11 +204,14 @@ impl SessionBook {
             ));
         }
         s.used.insert(nonce.to_string(), now + CHALLENGE_TTL);
-        bound(&mut s.tickets, MAX_PENDING, |t| t.0);
+        bound_party(&mut s.tickets, party, |t| (t.0, &t.1.0));
         let ticket = token();
         s.tickets.insert(
             ticket.clone(),
-            (now + TICKET_TTL, party.to_string(), name.to_string()),
+            (
+                now + TICKET_TTL,
+                (party.to_string(), name.to_string(), role.to_string()),
+            ),
         );
         Ok(ticket)
     }
@@ -174,15 +219,16 @@ impl SessionBook {
     /// Turns a ticket into a session (once): the session and its `Set-Cookie` value.
     pub(crate) fn enter(&self, ticket: &str) -> Option<(HeaderValue, Session)> {
         let mut s = self.lock();
-        let (expires, party, name) = s.tickets.remove(ticket)?;
+        let (expires, (party, name, role)) = s.tickets.remove(ticket)?;
         if expires <= Instant::now() {
             return None;
         }
-        bound(&mut s.live, MAX_PENDING, |v| v.expires);
+        bound_party(&mut s.live, &party, |v| (v.expires, &v.party));
         let id = token();
         let session = Session {
             party,
             name,
+            role,
             csrf: token(),
             expires: Instant::now() + SESSION_TTL,
         };
@@ -270,6 +316,43 @@ mod tests {
         assert_ne!(token(), token());
     }
 
+    /// One party's logins push out only its own oldest sessions.
+    #[test]
+    fn a_party_cannot_push_out_anothers_sessions() {
+        let book = SessionBook::new("0123456789abcdef");
+        let login = |party: &str| {
+            let t = book
+                .admit(&book.challenge(), (party, party, ""))
+                .expect("admitted");
+            book.enter(&t).expect("session").0
+        };
+        let first = login("alice");
+        for _ in 0..50 {
+            login("mallory");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(
+                first
+                    .to_str()
+                    .expect("ascii")
+                    .split(';')
+                    .next()
+                    .expect("pair"),
+            )
+            .expect("header"),
+        );
+        assert_eq!(book.session(&h).map(|s| s.party), Some("alice".into()));
+        let live = book
+            .lock()
+            .live
+            .values()
+            .filter(|v| v.party == "mallory")
+            .count();
+        assert_eq!(live, PER_PARTY);
+    }
+
     #[test]
     fn pending_maps_stay_bounded() {
         let mut m = HashMap::new();
@@ -294,9 +377,9 @@ mod tests {
         forged[9] ^= 1;
         assert!(book.fresh(&hex::encode(&forged)).is_err());
         assert!(book.fresh("zz").is_err());
-        let ticket = book.admit(&c, "p", "party").expect("admitted");
+        let ticket = book.admit(&c, ("p", "party", "owner")).expect("admitted");
         assert!(
-            book.admit(&c, "p", "party").is_err(),
+            book.admit(&c, ("p", "party", "owner")).is_err(),
             "a challenge is used once"
         );
         let (cookie, session) = book.enter(&ticket).expect("session");

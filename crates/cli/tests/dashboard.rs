@@ -30,8 +30,10 @@ fn http(
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    // Bodies may be binary (a model): lossy, for the length and the text checks.
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let code = lines
@@ -537,6 +539,203 @@ fn a_revocation_stops_a_job_before_it_costs_and_a_running_one_at_its_next_round(
         !page.contains("dash-c") && page.contains("dash-d"),
         "{page}"
     );
+    for d in [&mut guest, &mut host, &mut coordinator] {
+        assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    }
+}
+
+/// `confide job login` as `name`: the session cookie on the coordinator's dashboard at
+/// `admin`, or the refusal's exit code and message.
+fn board_session(fed: &Fed, admin: &str, name: &str) -> Result<String, (Option<i32>, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .args([
+            "job",
+            "login",
+            "--admin",
+            admin,
+            "--fed",
+            path(&fed.fed),
+            "--name",
+            name,
+        ])
+        .output()
+        .expect("login");
+    if !out.status.success() {
+        return Err((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, h, _) = http(
+        admin,
+        "GET",
+        url.trim_start_matches(&format!("http://{admin}")),
+        &[],
+        "",
+    );
+    assert_eq!(code, 303);
+    Ok(h["set-cookie"]
+        .split(';')
+        .next()
+        .expect("cookie")
+        .to_string())
+}
+
+/// The coordinator's dashboard: a session only from a federation key of a model owner or the
+/// operator, each party sees its own jobs, the rounds' held-out curves from the operator's
+/// test set, downloads for recipients only, the nodes for the operator only; and a
+/// submission prints the job's address.
+#[test]
+fn the_coordinator_dashboard_shows_each_party_its_own_jobs() {
+    let fed = Fed::new();
+    // The operator's test set for the examples' model owner's job `dash-e`.
+    let eval = fed.dir.path().join("evaluation");
+    let owner_dir = eval.join("b547bdb0e95a80974d0ccd4b00544743");
+    std::fs::create_dir_all(&owner_dir).expect("dir");
+    std::fs::copy(
+        root().join("data/breast_homo/breast_homo_test.csv"),
+        owner_dir.join("dash-e.csv"),
+    )
+    .expect("test set");
+    let mut coordinator = fed.coordinator_with(&["--evaluation", path(&eval)]);
+    let (admin, control, fleet) = (
+        coordinator.addrs[0].clone(),
+        coordinator.addrs[1].clone(),
+        coordinator.addrs[2].clone(),
+    );
+    let policies = root().join("examples/policies");
+    let mut guest = fed.node("guest", &fleet, &policies.join("breast_homo_guest.toml"));
+    let mut host = fed.node("host", &fleet, &policies.join("breast_homo_host.toml"));
+    let m = fed.manifest("dash-e", "plain", 5);
+    let out = fed.job(&control, "owner", &["submit", path(&m)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let submitted = json(&out);
+    let hash = submitted["hash"].as_str().expect("hash").to_string();
+    assert_eq!(
+        submitted["url"],
+        format!("http://{admin}/ui/jobs/{hash}"),
+        "{submitted}"
+    );
+    wait_for(90, "dash-e", || {
+        (state_of(&fed, &control, "dash-e") == "completed").then_some(())
+    });
+
+    // Who may log in: model owners and the operator, not a node.
+    let (code, err) = board_session(&fed, &admin, "guest").expect_err("a node is refused");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("has role node"), "{err}");
+    let owner = board_session(&fed, &admin, "owner").expect("owner");
+    let mallory = board_session(&fed, &admin, "mallory").expect("another model owner");
+    let operator = board_session(&fed, &admin, "coordinator").expect("operator");
+
+    // The model owner: its job, the curves from the operator's test set, the download.
+    let c = [("Cookie", owner.as_str())];
+    let (_, _, page) = http(&admin, "GET", "/ui/jobs", &c, "");
+    assert!(page.contains("dash-e") && page.contains("5 of 5"), "{page}");
+    let (_, _, page) = http(&admin, "GET", &format!("/ui/jobs/{hash}"), &c, "");
+    for shown in [
+        "<svg class=\"chart\"",
+        "id=\"rounds\"",
+        "id=\"download-model\"",
+        "<dt>State</dt><dd>completed</dd>",
+    ] {
+        assert!(page.contains(shown), "{shown} missing: {page}");
+    }
+    let (code, _, model) = http(
+        &admin,
+        "GET",
+        &format!("/ui/jobs/{hash}/model.safetensors"),
+        &c,
+        "",
+    );
+    assert_eq!(code, 200);
+    assert!(model.len() > 100);
+    let (code, _, report) = http(
+        &admin,
+        "GET",
+        &format!("/ui/jobs/{hash}/report.json"),
+        &c,
+        "",
+    );
+    assert_eq!(code, 200);
+    let report: serde_json::Value = serde_json::from_str(&report).expect("report");
+    let accuracy = report["history"][4]["test_accuracy"]
+        .as_f64()
+        .expect("evaluated");
+    assert!(accuracy > 0.8, "{accuracy}");
+    for view in ["/ui/nodes", "/ui/audit"] {
+        let (code, _, _) = http(&admin, "GET", view, &c, "");
+        assert_eq!(code, 403, "only the operator sees {view}");
+    }
+
+    // Another model owner sees nothing of it.
+    let c = [("Cookie", mallory.as_str())];
+    let (code, _, page) = http(&admin, "GET", "/ui/jobs", &c, "");
+    assert_eq!(code, 200);
+    assert!(
+        !page.contains("dash-e") && page.contains("No job yet"),
+        "{page}"
+    );
+    for target in [
+        format!("/ui/jobs/{hash}"),
+        format!("/ui/jobs/{hash}/model.safetensors"),
+    ] {
+        let (code, _, _) = http(&admin, "GET", &target, &c, "");
+        assert_eq!(code, 404, "{target}");
+    }
+
+    // The operator sees every job and the nodes, but is no recipient.
+    let c = [("Cookie", operator.as_str())];
+    let (_, _, page) = http(&admin, "GET", "/ui/jobs", &c, "");
+    assert!(page.contains("dash-e"), "{page}");
+    let (_, _, page) = http(&admin, "GET", "/ui/nodes", &c, "");
+    assert!(page.contains("guest") && page.contains("host"), "{page}");
+    let (code, _, _) = http(
+        &admin,
+        "GET",
+        &format!("/ui/jobs/{hash}/model.safetensors"),
+        &c,
+        "",
+    );
+    assert_eq!(code, 403);
+    let (_, _, page) = http(&admin, "GET", &format!("/ui/jobs/{hash}"), &c, "");
+    assert!(
+        page.contains("id=\"rounds\"") && !page.contains("download-model"),
+        "{page}"
+    );
+    let (_, _, page) = http(&admin, "GET", "/ui/audit", &c, "");
+    assert!(page.contains("Last signed head: entries"), "{page}");
+
+    // A revoked party's session stops working at once.
+    let revoked = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .args(["ca", "revoke", "--dir", path(&fed.fed), "--name", "mallory"])
+        .args(["--reason", "left the consortium"])
+        .output()
+        .expect("revoke");
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let (code, _, page) = http(
+        &admin,
+        "GET",
+        "/ui/jobs",
+        &[("Cookie", mallory.as_str())],
+        "",
+    );
+    assert_eq!(code, 403, "{page}");
+    assert!(page.contains("revoked"), "{page}");
+
+    // No session: the login page.
+    let (code, h, _) = http(&admin, "GET", "/ui/jobs", &[], "");
+    assert_eq!((code, h["location"].as_str()), (303, "/ui/login"));
     for d in [&mut guest, &mut host, &mut coordinator] {
         assert_eq!(d.terminate(), Some(0), "{}", d.log());
     }

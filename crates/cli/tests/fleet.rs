@@ -843,6 +843,22 @@ fn a_node_daemon_with_two_datasets_runs_a_job_on_the_one_that_fits() {
             .is_some_and(|w| w.starts_with("dataset 2: ")),
         "{list}"
     );
+    // The inbox keeps each dataset's review: the digits refuse the job, breast_homo takes it.
+    let reviews = entry["datasets"].as_array().expect("per-dataset reviews");
+    assert_eq!(reviews.len(), 2, "{list}");
+    assert_eq!(reviews[1]["dataset"], "breast_homo_guest", "{list}");
+    assert!(
+        reviews[0]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("reject")),
+        "{list}"
+    );
+    assert!(
+        reviews[1]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("approve")),
+        "{list}"
+    );
     for d in [&mut guest, &mut host, &mut coordinator] {
         assert_eq!(d.terminate(), Some(0), "{}", d.log());
     }

@@ -192,9 +192,17 @@ pub struct ControlService {
     fleet_stats: Arc<OnceLock<Arc<GuardStats>>>,
     routes: crate::fleet::JobRoutes,
     nodes: crate::fleet::Nodes,
+    /// The dashboard's base address, for the job addresses a submission returns.
+    dashboard: Option<String>,
 }
 
 impl ControlService {
+    /// Submissions answer with the job's address on the dashboard at `base`.
+    pub fn with_dashboard(mut self, base: &str) -> Self {
+        self.dashboard = Some(base.to_string());
+        self
+    }
+
     /// A control service on a recovered job store, run by the party `operator` (the
     /// coordinator's own party id: its certificate may read every job).
     pub fn new(jobs: Jobs, operator: String, revocations: Arc<Revocations>) -> Self {
@@ -210,6 +218,7 @@ impl ControlService {
             fleet_stats: Arc::default(),
             routes: crate::fleet::JobRoutes::default(),
             nodes: crate::fleet::Nodes::default(),
+            dashboard: None,
         }
     }
 
@@ -380,7 +389,7 @@ impl ControlService {
 
     /// Whether `caller` may see `record`: its model owner, a recipient, or this daemon's
     /// operator.
-    fn may_see(&self, record: &JobRecord, caller: &PeerIdentity) -> bool {
+    pub fn may_see(&self, record: &JobRecord, caller: &PeerIdentity) -> bool {
         (caller.role == Role::Coordinator && caller.id == self.operator)
             || record.model_owner == caller.id
             || record.recipients.contains(&caller.id)
@@ -415,6 +424,7 @@ fn record_reply(record: &JobRecord, created: bool) -> Result<Response<pb::JobRep
     Ok(Response::new(pb::JobReply {
         record_json: serde_json::to_string(record).map_err(|e| Status::internal(e.to_string()))?,
         created,
+        url: String::new(),
     }))
 }
 
@@ -444,7 +454,11 @@ impl pb::control_server::Control for ControlService {
         if s.new {
             tracing::info!("job `{}` ({}) submitted", s.record.job_id, s.record.hash);
         }
-        record_reply(&s.record, s.new)
+        let mut reply = record_reply(&s.record, s.new)?;
+        if let Some(base) = &self.dashboard {
+            reply.get_mut().url = format!("{base}/ui/jobs/{}", s.record.hash);
+        }
+        Ok(reply)
     }
 
     async fn list_jobs(

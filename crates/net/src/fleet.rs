@@ -626,6 +626,8 @@ pub struct Dispatcher {
     resume: Vec<[u8; 32]>,
     /// How long a job may wait for approval or in the queue before it expires.
     expire_after: Duration,
+    /// The operator's held-out test sets, by job id (`<dir>/<job id>.csv`).
+    evaluation: Option<std::path::PathBuf>,
     /// The jobs' checkpoints, in the job store's store (RES-006).
     checkpoints: crate::checkpoint::Checkpoints,
 }
@@ -690,6 +692,65 @@ impl Dispatcher {
             aggregators: Vec::new(),
             resume: Vec::new(),
             expire_after: DEFAULT_EXPIRY,
+            evaluation: None,
+        }
+    }
+
+    /// Evaluates each job after every round on the operator's held-out test set for it,
+    /// `<dir>/<model owner's party id>/<job id>.<csv|txt|safetensors>` (by the job's data
+    /// format), when that file exists: keyed by the model owner too, so that no other model
+    /// owner can submit a job under that id to be scored on the operator's data.
+    pub fn with_evaluation(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.evaluation = dir;
+        self
+    }
+
+    /// The held-out test set of `spec`'s job (submitted by `owner`), if the operator gave
+    /// one; read off the async threads. A file that cannot be read is logged and the job runs
+    /// without evaluation.
+    async fn evaluation_of(
+        &self,
+        spec: &confide_core::JobSpec,
+        owner: &str,
+    ) -> Option<confide_ml::Dataset> {
+        let dir = self.evaluation.as_ref()?;
+        let id = &spec.job.id;
+        // Job ids and party ids are names; never a path.
+        let plain = |s: &str| !s.is_empty() && !s.contains(['/', '\\']) && !s.starts_with('.');
+        if !plain(id) || !plain(owner) {
+            return None;
+        }
+        let ext = match spec.data.format {
+            confide_core::DataFormat::Csv => "csv",
+            confide_core::DataFormat::Text => "txt",
+            confide_core::DataFormat::Safetensors => "safetensors",
+        };
+        let path = dir.join(owner).join(format!("{id}.{ext}"));
+        if !path.exists() {
+            return None;
+        }
+        let job = spec.clone();
+        let at = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::node::load_job_data(&job, &at))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match loaded {
+            Ok(d) => {
+                tracing::info!(
+                    "job `{id}`: evaluated on {} ({} rows)",
+                    path.display(),
+                    d.len()
+                );
+                Some(d)
+            }
+            Err(e) => {
+                tracing::error!(
+                    "job `{id}`: its test set {}: {e}; no evaluation",
+                    path.display()
+                );
+                None
+            }
         }
     }
 
@@ -1128,9 +1189,12 @@ impl Dispatcher {
         } else {
             External::None
         };
+        let eval = self
+            .evaluation_of(&spec, &manifest.manifest.model_owner.id)
+            .await;
         let coordinator = Coordinator::new(CoordinatorOptions {
             spec,
-            eval: None,
+            eval,
             keyholder_endpoint: matches!(external, External::KeyHolder(..))
                 .then(|| self.keyholder.clone())
                 .flatten(),
