@@ -167,11 +167,31 @@ async function submits(page, path, act) {
   return response;
 }
 
+// The keyboard alone reaches every link, button and field of the page, in order: Tab from
+// the top visits each of them (the skip link first).
+async function keyboard(page, view) {
+  const targets = await page.evaluate(() => {
+    const all = [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea')];
+    all.forEach((el, i) => el.setAttribute('data-kb', String(i)));
+    return all.length;
+  });
+  await page.evaluate(() => document.activeElement?.blur());
+  await page.evaluate(() => window.scrollTo(0, 0));
+  const seen = new Set();
+  for (let i = 0; i < targets + 5; i += 1) {
+    await page.keyboard.press('Tab');
+    const id = await page.evaluate(() => document.activeElement?.getAttribute('data-kb'));
+    if (id !== null && id !== undefined) seen.add(id);
+  }
+  check(seen.size === targets, `${view}: Tab reaches all ${targets} links, buttons and fields (${seen.size})`);
+}
+
 async function view(page, name) {
   await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
   const bytes = Buffer.byteLength(await page.content());
   weights.push([name, bytes]);
   await accessible(page, name);
+  await keyboard(page, name);
 }
 
 async function main() {
