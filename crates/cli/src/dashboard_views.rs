@@ -477,200 +477,15 @@ impl Node {
 
     pub(crate) fn inbox_job_page(&self, c: &Chrome, hash: &str) -> PageResult {
         let e = self.entry(hash)?;
-        let mut job = vec![
-            Field {
-                name: "Manifest hash",
-                value: e.hash.clone(),
-            },
-            Field {
-                name: "Model owner",
-                value: e.model_owner.clone(),
-            },
-        ];
-        if let Ok(m) = SignedManifest::from_json(&e.manifest_json) {
-            let man = &m.manifest;
-            job.push(Field {
-                name: "Participants",
-                value: man.participants.join(", "),
-            });
-            job.push(Field {
-                name: "Mode",
-                value: man.mode.as_str().into(),
-            });
-            job.push(Field {
-                name: "Recipients of the model",
-                value: man.recipients.join(", "),
-            });
-            if let Ok(spec) = man.job_spec() {
-                job.push(Field {
-                    name: "Scheme",
-                    value: spec.job.scheme.as_str().into(),
-                });
-                job.push(Field {
-                    name: "Rounds",
-                    value: spec.job.rounds.to_string(),
-                });
-                job.push(Field {
-                    name: "At least this many owners per round",
-                    value: spec.job.min_owners.to_string(),
-                });
-                job.push(Field {
-                    name: "Model",
-                    value: describe_model(&spec),
-                });
-                job.push(Field {
-                    name: "Features read",
-                    value: spec.data.features.len().to_string(),
-                });
-            }
-        }
-        job.push(Field {
-            name: "Dataset it would use",
-            value: e.dataset.clone(),
-        });
-        if let Some(p) = self.policy(&e.dataset) {
-            job.push(Field {
-                name: "Your policy expires",
-                value: confide_governance::policy::rfc3339(p.expires),
-            });
-        }
-        let (privacy, check) = match &e.cost {
-            Some(p) => (
-                vec![
-                    Field {
-                        name: "Level",
-                        value: p.level.clone(),
-                    },
-                    Field {
-                        name: "ε (this dataset, whole job)",
-                        value: eps(p.epsilon),
-                    },
-                    Field {
-                        name: "δ",
-                        value: format!("{:e}", p.delta),
-                    },
-                    Field {
-                        name: "Noise multiplier σ",
-                        value: format!("{}", p.noise_multiplier),
-                    },
-                    Field {
-                        name: "Clip norm",
-                        value: format!("{}", p.clip_norm),
-                    },
-                    Field {
-                        name: "Sampling rate q",
-                        value: format!("{}", p.sampling_rate),
-                    },
-                    Field {
-                        name: "Noisy steps",
-                        value: p.steps.to_string(),
-                    },
-                    Field {
-                        name: "Accountant",
-                        value: p.accountant.clone(),
-                    },
-                ],
-                if p.level == "record" {
-                    format!(
-                        "confide dp epsilon --q {} --sigma {} --steps {} --delta {} --accountant {}",
-                        p.sampling_rate, p.noise_multiplier, p.steps, p.delta, p.accountant
-                    )
-                } else {
-                    String::new()
-                },
-            ),
-            None => (Vec::new(), String::new()),
-        };
-        let mut budget = Vec::new();
-        let figures = self.figures(&e.dataset).unwrap_or_else(|why| {
-            budget.push(Field {
-                name: "Budget",
-                value: format!("the ledger cannot be read: {why}"),
-            });
-            None
-        });
-        if let Some(f) = figures {
-            if let Some((life, _)) = f.lifetime {
-                budget.push(Field {
-                    name: "Lifetime ε",
-                    value: eps(life),
-                });
-            }
-            budget.push(Field {
-                name: "Spent and reserved ε",
-                value: eps(f.spent.0 + f.reserved.0),
-            });
-            if let Some(left) = f.remaining() {
-                budget.push(Field {
-                    name: "Remaining ε now",
-                    value: eps(left),
-                });
-                if let Some(p) = &e.cost {
-                    let ran = f
-                        .history
-                        .iter()
-                        .any(|h| h.job_id == e.job_id && h.state != EntryState::Released);
-                    budget.push(Field {
-                        name: if ran {
-                            "Remaining ε (this job already debited)"
-                        } else {
-                            "Remaining ε after this job"
-                        },
-                        value: eps(if ran { left } else { left - p.epsilon }),
-                    });
-                }
-            }
-        }
-        let rules = e
-            .rules
-            .iter()
-            .map(|r| RuleRow {
-                rule: r.rule.clone(),
-                verdict: if r.allows { "allows" } else { "does not allow" },
-                approval: match r.approval {
-                    confide_governance::policy::Approval::Automatic => "automatic",
-                    confide_governance::policy::Approval::CoSignature => "your co-signature",
-                },
-                why: r.why.clone(),
-            })
-            .collect();
-        // With several datasets: what the job would cost each, and each one's verdict.
-        let datasets = if e.datasets.len() > 1 {
-            e.datasets
-                .iter()
-                .map(|d| {
-                    let left = self
-                        .figures(&d.dataset)
-                        .ok()
-                        .flatten()
-                        .and_then(|f| f.remaining());
-                    DatasetRow {
-                        dataset: d.dataset.clone(),
-                        epsilon: d.cost.as_ref().map_or("—".into(), |c| eps(c.epsilon)),
-                        delta: d
-                            .cost
-                            .as_ref()
-                            .map_or("—".into(), |c| format!("{:e}", c.delta)),
-                        remaining: match (left, &d.cost) {
-                            (Some(l), Some(c)) => eps(l - c.epsilon),
-                            (Some(l), None) => eps(l),
-                            (None, _) => "no lifetime budget".into(),
-                        },
-                        verdict: d.verdict.clone(),
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let (privacy, check) = e
+            .cost
+            .as_ref()
+            .map_or_else(Default::default, privacy_fields);
         let revoked = self.revoked(&e.hash).is_some();
         let can_decide = matches!(e.status, Status::Pending | Status::Approved)
             && !revoked
             && self.approver.is_some();
-        let key = self
-            .approver_key
-            .as_ref()
-            .map_or("YOUR-APPROVAL-KEY".into(), |p| p.display().to_string());
+        let key = self.key_shown();
         rendered(
             InboxJobPage {
                 c,
@@ -683,22 +498,125 @@ impl Node {
                     "confide node inbox reject {} --reason \"…\" --admin {} --key {key}",
                     e.hash, self.admin
                 ),
+                job: self.job_fields(&e),
+                privacy,
+                check,
+                budget: self.budget_fields(&e),
+                rules: rule_rows(&e),
+                datasets: self.dataset_rows(&e),
+                can_decide,
+                revoked,
                 hash: e.hash,
                 job_id: e.job_id,
                 status: status_name(e.status),
                 verdict: e.verdict,
                 why: e.why,
-                job,
-                privacy,
-                check,
-                budget,
-                rules,
-                datasets,
-                can_decide,
-                revoked,
             }
             .render(),
         )
+    }
+
+    /// The approval key as the printed commands name it.
+    fn key_shown(&self) -> String {
+        self.approver_key
+            .as_ref()
+            .map_or("YOUR-APPROVAL-KEY".into(), |p| p.display().to_string())
+    }
+
+    /// The offered job, from its signed manifest, and the dataset it would use.
+    fn job_fields(&self, e: &Entry) -> Vec<Field> {
+        let mut job = vec![
+            field("Manifest hash", e.hash.clone()),
+            field("Model owner", e.model_owner.clone()),
+        ];
+        if let Ok(m) = SignedManifest::from_json(&e.manifest_json) {
+            let man = &m.manifest;
+            job.push(field("Participants", man.participants.join(", ")));
+            job.push(field("Mode", man.mode.as_str().into()));
+            job.push(field("Recipients of the model", man.recipients.join(", ")));
+            if let Ok(spec) = man.job_spec() {
+                job.push(field("Scheme", spec.job.scheme.as_str().into()));
+                job.push(field("Rounds", spec.job.rounds.to_string()));
+                job.push(field(
+                    "At least this many owners per round",
+                    spec.job.min_owners.to_string(),
+                ));
+                job.push(field("Model", describe_model(&spec)));
+                job.push(field("Features read", spec.data.features.len().to_string()));
+            }
+        }
+        job.push(field("Dataset it would use", e.dataset.clone()));
+        if let Some(p) = self.policy(&e.dataset) {
+            job.push(field(
+                "Your policy expires",
+                confide_governance::policy::rfc3339(p.expires),
+            ));
+        }
+        job
+    }
+
+    /// The job's dataset's budget: lifetime, spent and reserved, what remains now and after
+    /// the job.
+    fn budget_fields(&self, e: &Entry) -> Vec<Field> {
+        let f = match self.figures(&e.dataset) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Vec::new(),
+            Err(why) => return vec![field("Budget", format!("the ledger cannot be read: {why}"))],
+        };
+        let mut budget = Vec::new();
+        if let Some((life, _)) = f.lifetime {
+            budget.push(field("Lifetime ε", eps(life)));
+        }
+        budget.push(field("Spent and reserved ε", eps(f.spent.0 + f.reserved.0)));
+        if let Some(left) = f.remaining() {
+            budget.push(field("Remaining ε now", eps(left)));
+            if let Some(p) = &e.cost {
+                let ran = f
+                    .history
+                    .iter()
+                    .any(|h| h.job_id == e.job_id && h.state != EntryState::Released);
+                budget.push(Field {
+                    name: if ran {
+                        "Remaining ε (this job already debited)"
+                    } else {
+                        "Remaining ε after this job"
+                    },
+                    value: eps(if ran { left } else { left - p.epsilon }),
+                });
+            }
+        }
+        budget
+    }
+
+    /// With several datasets: what the job would cost each, and each one's verdict.
+    fn dataset_rows(&self, e: &Entry) -> Vec<DatasetRow> {
+        if e.datasets.len() < 2 {
+            return Vec::new();
+        }
+        e.datasets
+            .iter()
+            .map(|d| {
+                let left = self
+                    .figures(&d.dataset)
+                    .ok()
+                    .flatten()
+                    .and_then(|f| f.remaining());
+                DatasetRow {
+                    dataset: d.dataset.clone(),
+                    epsilon: d.cost.as_ref().map_or("—".into(), |c| eps(c.epsilon)),
+                    delta: d
+                        .cost
+                        .as_ref()
+                        .map_or("—".into(), |c| format!("{:e}", c.delta)),
+                    remaining: match (left, &d.cost) {
+                        (Some(l), Some(c)) => eps(l - c.epsilon),
+                        (Some(l), None) => eps(l),
+                        (None, _) => "no lifetime budget".into(),
+                    },
+                    verdict: d.verdict.clone(),
+                }
+            })
+            .collect()
     }
 
     /// What this node sent for the job of `e` (its training record is kept by job digest).
@@ -764,10 +682,7 @@ impl Node {
                 })
                 .unwrap_or_else(|_| "revoked".into())
         });
-        let key = self
-            .approver_key
-            .as_ref()
-            .map_or("YOUR-APPROVAL-KEY".into(), |p| p.display().to_string());
+        let key = self.key_shown();
         rendered(
             JobPage {
                 c,
@@ -1112,6 +1027,50 @@ impl Node {
     }
 }
 
+fn field(name: &'static str, value: String) -> Field {
+    Field { name, value }
+}
+
+/// The privacy cost's fields, and the `confide dp epsilon` command that recomputes its ε
+/// (record level only).
+fn privacy_fields(p: &confide_net::node::PrivacyCost) -> (Vec<Field>, String) {
+    let fields = vec![
+        field("Level", p.level.clone()),
+        field("ε (this dataset, whole job)", eps(p.epsilon)),
+        field("δ", format!("{:e}", p.delta)),
+        field("Noise multiplier σ", format!("{}", p.noise_multiplier)),
+        field("Clip norm", format!("{}", p.clip_norm)),
+        field("Sampling rate q", format!("{}", p.sampling_rate)),
+        field("Noisy steps", p.steps.to_string()),
+        field("Accountant", p.accountant.clone()),
+    ];
+    let check = if p.level == "record" {
+        format!(
+            "confide dp epsilon --q {} --sigma {} --steps {} --delta {} --accountant {}",
+            p.sampling_rate, p.noise_multiplier, p.steps, p.delta, p.accountant
+        )
+    } else {
+        String::new()
+    };
+    (fields, check)
+}
+
+/// Each policy rule's verdict on the job.
+fn rule_rows(e: &Entry) -> Vec<RuleRow> {
+    e.rules
+        .iter()
+        .map(|r| RuleRow {
+            rule: r.rule.clone(),
+            verdict: if r.allows { "allows" } else { "does not allow" },
+            approval: match r.approval {
+                confide_governance::policy::Approval::Automatic => "automatic",
+                confide_governance::policy::Approval::CoSignature => "your co-signature",
+            },
+            why: r.why.clone(),
+        })
+        .collect()
+}
+
 /// The model, in words: its kind and layers.
 fn describe_model(spec: &confide_core::JobSpec) -> String {
     let m = &spec.model;
@@ -1184,65 +1143,98 @@ pub(crate) fn check_log(
             ""
         }
     ));
+    let (consistent, line) = consistency(witnessed, &v);
+    ok &= consistent;
+    lines.extend(line);
+    let mut entries = entries_of(&v, jobs, (name, id));
+    let older = entries.len().saturating_sub(MAX_AUDIT_ROWS);
+    entries.drain(..older);
+    Verification {
+        at_ms: now_ms(),
+        ok,
+        lines,
+        entries,
+        older,
+        export: Some(bytes),
+    }
+}
+
+/// Whether the fetched log `v` extends the head this node cosigned (`witnessed`), by an
+/// RFC 9162 consistency proof, and what to say of it.
+fn consistency(
+    witnessed: Option<&SignedTreeHead>,
+    v: &confide_governance::audit::VerifiedLog,
+) -> (bool, Option<String>) {
     let log_id = hex::decode(&v.log.log_public_key)
         .map(|k| confide_governance::identity::party_id(&k))
         .unwrap_or_default();
-    match witnessed {
-        None => lines.push(
-            "this node has cosigned no head of this log yet: no consistency proof to check".into(),
-        ),
-        Some(w) if w.log_id != log_id => {
-            ok = false;
-            lines.push(format!(
+    let Some(w) = witnessed else {
+        return (
+            true,
+            Some(
+                "this node has cosigned no head of this log yet: no consistency proof to check"
+                    .into(),
+            ),
+        );
+    };
+    if w.log_id != log_id {
+        return (
+            false,
+            Some(format!(
                 "ALERT: the cosigned head is of log {}, the fetched log is {log_id}",
                 w.log_id
-            ));
-        }
-        Some(w) => match w.unverified_head() {
-            Ok(old) if old.size == 0 => {}
-            Ok(old) if old.size <= v.head.size => {
-                let proof = usize::try_from(old.size)
-                    .ok()
-                    .and_then(|n| confide_governance::merkle::consistency_proof(n, &v.leaves));
-                let consistent = proof.is_some_and(|p| {
-                    confide_governance::merkle::verify_consistency(
-                        old.size,
-                        v.head.size,
-                        &old.root,
-                        &v.head.root,
-                        &p,
-                    )
-                });
-                if consistent {
-                    lines.push(format!(
-                        "consistent: the log extends the head of {} entries this node cosigned \
-                         (RFC 9162 consistency proof)",
-                        old.size
-                    ));
-                } else {
-                    ok = false;
-                    lines.push(format!(
-                        "ALERT: the log does not extend the head of {} entries this node cosigned",
-                        old.size
-                    ));
-                }
-            }
-            Ok(old) => {
-                ok = false;
-                lines.push(format!(
-                    "ALERT: the log has {} entries, fewer than the {} this node cosigned (a \
-                     rollback)",
-                    v.head.size, old.size
-                ));
-            }
-            Err(e) => {
-                ok = false;
-                lines.push(format!("the cosigned head is unreadable: {e}"));
-            }
-        },
+            )),
+        );
     }
-    let mut entries: Vec<AuditRow> = v
-        .log
+    match w.unverified_head() {
+        Ok(old) if old.size == 0 => (true, None),
+        Ok(old) if old.size <= v.head.size => {
+            let proof = usize::try_from(old.size)
+                .ok()
+                .and_then(|n| confide_governance::merkle::consistency_proof(n, &v.leaves));
+            let consistent = proof.is_some_and(|p| {
+                confide_governance::merkle::verify_consistency(
+                    old.size,
+                    v.head.size,
+                    &old.root,
+                    &v.head.root,
+                    &p,
+                )
+            });
+            let line = if consistent {
+                format!(
+                    "consistent: the log extends the head of {} entries this node cosigned \
+                     (RFC 9162 consistency proof)",
+                    old.size
+                )
+            } else {
+                format!(
+                    "ALERT: the log does not extend the head of {} entries this node cosigned",
+                    old.size
+                )
+            };
+            (consistent, Some(line))
+        }
+        Ok(old) => (
+            false,
+            Some(format!(
+                "ALERT: the log has {} entries, fewer than the {} this node cosigned (a \
+                 rollback)",
+                v.head.size, old.size
+            )),
+        ),
+        Err(e) => (false, Some(format!("the cosigned head is unreadable: {e}"))),
+    }
+}
+
+/// The entries of the log `v` about `jobs` (by hash or id), those by or about this node
+/// (`name`, `id`) marked.
+fn entries_of(
+    v: &confide_governance::audit::VerifiedLog,
+    jobs: &[(String, String)],
+    (name, id): (&String, &String),
+) -> Vec<AuditRow> {
+    v.log
         .entries
         .iter()
         .enumerate()
@@ -1267,17 +1259,7 @@ pub(crate) fn check_log(
                 mine,
             })
         })
-        .collect();
-    let older = entries.len().saturating_sub(MAX_AUDIT_ROWS);
-    entries.drain(..older);
-    Verification {
-        at_ms: now_ms(),
-        ok,
-        lines,
-        entries,
-        older,
-        export: Some(bytes),
-    }
+        .collect()
 }
 
 /// The remaining-ε burn-down of one dataset as an inline SVG (numbers only): the lifetime

@@ -133,6 +133,22 @@ fn login(admin: &str, key: &Path) -> (Option<i32>, String, String) {
     )
 }
 
+/// Opens the one-time login address `url` of the daemon at `admin`: the session cookie
+/// (`name=value`) and the whole `Set-Cookie` header.
+fn open(admin: &str, url: &str) -> (String, String) {
+    let (code, h, _) = http(
+        admin,
+        "GET",
+        url.trim_start_matches(&format!("http://{admin}")),
+        &[],
+        "",
+    );
+    assert_eq!(code, 303);
+    let set = h["set-cookie"].clone();
+    let cookie = set.split(';').next().expect("cookie").to_string();
+    (cookie, set)
+}
+
 /// The value of the first `name="csrf" value="…"` in a page.
 fn csrf_of(page: &str) -> String {
     let at = page
@@ -212,15 +228,9 @@ fn the_dashboard_opens_only_for_the_owner_and_acts_only_with_its_key() {
     // The owner's key can; the address works once.
     let (code, url, err) = login(&admin, &key);
     assert_eq!(code, Some(0), "{err}");
+    let (cookie, set) = open(&admin, &url);
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
     let target = url.trim_start_matches(&format!("http://{admin}"));
-    let (code, h, _) = http(&admin, "GET", target, &[], "");
-    assert_eq!(code, 303);
-    let cookie = h["set-cookie"]
-        .split(';')
-        .next()
-        .expect("cookie")
-        .to_string();
-    assert!(h["set-cookie"].contains("HttpOnly") && h["set-cookie"].contains("SameSite=Strict"));
     let (code, _, _) = http(&admin, "GET", target, &[], "");
     assert_eq!(code, 403, "a login address works once");
     let with = [("Cookie", cookie.as_str())];
@@ -444,18 +454,7 @@ fn a_revocation_stops_a_job_before_it_costs_and_a_running_one_at_its_next_round(
     owner_cli(&guest_admin, &["approve", "dash-d"], &guest_key);
     let (code, url, err) = login(&admin, &host_key);
     assert_eq!(code, Some(0), "{err}");
-    let (_, h, _) = http(
-        &admin,
-        "GET",
-        url.trim_start_matches(&format!("http://{admin}")),
-        &[],
-        "",
-    );
-    let cookie = h["set-cookie"]
-        .split(';')
-        .next()
-        .expect("cookie")
-        .to_string();
+    let (cookie, _) = open(&admin, &url);
     let with = [("Cookie", cookie.as_str())];
     let hash = entry("dash-d").expect("dash-d")["hash"]
         .as_str()
@@ -567,19 +566,7 @@ fn board_session(fed: &Fed, admin: &str, name: &str) -> Result<String, (Option<i
         ));
     }
     let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (code, h, _) = http(
-        admin,
-        "GET",
-        url.trim_start_matches(&format!("http://{admin}")),
-        &[],
-        "",
-    );
-    assert_eq!(code, 303);
-    Ok(h["set-cookie"]
-        .split(';')
-        .next()
-        .expect("cookie")
-        .to_string())
+    Ok(open(admin, &url).0)
 }
 
 /// The coordinator's dashboard: a session only from a federation key of a model owner or the
