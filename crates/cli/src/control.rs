@@ -11,12 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use confide_core::Role;
-use confide_governance::statement::{Action, SignedStatement, Statement};
-use confide_net::pb::control_client::ControlClient;
+use confide_net::client::{ClientError, ControlSession};
+use confide_net::control;
 use confide_net::pki::Credentials;
-use confide_net::{control, pb};
 use confide_service::{JobEvent, JobRecord, JobState, Outcome};
-use tonic::transport::Channel;
 
 use crate::governance::Passphrase;
 
@@ -409,28 +407,24 @@ pub enum ServiceJobCommand {
 }
 
 struct Session {
-    client: ControlClient<Channel>,
-    creds: Credentials,
+    control: ControlSession,
     format: Format,
 }
 
 impl Session {
     async fn open(c: &Connect) -> Result<Self> {
-        let creds = Credentials::load_with(&c.fed, &c.name, c.passphrase.get()?.as_deref())?;
-        let channel = confide_net::transport::connect(&c.coordinator, &c.server_name, &creds)
-            .await
-            .with_context(|| {
-                format!(
-                    "is `confide coordinator serve` running with --control {}?",
-                    c.coordinator
-                )
-            })?;
-        let client = ControlClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(confide_service::jobs::MAX_MANIFEST_BYTES + 1024);
+        let passphrase = c.passphrase.get()?;
+        let control = ControlSession::open(
+            &c.coordinator,
+            &c.server_name,
+            &c.fed,
+            &c.name,
+            passphrase.as_deref(),
+        )
+        .await
+        .map_err(failed)?;
         Ok(Self {
-            client,
-            creds,
+            control,
             format: c.format,
         })
     }
@@ -448,21 +442,12 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// A failed call: a numbered refusal, or the call itself failed.
-fn call_failed(s: tonic::Status) -> anyhow::Error {
-    match control::rule_of(&s) {
-        Some(_) => Refused(s.message().to_string()).into(),
-        None => match s.code() {
-            tonic::Code::PermissionDenied
-            | tonic::Code::InvalidArgument
-            | tonic::Code::ResourceExhausted => Refused(s.message().to_string()).into(),
-            _ => anyhow::anyhow!("coordinator: {}", confide_net::roles::describe_failure(&s)),
-        },
+/// A failed call: a numbered refusal ([`Refused`]), or the call itself failed.
+fn failed(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused(m) | ClientError::NotFound(m) => Refused(m).into(),
+        other => anyhow::anyhow!(other),
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).context("the coordinator sent a malformed answer")
 }
 
 fn when(ms: u64) -> String {
@@ -534,33 +519,15 @@ fn exit_code(r: &JobRecord) -> i32 {
 
 /// Prints a job's events from `from`; with `follow`, until it ends. Returns the last state.
 async fn events(s: &mut Session, name: &str, from: u64, follow: bool) -> Result<JobRecord> {
-    let mut stream = s
-        .client
-        .job_events(pb::JobEventsRequest {
-            name: name.to_string(),
-            from,
-            follow,
-        })
-        .await
-        .map_err(call_failed)?
-        .into_inner();
-    while let Some(msg) = stream.message().await.map_err(call_failed)? {
-        let e: JobEvent = parse(&msg.event_json)?;
+    let mut stream = s.control.events(name, from, follow).await.map_err(failed)?;
+    while let Some(e) = stream.next().await.map_err(failed)? {
         print_event(s.format, &e)?;
     }
     status(s, name).await
 }
 
 async fn status(s: &mut Session, name: &str) -> Result<JobRecord> {
-    let reply = s
-        .client
-        .job_status(pb::JobName {
-            name: name.to_string(),
-        })
-        .await
-        .map_err(call_failed)?
-        .into_inner();
-    parse(&reply.record_json)
+    s.control.status(name).await.map_err(failed)
 }
 
 /// `confide nodes list`: the nodes a running coordinator has heard from (its operator only).
@@ -576,17 +543,7 @@ pub async fn nodes(connect: Connect) -> Result<i32> {
 
 async fn nodes_inner(connect: Connect) -> Result<i32> {
     let mut s = Session::open(&connect).await?;
-    let reply = s
-        .client
-        .list_nodes(pb::NodeListRequest {})
-        .await
-        .map_err(call_failed)?
-        .into_inner();
-    let nodes: Vec<confide_net::fleet::NodeSeen> = reply
-        .nodes_json
-        .iter()
-        .map(|j| parse(j))
-        .collect::<Result<_>>()?;
+    let nodes = s.control.nodes().await.map_err(failed)?;
     let now = confide_service::jobs::millis(time::OffsetDateTime::now_utc());
     let within = u64::try_from(confide_net::fleet::CONNECTED_WITHIN.as_millis()).unwrap_or(0);
     match s.format {
@@ -643,13 +600,8 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
             let bytes = std::fs::read(&manifest)
                 .with_context(|| format!("cannot read {}", manifest.display()))?;
             let mut s = Session::open(&connect).await?;
-            let reply = s
-                .client
-                .submit_job(pb::JobSubmitRequest { manifest: bytes })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            let r: JobRecord = parse(&reply.record_json)?;
+            let reply = s.control.submit(bytes).await.map_err(failed)?;
+            let r = reply.record;
             if !wait {
                 print_record(s.format, &r, Some(reply.created), Some(&reply.url))?;
                 return Ok(0);
@@ -677,19 +629,7 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
         }
         ServiceJobCommand::List { state, connect } => {
             let mut s = Session::open(&connect).await?;
-            let reply = s
-                .client
-                .list_jobs(pb::JobListRequest {
-                    state: state.unwrap_or_default(),
-                })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            let records: Vec<JobRecord> = reply
-                .records_json
-                .iter()
-                .map(|j| parse(j))
-                .collect::<Result<_>>()?;
+            let records = s.control.list(state.as_deref()).await.map_err(failed)?;
             match s.format {
                 Format::Json => outln!("{}", serde_json::to_string_pretty(&records)?),
                 Format::Text => {
@@ -709,30 +649,9 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
         }
         ServiceJobCommand::Download { job, out, connect } => {
             let mut s = Session::open(&connect).await?;
-            let reply = s
-                .client
-                .download_job(pb::JobName { name: job })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            let record: JobRecord = parse(&reply.record_json)?;
-            let report: confide_net::coordinator::JobReport = parse(&reply.report_json)?;
-            let manifest =
-                confide_governance::manifest::SignedManifest::from_json(&reply.manifest_json)?;
-            if manifest.hash != record.hash {
-                bail!("the coordinator sent a manifest that does not hash to the job");
-            }
-            let spec = manifest.manifest.job_spec()?;
-            if reply.model.len() % 4 != 0 {
-                bail!("the coordinator sent a malformed model");
-            }
-            let params: Vec<f32> = reply
-                .model
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let (weights, card) =
-                crate::simulate::export_release(&out, &record.job_id, &spec, &params, &report)?;
+            let release = s.control.download(&job).await.map_err(failed)?;
+            let (weights, card) = release.write(&out).map_err(|e| anyhow::anyhow!(e))?;
+            let record = release.record;
             match s.format {
                 Format::Json => outln!(
                     "{}",
@@ -777,29 +696,7 @@ async fn run_inner(cmd: ServiceJobCommand) -> Result<i32> {
             connect,
         } => {
             let mut s = Session::open(&connect).await?;
-            let r = status(&mut s, &job).await?;
-            let hash: [u8; 32] = hex::decode(&r.hash)
-                .ok()
-                .and_then(|h| h.try_into().ok())
-                .context("the coordinator sent a malformed job hash")?;
-            let id = s.creds.identity();
-            let statement = Statement::new(
-                Action::Cancel,
-                &hash,
-                &reason,
-                id.public(),
-                time::OffsetDateTime::now_utc(),
-            );
-            let signed = SignedStatement::sign(statement, &id)?;
-            let reply = s
-                .client
-                .cancel_job(pb::JobCancelRequest {
-                    statement: signed.to_json().into_bytes(),
-                })
-                .await
-                .map_err(call_failed)?
-                .into_inner();
-            let r: JobRecord = parse(&reply.record_json)?;
+            let r = s.control.cancel(&job, &reason).await.map_err(failed)?;
             print_record(s.format, &r, None, None)?;
             Ok(0)
         }

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use confide_core::{JobConfig, JobSpec, Role, SchemeKind, SimulateMode};
-use confide_ml::export::{ModelCard, export_model};
-use confide_ml::{ModelSpec, Standardizer};
-use confide_net::coordinator::{JobReport, model_spec};
+use confide_net::coordinator::JobReport;
 use confide_net::pb::{self, JobState};
 use confide_net::pki::{self, Credentials};
 use confide_secagg::aggregators::aggregator_name;
@@ -519,31 +517,7 @@ pub fn export_release(
     params: &[f32],
     report: &JobReport,
 ) -> Result<(PathBuf, PathBuf)> {
-    let model: ModelSpec = model_spec(spec);
-    let names = if spec.data.features.is_empty() {
-        (0..spec.data.feature_count)
-            .map(|i| format!("f{i}"))
-            .collect()
-    } else {
-        spec.data.features.clone()
-    };
-    let standardization = Standardizer::of_job(&spec.data.standardize);
-    let provenance = HashMap::from([
-        ("job_id".to_string(), job_id.to_string()),
-        ("scheme".to_string(), report.scheme.clone()),
-        ("rounds".to_string(), report.rounds.to_string()),
-        ("status".to_string(), report.status.clone()),
-    ]);
-    let card = ModelCard::new(&model, names, standardization, provenance);
-    if params.len() != model.param_count() {
-        bail!("the job released no model ({})", report.message);
-    }
-    let paths = export_model(dir, "model", params, &card)?;
-    std::fs::write(
-        dir.join("coordinator-report.json"),
-        serde_json::to_string_pretty(report)?,
-    )?;
-    Ok(paths)
+    confide_net::client::write_release(dir, job_id, spec, params, report).map_err(|e| anyhow!(e))
 }
 
 /// Follows the job as the model owner: one progress-bar step per round, then fetches the model.

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod aggregator;
 pub mod aggregators;
 pub mod checkpoint;
+pub mod client;
 pub mod control;
 pub mod coordinator;
 pub mod fleet;

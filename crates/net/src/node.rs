@@ -1852,6 +1852,34 @@ impl Assessment {
     }
 }
 
+/// What a job costs a dataset of `rows` records, as a node's accountant computes it when
+/// the job is offered (`None` for a job without DP).
+///
+/// # Errors
+/// The job's privacy settings cannot be met for this dataset (the reason, in words).
+pub fn privacy_cost(spec: &JobSpec, rows: usize) -> Result<Option<PrivacyCost>, String> {
+    Ok(plan_privacy(spec, rows)?.as_ref().map(Spend::privacy_cost))
+}
+
+impl Spend {
+    fn privacy_cost(&self) -> PrivacyCost {
+        let c = self.claim();
+        PrivacyCost {
+            epsilon: c.epsilon,
+            delta: c.delta,
+            noise_multiplier: c.noise_multiplier,
+            clip_norm: c.clip_norm,
+            sampling_rate: c.sampling_rate,
+            steps: c.steps,
+            accountant: c.accountant,
+            level: match self {
+                Spend::Record(_) => "record".into(),
+                Spend::Client(_) => "client".into(),
+            },
+        }
+    }
+}
+
 /// Checks a job offered by a long-running coordinator against this node's manifest checks,
 /// data and policy, exactly as [`run_node`] will when the job runs (the ledger is debited
 /// only then).
@@ -1890,22 +1918,7 @@ pub fn assess(
         Err(problem) => return Assessment::refused(problem),
     };
     let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
-    let cost = spend.as_ref().map(|s| {
-        let c = s.claim();
-        PrivacyCost {
-            epsilon: c.epsilon,
-            delta: c.delta,
-            noise_multiplier: c.noise_multiplier,
-            clip_norm: c.clip_norm,
-            sampling_rate: c.sampling_rate,
-            steps: c.steps,
-            accountant: c.accountant,
-            level: match s {
-                Spend::Record(_) => "record".into(),
-                Spend::Client(_) => "client".into(),
-            },
-        }
-    });
+    let cost = spend.as_ref().map(Spend::privacy_cost);
     let rules = match Governance::policy(opts) {
         Ok(Some(policy)) => policy.review(&request, time::OffsetDateTime::now_utc()).1,
         _ => Vec::new(),

@@ -1,0 +1,421 @@
+//! The native part of the `confide` Python package.
+//!
+//! Everything here is Confide's own Rust, reached from Python: the same identities, manifest
+//! bytes, signatures, policy checks, accountants and partitioners as the `confide` command.
+//! This module holds the operations, testable with `cargo test` and no Python; [`python`]
+//! (feature `python`, turned on by `pyproject.toml`) exposes them through PyO3. Answers cross
+//! into Python as JSON text, which the package's Python layer (`python/confide`) turns into
+//! typed objects.
+
+use std::path::Path;
+
+use confide_core::{JobConfig, JobSpec, PrivacyLevel};
+use confide_dp::plan::Accountant;
+use confide_governance::identity::{Identity, TlsKey, public_path, tls_key_path};
+use confide_governance::manifest::{Manifest, Mode, SignedManifest};
+use confide_governance::policy::{JobRequest, Policy};
+use confide_ml::export::{ModelCard, from_safetensors};
+use confide_ml::partition::Partitioner;
+use serde_json::{Value, json};
+
+#[cfg(feature = "python")]
+pub mod python;
+
+/// Which Python exception a failure becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A key file: unreadable, not Ed25519, a wrong or missing passphrase.
+    Identity,
+    /// A job file or a manifest: invalid, or a signature that does not verify.
+    Manifest,
+    /// A policy file.
+    Policy,
+    /// Privacy parameters outside their domain, or an unreachable target.
+    Accounting,
+    /// A split that cannot be made.
+    Partition,
+    /// A released model's files.
+    Model,
+    /// The coordinator refused the request.
+    Refused,
+    /// No such job (or none the caller may see).
+    NotFound,
+    /// The coordinator could not be reached, or answered nonsense.
+    Unavailable,
+    /// Bad arguments, or a file that exists where a new one was asked for.
+    Usage,
+}
+
+/// A failure: its kind and the message shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Which exception class.
+    pub kind: Kind,
+    /// What went wrong, in words.
+    pub message: String,
+}
+
+impl Error {
+    fn new(kind: Kind, message: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<confide_net::client::ClientError> for Error {
+    fn from(e: confide_net::client::ClientError) -> Self {
+        use confide_net::client::ClientError as C;
+        let kind = match &e {
+            C::Refused(_) => Kind::Refused,
+            C::NotFound(_) => Kind::NotFound,
+            C::Unavailable(_) | C::Malformed(_) => Kind::Unavailable,
+            C::Local(_) => Kind::Identity,
+        };
+        Self::new(kind, e)
+    }
+}
+
+/// The result of an operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn manifest_error(e: impl std::fmt::Display) -> Error {
+    Error::new(Kind::Manifest, e)
+}
+
+/// Makes a new identity (an Ed25519 key and, unless `tls` is false, the P-256 TLS key bound
+/// to it), as `confide keygen`.
+///
+/// # Errors
+/// The system's randomness failed.
+pub fn generate_identity(tls: bool) -> Result<(Identity, Option<TlsKey>)> {
+    let id = Identity::generate().map_err(|e| Error::new(Kind::Identity, e))?;
+    let tls = if tls {
+        Some(TlsKey::generate().map_err(|e| Error::new(Kind::Identity, e))?)
+    } else {
+        None
+    };
+    Ok((id, tls))
+}
+
+/// Writes an identity as `confide keygen` does: the key (mode 0600, encrypted under a
+/// passphrase when one is given), `<path>.pub`, and the TLS key beside it. Refuses to
+/// overwrite. Returns what `confide keygen` prints.
+///
+/// # Errors
+/// A file exists or cannot be written.
+pub fn save_identity(
+    id: &Identity,
+    tls: Option<&TlsKey>,
+    path: &Path,
+    passphrase: Option<&str>,
+) -> Result<Value> {
+    id.save_with(path, passphrase, tls)
+        .map_err(|e| Error::new(Kind::Identity, e))?;
+    Ok(json!({
+        "id": id.id(),
+        "public_key": hex::encode(id.public_key()),
+        "key_file": path.display().to_string(),
+        "tls_key_file": tls.map(|_| tls_key_path(path).display().to_string()),
+        "public_file": public_path(path).display().to_string(),
+        "encrypted": passphrase.is_some(),
+    }))
+}
+
+/// Reads a key file (encrypted ones need their passphrase).
+///
+/// # Errors
+/// Unreadable, not an Ed25519 key, or a wrong or missing passphrase.
+pub fn load_identity(path: &Path, passphrase: Option<&str>) -> Result<Identity> {
+    Identity::load(path, passphrase).map_err(|e| Error::new(Kind::Identity, e))
+}
+
+/// Reads and validates a job file (TOML), as `confide job sign` does.
+///
+/// # Errors
+/// Unreadable or invalid (the message names the field).
+pub fn load_job(path: &Path) -> Result<JobSpec> {
+    Ok(JobConfig::load(path).map_err(manifest_error)?.spec())
+}
+
+/// Parses and validates a job from TOML text.
+///
+/// # Errors
+/// Invalid (the message names the field).
+pub fn parse_job(text: &str) -> Result<JobSpec> {
+    Ok(JobConfig::parse(text).map_err(manifest_error)?.spec())
+}
+
+/// Signs a federated job as its model owner: the same manifest, hash and signature as
+/// `confide job sign` for the same job, key and recipients.
+///
+/// # Errors
+/// A recipient that is not a party id, or a job the manifest cannot carry.
+pub fn sign_job(
+    spec: &JobSpec,
+    owner: &Identity,
+    recipients: Vec<String>,
+) -> Result<SignedManifest> {
+    let manifest =
+        Manifest::new(spec, Mode::Federated, owner.public(), recipients).map_err(manifest_error)?;
+    SignedManifest::sign(manifest, owner).map_err(manifest_error)
+}
+
+/// Writes a signed manifest; refuses to replace a file unless `overwrite`.
+///
+/// # Errors
+/// The file exists (without `overwrite`) or cannot be written.
+pub fn save_manifest(signed: &SignedManifest, path: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::new(
+            Kind::Usage,
+            format!("{} already exists; refusing to overwrite", path.display()),
+        ));
+    }
+    signed.save(path).map_err(manifest_error)
+}
+
+/// Verifies a manifest's signatures and describes it, as `confide job verify` prints.
+///
+/// # Errors
+/// A signature does not verify, or the manifest is malformed.
+pub fn verify_manifest(signed: &SignedManifest) -> Result<Value> {
+    let v = signed.verify().map_err(manifest_error)?;
+    Ok(json!({
+        "valid": true,
+        "hash": v.hash_hex(),
+        "job_id": v.manifest.job_id,
+        "mode": v.manifest.mode.as_str(),
+        "scheme": v.spec.job.scheme.as_str(),
+        "model_owner": v.manifest.model_owner.id,
+        "participants": v.manifest.participants,
+        "recipients": v.manifest.recipients,
+        "approvals": v.approvals,
+    }))
+}
+
+/// Whether a signed manifest describes `spec` (the job has not changed since signing).
+///
+/// # Errors
+/// The manifest does not verify.
+pub fn describes(signed: &SignedManifest, spec: &JobSpec) -> Result<bool> {
+    let v = signed.verify().map_err(manifest_error)?;
+    Ok(v.manifest.describes(spec))
+}
+
+/// A data owner's review of a signed job against a policy file: the decision (the first
+/// rule that allows it, or why it is refused), each rule's own verdict, and the privacy cost.
+///
+/// With `records` (the size of the owner's dataset), the cost is what the node's accountant
+/// computes for that dataset, as the node daemon does when the job is offered. Without it, a
+/// record-level job that fixes σ has a cost that depends on the dataset, so the policy's ε
+/// rules are checked against its target ε when it states one, and the answer says so.
+///
+/// # Errors
+/// The manifest does not verify, the policy is invalid, or the job's privacy settings
+/// cannot be met for `records` records.
+pub fn review(signed: &SignedManifest, policy: &Path, records: Option<usize>) -> Result<Value> {
+    let v = signed.verify().map_err(manifest_error)?;
+    let policy = Policy::load(policy).map_err(|e| Error::new(Kind::Policy, e))?;
+    let spec = &v.spec;
+    let client_level = spec
+        .privacy
+        .as_ref()
+        .is_some_and(|p| p.level == PrivacyLevel::Client);
+    let mut note = Value::Null;
+    let cost = match (records, client_level) {
+        (Some(n), _) => {
+            confide_net::node::privacy_cost(spec, n).map_err(|e| Error::new(Kind::Accounting, e))?
+        }
+        // Client-level noise does not depend on the dataset's size.
+        (None, true) => {
+            confide_net::node::privacy_cost(spec, 1).map_err(|e| Error::new(Kind::Accounting, e))?
+        }
+        (None, false) => {
+            if spec.privacy.is_some() {
+                note = json!(
+                    "record-level ε depends on the dataset's size: give records=N for the cost a node with N records computes"
+                );
+            }
+            None
+        }
+    };
+    let privacy = match &cost {
+        Some(c) => Some((c.epsilon, c.delta)),
+        None => spec
+            .privacy
+            .as_ref()
+            .and_then(|p| p.target_epsilon.map(|e| (e, p.delta))),
+    };
+    let request = JobRequest {
+        job_id: v.manifest.job_id.clone(),
+        manifest_hash: v.hash_hex(),
+        model_owner: v.manifest.model_owner.id.clone(),
+        mode: v.manifest.mode,
+        scheme: spec.job.scheme.as_str().into(),
+        privacy,
+        recipients: v.manifest.recipients.clone(),
+    };
+    let (decision, rules) = policy.review(&request, time::OffsetDateTime::now_utc());
+    let decision = match decision {
+        Ok(a) => json!({ "allowed": true, "rule": a.rule, "approval": a.approval }),
+        Err(d) => json!({ "allowed": false, "reason": d.to_string() }),
+    };
+    Ok(json!({
+        "hash": v.hash_hex(),
+        "job_id": v.manifest.job_id,
+        "model_owner": v.manifest.model_owner.id,
+        "decision": decision,
+        "rules": rules,
+        "cost": cost,
+        "checked_epsilon": privacy.map(|p| p.0),
+        "note": note,
+    }))
+}
+
+fn accountant(name: &str) -> Result<Accountant> {
+    match name {
+        "rdp" => Ok(Accountant::Rdp),
+        "pld" => Ok(Accountant::Pld),
+        other => Err(Error::new(
+            Kind::Usage,
+            format!("unknown accountant `{other}` (rdp or pld)"),
+        )),
+    }
+}
+
+/// ε of `steps` Poisson-subsampled Gaussian steps, as `confide dp epsilon` computes it.
+///
+/// # Errors
+/// Parameters outside their domain, or an unknown accountant.
+pub fn epsilon(q: f64, sigma: f64, steps: u64, delta: f64, acc: &str) -> Result<f64> {
+    accountant(acc)?
+        .epsilon(q, sigma, steps, delta)
+        .map_err(|e| Error::new(Kind::Accounting, e))
+}
+
+/// The smallest σ whose ε is at most `target_epsilon`, as `confide dp sigma` computes it.
+///
+/// # Errors
+/// Parameters outside their domain, an unreachable target, or an unknown accountant.
+pub fn sigma(target_epsilon: f64, q: f64, steps: u64, delta: f64, acc: &str) -> Result<f64> {
+    accountant(acc)?
+        .noise_multiplier_for(target_epsilon, q, steps, delta)
+        .map_err(|e| Error::new(Kind::Accounting, e))
+}
+
+/// A partitioner by name: `natural`, `iid`, `dirichlet` (with `alpha`), `shards` (with
+/// `shards_per_owner`) or `quantity` (with `beta`).
+///
+/// # Errors
+/// An unknown name, or a missing parameter.
+pub fn partitioner(
+    how: &str,
+    alpha: Option<f64>,
+    beta: Option<f64>,
+    shards_per_owner: Option<usize>,
+) -> Result<Partitioner> {
+    let need = |what: &str| Error::new(Kind::Usage, format!("`{how}` needs {what}"));
+    Ok(match how {
+        "natural" => Partitioner::Natural,
+        "iid" => Partitioner::Iid,
+        "dirichlet" => Partitioner::Dirichlet {
+            alpha: alpha.ok_or_else(|| need("alpha"))?,
+        },
+        "quantity" => Partitioner::Quantity {
+            beta: beta.ok_or_else(|| need("beta"))?,
+        },
+        "shards" => Partitioner::Shards {
+            per_owner: shards_per_owner.ok_or_else(|| need("shards_per_owner"))?,
+        },
+        other => {
+            return Err(Error::new(
+                Kind::Usage,
+                format!(
+                    "unknown partitioner `{other}` (natural, iid, dirichlet, shards, quantity)"
+                ),
+            ));
+        }
+    })
+}
+
+/// Splits records among owners with Confide's seeded partitioners (the same split as
+/// `[simulate.partition]` for the same labels, groups and seed).
+///
+/// # Errors
+/// See [`confide_ml::partition::PartitionError`].
+pub fn partition(
+    labels: &[u32],
+    groups: Option<&[String]>,
+    owners: usize,
+    how: &Partitioner,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    confide_ml::partition::partition(labels, groups, owners, how, seed)
+        .map_err(|e| Error::new(Kind::Partition, e))
+}
+
+/// A released model read back: its card and its tensors in parameter order.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The card (`model.json`), as JSON.
+    pub card: Value,
+    /// Each tensor: its name, shape and values.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+/// Reads a released model: the card (`model.json`, or a directory holding it) and the
+/// safetensors file beside it, checked against the card's architecture.
+///
+/// # Errors
+/// A file is missing or unreadable, or the weights do not match the card.
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    let card_path = if path.is_dir() {
+        path.join("model.json")
+    } else {
+        path.to_path_buf()
+    };
+    let model_error = |e: &dyn std::fmt::Display| Error::new(Kind::Model, e);
+    let text = std::fs::read_to_string(&card_path)
+        .map_err(|e| model_error(&format!("cannot read {}: {e}", card_path.display())))?;
+    let card: ModelCard = serde_json::from_str(&text)
+        .map_err(|e| model_error(&format!("{} is not a model card: {e}", card_path.display())))?;
+    let weights = card_path.with_extension("safetensors");
+    let bytes = std::fs::read(&weights)
+        .map_err(|e| model_error(&format!("cannot read {}: {e}", weights.display())))?;
+    let params = from_safetensors(&card.spec, &bytes)
+        .map_err(|e| model_error(&format!("{}: {e}", weights.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| model_error(&e))?;
+    let mut tensors = Vec::with_capacity(card.tensors.len());
+    let mut at = 0;
+    for name in &card.tensors {
+        let shape = st
+            .tensor(name)
+            .map_err(|e| model_error(&e))?
+            .shape()
+            .to_vec();
+        let n: usize = shape.iter().product();
+        let values = params
+            .get(at..at + n)
+            .ok_or_else(|| model_error(&"the card's tensors do not fit its weights"))?
+            .to_vec();
+        at += n;
+        tensors.push((name.clone(), shape, values));
+    }
+    Ok(LoadedModel {
+        card: serde_json::to_value(&card).map_err(|e| model_error(&e))?,
+        tensors,
+    })
+}
+
+#[cfg(test)]
+mod tests;

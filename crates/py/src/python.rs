@@ -1,0 +1,520 @@
+//! The PyO3 module `confide._native`. Thin: each function converts its arguments, calls the
+//! operation in the crate root, and returns JSON text or plain values; failures become the
+//! exception class of their [`Kind`]. The typed API, docstrings and type hints are in
+//! `python/confide`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use confide_governance::identity::{Identity, TlsKey};
+use confide_governance::manifest::SignedManifest;
+use confide_net::client::{ControlSession, Events};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::{Error, Kind};
+
+create_exception!(
+    confide,
+    ConfideError,
+    PyException,
+    "Any failure reported by Confide."
+);
+create_exception!(
+    confide,
+    IdentityError,
+    ConfideError,
+    "A key file: unreadable, not Ed25519, or a wrong or missing passphrase."
+);
+create_exception!(
+    confide,
+    ManifestError,
+    ConfideError,
+    "A job file or manifest that is invalid, or a signature that does not verify."
+);
+create_exception!(
+    confide,
+    PolicyError,
+    ConfideError,
+    "An invalid policy file."
+);
+create_exception!(
+    confide,
+    AccountingError,
+    ConfideError,
+    "Privacy parameters outside their domain, or an unreachable target."
+);
+create_exception!(
+    confide,
+    PartitionError,
+    ConfideError,
+    "A split that cannot be made."
+);
+create_exception!(
+    confide,
+    ModelError,
+    ConfideError,
+    "A released model's files are missing or do not match their card."
+);
+create_exception!(
+    confide,
+    RefusedError,
+    ConfideError,
+    "The coordinator refused the request (a numbered rule, or no permission)."
+);
+create_exception!(
+    confide,
+    NotFoundError,
+    ConfideError,
+    "No such job, or none the caller may see."
+);
+create_exception!(
+    confide,
+    UnavailableError,
+    ConfideError,
+    "The coordinator could not be reached, or its answer did not check out."
+);
+create_exception!(
+    confide,
+    UsageError,
+    ConfideError,
+    "Bad arguments, or a file that already exists."
+);
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> Self {
+        let m = e.message;
+        match e.kind {
+            Kind::Identity => IdentityError::new_err(m),
+            Kind::Manifest => ManifestError::new_err(m),
+            Kind::Policy => PolicyError::new_err(m),
+            Kind::Accounting => AccountingError::new_err(m),
+            Kind::Partition => PartitionError::new_err(m),
+            Kind::Model => ModelError::new_err(m),
+            Kind::Refused => RefusedError::new_err(m),
+            Kind::NotFound => NotFoundError::new_err(m),
+            Kind::Unavailable => UnavailableError::new_err(m),
+            Kind::Usage => UsageError::new_err(m),
+        }
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+/// A party's signing identity (an Ed25519 key, with the TLS key bound to it when new).
+#[pyclass(module = "confide._native", frozen)]
+#[derive(Debug)]
+struct NativeIdentity {
+    id: Identity,
+    tls: Option<TlsKey>,
+}
+
+#[pymethods]
+impl NativeIdentity {
+    #[staticmethod]
+    #[pyo3(signature = (tls = true))]
+    fn generate(tls: bool) -> PyResult<Self> {
+        let (id, tls) = crate::generate_identity(tls)?;
+        Ok(Self { id, tls })
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (path, passphrase = None))]
+    fn load(path: PathBuf, passphrase: Option<String>) -> PyResult<Self> {
+        let id = crate::load_identity(&path, passphrase.as_deref())?;
+        Ok(Self { id, tls: None })
+    }
+
+    #[pyo3(signature = (path, passphrase = None))]
+    fn save(&self, path: PathBuf, passphrase: Option<String>) -> PyResult<String> {
+        let v = crate::save_identity(&self.id, self.tls.as_ref(), &path, passphrase.as_deref())?;
+        Ok(json_text(&v))
+    }
+
+    #[getter]
+    fn party_id(&self) -> String {
+        self.id.id()
+    }
+
+    #[getter]
+    fn public_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.id.public_key())
+    }
+}
+
+/// A validated job (its TOML file's spec).
+#[pyclass(module = "confide._native", frozen)]
+#[derive(Debug)]
+struct NativeJob {
+    spec: confide_core::JobSpec,
+}
+
+#[pymethods]
+impl NativeJob {
+    #[staticmethod]
+    fn load(path: PathBuf) -> PyResult<Self> {
+        Ok(Self {
+            spec: crate::load_job(&path)?,
+        })
+    }
+
+    #[staticmethod]
+    fn parse(text: &str) -> PyResult<Self> {
+        Ok(Self {
+            spec: crate::parse_job(text)?,
+        })
+    }
+
+    #[getter]
+    fn job_id(&self) -> String {
+        self.spec.job.id.clone()
+    }
+
+    #[getter]
+    fn scheme(&self) -> String {
+        self.spec.job.scheme.as_str().to_string()
+    }
+
+    #[getter]
+    fn rounds(&self) -> u32 {
+        self.spec.job.rounds
+    }
+
+    #[pyo3(signature = (owner, recipients = Vec::new()))]
+    fn sign(&self, owner: &NativeIdentity, recipients: Vec<String>) -> PyResult<NativeSignedJob> {
+        Ok(NativeSignedJob {
+            signed: Mutex::new(crate::sign_job(&self.spec, &owner.id, recipients)?),
+        })
+    }
+}
+
+/// A signed manifest.
+#[pyclass(module = "confide._native", frozen)]
+#[derive(Debug)]
+struct NativeSignedJob {
+    signed: Mutex<SignedManifest>,
+}
+
+impl NativeSignedJob {
+    fn get(&self) -> PyResult<std::sync::MutexGuard<'_, SignedManifest>> {
+        self.signed
+            .lock()
+            .map_err(|_| ConfideError::new_err("internal: a manifest's lock was poisoned"))
+    }
+}
+
+#[pymethods]
+impl NativeSignedJob {
+    #[staticmethod]
+    fn load(path: PathBuf) -> PyResult<Self> {
+        let signed = SignedManifest::load(&path).map_err(crate::manifest_error)?;
+        Ok(Self {
+            signed: Mutex::new(signed),
+        })
+    }
+
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<Self> {
+        let signed = SignedManifest::from_json(text).map_err(crate::manifest_error)?;
+        Ok(Self {
+            signed: Mutex::new(signed),
+        })
+    }
+
+    fn to_json(&self) -> PyResult<String> {
+        Ok(self.get()?.to_json())
+    }
+
+    #[pyo3(signature = (path, overwrite = false))]
+    fn save(&self, path: PathBuf, overwrite: bool) -> PyResult<()> {
+        Ok(crate::save_manifest(&*self.get()?, &path, overwrite)?)
+    }
+
+    #[getter]
+    fn hash(&self) -> PyResult<String> {
+        Ok(self.get()?.hash.clone())
+    }
+
+    fn verify(&self) -> PyResult<String> {
+        Ok(json_text(&crate::verify_manifest(&*self.get()?)?))
+    }
+
+    fn approve(&self, approver: &NativeIdentity) -> PyResult<()> {
+        let mut signed = self.get()?;
+        let mut next = signed.clone();
+        next.approve(&approver.id).map_err(crate::manifest_error)?;
+        *signed = next;
+        Ok(())
+    }
+
+    fn describes(&self, job: &NativeJob) -> PyResult<bool> {
+        Ok(crate::describes(&*self.get()?, &job.spec)?)
+    }
+
+    #[pyo3(signature = (policy, records = None))]
+    fn review(&self, policy: PathBuf, records: Option<usize>) -> PyResult<String> {
+        Ok(json_text(&crate::review(&*self.get()?, &policy, records)?))
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (q, sigma, steps, delta, accountant = "rdp"))]
+fn epsilon(q: f64, sigma: f64, steps: u64, delta: f64, accountant: &str) -> PyResult<f64> {
+    Ok(crate::epsilon(q, sigma, steps, delta, accountant)?)
+}
+
+#[pyfunction]
+#[pyo3(signature = (target_epsilon, q, steps, delta, accountant = "rdp"))]
+fn sigma(target_epsilon: f64, q: f64, steps: u64, delta: f64, accountant: &str) -> PyResult<f64> {
+    Ok(crate::sigma(target_epsilon, q, steps, delta, accountant)?)
+}
+
+#[pyfunction]
+#[pyo3(signature = (labels, owners, how, seed, groups = None, alpha = None, beta = None, shards_per_owner = None))]
+#[allow(clippy::too_many_arguments)]
+fn partition(
+    labels: Vec<u32>,
+    owners: usize,
+    how: &str,
+    seed: u64,
+    groups: Option<Vec<String>>,
+    alpha: Option<f64>,
+    beta: Option<f64>,
+    shards_per_owner: Option<usize>,
+) -> PyResult<Vec<Vec<usize>>> {
+    let how = crate::partitioner(how, alpha, beta, shards_per_owner)?;
+    Ok(crate::partition(
+        &labels,
+        groups.as_deref(),
+        owners,
+        &how,
+        seed,
+    )?)
+}
+
+/// Returns the card (JSON text) and each tensor as (name, shape, little-endian f32 bytes).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn load_model<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+) -> PyResult<(String, Vec<(String, Vec<usize>, Bound<'py, PyBytes>)>)> {
+    let m = crate::load_model(&path)?;
+    let tensors = m
+        .tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, shape, PyBytes::new(py, &bytes))
+        })
+        .collect();
+    Ok((json_text(&m.card), tensors))
+}
+
+fn runtime() -> PyResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConfideError::new_err(format!("cannot start an I/O runtime: {e}")))
+}
+
+/// A connection to a coordinator's Control API.
+#[pyclass(module = "confide._native", frozen)]
+#[derive(Debug)]
+struct NativeCoordinator {
+    rt: Arc<tokio::runtime::Runtime>,
+    session: Arc<tokio::sync::Mutex<ControlSession>>,
+}
+
+impl NativeCoordinator {
+    /// Runs a call on the session without holding the GIL.
+    fn call<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl for<'a> FnOnce(
+            &'a mut ControlSession,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = crate::Result<T>> + Send + 'a>,
+        > + Send,
+    ) -> PyResult<T> {
+        let rt = self.rt.clone();
+        let session = self.session.clone();
+        let out = py.detach(move || {
+            rt.block_on(async move {
+                let mut s = session.lock().await;
+                f(&mut s).await
+            })
+        });
+        Ok(out?)
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> crate::Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::new(Kind::Unavailable, e))
+}
+
+#[pymethods]
+impl NativeCoordinator {
+    #[new]
+    #[pyo3(signature = (address, fed, name, passphrase = None, server_name = "coordinator".to_string()))]
+    fn new(
+        py: Python<'_>,
+        address: String,
+        fed: PathBuf,
+        name: String,
+        passphrase: Option<String>,
+        server_name: String,
+    ) -> PyResult<Self> {
+        let rt = Arc::new(runtime()?);
+        let open = rt.clone();
+        let session = py.detach(move || {
+            open.block_on(ControlSession::open(
+                &address,
+                &server_name,
+                &fed,
+                &name,
+                passphrase.as_deref(),
+            ))
+        });
+        Ok(Self {
+            rt,
+            session: Arc::new(tokio::sync::Mutex::new(session.map_err(Error::from)?)),
+        })
+    }
+
+    /// Returns (record JSON, created, dashboard address).
+    fn submit(&self, py: Python<'_>, manifest: Vec<u8>) -> PyResult<(String, bool, String)> {
+        self.call(py, move |s| {
+            Box::pin(async move {
+                let r = s.submit(manifest).await?;
+                Ok((to_json(&r.record)?, r.created, r.url))
+            })
+        })
+    }
+
+    #[pyo3(signature = (state = None))]
+    fn list(&self, py: Python<'_>, state: Option<String>) -> PyResult<String> {
+        self.call(py, move |s| {
+            Box::pin(async move { to_json(&s.list(state.as_deref()).await?) })
+        })
+    }
+
+    fn status(&self, py: Python<'_>, job: String) -> PyResult<String> {
+        self.call(py, move |s| {
+            Box::pin(async move { to_json(&s.status(&job).await?) })
+        })
+    }
+
+    fn cancel(&self, py: Python<'_>, job: String, reason: String) -> PyResult<String> {
+        self.call(py, move |s| {
+            Box::pin(async move { to_json(&s.cancel(&job, &reason).await?) })
+        })
+    }
+
+    /// Writes the model, card and report into `out`; returns (weights, card) paths and the
+    /// job's record JSON.
+    fn download(
+        &self,
+        py: Python<'_>,
+        job: String,
+        out: PathBuf,
+    ) -> PyResult<(String, String, String)> {
+        self.call(py, move |s| {
+            Box::pin(async move {
+                let release = s.download(&job).await?;
+                let (w, c) = release
+                    .write(&out)
+                    .map_err(|e| Error::new(Kind::Usage, e))?;
+                Ok((
+                    w.display().to_string(),
+                    c.display().to_string(),
+                    to_json(&release.record)?,
+                ))
+            })
+        })
+    }
+
+    fn nodes(&self, py: Python<'_>) -> PyResult<String> {
+        self.call(py, move |s| {
+            Box::pin(async move { to_json(&s.nodes().await?) })
+        })
+    }
+
+    #[pyo3(signature = (job, start = 0, follow = false))]
+    fn events(
+        &self,
+        py: Python<'_>,
+        job: String,
+        start: u64,
+        follow: bool,
+    ) -> PyResult<NativeEvents> {
+        let events = self.call(py, move |s| {
+            Box::pin(async move { Ok(s.events(&job, start, follow).await?) })
+        })?;
+        Ok(NativeEvents {
+            rt: self.rt.clone(),
+            events: Arc::new(tokio::sync::Mutex::new(events)),
+        })
+    }
+}
+
+/// A job's events, one JSON text at a time.
+#[pyclass(module = "confide._native", frozen)]
+#[derive(Debug)]
+struct NativeEvents {
+    rt: Arc<tokio::runtime::Runtime>,
+    events: Arc<tokio::sync::Mutex<Events>>,
+}
+
+#[pymethods]
+impl NativeEvents {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let rt = self.rt.clone();
+        let events = self.events.clone();
+        let next = py.detach(move || rt.block_on(async move { events.lock().await.next().await }));
+        match next.map_err(Error::from)? {
+            Some(e) => Ok(Some(to_json(&e)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The module `confide._native`.
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<NativeIdentity>()?;
+    m.add_class::<NativeJob>()?;
+    m.add_class::<NativeSignedJob>()?;
+    m.add_class::<NativeCoordinator>()?;
+    m.add_class::<NativeEvents>()?;
+    m.add_function(wrap_pyfunction!(epsilon, m)?)?;
+    m.add_function(wrap_pyfunction!(sigma, m)?)?;
+    m.add_function(wrap_pyfunction!(partition, m)?)?;
+    m.add_function(wrap_pyfunction!(load_model, m)?)?;
+    for (name, class) in [
+        ("ConfideError", py.get_type::<ConfideError>()),
+        ("IdentityError", py.get_type::<IdentityError>()),
+        ("ManifestError", py.get_type::<ManifestError>()),
+        ("PolicyError", py.get_type::<PolicyError>()),
+        ("AccountingError", py.get_type::<AccountingError>()),
+        ("PartitionError", py.get_type::<PartitionError>()),
+        ("ModelError", py.get_type::<ModelError>()),
+        ("RefusedError", py.get_type::<RefusedError>()),
+        ("NotFoundError", py.get_type::<NotFoundError>()),
+        ("UnavailableError", py.get_type::<UnavailableError>()),
+        ("UsageError", py.get_type::<UsageError>()),
+    ] {
+        m.add(name, class)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+"""Jobs, signed manifests, approvals and a data owner's policy review."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+from . import _native
+from .identity import Identity
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Job:
+    """A job file (TOML, as ``confide simulate`` and ``confide job sign`` read it), validated."""
+
+    def __init__(self, native: "_native.NativeJob") -> None:
+        self._native = native
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Job":
+        """Read and validate a job file. Raises :class:`confide.ManifestError` naming the field
+        for an invalid one."""
+        return cls(_native.NativeJob.load(os.fspath(path)))
+
+    from_toml = load
+
+    @classmethod
+    def parse(cls, text: str) -> "Job":
+        """Validate a job given as TOML text."""
+        return cls(_native.NativeJob.parse(text))
+
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self._native.job_id
+
+    @property
+    def scheme(self) -> str:
+        """The aggregation scheme (plain, paillier, masking, …)."""
+        return self._native.scheme
+
+    @property
+    def rounds(self) -> int:
+        """Federated rounds."""
+        return self._native.rounds
+
+    def sign(self, owner: Identity, recipients: Sequence[str] = ()) -> "SignedJob":
+        """Sign the job as its model owner, for federated training. ``recipients`` are the
+        party ids that may download the model (the owner itself when empty). The manifest is
+        byte-identical to ``confide job sign --config … --key … [--recipient …]``."""
+        return SignedJob(self._native.sign(owner._native, list(recipients)))
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, scheme={self.scheme!r}, rounds={self.rounds})"
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """One policy rule's own verdict on a job."""
+
+    rule: str
+    allows: bool
+    approval: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Review:
+    """A data owner's review of a signed job against a policy.
+
+    ``allowed`` and ``rule`` (or ``reason``) are the policy's decision: the first rule that
+    allows the job decides. ``rules`` has each rule's own verdict. ``cost`` is what the job
+    spends from the dataset's budget, as the node's accountant computes it (``epsilon``,
+    ``delta``, ``noise_multiplier``, ``clip_norm``, ``sampling_rate``, ``steps``,
+    ``accountant``, ``level``); it is ``None`` without DP, and for a record-level job reviewed
+    without ``records`` (``note`` says so, and ``checked_epsilon`` is the job's target).
+    """
+
+    hash: str
+    job_id: str
+    model_owner: str
+    allowed: bool
+    rule: Optional[str]
+    approval: Optional[str]
+    reason: Optional[str]
+    rules: list[RuleVerdict] = field(default_factory=list)
+    cost: Optional[dict[str, Any]] = None
+    checked_epsilon: Optional[float] = None
+    note: Optional[str] = None
+
+    @classmethod
+    def _from(cls, v: dict[str, Any]) -> "Review":
+        d = v["decision"]
+        return cls(
+            hash=v["hash"],
+            job_id=v["job_id"],
+            model_owner=v["model_owner"],
+            allowed=d["allowed"],
+            rule=d.get("rule"),
+            approval=d.get("approval"),
+            reason=d.get("reason"),
+            rules=[RuleVerdict(**r) for r in v["rules"]],
+            cost=v["cost"],
+            checked_epsilon=v["checked_epsilon"],
+            note=v["note"],
+        )
+
+    def __str__(self) -> str:
+        lines = [f"job {self.job_id} ({self.hash[:12]}) from {self.model_owner}"]
+        if self.allowed:
+            lines.append(f"allowed by rule {self.rule!r} ({self.approval} approval)")
+        else:
+            lines.append(f"refused: {self.reason}")
+        for r in self.rules:
+            lines.append(f"  {'✓' if r.allows else '✗'} {r.rule}" + (f": {r.why}" if r.why else ""))
+        if self.cost:
+            c = self.cost
+            lines.append(
+                f"cost: ε = {c['epsilon']:.4f}, δ = {c['delta']:g} ({c['level']} level, "
+                f"σ = {c['noise_multiplier']:.4f}, q = {c['sampling_rate']:.4g}, "
+                f"{c['steps']} steps, {c['accountant']})"
+            )
+        if self.note:
+            lines.append(f"note: {self.note}")
+        return "\n".join(lines)
+
+
+class SignedJob:
+    """A signed job manifest: the model owner's signature and any approvals (co-signatures)."""
+
+    def __init__(self, native: "_native.NativeSignedJob") -> None:
+        self._native = native
+
+    @classmethod
+    def load(cls, path: PathLike) -> "SignedJob":
+        """Read a manifest written by :meth:`save` or ``confide job sign``."""
+        return cls(_native.NativeSignedJob.load(os.fspath(path)))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SignedJob":
+        """Parse a manifest from its JSON text."""
+        return cls(_native.NativeSignedJob.from_json(text))
+
+    def to_json(self) -> str:
+        """The manifest's JSON text (the bytes :meth:`save` writes)."""
+        return self._native.to_json()
+
+    def save(self, path: PathLike, overwrite: bool = False) -> None:
+        """Write the manifest. Refuses to replace a file unless ``overwrite`` (as ``confide job
+        sign`` refuses; approving in place needs ``overwrite=True``)."""
+        self._native.save(os.fspath(path), overwrite)
+
+    @property
+    def hash(self) -> str:
+        """The manifest hash (hex): the job's identity on a coordinator."""
+        return self._native.hash
+
+    def verify(self) -> dict[str, Any]:
+        """Check every signature. Returns what ``confide job verify`` prints (hash, job id,
+        mode, scheme, model owner, participants, recipients, approvals). Raises
+        :class:`confide.ManifestError` when a signature does not verify."""
+        result: dict[str, Any] = json.loads(self._native.verify())
+        return result
+
+    def approve(self, approver: Identity) -> None:
+        """Co-sign the manifest as a data owner (``confide job approve``)."""
+        self._native.approve(approver._native)
+
+    def describes(self, job: Job) -> bool:
+        """Whether this manifest describes ``job`` (it has not changed since signing)."""
+        return self._native.describes(job._native)
+
+    def review(self, policy: PathLike, records: Optional[int] = None) -> Review:
+        """Review the job against a policy file, as a node daemon does when the job is
+        offered: the decision, each rule's verdict, and the privacy cost for a dataset of
+        ``records`` records."""
+        return Review._from(json.loads(self._native.review(os.fspath(policy), records)))
+
+    def __repr__(self) -> str:
+        return f"SignedJob({self.hash[:12]})"

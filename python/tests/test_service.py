@@ -1,0 +1,115 @@
+"""The Control API from Python against running daemons: a job signed in Python, submitted to a
+coordinator, run by two node daemons, followed, downloaded and scored with numpy."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import confide
+from conftest import DEMO_KEY, ROOT, binary, cli, example_job
+from test_tools import score
+
+
+class Daemon:
+    """A `confide … serve` child process and the addresses it printed first."""
+
+    def __init__(self, args: list[str], lines: int, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([str(binary()), *args], stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        self.addrs = []
+        assert self.proc.stdout is not None
+        for _ in range(lines):
+            line = self.proc.stdout.readline()
+            assert " listening on " in line, f"{args}: {line!r}\n{log.read_text()}"
+            self.addrs.append(line.strip().rsplit(" ", 1)[1])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture()
+def federation(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    fed = tmp_path / "fed"
+    cli("ca", "init", "--dir", str(fed), "--federation", "python-test")
+    for name, role in [("coordinator", "coordinator"), ("keyholder", "keyholder"), ("guest", "node"),
+                       ("host", "node"), ("mallory", "model-owner")]:
+        cli("ca", "issue", "--dir", str(fed), "--name", name, "--role", role)
+    (fed / "owner.key").write_bytes(DEMO_KEY.read_bytes())
+    cli("ca", "issue", "--dir", str(fed), "--name", "owner", "--role", "model-owner", "--public-key",
+        str(DEMO_KEY) + ".pub")
+    local = "127.0.0.1:0"
+    daemons = []
+    try:
+        # The test-only fixed Paillier key: a fresh 2048-bit key per job takes 10–60 s here.
+        keyholder = Daemon(["keyholder", "serve", "--fed", str(fed), "--listen", local, "--admin", local,
+                            "--insecure-fixed-key", str(ROOT / "crates/crypto/testdata/paillier-2048-TEST-ONLY.json")],
+                           2, tmp_path / "keyholder.log")
+        daemons.append(keyholder)
+        coordinator = Daemon(["coordinator", "serve", "--fed", str(fed), "--keyholder", keyholder.addrs[1],
+                              "--control", local, "--admin", local, "--fleet", local,
+                              "--store", str(tmp_path / "coordinator.redb")], 3, tmp_path / "coordinator.log")
+        daemons.append(coordinator)
+        control, fleet = coordinator.addrs[1], coordinator.addrs[2]
+        for name in ["guest", "host"]:
+            daemons.append(Daemon(
+                ["node", "serve", "--fed", str(fed), "--name", name, "--coordinator", fleet,
+                 "--data", str(ROOT / f"data/breast_homo/breast_homo_{name}.csv"),
+                 "--policy", str(ROOT / f"examples/policies/breast_homo_{name}.toml"),
+                 "--admin", local, "--poll", "0.3", "--store", str(tmp_path / f"{name}.redb")],
+                1, tmp_path / f"{name}.log"))
+        yield fed, control
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+def test_sign_submit_follow_download_and_score_from_python(federation: tuple[Path, str], tmp_path: Path) -> None:
+    fed, control = federation
+    signed = confide.Job.load(example_job(tmp_path, rounds=10)).sign(confide.Identity.load(DEMO_KEY))
+    owner = confide.Coordinator(control, fed, "owner")
+
+    first = owner.submit(signed)
+    assert first.created and first.hash == signed.hash
+    again = owner.submit(signed.to_json().encode())
+    assert not again.created and again.hash == signed.hash
+
+    events = list(owner.events(signed.hash, follow=True))
+    assert events and all("what" in e for e in events)
+    final = owner.status("breast-homo")
+    assert confide.coordinator.state_name(final) == "completed", final
+    assert [r["hash"] for r in owner.list(state="completed")] == [signed.hash]
+
+    got = owner.download(signed.hash[:12], tmp_path / "model")
+    assert got.weights.exists() and got.report.exists()
+    model = confide.Model.load(got.card)
+    assert model.card["provenance"]["job_id"] == "breast-homo"
+    assert score(model, ROOT / "data/breast_homo/breast_homo_test.csv", "y") > 0.9
+
+    # Another model owner sees nothing of it and may not download it.
+    mallory = confide.Coordinator(control, fed, "mallory")
+    assert mallory.list() == []
+    with pytest.raises((confide.NotFoundError, confide.RefusedError)):
+        mallory.download(signed.hash, tmp_path / "stolen")
+    assert not (tmp_path / "stolen").exists()
+    with pytest.raises(confide.NotFoundError):
+        owner.status("no-such-job")
+    # A finished job cannot be cancelled.
+    with pytest.raises(confide.RefusedError):
+        owner.cancel(signed.hash, "too late")
+    with pytest.raises(confide.RefusedError):
+        owner.nodes()
+
+
+def test_a_wrong_passphrase_or_no_coordinator_fails_clearly(tmp_path: Path) -> None:
+    fed = tmp_path / "fed"
+    cli("ca", "init", "--dir", str(fed), "--federation", "python-test")
+    cli("ca", "issue", "--dir", str(fed), "--name", "owner", "--role", "model-owner")
+    with pytest.raises(confide.UnavailableError, match="coordinator serve"):
+        confide.Coordinator("127.0.0.1:9", fed, "owner")
+    with pytest.raises(confide.IdentityError):
+        confide.Coordinator("127.0.0.1:9", fed, "nobody")
