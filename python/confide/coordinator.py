@@ -3,6 +3,7 @@ mutual TLS with a party's credentials from the federation directory."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from dataclasses import dataclass
@@ -90,9 +91,11 @@ class Coordinator:
         return result
 
     def events(self, job: str, follow: bool = False, start: int = 0) -> Iterator[dict[str, Any]]:
-        """A job's events from ``start``; with ``follow``, until the job ends."""
-        for text in self._native.events(job, start, follow):
-            yield json.loads(text)
+        """A job's events from ``start``; with ``follow``, until the job ends. The call is made
+        at once (an unknown job raises here); the events arrive as they are iterated. Ctrl-C
+        interrupts a wait."""
+        native = self._native.events(job, start, follow)
+        return (json.loads(text) for text in native)
 
     def wait(self, job: str) -> dict[str, Any]:
         """Follow a job until it ends; returns its final record (see :func:`state_name`)."""
@@ -112,7 +115,7 @@ class Coordinator:
         weights, card, record = self._native.download(job, os.fspath(out))
         return Download(Path(weights), Path(card), Path(out) / "coordinator-report.json", json.loads(record))
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> builtins.list[dict[str, Any]]:
         """The nodes the coordinator has heard from (its operator only)."""
-        result: list[dict[str, Any]] = json.loads(self._native.nodes())
+        result: builtins.list[dict[str, Any]] = json.loads(self._native.nodes())
         return result

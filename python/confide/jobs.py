@@ -76,7 +76,8 @@ class Review:
     spends from the dataset's budget, as the node's accountant computes it (``epsilon``,
     ``delta``, ``noise_multiplier``, ``clip_norm``, ``sampling_rate``, ``steps``,
     ``accountant``, ``level``); it is ``None`` without DP, and for a record-level job reviewed
-    without ``records`` (``note`` says so, and ``checked_epsilon`` is the job's target).
+    without ``records`` (``note`` says so). ``checked_epsilon`` is the ε the rules were
+    checked against: the cost's, or else the job's target ε.
     """
 
     hash: str
@@ -174,9 +175,12 @@ class SignedJob:
         return self._native.describes(job._native)
 
     def review(self, policy: PathLike, records: Optional[int] = None) -> Review:
-        """Review the job against a policy file, as a node daemon does when the job is
-        offered: the decision, each rule's verdict, and the privacy cost for a dataset of
-        ``records`` records."""
+        """Review the job against a policy file: the policy's decision, each rule's verdict,
+        and the privacy cost for a dataset of ``records`` records, computed as a node daemon
+        computes it when the job is offered. What the node checks beyond the policy file is
+        not here: the federation's revocation list, its certificates, and whether a rule's
+        co-signature has been given (the node keeps such a job in the owner's inbox). A job that
+        fixes σ has no ε without ``records``: it raises :class:`confide.UsageError`."""
         return Review._from(json.loads(self._native.review(os.fspath(policy), records)))
 
     def __repr__(self) -> str:

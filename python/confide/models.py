@@ -53,11 +53,10 @@ class Model:
         # Presets (logistic, softmax, mlp) are dense layers only.
         return set(range(len(self._tensors)))
 
-    def state_dict(self) -> "dict[str, Any]":
-        """The tensors as a PyTorch ``state_dict``: dense weights transposed to
-        ``torch.nn.Linear``'s ``[out, in]``, everything else as stored. Needs torch."""
+    def torch_layout(self) -> "dict[str, Any]":
+        """The tensors as numpy arrays in PyTorch's layout: dense weights transposed to
+        ``torch.nn.Linear``'s ``[out, in]``, everything else as stored."""
         import numpy as np
-        import torch
 
         dense = self._dense()
         out = {}
@@ -65,8 +64,15 @@ class Model:
             _, index, kind = name.split(".")
             if kind == "weight" and int(index) in dense:
                 array = np.ascontiguousarray(array.T)
-            out[name] = torch.from_numpy(array)
+            out[name] = array
         return out
+
+    def state_dict(self) -> "dict[str, Any]":
+        """:meth:`torch_layout` as torch tensors, for ``module.load_state_dict`` of a module
+        whose ``layers`` match the card's. Needs torch (``pip install confide[torch]``)."""
+        import torch  # type: ignore[import-not-found, unused-ignore]
+
+        return {name: torch.from_numpy(array) for name, array in self.torch_layout().items()}
 
     def __repr__(self) -> str:
         return f"Model({self.card['spec']['kind']}, {len(self._tensors)} tensors)"

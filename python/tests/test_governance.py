@@ -103,6 +103,14 @@ def test_review_agrees_with_the_command_and_names_each_rule(tmp_path: Path) -> N
     assert [r.allows for r in refused.rules] == [False]
     assert "above this rule's 1" in refused.rules[0].why
 
+    # A job that fixes σ has no ε until the dataset's size is known: no verdict without it.
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text(job.read_text().replace("target_epsilon = 2.0", "noise_multiplier = 1.2"))
+    fixed_job = confide.Job.load(fixed).sign(confide.Identity.load(DEMO_KEY))
+    with pytest.raises(confide.UsageError, match="records=N"):
+        fixed_job.review(policy)
+    assert fixed_job.review(policy, records=rows).cost["noise_multiplier"] == 1.2
+
     broken = tmp_path / "broken.toml"
     broken.write_text("[dataset]\nname = 3\n")
     with pytest.raises(confide.PolicyError):

@@ -104,6 +104,30 @@ def test_sign_submit_follow_download_and_score_from_python(federation: tuple[Pat
     with pytest.raises(confide.RefusedError):
         owner.nodes()
 
+    # The operator (the coordinator's own identity) sees both nodes.
+    operator = confide.Coordinator(control, fed, "coordinator")
+    assert sorted(n["name"] for n in operator.nodes()) == ["guest", "host"]
+    assert [r["hash"] for r in operator.list()] == [signed.hash]
+
+
+def test_follow_from_an_event_wait_and_cancel(federation: tuple[Path, str], tmp_path: Path) -> None:
+    fed, control = federation
+    owner = confide.Coordinator(control, fed, "owner")
+    # A third party that runs no node: the job waits for its approval until cancelled.
+    job = example_job(tmp_path, rounds=3)
+    job.write_text(job.read_text().replace('id = "breast-homo"', 'id = "waits"') + '\n[[parties]]\nname = "clinic"\ndata = "unused.csv"\n')
+    signed = confide.Job.load(job).sign(confide.Identity.load(DEMO_KEY))
+    owner.submit(signed)
+    assert confide.coordinator.state_name(owner.status("waits")) == "awaiting_approval"
+    seen = list(owner.events("waits"))
+    assert seen and [e["seq"] for e in list(owner.events("waits", start=seen[-1]["seq"]))] == [seen[-1]["seq"]]
+    cancelled = owner.cancel("waits", "wrong cohort")
+    assert confide.coordinator.state_name(cancelled) == "cancelled"
+    assert confide.coordinator.state_name(owner.wait("waits")) == "cancelled"
+    assert any("wrong cohort" in e["what"] for e in owner.events("waits"))
+    with pytest.raises(confide.NotFoundError):
+        owner.events("no-such-job")
+
 
 def test_a_wrong_passphrase_or_no_coordinator_fails_clearly(tmp_path: Path) -> None:
     fed = tmp_path / "fed"
@@ -113,3 +137,11 @@ def test_a_wrong_passphrase_or_no_coordinator_fails_clearly(tmp_path: Path) -> N
         confide.Coordinator("127.0.0.1:9", fed, "owner")
     with pytest.raises(confide.IdentityError):
         confide.Coordinator("127.0.0.1:9", fed, "nobody")
+    # An encrypted key opened with the wrong passphrase.
+    confide.Identity.generate().save(fed / "locked.key", passphrase="right")
+    cli("ca", "issue", "--dir", str(fed), "--name", "locked", "--role", "model-owner", "--public-key",
+        str(fed / "locked.key.pub"))
+    with pytest.raises(confide.IdentityError, match="passphrase"):
+        confide.Coordinator("127.0.0.1:9", fed, "locked", passphrase="wrong")
+    with pytest.raises(confide.UnavailableError):
+        confide.Coordinator("127.0.0.1:9", fed, "locked", passphrase="right")

@@ -58,6 +58,13 @@ def test_a_released_model_loads_as_arrays_and_scores_as_reported(tmp_path: Path)
     assert first["type"] == "conv2d" and arrays["layers.0.weight"].ndim == 4
     reported = json.loads(report.read_text())
     assert 0.9 < reported["test_accuracy"] <= 1.0
+    # PyTorch's layout: dense weights transposed to [out, in], conv2d weights unchanged.
+    torch_layout = model.torch_layout()
+    assert any(layer["type"] == "dense" for layer in model.card["spec"]["layers"])
+    for i, layer in enumerate(model.card["spec"]["layers"]):
+        if layer["type"] == "dense":
+            assert np.array_equal(torch_layout[f"layers.{i}.weight"], arrays[f"layers.{i}.weight"].T)
+    assert np.array_equal(torch_layout["layers.0.weight"], arrays["layers.0.weight"])
 
     # A preset model (logistic regression on breast_homo, `plain`): score the test set with
     # numpy alone and get the accuracy Confide reported.
@@ -70,8 +77,15 @@ def test_a_released_model_loads_as_arrays_and_scores_as_reported(tmp_path: Path)
     assert accuracy == pytest.approx(json.loads(report2.read_text())["test_accuracy"], abs=1e-9)
     assert accuracy > 0.9
 
+    # Weights that are not safetensors, and well-formed safetensors of the wrong shapes.
     (run2 / "model" / "model.safetensors").write_bytes(b"\0" * 16)
     with pytest.raises(confide.ModelError):
+        confide.Model.load(run2 / "model")
+    header = json.dumps({name: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+                         for i, name in enumerate(m.names)}).encode()
+    (run2 / "model" / "model.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header + b"\0" * (4 * len(m.names)))
+    with pytest.raises(confide.ModelError, match="expected F32"):
         confide.Model.load(run2 / "model")
 
 

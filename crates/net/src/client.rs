@@ -78,8 +78,10 @@ pub struct Release {
     pub record: JobRecord,
     /// The coordinator's report.
     pub report: JobReport,
-    /// The signed manifest (its hash is the job's).
+    /// The signed manifest (verified; its hash is the job's).
     pub manifest: SignedManifest,
+    /// The job as the verified manifest describes it.
+    pub spec: confide_core::JobSpec,
     /// The model's parameters, in the layout of the manifest's model.
     pub params: Vec<f32>,
 }
@@ -250,8 +252,8 @@ impl ControlSession {
         parse(&reply.record_json)
     }
 
-    /// A completed job's model (recipients only), checked: the manifest must hash to the
-    /// job, and the parameters must be whole `f32`s.
+    /// A completed job's model (recipients only), checked: the manifest must verify and hash
+    /// to the job, the job must be the one asked for, and the parameters must be whole `f32`s.
     ///
     /// # Errors
     /// Not a recipient, a job without a model, or a malformed answer.
@@ -268,10 +270,26 @@ impl ControlSession {
         let report: JobReport = parse(&reply.report_json)?;
         let manifest = SignedManifest::from_json(&reply.manifest_json)
             .map_err(|e| ClientError::Malformed(e.to_string()))?;
-        if manifest.hash != record.hash {
+        // The manifest must verify (its hash recomputed, its signatures checked) and be the
+        // job's; the job must be the one asked for when it was named by its hash.
+        let verified = manifest
+            .verify()
+            .map_err(|e| ClientError::Malformed(format!("a manifest that does not verify: {e}")))?;
+        if verified.hash_hex() != record.hash {
             return Err(ClientError::Malformed(
                 "a manifest that does not hash to the job".into(),
             ));
+        }
+        let asked = job.to_ascii_lowercase();
+        if asked.len() >= 8
+            && asked.chars().all(|c| c.is_ascii_hexdigit())
+            && !record.hash.starts_with(&asked)
+            && record.job_id != job
+        {
+            return Err(ClientError::Malformed(format!(
+                "job {} instead of the one asked for ({job})",
+                record.hash
+            )));
         }
         if reply.model.len() % 4 != 0 {
             return Err(ClientError::Malformed("a model of partial floats".into()));
@@ -284,6 +302,7 @@ impl ControlSession {
         Ok(Release {
             record,
             report,
+            spec: verified.spec,
             manifest,
             params,
         })

@@ -256,6 +256,13 @@ pub fn review(signed: &SignedManifest, policy: &Path, records: Option<usize>) ->
             .as_ref()
             .and_then(|p| p.target_epsilon.map(|e| (e, p.delta))),
     };
+    if spec.privacy.is_some() && privacy.is_none() {
+        // Without its ε, every `max_epsilon` rule would read the job as having no DP.
+        return Err(Error::new(
+            Kind::Usage,
+            "the job fixes σ, so its ε depends on the dataset's size: give records=N",
+        ));
+    }
     let request = JobRequest {
         job_id: v.manifest.job_id.clone(),
         manifest_hash: v.hash_hex(),
@@ -395,21 +402,23 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     let params = from_safetensors(&card.spec, &bytes)
         .map_err(|e| model_error(&format!("{}: {e}", weights.display())))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| model_error(&e))?;
+    // `from_safetensors` checked every tensor of the architecture; each is read by its own
+    // name, so a card that lists them in another order cannot pair values with wrong names.
+    if card.tensors.len() != st.len() {
+        return Err(model_error(&"the card's tensors do not match its weights"));
+    }
     let mut tensors = Vec::with_capacity(card.tensors.len());
-    let mut at = 0;
     for name in &card.tensors {
-        let shape = st
-            .tensor(name)
-            .map_err(|e| model_error(&e))?
-            .shape()
-            .to_vec();
-        let n: usize = shape.iter().product();
-        let values = params
-            .get(at..at + n)
-            .ok_or_else(|| model_error(&"the card's tensors do not fit its weights"))?
-            .to_vec();
-        at += n;
-        tensors.push((name.clone(), shape, values));
+        let view = st.tensor(name).map_err(|e| model_error(&e))?;
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        tensors.push((name.clone(), view.shape().to_vec(), values));
+    }
+    if tensors.iter().map(|t| t.2.len()).sum::<usize>() != params.len() {
+        return Err(model_error(&"the card's tensors do not match its weights"));
     }
     Ok(LoadedModel {
         card: serde_json::to_value(&card).map_err(|e| model_error(&e))?,

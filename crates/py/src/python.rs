@@ -330,8 +330,35 @@ struct NativeCoordinator {
     session: Arc<tokio::sync::Mutex<ControlSession>>,
 }
 
+/// How often a blocked call looks for Ctrl-C (Python's signal handlers run only when the
+/// interpreter gets control back).
+const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs `fut` to its end without holding the GIL, checking for Python signals (Ctrl-C)
+/// meanwhile: a call that waits for days (`events(follow=True)` on a job awaiting approval)
+/// stays interruptible. An interrupted call is dropped, which cancels it.
+fn wait<T: Send>(
+    py: Python<'_>,
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = crate::Result<T>> + Send,
+) -> PyResult<T> {
+    py.detach(|| {
+        rt.block_on(async {
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return out.map_err(PyErr::from),
+                    () = tokio::time::sleep(SIGNAL_CHECK) => {
+                        Python::attach(|py| py.check_signals())?;
+                    }
+                }
+            }
+        })
+    })
+}
+
 impl NativeCoordinator {
-    /// Runs a call on the session without holding the GIL.
+    /// Runs a call on the session without holding the GIL, interruptibly ([`wait`]).
     fn call<T: Send>(
         &self,
         py: Python<'_>,
@@ -341,15 +368,11 @@ impl NativeCoordinator {
             Box<dyn std::future::Future<Output = crate::Result<T>> + Send + 'a>,
         > + Send,
     ) -> PyResult<T> {
-        let rt = self.rt.clone();
         let session = self.session.clone();
-        let out = py.detach(move || {
-            rt.block_on(async move {
-                let mut s = session.lock().await;
-                f(&mut s).await
-            })
-        });
-        Ok(out?)
+        wait(py, &self.rt, async move {
+            let mut s = session.lock().await;
+            f(&mut s).await
+        })
     }
 }
 
@@ -370,19 +393,15 @@ impl NativeCoordinator {
         server_name: String,
     ) -> PyResult<Self> {
         let rt = Arc::new(runtime()?);
-        let open = rt.clone();
-        let session = py.detach(move || {
-            open.block_on(ControlSession::open(
-                &address,
-                &server_name,
-                &fed,
-                &name,
-                passphrase.as_deref(),
-            ))
-        });
+        let session = wait(py, &rt, async move {
+            Ok(
+                ControlSession::open(&address, &server_name, &fed, &name, passphrase.as_deref())
+                    .await?,
+            )
+        })?;
         Ok(Self {
             rt,
-            session: Arc::new(tokio::sync::Mutex::new(session.map_err(Error::from)?)),
+            session: Arc::new(tokio::sync::Mutex::new(session)),
         })
     }
 
@@ -428,7 +447,7 @@ impl NativeCoordinator {
                 let release = s.download(&job).await?;
                 let (w, c) = release
                     .write(&out)
-                    .map_err(|e| Error::new(Kind::Usage, e))?;
+                    .map_err(|e| Error::new(Kind::Model, e))?;
                 Ok((
                     w.display().to_string(),
                     c.display().to_string(),
@@ -477,10 +496,11 @@ impl NativeEvents {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        let rt = self.rt.clone();
         let events = self.events.clone();
-        let next = py.detach(move || rt.block_on(async move { events.lock().await.next().await }));
-        match next.map_err(Error::from)? {
+        let next = wait(py, &self.rt, async move {
+            Ok(events.lock().await.next().await?)
+        })?;
+        match next {
             Some(e) => Ok(Some(to_json(&e)?)),
             None => Ok(None),
         }
