@@ -18,6 +18,9 @@ class Job:
 
     def __init__(self, native: "_native.NativeJob") -> None:
         self._native = native
+        #: What :meth:`model_from_onnx` imported (input, classes, layers, parameters, the
+        #: digests of the graph and of the weights); ``None`` otherwise.
+        self.imported: Optional[dict[str, Any]] = None
 
     @classmethod
     def load(cls, path: PathLike) -> "Job":
@@ -46,6 +49,28 @@ class Job:
     def rounds(self) -> int:
         """Federated rounds."""
         return self._native.rounds
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The job's ``[model]`` section (for a layer list: ``input``, ``layers``, ``classes``,
+        and ``init`` with the initial weights' ``sha256`` when it has them)."""
+        result: dict[str, Any] = json.loads(self._native.model_json)
+        if result.get("init"):
+            result["init"] = {"sha256": result["init"]["sha256"]}
+        return result
+
+    def model_from_onnx(self, path: PathLike) -> "Job":
+        """This job with its model replaced by an ONNX graph (PyTorch's ``torch.onnx.export``,
+        opset 17 or later): the graph's layers as a layer list, and its weights as the job's
+        initial weights, carried in the job and bound by the manifest (as ``confide model
+        import`` and ``[model] init`` do). Training stays Confide's own, DP-SGD included, so
+        record-level ε is enforced and ledgered. Unsupported operators raise
+        :class:`confide.ModelError` naming the operator and the node. The summary of the
+        import is in :attr:`imported`."""
+        native, summary = self._native.model_from_onnx(os.fspath(path))
+        job = Job(native)
+        job.imported = json.loads(summary)
+        return job
 
     def sign(self, owner: Identity, recipients: Sequence[str] = ()) -> "SignedJob":
         """Sign the job as its model owner, for federated training. ``recipients`` are the

@@ -259,6 +259,12 @@ pub fn job(cmd: JobCommand) -> Result<Value> {
         } => {
             let owner = Identity::load(&key, passphrase.get()?.as_deref())?;
             let spec = JobConfig::load(&config)?.spec();
+            if spec.model.init.is_some() {
+                // Initial weights that do not fit the layers would fail every round: refuse
+                // them before signing.
+                confide_ml::job::initial_params(&spec, spec.job.seed)
+                    .map_err(anyhow::Error::msg)?;
+            }
             let manifest = Manifest::new(&spec, Mode::Federated, owner.public(), recipient)?;
             let signed = SignedManifest::sign(manifest, &owner)?;
             if out.exists() {

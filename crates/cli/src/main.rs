@@ -22,6 +22,8 @@ mod dashboard_views;
 mod evaluate;
 mod governance;
 mod keyholder_serve;
+#[cfg(feature = "onnx")]
+mod model_import;
 mod node_serve;
 mod partition;
 mod sessions;
@@ -111,6 +113,11 @@ enum Command {
     /// IDX images to the safetensors format jobs read.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Models from other tools: `model import` turns an ONNX graph into a job's layer list and
+    /// its initial weights (prints JSON).
+    #[cfg(feature = "onnx")]
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// A data owner's privacy budget ledger (a redb file; prints JSON).
     #[command(subcommand)]
     Ledger(LedgerCommand),
@@ -197,6 +204,15 @@ enum DataCommand {
     /// IDX images and labels (and a group per image, e.g. MNIST's writers) to one safetensors
     /// file, the format jobs read with `[data] format = "safetensors"` (prints JSON).
     Convert(partition::ConvertArgs),
+}
+
+#[cfg(feature = "onnx")]
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// An ONNX graph (PyTorch's export) into model.toml, the [model] section of a job as a
+    /// layer list, and init.safetensors, its weights in Confide's layout; unsupported
+    /// operators are refused by name (prints JSON).
+    Import(model_import::ImportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -745,6 +761,8 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Data(DataCommand::Partition(args)) => print_json(partition::run(&args)?),
         Command::Data(DataCommand::Convert(args)) => print_json(partition::convert(&args)?),
+        #[cfg(feature = "onnx")]
+        Command::Model(ModelCommand::Import(args)) => print_json(model_import::import(&args)?),
         Command::Evaluate(args) => print_json(evaluate::run(&args)?),
         Command::Dp(cmd) => {
             let out = dp_json(cmd)?;

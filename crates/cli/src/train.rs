@@ -142,7 +142,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     let model = confide_net::coordinator::model_spec(&spec);
     let seed = args.seed.unwrap_or(spec.job.seed);
-    let init = model.initial_vector(seed);
+    let init = confide_ml::job::initial_params(&spec, seed).map_err(anyhow::Error::msg)?;
     let epochs = spec
         .job
         .rounds

@@ -83,6 +83,78 @@ fn the_cnn_trains_under_record_level_dp_sgd_within_its_budget() {
     );
 }
 
+/// The SHA-256 of a file, hex.
+fn sha256_of(path: &Path) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &std::fs::read(path).expect("read"),
+    ))
+}
+
+#[test]
+fn a_job_starts_from_its_init_weights_and_refuses_changed_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A trained model's weights are in the layout `[model] init` reads.
+    let trained = simulate(
+        &cnn_job(dir.path(), "trained", &[]),
+        dir.path(),
+        &["--mode", "in-process", "--quiet"],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let good = trained.report["test_accuracy"].as_f64().expect("accuracy");
+    let weights = dir.path().join("init.safetensors");
+    std::fs::copy(dir.path().join("run/model/model.safetensors"), &weights).expect("copy");
+    // One round at a learning rate that barely moves them: the job scores as the trained
+    // model did, which the seeded initialisation (about 0.1) cannot.
+    let init = format!(
+        "init = {{ file = \"init.safetensors\", sha256 = \"{}\" }}\n\n[data]",
+        sha256_of(&weights)
+    );
+    let replace = [
+        ("rounds = 20", "rounds = 1"),
+        ("learning_rate = 0.1", "learning_rate = 0.000001"),
+        ("\n[data]", init.as_str()),
+    ];
+    let job = cnn_job(dir.path(), "from-init", &replace);
+    let work = dir.path().join("second");
+    std::fs::create_dir_all(&work).expect("dir");
+    let run = simulate(&job, &work, &["--mode", "in-process", "--quiet"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let acc = run.report["test_accuracy"].as_f64().expect("accuracy");
+    assert!((acc - good).abs() < 0.02 && acc > 0.9, "{acc} vs {good}");
+
+    // The signed manifest carries the weights' digest; weights changed after the job was
+    // written are refused before anything runs.
+    let manifest = dir.path().join("job.json");
+    let signed = confide(&[
+        "job",
+        "sign",
+        "--config",
+        job.to_str().expect("utf-8"),
+        "--key",
+        root()
+            .join("examples/keys/model-owner.key")
+            .to_str()
+            .expect("utf-8"),
+        "--out",
+        manifest.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&manifest)
+            .expect("manifest")
+            .contains(&sha256_of(&weights))
+    );
+    std::fs::write(&weights, b"changed").expect("write");
+    let refused = simulate(&job, &work, &["--mode", "in-process", "--quiet"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("model.init"), "{}", refused.stderr);
+}
+
 #[test]
 fn batch_norm_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().expect("tmp");

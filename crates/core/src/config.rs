@@ -239,6 +239,91 @@ pub struct ModelSection {
     /// The layers (`kind = "layers"` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Layer>,
+    /// Initial weights for a layer list (`init = { file = "init.safetensors", sha256 = "…" }`,
+    /// as `confide model import` writes them); without it, the seeded initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitWeights>,
+}
+
+/// The most bytes of initial weights a job carries: they travel inside the signed manifest
+/// (at most 1 MiB, base64 taking 4/3), so every role starts from the bytes the model owner
+/// signed.
+pub const MAX_INIT_BYTES: usize = 512 * 1024;
+
+/// A layer list's initial weights, carried in the job itself: the safetensors file in
+/// Confide's layout and its SHA-256. The manifest binds both; the file's path stays on the
+/// model owner's machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitWeights {
+    /// The file, relative to the job file: read by [`JobConfig::load`], never part of the
+    /// job's spec.
+    #[serde(default, skip_serializing)]
+    pub file: Option<PathBuf>,
+    /// SHA-256 of the file, 64 lowercase hex digits.
+    pub sha256: String,
+    /// The file's bytes, base64 (standard alphabet, padded); filled by [`JobConfig::load`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub safetensors: String,
+}
+
+impl InitWeights {
+    /// The weights' bytes, checked against their digest.
+    ///
+    /// # Errors
+    /// No bytes (a job parsed from text, not loaded), bytes that are not base64, or bytes
+    /// whose SHA-256 is not the stated one.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        if self.safetensors.is_empty() {
+            return Err(
+                "model.init names weights that were not read (load the job from its file)".into(),
+            );
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.safetensors)
+            .map_err(|e| format!("model.init: the weights are not base64: {e}"))?;
+        let digest = hex_lower(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        if digest != self.sha256 {
+            return Err(format!(
+                "model.init: the weights' SHA-256 is {digest}, not the stated {}",
+                self.sha256
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads the file (resolved against `base`), checks its size and digest, and keeps its
+    /// bytes.
+    fn read(&mut self, base: &Path) -> Result<(), ConfigError> {
+        use base64::Engine as _;
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let path = resolve(base, file);
+        let bytes = std::fs::read(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if bytes.len() > MAX_INIT_BYTES {
+            return Err(invalid(
+                "model.init",
+                format!(
+                    "{} has {} bytes; a job carries at most {MAX_INIT_BYTES} bytes of initial weights",
+                    path.display(),
+                    bytes.len()
+                ),
+            ));
+        }
+        self.safetensors = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        self.bytes().map_err(|m| invalid("model.init", m))?;
+        self.file = Some(path);
+        Ok(())
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ModelSection {
@@ -992,6 +1077,9 @@ impl JobConfig {
         if let Some(key) = &mut config.paillier.key_file {
             *key = resolve(base, key);
         }
+        if let Some(init) = &mut config.model.init {
+            init.read(base)?;
+        }
         Ok(config)
     }
 
@@ -1305,6 +1393,12 @@ impl JobSpec {
                 ));
             }
             ModelKind::Layers => {}
+            _ if m.init.is_some() => {
+                return Err(invalid(
+                    "model.init",
+                    "initial weights are for a layer list (kind = \"layers\")",
+                ));
+            }
             _ if !m.layers.is_empty() || !m.input.is_empty() => {
                 return Err(invalid(
                     "model.layers",
@@ -1312,6 +1406,22 @@ impl JobSpec {
                 ));
             }
             _ => {}
+        }
+        if let Some(init) = &m.init {
+            if init.sha256.len() != 64
+                || !init
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(invalid(
+                    "model.init",
+                    "sha256 must be 64 lowercase hex digits (`confide model import` prints it)",
+                ));
+            }
+            if init.file.is_none() && init.safetensors.is_empty() {
+                return Err(invalid("model.init", "needs file = \"…\" (the weights)"));
+            }
         }
         if m.classes < 2 || m.classes > 100_000 {
             return Err(invalid("model.classes", "must be between 2 and 100000"));

@@ -231,6 +231,15 @@ const MAX_LAYER_PARAMS: usize = 1 << 32;
 /// The input shape of a layer list: `input` as written in the job (empty: `[features]`).
 pub fn input_shape(input: &[usize], features: usize, layers: &[Layer]) -> Result<Shape, String> {
     let tokens = matches!(layers.first(), Some(Layer::Embedding { .. }));
+    record_shape(input, features, tokens)
+}
+
+/// The shape of one record written as `input` (empty: `[features]`); `tokens` when the first
+/// layer is an embedding, which reads token ids.
+///
+/// # Errors
+/// A shape Confide does not read, or one that does not hold `features` numbers.
+pub fn record_shape(input: &[usize], features: usize, tokens: bool) -> Result<Shape, String> {
     let shape = match (input, tokens) {
         ([], false) => Shape::Flat(features),
         ([], true) => Shape::Tokens(features),
@@ -279,6 +288,30 @@ pub fn infer(input: Shape, layers: &[Layer], classes: usize) -> Result<Vec<Shape
     if layers.len() > 256 {
         return Err("at most 256 layers".into());
     }
+    let (shapes, total) = walk(input, layers)?;
+    if total == 0 {
+        return Err("a layer list needs a layer with parameters".into());
+    }
+    match shapes.last() {
+        Some(Shape::Flat(d)) if *d == classes => Ok(shapes),
+        other => Err(format!(
+            "the last layer must give one logit per class, [{classes}], got {}: end with {{ type = \"dense\", units = {classes} }} (after a flatten for images and sequences)",
+            other.map_or_else(|| input.to_string(), ToString::to_string)
+        )),
+    }
+}
+
+/// The shape after `layers` (the input itself for none): for building a list layer by layer
+/// (the ONNX importer). Checks each layer as [`infer`] does, not the list's end.
+///
+/// # Errors
+/// A layer that does not fit its input (the message names it).
+pub fn output_shape(input: Shape, layers: &[Layer]) -> Result<Shape, String> {
+    Ok(walk(input, layers)?.0.last().copied().unwrap_or(input))
+}
+
+/// Each layer's output shape, and the parameter count.
+fn walk(input: Shape, layers: &[Layer]) -> Result<(Vec<Shape>, usize), String> {
     let mut shapes = Vec::with_capacity(layers.len());
     let mut shape = input;
     let (mut before, mut total) = (input, 0usize);
@@ -435,15 +468,7 @@ pub fn infer(input: Shape, layers: &[Layer], classes: usize) -> Result<Vec<Shape
         }
         shapes.push(shape);
     }
-    if total == 0 {
-        return Err("a layer list needs a layer with parameters".into());
-    }
-    match shape {
-        Shape::Flat(d) if d == classes => Ok(shapes),
-        other => Err(format!(
-            "the last layer must give one logit per class, [{classes}], got {other}: end with {{ type = \"dense\", units = {classes} }} (after a flatten for images and sequences)"
-        )),
-    }
+    Ok((shapes, total))
 }
 
 /// Whether record-level DP-SGD can clip this list's per-record gradients (every layer but

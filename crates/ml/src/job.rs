@@ -20,6 +20,23 @@ pub fn model_spec(spec: &JobSpec) -> ModelSpec {
     }
 }
 
+/// The parameters a job starts from: its `[model] init` weights, checked against their
+/// SHA-256 and against the architecture, or else the seeded initialisation.
+///
+/// # Errors
+/// Weights that were not read, do not match their digest, or do not fit the layers.
+pub fn initial_params(spec: &JobSpec, seed: u64) -> Result<Vec<f32>, String> {
+    let model = model_spec(spec);
+    match &spec.model.init {
+        None => Ok(model.initial_vector(seed)),
+        Some(init) => {
+            let bytes = init.bytes()?;
+            crate::export::from_safetensors(&model, &bytes)
+                .map_err(|e| format!("model.init: the weights do not fit the layers: {e}"))
+        }
+    }
+}
+
 /// Loads an owner's data file as the job describes it: a CSV with its label column and
 /// exclusions, checked against the job's schema, or a safetensors array file
 /// ([`crate::arrays`]), each with the job's fixed standardisation applied; or text cut into

@@ -26,6 +26,8 @@ pub mod export;
 pub mod idx;
 pub mod job;
 pub mod model;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod partition;
 pub mod server_opt;
 pub mod stack;

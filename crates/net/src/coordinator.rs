@@ -885,13 +885,23 @@ impl Coordinator {
                 Err(e) => Err(e),
             }
         } else {
-            params = Arc::new(self.model.initial_vector(self.spec.job.seed));
-            match self.start(&params, timeout).await {
-                Ok(()) => {
-                    self.rounds_loop(&mut params, 1, holder_key, &unseal, timeout)
-                        .await
+            // The job's own initial weights ([model] init, bound by the manifest), or the
+            // seeded initialisation.
+            match confide_ml::job::initial_params(&self.spec, self.spec.job.seed) {
+                Ok(start) => {
+                    params = Arc::new(start);
+                    match self.start(&params, timeout).await {
+                        Ok(()) => {
+                            self.rounds_loop(&mut params, 1, holder_key, &unseal, timeout)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    params = Arc::new(Vec::new());
+                    Err(e)
+                }
             }
         };
         let rounds_done = lock(&self.state).history.len() as u32;

@@ -155,6 +155,56 @@ pub fn parse_job(text: &str) -> Result<JobSpec> {
     Ok(JobConfig::parse(text).map_err(manifest_error)?.spec())
 }
 
+/// The job with its model replaced by an ONNX graph's layer list and weights
+/// ([`confide_ml::onnx`]), as `confide model import` writes them into a job file: the weights
+/// travel in the job (`[model] init`), bound by the manifest. Returns the new job and what was
+/// imported (input, classes, layer names, parameter count, dropped nodes, the digests).
+///
+/// # Errors
+/// An unreadable or unsupported graph (refused by operator and node), weights too large to
+/// carry in a job, or a layer list that does not fit the job's data.
+pub fn model_from_onnx(spec: &JobSpec, path: &Path) -> Result<(JobSpec, Value)> {
+    use base64::Engine as _;
+    let model_error = |e: &dyn std::fmt::Display| Error::new(Kind::Model, e);
+    let bytes = std::fs::read(path)
+        .map_err(|e| model_error(&format!("cannot read {}: {e}", path.display())))?;
+    let imported = confide_ml::onnx::import(&bytes).map_err(|e| model_error(&e))?;
+    let mut next = spec.clone();
+    next.model.kind = confide_ml::ModelKind::Layers;
+    next.model.hidden = Vec::new();
+    next.model.classes = imported.classes;
+    next.model.input = imported.input.clone();
+    next.model.layers = imported.layers.clone();
+    let weights =
+        confide_ml::export::to_safetensors(&confide_ml::job::model_spec(&next), &imported.params)
+            .map_err(|e| model_error(&e))?;
+    if weights.len() > confide_core::config::MAX_INIT_BYTES {
+        return Err(model_error(&format!(
+            "the graph's weights have {} bytes; a job carries at most {}",
+            weights.len(),
+            confide_core::config::MAX_INIT_BYTES
+        )));
+    }
+    let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &weights));
+    next.model.init = Some(confide_core::config::InitWeights {
+        file: None,
+        sha256: sha256.clone(),
+        safetensors: base64::engine::general_purpose::STANDARD.encode(&weights),
+    });
+    next.validate().map_err(manifest_error)?;
+    confide_ml::job::initial_params(&next, next.job.seed).map_err(|e| model_error(&e))?;
+    let summary = json!({
+        "onnx_sha256": hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)),
+        "init_sha256": sha256,
+        "input": imported.input,
+        "classes": imported.classes,
+        "layers": imported.layers.iter().map(|l| l.name()).collect::<Vec<_>>(),
+        "parameters": imported.params.len(),
+        "dropped": imported.dropped,
+    });
+    Ok((next, summary))
+}
+
 /// Signs a federated job as its model owner: the same manifest, hash and signature as
 /// `confide job sign` for the same job, key and recipients.
 ///

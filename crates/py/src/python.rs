@@ -184,6 +184,17 @@ impl NativeJob {
         self.spec.job.rounds
     }
 
+    /// Returns the job with the graph's model, and what was imported (JSON).
+    fn model_from_onnx(&self, path: PathBuf) -> PyResult<(NativeJob, String)> {
+        let (spec, summary) = crate::model_from_onnx(&self.spec, &path)?;
+        Ok((NativeJob { spec }, json_text(&summary)))
+    }
+
+    #[getter]
+    fn model_json(&self) -> String {
+        serde_json::to_string(&self.spec.model).unwrap_or_default()
+    }
+
     #[pyo3(signature = (owner, recipients = Vec::new()))]
     fn sign(&self, owner: &NativeIdentity, recipients: Vec<String>) -> PyResult<NativeSignedJob> {
         Ok(NativeSignedJob {

@@ -305,7 +305,7 @@ impl TrustedCore {
         let mut noise = CsprngNoise::from_entropy()?;
         let out = dpsgd::train_dp(
             &model,
-            &model.initial_vector(seed),
+            &confide_ml::job::initial_params(spec, seed)?,
             &train,
             &run.config,
             &mut sampler,
