@@ -49,6 +49,13 @@ pub fn import(args: &ImportArgs) -> Result<Value> {
     let imported = confide_ml::onnx::import(&bytes)?;
     let spec = imported.model_spec();
     let weights = confide_ml::export::to_safetensors(&spec, &imported.params)?;
+    if weights.len() > confide_core::config::MAX_INIT_BYTES {
+        bail!(
+            "the graph's weights take {} bytes; a job carries at most {} bytes of initial weights (in its signed manifest)",
+            weights.len(),
+            confide_core::config::MAX_INIT_BYTES
+        );
+    }
     write_new_dir(&args.out)?;
     let section = Section {
         model: ModelToml {

@@ -778,7 +778,14 @@ impl Daemon {
                 )
                 .await
                 {
-                    Ok(ch) => client = Some(pb::fleet_client::FleetClient::new(ch)),
+                    // Offers carry whole manifests, initial weights included (up to 1 MiB
+                    // each): tonic's 4 MiB default would refuse a few of them at once.
+                    Ok(ch) => {
+                        client = Some(
+                            pb::fleet_client::FleetClient::new(ch)
+                                .max_decoding_message_size(64 * 1024 * 1024),
+                        );
+                    }
                     Err(e) => self.beat(Err(e.to_string())),
                 }
             }

@@ -1422,6 +1422,14 @@ impl JobSpec {
             if init.file.is_none() && init.safetensors.is_empty() {
                 return Err(invalid("model.init", "needs file = \"…\" (the weights)"));
             }
+            // The same bound on weights given inline as on a file (base64: 4 characters per 3
+            // bytes).
+            if init.safetensors.len() > MAX_INIT_BYTES.div_ceil(3) * 4 {
+                return Err(invalid(
+                    "model.init",
+                    format!("a job carries at most {MAX_INIT_BYTES} bytes of initial weights"),
+                ));
+            }
         }
         if m.classes < 2 || m.classes > 100_000 {
             return Err(invalid("model.classes", "must be between 2 and 100000"));
@@ -1719,6 +1727,24 @@ impl JobSpec {
         }
         if self.modulus_bits != 2048 && self.modulus_bits != 3072 {
             return Err(invalid("paillier.modulus_bits", "must be 2048 or 3072"));
+        }
+        // The join reply carries the job twice (its spec and its manifest), initial weights
+        // included.
+        let init_len = self.model.init.as_ref().map_or(0, |i| {
+            i.safetensors.len().max(
+                i.file
+                    .as_ref()
+                    .map_or(0, |_| MAX_INIT_BYTES.div_ceil(3) * 4),
+            )
+        });
+        if init_len > 0 && self.limits.max_message_bytes < 2 * init_len + 256 * 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!(
+                    "must be at least {} for this job's initial weights (the job's messages carry them twice)",
+                    2 * init_len + 256 * 1024
+                ),
+            ));
         }
         if !(64 * 1024..=1 << 30).contains(&self.limits.max_message_bytes) {
             return Err(invalid(

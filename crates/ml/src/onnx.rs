@@ -120,8 +120,17 @@ pub fn import(bytes: &[u8]) -> Result<Imported, OnnxError> {
         .is_some_and(|n| matches!(n, Node::Gather(_)));
     let start = confide_core::layers::record_shape(&input, features, first_is_gather)
         .map_err(OnnxError::Graph)?;
+    let batch = match &graph.inputs[0].ty {
+        ArgType::Tensor(t) => t
+            .static_shape
+            .as_ref()
+            .and_then(|d| d.first().copied().flatten()),
+        _ => None,
+    };
     let mut b = Builder {
         input: start,
+        batch,
+        current: graph.inputs[0].name.clone(),
         layers: Vec::new(),
         params: Vec::new(),
         dropped: Vec::new(),
@@ -142,8 +151,24 @@ pub fn import(bytes: &[u8]) -> Result<Imported, OnnxError> {
             i += used;
             continue;
         }
+        // A layer list is a chain: each node reads the previous one's output, and nothing
+        // else that is computed.
+        b.reads(nodes[i], &[b.current.clone()])?;
         b.node(nodes[i], i == 0, i + 1 == nodes.len())?;
+        b.current = output_of(nodes[i])?;
         i += 1;
+    }
+    if graph.outputs.len() != 1 || graph.outputs[0].name != b.current {
+        return Err(OnnxError::Graph(format!(
+            "the graph must have one output, the last node's; it has {} ({})",
+            graph.outputs.len(),
+            graph
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
     let classes = match b.layers.last() {
         Some(Layer::Dense { units }) => *units,
@@ -205,6 +230,7 @@ macro_rules! window_of {
             kernel: $c.kernel_size,
             strides: $c.strides,
             padding: &$c.padding,
+            auto_pad: &$c.auto_pad,
             dilation: $c.dilation,
             ceil_mode: $c.ceil_mode,
         }
@@ -216,6 +242,7 @@ struct Window<'a> {
     kernel: [usize; 2],
     strides: [usize; 2],
     padding: &'a onnx_ir::node::padding::PaddingConfig2d,
+    auto_pad: &'a onnx_ir::node::padding::AutoPad,
     dilation: [usize; 2],
     ceil_mode: bool,
 }
@@ -237,8 +264,14 @@ impl Window<'_> {
             onnx_ir::node::padding::PaddingConfig2d::Valid
                 | onnx_ir::node::padding::PaddingConfig2d::Explicit(0, 0, 0, 0)
         );
-        if !no_pad || self.dilation != [1, 1] || self.ceil_mode {
-            return Err(pattern("only without padding, dilation or ceil mode"));
+        let explicit = matches!(
+            self.auto_pad,
+            onnx_ir::node::padding::AutoPad::NotSet | onnx_ir::node::padding::AutoPad::Valid
+        );
+        if !no_pad || !explicit || self.dilation != [1, 1] || self.ceil_mode {
+            return Err(pattern(
+                "only without padding (auto_pad included), dilation or ceil mode",
+            ));
         }
         Ok((k, (s != k).then_some(s)))
     }
@@ -247,6 +280,10 @@ impl Window<'_> {
 struct Builder {
     /// One record's shape.
     input: Shape,
+    /// The graph input's batch size, when it was exported fixed.
+    batch: Option<usize>,
+    /// The tensor the next node must read: the previous node's output.
+    current: String,
     layers: Vec<Layer>,
     params: Vec<f32>,
     dropped: Vec<String>,
@@ -285,23 +322,45 @@ fn static_dims(arg: &Argument) -> Option<Vec<usize>> {
     }
 }
 
-/// The values of the one constant operand of a binary node.
-fn constant_of(node: &Node, inputs: &[Argument]) -> Result<Vec<f32>, OnnxError> {
-    let constant = inputs.iter().find(|a| a.value().is_some());
-    Ok(weights(node, constant, "constant operand")?.0)
+/// The names of a node's computed (not constant) inputs, in order.
+fn dynamic_inputs(node: &Node) -> Vec<&str> {
+    node.inputs()
+        .iter()
+        .filter(|a| !a.name.is_empty() && a.value().is_none())
+        .map(|a| a.name.as_str())
+        .collect()
 }
 
-/// A per-channel constant (`[C, 1, 1]` or `[C]`) of a binary node, as `C` values.
-fn per_channel(node: &Node, inputs: &[Argument], c: usize) -> Result<Vec<f32>, OnnxError> {
-    let values = constant_of(node, inputs)?;
-    if values.len() != c {
+/// A node's one output (a Dropout's unused mask aside).
+fn output_of(node: &Node) -> Result<String, OnnxError> {
+    let outputs = node.outputs();
+    match outputs.first() {
+        Some(o) if outputs.len() == 1 || matches!(node, Node::Dropout(_)) => Ok(o.name.clone()),
+        _ => Err(OnnxError::Pattern {
+            op: node.node_type().to_string(),
+            node: node.name().to_string(),
+            why: format!("{} outputs; a layer has one", outputs.len()),
+        }),
+    }
+}
+
+/// The constant operand of a binary node, when its shape is `want` after leading 1s (so that
+/// it broadcasts as the layer's scale or shift does: `[C, 1, 1]` per channel of an image,
+/// `[D]` per feature).
+fn broadcast_constant(
+    node: &Node,
+    inputs: &[Argument],
+    want: &[usize],
+) -> Result<Vec<f32>, OnnxError> {
+    let constant = inputs.iter().find(|a| a.value().is_some());
+    let (values, shape) = weights(node, constant, "constant operand")?;
+    let trimmed: Vec<usize> = shape.iter().copied().skip_while(|&d| d == 1).collect();
+    let want_trimmed: Vec<usize> = want.iter().copied().skip_while(|&d| d == 1).collect();
+    if trimmed != want_trimmed {
         return Err(OnnxError::Pattern {
             op: node.node_type().to_string(),
             node: node.name().to_string(),
-            why: format!(
-                "expected one value per channel ({c}), found {}",
-                values.len()
-            ),
+            why: format!("a constant of shape {shape:?}, where {want:?} was expected"),
         });
     }
     Ok(values)
@@ -321,6 +380,31 @@ impl Builder {
     /// The shape the layers so far give.
     fn shape(&self) -> Result<Shape, OnnxError> {
         confide_core::layers::output_shape(self.input, &self.layers).map_err(OnnxError::Graph)
+    }
+
+    /// Checks that `node` computes on exactly `names` (a chain, not a graph with branches).
+    fn reads(&self, node: &Node, names: &[String]) -> Result<(), OnnxError> {
+        let got = dynamic_inputs(node);
+        if got.len() != names.len() || got.iter().zip(names).any(|(a, b)| *a != b.as_str()) {
+            return Err(OnnxError::Pattern {
+                op: node.node_type().to_string(),
+                node: node.name().to_string(),
+                why: format!(
+                    "reads {got:?}, not the previous layer's output {names:?}: only a chain of layers is imported"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The width a dense or normalisation layer reads here.
+    fn width(&self, pattern: &dyn Fn(&str) -> OnnxError) -> Result<usize, OnnxError> {
+        match self.shape()? {
+            Shape::Flat(d) | Shape::Seq { d, .. } => Ok(d),
+            other => Err(pattern(&format!(
+                "needs a vector (or each step of a sequence), not {other}: flatten first"
+            ))),
+        }
     }
 
     fn node(&mut self, node: &Node, first: bool, last: bool) -> Result<(), OnnxError> {
@@ -351,8 +435,8 @@ impl Builder {
                     Some(arg) => weights(node, Some(arg), "bias")?.0,
                     None => vec![0.0; units],
                 };
-                if bias.len() != units || w.len() != d_in * units {
-                    return Err(pattern("the bias does not fit the weight"));
+                if bias.len() != units || d_in != self.width(&pattern)? {
+                    return Err(pattern("the weight or bias does not fit its input"));
                 }
                 self.layers.push(Layer::Dense { units });
                 self.params.extend(w);
@@ -379,9 +463,9 @@ impl Builder {
                     Some(arg) => weights(node, Some(arg), "bias")?.0,
                     None => vec![0.0; units],
                 };
-                if bias.len() != units || w.len() != d_in * units {
+                if bias.len() != units || d_in != self.width(&pattern)? {
                     return Err(pattern(
-                        "the bias does not fit the weight (a broadcast bias is not imported)",
+                        "the weight or bias does not fit its input (a broadcast bias is not imported)",
                     ));
                 }
                 self.layers.push(Layer::Dense { units });
@@ -411,13 +495,19 @@ impl Builder {
                     _ => return Err(pattern("only the same zero padding on every side")),
                 };
                 let (w, shape) = weights(node, n.inputs.get(1), "weight")?;
-                let [channels, _, _, _] = shape[..] else {
+                let [channels, c_in, _, _] = shape[..] else {
                     return Err(pattern("the weight is not [out, in, k, k]"));
+                };
+                let Shape::Image { c, .. } = self.shape()? else {
+                    return Err(pattern("needs an image [channels, height, width]"));
                 };
                 let bias = match n.inputs.get(2) {
                     Some(arg) => weights(node, Some(arg), "bias")?.0,
                     None => vec![0.0; channels],
                 };
+                if c_in != c || bias.len() != channels {
+                    return Err(pattern("the weight or bias does not fit its input"));
+                }
                 self.layers.push(Layer::Conv2d {
                     channels,
                     kernel: k,
@@ -502,15 +592,19 @@ impl Builder {
             }
             Node::Reshape(n) => {
                 let size = self.shape()?.size();
+                let keeps_batch =
+                    |b: i64| b == 0 || b == -1 || (b > 0 && self.batch == usize::try_from(b).ok());
                 let flat = match &n.config.shape {
                     onnx_ir::node::reshape::ReshapeInput::Static(v) => {
-                        v.len() == 2 && (v[1] == -1 || usize::try_from(v[1]).ok() == Some(size))
+                        v.len() == 2
+                            && keeps_batch(v[0])
+                            && (v[1] == -1 || usize::try_from(v[1]).ok() == Some(size))
                     }
                     onnx_ir::node::reshape::ReshapeInput::Runtime(_) => n
                         .outputs
                         .first()
                         .and_then(static_dims)
-                        .is_some_and(|d| d.len() == 1),
+                        .is_some_and(|d| d == [size]),
                 };
                 if !flat {
                     return Err(pattern("only a reshape to [batch, -1] (a flatten)"));
@@ -625,14 +719,14 @@ impl Builder {
         let Shape::Image { c, .. } = self.shape()? else {
             return Ok(None);
         };
+        let keeps_batch = |b: i64| b == 0 || (b > 0 && self.batch == usize::try_from(b).ok());
         let groups = match &first.config.shape {
-            onnx_ir::node::reshape::ReshapeInput::Static(v) if v.len() == 3 && v[2] == -1 => {
+            onnx_ir::node::reshape::ReshapeInput::Static(v)
+                if v.len() == 3 && v[2] == -1 && keeps_batch(v[0]) =>
+            {
                 usize::try_from(v[1]).unwrap_or(0)
             }
-            _ => match first.outputs.first().and_then(static_dims).as_deref() {
-                Some([g, _]) => *g,
-                _ => return Ok(None),
-            },
+            _ => return Ok(None),
         };
         let pattern = |why: &str| OnnxError::Pattern {
             op: "InstanceNormalization".into(),
@@ -648,34 +742,69 @@ impl Builder {
                 norm.config.epsilon
             )));
         }
-        let node = nodes[1];
-        let (unit, _) = weights(node, norm.inputs.get(1), "scale")?;
-        let (zero, _) = weights(node, norm.inputs.get(2), "bias")?;
+        let input = self.current.clone();
+        self.reads(nodes[0], std::slice::from_ref(&input))?;
+        self.reads(nodes[1], &[output_of(nodes[0])?])?;
+        let (unit, _) = weights(nodes[1], norm.inputs.get(1), "scale")?;
+        let (zero, _) = weights(nodes[1], norm.inputs.get(2), "bias")?;
         if unit.iter().any(|&v| v != 1.0) || zero.iter().any(|&v| v != 0.0) {
             return Err(pattern(
                 "the per-group scale and shift must be 1 and 0 (PyTorch's)",
             ));
         }
         let mut used = 2;
-        if matches!(nodes.get(used), Some(Node::Shape(_))) {
+        let mut back = vec![output_of(nodes[1])?];
+        if let Some(shape @ Node::Shape(_)) = nodes.get(used) {
+            // The shape to restore: the image's own.
+            self.reads(shape, std::slice::from_ref(&input))?;
+            back.push(output_of(shape)?);
             used += 1;
         }
-        if !matches!(nodes.get(used), Some(Node::Reshape(_))) {
+        let Some(restore @ Node::Reshape(r)) = nodes.get(used) else {
             return Err(pattern("no reshape back to the image"));
+        };
+        self.reads(restore, &back)?;
+        let restored = match &r.config.shape {
+            onnx_ir::node::reshape::ReshapeInput::Runtime(_) => back.len() == 2,
+            onnx_ir::node::reshape::ReshapeInput::Static(v) => match self.shape()? {
+                Shape::Image { c, h, w } => {
+                    v.len() == 4
+                        && keeps_batch(v[0])
+                        && v[1..]
+                            .iter()
+                            .zip([c, h, w])
+                            .all(|(&a, b)| usize::try_from(a).ok() == Some(b))
+                }
+                _ => false,
+            },
+        };
+        if !restored {
+            return Err(pattern(
+                "the reshape back does not restore the image's shape",
+            ));
         }
+        let mut current = output_of(restore)?;
         used += 1;
+        // The per-channel scale, then shift (either may have been simplified away when it was
+        // 1 or 0).
         let (mut scale, mut shift) = (vec![1.0; c], vec![0.0; c]);
-        if let Some(Node::Mul(m)) = nodes.get(used) {
-            scale = per_channel(nodes[used], &m.inputs, c)?;
+        if let Some(mul @ Node::Mul(m)) = nodes.get(used) {
+            self.reads(mul, std::slice::from_ref(&current))?;
+            scale = broadcast_constant(mul, &m.inputs, &[c, 1, 1])?;
+            current = output_of(mul)?;
             used += 1;
-            if let Some(Node::Add(a)) = nodes.get(used) {
-                shift = per_channel(nodes[used], &a.inputs, c)?;
-                used += 1;
-            }
+        }
+        if let Some(add @ Node::Add(a)) = nodes.get(used)
+            && dynamic_inputs(add) == [current.as_str()]
+        {
+            shift = broadcast_constant(add, &a.inputs, &[c, 1, 1])?;
+            current = output_of(add)?;
+            used += 1;
         }
         self.layers.push(Layer::GroupNorm { groups });
         self.params.extend(scale);
         self.params.extend(shift);
+        self.current = current;
         Ok(Some(used))
     }
 
@@ -685,7 +814,7 @@ impl Builder {
     fn decomposed_layer_norm(&mut self, nodes: &[&Node]) -> Result<Option<usize>, OnnxError> {
         let kinds: Vec<String> = nodes
             .iter()
-            .take(9)
+            .take(7)
             .map(|n| n.node_type().to_string())
             .collect();
         let expected = [
@@ -696,10 +825,8 @@ impl Builder {
             "Add",
             "Sqrt",
             "Div",
-            "Mul",
-            "Add",
         ];
-        if kinds.len() < 7 || kinds[..7] != expected[..7] {
+        if kinds != expected {
             return Ok(None);
         }
         let pattern = |why: &str| OnnxError::Pattern {
@@ -707,7 +834,9 @@ impl Builder {
             node: nodes[0].name().to_string(),
             why: format!("as a layer normalisation: {why}"),
         };
-        let Node::ReduceMean(mean) = nodes[0] else {
+        let (Node::ReduceMean(mean), Node::Pow(pow), Node::ReduceMean(var), Node::Add(eps)) =
+            (nodes[0], nodes[2], nodes[3], nodes[4])
+        else {
             return Ok(None);
         };
         let (width, last) = match self.shape()? {
@@ -715,43 +844,54 @@ impl Builder {
             Shape::Seq { d, .. } => (d, 2),
             _ => return Err(pattern("only over a vector or each step of a sequence")),
         };
-        if mean.config.axes != onnx_ir::node::reduce::ReduceAxes::Static(vec![last]) {
+        let over_last = onnx_ir::node::reduce::ReduceAxes::Static(vec![last]);
+        if mean.config.axes != over_last
+            || var.config.axes != over_last
+            || !mean.config.keepdims
+            || !var.config.keepdims
+        {
             return Err(pattern("only over the last axis"));
         }
-        let Node::Pow(pow) = nodes[2] else {
-            return Ok(None);
-        };
+        // The wiring: m = mean(x); d = x − m; v = mean(d²); y = d / sqrt(v + ε).
+        let x = self.current.clone();
+        let out = |i: usize| output_of(nodes[i]);
+        self.reads(nodes[0], std::slice::from_ref(&x))?;
+        self.reads(nodes[1], &[x.clone(), out(0)?])?;
+        self.reads(nodes[2], &[out(1)?])?;
+        self.reads(nodes[3], &[out(2)?])?;
+        self.reads(nodes[4], &[out(3)?])?;
+        self.reads(nodes[5], &[out(4)?])?;
+        self.reads(nodes[6], &[out(1)?, out(5)?])?;
         let (two, _) = weights(nodes[2], pow.inputs.get(1), "exponent")?;
         if two != [2.0] {
             return Err(pattern("the variance must be the mean of squares"));
         }
-        let Node::Add(eps) = nodes[4] else {
-            return Ok(None);
-        };
-        let epsilon = constant_of(nodes[4], &eps.inputs)?;
+        let epsilon = broadcast_constant(nodes[4], &eps.inputs, &[])?;
         if epsilon.len() != 1 || (f64::from(epsilon[0]) - NORM_EPSILON).abs() > 1e-9 {
             return Err(pattern(&format!(
                 "ε = {epsilon:?} (Confide's is {NORM_EPSILON})"
             )));
         }
+        let mut current = out(6)?;
         let mut used = 7;
         let (mut scale, mut shift) = (vec![1.0; width], vec![0.0; width]);
-        if let Some(Node::Mul(m)) = nodes.get(used) {
-            scale = constant_of(nodes[used], &m.inputs)?;
+        if let Some(mul @ Node::Mul(m)) = nodes.get(used) {
+            self.reads(mul, std::slice::from_ref(&current))?;
+            scale = broadcast_constant(mul, &m.inputs, &[width])?;
+            current = output_of(mul)?;
             used += 1;
-            if let Some(Node::Add(a)) = nodes.get(used) {
-                shift = constant_of(nodes[used], &a.inputs)?;
-                used += 1;
-            }
         }
-        if scale.len() != width || shift.len() != width {
-            return Err(pattern(
-                "the scale and shift must have one value per feature",
-            ));
+        if let Some(add @ Node::Add(a)) = nodes.get(used)
+            && dynamic_inputs(add) == [current.as_str()]
+        {
+            shift = broadcast_constant(add, &a.inputs, &[width])?;
+            current = output_of(add)?;
+            used += 1;
         }
         self.layers.push(Layer::LayerNorm);
         self.params.extend(scale);
         self.params.extend(shift);
+        self.current = current;
         Ok(Some(used))
     }
 

@@ -121,10 +121,29 @@ fn a_layer_norm_decomposed_by_an_old_opset() {
 }
 
 #[test]
-fn layer_norm_gelu_and_dropout_as_single_nodes() {
+fn layer_norm_and_gelu_as_single_nodes() {
     let m = imported_and_checked("layernorm");
     assert!(m.layers.contains(&Layer::LayerNorm));
     assert!(m.layers.contains(&Layer::Gelu));
+}
+
+#[test]
+fn dropout_from_a_training_mode_export_keeps_its_rate() {
+    let m = imported_and_checked("dropout");
+    assert!(
+        m.layers.contains(&Layer::Dropout { rate: 0.25 }),
+        "{:?}",
+        m.layers
+    );
+}
+
+#[test]
+fn gemm_with_transb_0_and_with_default_attributes() {
+    // Both stay Gemm in onnx-ir (it turns only a fully specified transB = 1 into Linear).
+    for name in ["gemm_plain", "gemm_defaults"] {
+        let m = imported_and_checked(name);
+        assert_eq!(m.layers, [Layer::Dense { units: 3 }], "{name}");
+    }
 }
 
 #[test]
@@ -150,4 +169,23 @@ fn unsupported_graphs_are_refused_by_operator_and_node() {
         import(b"not an onnx file"),
         Err(OnnxError::Parse(_))
     ));
+}
+
+#[test]
+fn graphs_that_are_not_a_chain_or_pad_implicitly_are_refused() {
+    // Two heads on one body: the parameter count alone would not tell.
+    match import_file(&fixture("two_heads.onnx")) {
+        Err(OnnxError::Graph(why)) | Err(OnnxError::Pattern { why, .. }) => {
+            assert!(why.contains("one output") || why.contains("chain"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // auto_pad = SAME_UPPER pads implicitly: a 3x3 window of stride 2 on 8x8 gives 4x4.
+    match import_file(&fixture("pool_same.onnx")) {
+        Err(OnnxError::Pattern { op, why, .. }) => {
+            assert_eq!(op, "MaxPool2d");
+            assert!(why.contains("auto_pad"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
