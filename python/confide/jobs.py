@@ -72,6 +72,35 @@ class Job:
         job.imported = json.loads(summary)
         return job
 
+    def attach_code(
+        self,
+        directory: PathLike,
+        entry: str,
+        lock: str = "requirements.lock",
+        env: str = "default",
+        bundle: Optional[str] = None,
+    ) -> "Job":
+        """This job with your own training code: the files beneath ``directory`` are hashed
+        into the file list and digest that the manifest binds (as ``[code] dir`` in a job file
+        does). ``entry`` is ``module:function`` in the bundle, called with a
+        :class:`confide.client.Context` at each data owner's node; ``lock`` is the bundle's
+        pinned requirements file; ``env`` names the environment data owners installed for it;
+        ``bundle`` is the name they keep the reviewed copy under (default: the directory's
+        name). The job must use client-level DP or none: each node clips the code's update
+        and adds its noise share itself, whatever the code does. Returns the new job; its
+        digest is in ``job.code["digest"]``."""
+        path = os.fspath(directory)
+        name = bundle or os.path.basename(os.path.normpath(path))
+        native, _digest = self._native.attach_code(path, name, entry, lock, env)
+        return Job(native)
+
+    @property
+    def code(self) -> Optional[dict[str, Any]]:
+        """The job's ``[code]`` section (kind, bundle, entry, lock, env, digest, files), or
+        ``None`` when Confide's own trainer runs."""
+        result: Optional[dict[str, Any]] = json.loads(self._native.code_json)
+        return result
+
     def sign(self, owner: Identity, recipients: Sequence[str] = ()) -> "SignedJob":
         """Sign the job as its model owner, for federated training. ``recipients`` are the
         party ids that may download the model (the owner itself when empty). The manifest is
@@ -116,6 +145,9 @@ class Review:
     cost: Optional[dict[str, Any]] = None
     checked_epsilon: Optional[float] = None
     note: Optional[str] = None
+    #: For user code: the bundle (kind, bundle, entry, env, lock, digest, files), who
+    #: reviewed it, and the privacy the nodes enforce on it.
+    code: Optional[dict[str, Any]] = None
 
     @classmethod
     def _from(cls, v: dict[str, Any]) -> "Review":
@@ -132,6 +164,7 @@ class Review:
             cost=v["cost"],
             checked_epsilon=v["checked_epsilon"],
             note=v["note"],
+            code=v.get("code"),
         )
 
     def __str__(self) -> str:
@@ -151,6 +184,15 @@ class Review:
             )
         if self.note:
             lines.append(f"note: {self.note}")
+        if self.code:
+            c = self.code
+            reviewers = ", ".join(c["reviewed_by"]) or "nobody"
+            lines.append(
+                f"code: {c['kind']} bundle {c['bundle']!r} ({c['digest']}), entry {c['entry']}, "
+                f"environment {c['env']!r}, reviewed by {reviewers}; {c['privacy']}"
+            )
+            for f in c["files"]:
+                lines.append(f"  {f['sha256'][:16]}  {f['size']:>8}  {f['path']}")
         return "\n".join(lines)
 
 
@@ -194,6 +236,11 @@ class SignedJob:
     def approve(self, approver: Identity) -> None:
         """Co-sign the manifest as a data owner (``confide job approve``)."""
         self._native.approve(approver._native)
+
+    def review_code(self, reviewer: Identity) -> None:
+        """Co-sign the job's code bundle digest as a code reviewer (``confide job
+        review-code``). Policies trust reviewers by party id (``code_reviewers``)."""
+        self._native.review_code(reviewer._native)
 
     def describes(self, job: Job) -> bool:
         """Whether this manifest describes ``job`` (it has not changed since signing)."""

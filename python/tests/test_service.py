@@ -32,16 +32,10 @@ class Daemon:
         self.proc.wait()
 
 
-@pytest.fixture()
-def federation(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    fed = tmp_path / "fed"
-    cli("ca", "init", "--dir", str(fed), "--federation", "python-test")
-    for name, role in [("coordinator", "coordinator"), ("keyholder", "keyholder"), ("guest", "node"),
-                       ("host", "node"), ("mallory", "model-owner")]:
-        cli("ca", "issue", "--dir", str(fed), "--name", name, "--role", role)
-    (fed / "owner.key").write_bytes(DEMO_KEY.read_bytes())
-    cli("ca", "issue", "--dir", str(fed), "--name", "owner", "--role", "model-owner", "--public-key",
-        str(DEMO_KEY) + ".pub")
+def serve(tmp_path: Path, fed: Path, nodes: dict[str, list[str]]) -> Iterator[str]:
+    """Runs a key holder (the test-only fixed Paillier key), a coordinator and one node daemon
+    per entry of `nodes` (its name and extra arguments: data, policy, …) for federation `fed`;
+    yields the coordinator's control address, and stops them all."""
     local = "127.0.0.1:0"
     daemons = []
     try:
@@ -55,17 +49,37 @@ def federation(tmp_path: Path) -> Iterator[tuple[Path, str]]:
                               "--store", str(tmp_path / "coordinator.redb")], 3, tmp_path / "coordinator.log")
         daemons.append(coordinator)
         control, fleet = coordinator.addrs[1], coordinator.addrs[2]
-        for name in ["guest", "host"]:
+        for name, extra in nodes.items():
             daemons.append(Daemon(
                 ["node", "serve", "--fed", str(fed), "--name", name, "--coordinator", fleet,
-                 "--data", str(ROOT / f"data/breast_homo/breast_homo_{name}.csv"),
-                 "--policy", str(ROOT / f"examples/policies/breast_homo_{name}.toml"),
-                 "--admin", local, "--poll", "0.3", "--store", str(tmp_path / f"{name}.redb")],
+                 "--admin", local, "--poll", "0.3", "--store", str(tmp_path / f"{name}.redb"), *extra],
                 1, tmp_path / f"{name}.log"))
-        yield fed, control
+        yield control
     finally:
         for d in daemons:
             d.stop()
+
+
+def make_fed(tmp_path: Path, federation: str, parties: list[tuple[str, str]]) -> Path:
+    """A federation with `parties` (name, role) and the demo model owner as `owner`."""
+    fed = tmp_path / "fed"
+    cli("ca", "init", "--dir", str(fed), "--federation", federation)
+    for name, role in parties:
+        cli("ca", "issue", "--dir", str(fed), "--name", name, "--role", role)
+    (fed / "owner.key").write_bytes(DEMO_KEY.read_bytes())
+    cli("ca", "issue", "--dir", str(fed), "--name", "owner", "--role", "model-owner", "--public-key",
+        str(DEMO_KEY) + ".pub")
+    return fed
+
+
+@pytest.fixture()
+def federation(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    fed = make_fed(tmp_path, "python-test", [("coordinator", "coordinator"), ("keyholder", "keyholder"),
+                                             ("guest", "node"), ("host", "node"), ("mallory", "model-owner")])
+    nodes = {name: ["--data", str(ROOT / f"data/breast_homo/breast_homo_{name}.csv"),
+                    "--policy", str(ROOT / f"examples/policies/breast_homo_{name}.toml")] for name in ["guest", "host"]}
+    for control in serve(tmp_path, fed, nodes):
+        yield fed, control
 
 
 def test_sign_submit_follow_download_and_score_from_python(federation: tuple[Path, str], tmp_path: Path) -> None:

@@ -965,6 +965,7 @@ async fn paillier(b: PaillierBench) -> Result<i32> {
             crash: Vec::new(),
             faulty_aggregator: Vec::new(),
             revoke_after: None,
+            code: Default::default(),
         };
         let out = simulate(&args).await.context("round benchmark")?;
         let history = out.report["history"]

@@ -9,7 +9,7 @@ use confide_core::JobConfig;
 use confide_governance::audit::{self, AuditLog, InclusionProof};
 use confide_governance::identity::{Identity, TlsKey, public_path, tls_key_path};
 use confide_governance::manifest::{Manifest, Mode, SignedManifest};
-use confide_governance::policy::{JobRequest, Policy, rfc3339};
+use confide_governance::policy::{Policy, rfc3339};
 use serde_json::{Value, json};
 
 /// Where a key's passphrase comes from (never from the command line itself).
@@ -96,6 +96,19 @@ pub enum JobCommand {
         #[arg(long)]
         manifest: PathBuf,
         /// The data owner's key.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        passphrase: Passphrase,
+    },
+    /// Review a job's code bundle as a code reviewer: co-sign the bundle's digest (`[code]
+    /// digest`; the file is updated in place). Policies name trusted reviewers in
+    /// `code_reviewers`.
+    ReviewCode {
+        /// The manifest file.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The reviewer's key.
         #[arg(long)]
         key: PathBuf,
         #[command(flatten)]
@@ -287,17 +300,7 @@ pub fn job(cmd: JobCommand) -> Result<Value> {
         } => {
             let signed = SignedManifest::load(&manifest)?;
             let v = signed.verify()?;
-            let mut out = json!({
-                "valid": true,
-                "hash": v.hash_hex(),
-                "job_id": v.manifest.job_id,
-                "mode": v.manifest.mode.as_str(),
-                "scheme": v.spec.job.scheme.as_str(),
-                "model_owner": v.manifest.model_owner.id,
-                "participants": v.manifest.participants,
-                "recipients": v.manifest.recipients,
-                "approvals": v.approvals,
-            });
+            let mut out = v.summary();
             if let Some(c) = config {
                 let spec = JobConfig::load(&c)?.spec();
                 if !v.manifest.describes(&spec) {
@@ -311,15 +314,7 @@ pub fn job(cmd: JobCommand) -> Result<Value> {
             if let Some(p) = policy {
                 let policy = Policy::load(&p)?;
                 let privacy = stated_privacy(&v.spec);
-                let request = JobRequest {
-                    job_id: v.manifest.job_id.clone(),
-                    manifest_hash: v.hash_hex(),
-                    model_owner: v.manifest.model_owner.id.clone(),
-                    mode: v.manifest.mode,
-                    scheme: v.spec.job.scheme.as_str().into(),
-                    privacy,
-                    recipients: v.manifest.recipients.clone(),
-                };
+                let request = v.job_request(privacy);
                 out["policy"] = match policy.evaluate(&request, time::OffsetDateTime::now_utc()) {
                     Ok(a) => {
                         json!({ "allowed": true, "rule": a.rule, "approval": format!("{:?}", a.approval) })
@@ -349,6 +344,23 @@ pub fn job(cmd: JobCommand) -> Result<Value> {
                 "hash": v.hash_hex(),
                 "approved_by": owner.id(),
                 "approvals": v.approvals,
+            }))
+        }
+        JobCommand::ReviewCode {
+            manifest,
+            key,
+            passphrase,
+        } => {
+            let reviewer = Identity::load(&key, passphrase.get()?.as_deref())?;
+            let mut signed = SignedManifest::load(&manifest)?;
+            signed.review_code(&reviewer)?;
+            signed.save(&manifest)?;
+            let v = signed.verify()?;
+            Ok(json!({
+                "manifest": manifest.display().to_string(),
+                "digest": v.spec.code.as_ref().map(|c| c.digest.clone()),
+                "reviewed_by": reviewer.id(),
+                "code_reviews": v.code_reviews,
             }))
         }
     }

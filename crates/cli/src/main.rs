@@ -90,6 +90,9 @@ enum Command {
     /// for a job with a [confidential] section): confined to --dir, it speaks the typed
     /// channel on stdin and stdout.
     TrainerCore(trainer_core::TrainerCoreArgs),
+    /// Run a model owner's training code confined (started by a node for a job with [code]).
+    #[command(hide = true)]
+    CodeWorker(trainer_core::CodeWorkerArgs),
     /// Run the confidential trainer's untrusted host for a job with a [confidential] section:
     /// starts the trusted core, relays owners' encrypted uploads and recipients' fetches to
     /// it over mutual TLS, and keeps ciphertext and the audit log only.
@@ -530,6 +533,13 @@ struct NodeArgs {
     /// This owner's CSV file.
     #[arg(long)]
     data: PathBuf,
+    /// The directory of the code bundles this owner has reviewed or accepted, each under its
+    /// `[code] bundle` name (as `confide node serve --code-dir`).
+    #[arg(long)]
+    code_dir: Option<PathBuf>,
+    /// An environment for user code, `NAME=PYTHON` (as `confide node serve --code-env`).
+    #[arg(long = "code-env", value_name = "NAME=PYTHON")]
+    code_env: Vec<String>,
     /// Chaos testing: exit abruptly after submitting this round, without withdrawing.
     #[arg(long, hide = true)]
     crash_after_round: Option<u32>,
@@ -604,6 +614,11 @@ fn main() {
         });
         std::process::exit(code);
     }
+    if let Command::CodeWorker(args) = &cli.command {
+        let err = trainer_core::code_worker(args);
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -627,7 +642,9 @@ fn main() {
 async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Simulate(args) => simulate::run(args).await,
-        Command::TrainerCore(_) => anyhow::bail!("`trainer-core` runs before the async runtime"),
+        Command::TrainerCore(_) | Command::CodeWorker(_) => {
+            anyhow::bail!("`trainer-core` and `code-worker` run before the async runtime")
+        }
         Command::Ca(CaCommand::Init { dir, federation }) => {
             pki::init_ca(&dir, &federation, time::OffsetDateTime::now_utc())?;
             outln!("created {}/ca.crt and ca.key", dir.display());
@@ -1109,6 +1126,11 @@ async fn node(args: NodeArgs) -> Result<i32> {
         ledger: args.ledger.zip(dataset),
         keyholder_attestation: args.keyholder_attestation_policy,
         approver: None,
+        code: node_serve::CodeArgs {
+            code_dir: args.code_dir.clone(),
+            code_env: args.code_env.clone(),
+        }
+        .host(&args.fed, &args.name)?,
         policy: args.policy,
         witness_store: Some(witness_store),
     })

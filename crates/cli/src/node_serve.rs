@@ -43,6 +43,66 @@ const NONE_FITS: &str = "NODE-002 none of this owner's datasets accepts the job"
 /// The longest reason a rejection carries to the coordinator, in characters.
 const MAX_REASON: usize = confide_net::guard::MAX_RULE_CHARS;
 
+/// Where a node keeps model owners' code and which environments run it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CodeArgs {
+    /// The directory of the code bundles this owner has reviewed or accepted, each under its
+    /// `[code] bundle` name; the node re-hashes a job's bundle against the signed digest
+    /// before it runs it. Without it, jobs with user code are refused.
+    #[arg(long)]
+    pub code_dir: Option<PathBuf>,
+    /// An environment for user code, `NAME=PYTHON` (the interpreter of a virtual environment
+    /// the owner installed, with `confide` and the bundle's locked requirements). Repeat it
+    /// for several.
+    #[arg(long = "code-env", value_name = "NAME=PYTHON")]
+    pub code_env: Vec<String>,
+}
+
+impl CodeArgs {
+    /// The node's code host: bundles in --code-dir, scratch directories and logs in
+    /// `<fed>/<name>-code/`, this executable as the confined launcher.
+    pub fn host(
+        &self,
+        fed: &std::path::Path,
+        name: &str,
+    ) -> Result<Option<confide_net::node::CodeHost>> {
+        let Some(bundles) = &self.code_dir else {
+            if !self.code_env.is_empty() {
+                anyhow::bail!("--code-env needs --code-dir");
+            }
+            return Ok(None);
+        };
+        if !bundles.is_dir() {
+            anyhow::bail!("--code-dir {}: not a directory", bundles.display());
+        }
+        let mut envs = std::collections::BTreeMap::new();
+        for e in &self.code_env {
+            let (n, python) = e
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--code-env `{e}`: give NAME=PYTHON"))?;
+            let python = std::path::absolute(python)?;
+            if !python.is_file() {
+                anyhow::bail!("--code-env {n}: {} is not a file", python.display());
+            }
+            if envs.insert(n.to_string(), python).is_some() {
+                anyhow::bail!("--code-env: `{n}` given twice");
+            }
+        }
+        if envs.is_empty() {
+            anyhow::bail!("--code-dir needs at least one --code-env NAME=PYTHON");
+        }
+        let work = std::path::absolute(fed.join(format!("{name}-code")))?;
+        std::fs::create_dir_all(&work)
+            .with_context(|| format!("cannot create {}", work.display()))?;
+        Ok(Some(confide_net::node::CodeHost {
+            bundles: std::path::absolute(bundles)?,
+            envs,
+            launcher: vec![std::env::current_exe()?],
+            work,
+        }))
+    }
+}
+
 /// `confide node serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -87,6 +147,8 @@ pub struct ServeArgs {
     /// never keeps it unlocked). An unencrypted key is refused.
     #[arg(long)]
     approver_key: Option<PathBuf>,
+    #[command(flatten)]
+    code: CodeArgs,
     /// The daemon's store: its inbox, its witness memory and training records (redb).
     /// Default: <fed>/<name>-node.redb.
     #[arg(long)]
@@ -507,6 +569,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         path.display(),
         recovered.len()
     );
+    let code = args.code.host(&args.fed, &args.name)?;
     let base: Vec<confide_net::node::NodeOptions> = sources
         .into_iter()
         .map(|(data, policy, dataset)| confide_net::node::NodeOptions {
@@ -522,6 +585,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             approval: None,
             keyholder_attestation: None,
             approver: approver.clone(),
+            code: code.clone(),
         })
         .collect();
     let heard = Arc::new(Mutex::new(Heartbeats::default()));

@@ -53,6 +53,8 @@ pub struct SimulateArgs {
     /// Job file (TOML), for example examples/breast_homo.toml.
     #[arg(long)]
     pub config: PathBuf,
+    #[command(flatten)]
+    pub code: crate::node_serve::CodeArgs,
     /// Write the JSON report here (it is also written into the work directory).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -167,6 +169,26 @@ fn print_summary(r: &Value) -> Result<()> {
             f("noise_multiplier").unwrap_or(f64::NAN),
             f("clip_norm").unwrap_or(f64::NAN)
         );
+        // Client level with few owners: say plainly what the noise weighs against the signal.
+        if let (Some("client"), Some(sigma), Some(c), Some(d), Some(n)) = (
+            r["privacy_level"].as_str(),
+            f("noise_multiplier"),
+            f("clip_norm"),
+            r["param_count"].as_u64(),
+            r["parties"].as_array().map(Vec::len),
+        ) {
+            let noise = sigma * c * (d as f64).sqrt();
+            let signal = n as f64 * c;
+            outln!(
+                "  noise:         the summed update carries noise of L2 norm ≈ σ·C·√d = {noise:.2}; \
+                 the {n} owners' clipped updates together weigh at most n·C = {signal:.2}{}",
+                if noise > signal {
+                    " (the noise outweighs them: more owners, or a larger ε, would help)"
+                } else {
+                    ""
+                }
+            );
+        }
     } else {
         outln!("  privacy:       no differential privacy (updates protected by the scheme only)");
     }
@@ -325,7 +347,10 @@ pub async fn simulate(args: &SimulateArgs) -> Result<Outcome> {
         .filter(|_| spec.job.scheme == SchemeKind::Paillier);
     let mode = config.simulate.mode;
 
-    let mut roles = Roles::default();
+    let mut roles = Roles {
+        code: args.code.clone(),
+        ..Roles::default()
+    };
     let result = async {
         let keyholder_addr = if uses_key_holder {
             let sp = spinner(
@@ -678,6 +703,8 @@ struct Roles {
     /// The key holder's attestation policy (it runs as a trusted core under the dev TEE),
     /// which every node checks before encrypting to its key.
     keyholder_policy: Option<PathBuf>,
+    /// Where the nodes find user code and its environments (`--code-dir`, `--code-env`).
+    code: crate::node_serve::CodeArgs,
 }
 
 /// Parsed `--faulty-aggregator` options for aggregator `index` (0-based).
@@ -1031,6 +1058,13 @@ impl Roles {
                 if let Some((l, d)) = &l {
                     args.extend(["--ledger", l, "--dataset", d]);
                 }
+                let code_dir = self.code.code_dir.as_ref().map(|c| c.display().to_string());
+                if let Some(c) = &code_dir {
+                    args.extend(["--code-dir", c]);
+                }
+                for e in &self.code.code_env {
+                    args.extend(["--code-env", e]);
+                }
                 if let Some(c) = &crash {
                     // ROUND, or ROUND.STAGE for a multi-stage scheme.
                     let flag = if c.contains('.') {
@@ -1065,6 +1099,7 @@ impl Roles {
                     witness_store: Some(witness),
                     keyholder_attestation: self.keyholder_policy.clone(),
                     approver: None,
+                    code: self.code.host(fed, name)?,
                 };
                 let name = name.to_string();
                 let lost = self.lost.clone();

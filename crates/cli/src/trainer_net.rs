@@ -307,6 +307,8 @@ fn check_dataset_policy(
         scheme: "confidential".into(),
         privacy,
         recipients: ids(&linked.section.recipients)?,
+        code: "builtin".into(),
+        code_reviews: Vec::new(),
     };
     let allowed = policy
         .evaluate(&request, time::OffsetDateTime::now_utc())

@@ -53,7 +53,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
         problem: problem.into(),
@@ -942,6 +942,9 @@ pub struct JobConfig {
     /// `[confidential]`: train centrally in an attested trusted core instead of federating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidential: Option<ConfidentialSection>,
+    /// `[code]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::code::CodeSection>,
     /// `[[parties]]` (none when `[simulate.partition]` makes the owners).
     #[serde(default)]
     pub parties: Vec<PartySection>,
@@ -1038,6 +1041,9 @@ pub struct JobSpec {
     /// `[aggregators]`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregators: Option<AggregatorsSection>,
+    /// `[code]`: the model owner's own training code, run confined at every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::code::CodeSection>,
 }
 
 impl JobConfig {
@@ -1080,6 +1086,9 @@ impl JobConfig {
         if let Some(init) = &mut config.model.init {
             init.read(base)?;
         }
+        if let Some(code) = &mut config.code {
+            code.read(base)?;
+        }
         Ok(config)
     }
 
@@ -1089,6 +1098,12 @@ impl JobConfig {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
         })?;
+        if config.confidential.is_some() && config.code.is_some() {
+            return Err(invalid(
+                "code",
+                "confidential mode runs Confide's own trainer only: user code would have to be measured with its interpreter and every package",
+            ));
+        }
         match &config.simulate.partition {
             None => config.spec().validate()?,
             Some(part) => {
@@ -1187,6 +1202,7 @@ impl JobConfig {
             privacy: self.privacy.clone(),
             masking: self.masking,
             aggregators: self.aggregators,
+            code: self.code.clone(),
             owners: self.parties.iter().map(|p| p.name.clone()).collect(),
         }
     }
@@ -1446,6 +1462,23 @@ impl JobSpec {
                 "data.feature_count",
                 "must be between 1 and 1000000",
             ));
+        }
+        if let Some(code) = &self.code {
+            // A section whose directory is not read yet (parsing, before `load`) is checked
+            // once `load` has hashed it.
+            if code.dir.is_none() || !code.files.is_empty() {
+                code.validate()?;
+            }
+            if self
+                .privacy
+                .as_ref()
+                .is_some_and(|p| p.level == PrivacyLevel::Record)
+            {
+                return Err(invalid(
+                    "privacy.level",
+                    "record-level DP cannot be enforced on user code (the node cannot see inside its training loop); use level = \"client\": the node clips each update and adds the distributed discrete Gaussian itself",
+                ));
+            }
         }
         if self.model.kind == ModelKind::Layers {
             let input = self

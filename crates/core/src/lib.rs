@@ -1,6 +1,7 @@
 //! Confide's shared vocabulary: the job configuration every role reads, party roles, and the
 //! numbered validation rules. This crate does no I/O beyond reading a configuration file.
 
+pub mod code;
 pub mod config;
 pub mod crash;
 pub mod layers;

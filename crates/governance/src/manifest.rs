@@ -191,6 +191,9 @@ pub enum SignatureRole {
     ModelOwner,
     /// A data owner's approval (a co-signature of the hash).
     Approval,
+    /// A code reviewer's co-signature of the job's code bundle digest (`[code] digest`), not
+    /// of the manifest hash: one review covers every job that runs the same bundle.
+    CodeReview,
 }
 
 impl SignatureRole {
@@ -198,6 +201,7 @@ impl SignatureRole {
         match self {
             SignatureRole::ModelOwner => "model-owner",
             SignatureRole::Approval => "approval",
+            SignatureRole::CodeReview => "code-review",
         }
     }
 }
@@ -297,9 +301,65 @@ pub struct VerifiedManifest {
     pub hash: [u8; 32],
     /// The party ids that approved it by co-signature.
     pub approvals: Vec<String>,
+    /// The party ids that co-signed its code bundle's digest (`[code]` jobs only).
+    pub code_reviews: Vec<String>,
 }
 
 impl VerifiedManifest {
+    /// What `confide job verify` and Python's `SignedJob.verify()` print: the job, its
+    /// signers and, for user code, the bundle's files and digest and who reviewed it.
+    pub fn summary(&self) -> serde_json::Value {
+        let mut out = serde_json::json!({
+            "valid": true,
+            "hash": self.hash_hex(),
+            "job_id": self.manifest.job_id,
+            "mode": self.manifest.mode.as_str(),
+            "scheme": self.spec.job.scheme.as_str(),
+            "model_owner": self.manifest.model_owner.id,
+            "participants": self.manifest.participants,
+            "recipients": self.manifest.recipients,
+            "approvals": self.approvals,
+        });
+        if let Some(c) = &self.spec.code {
+            out["code"] = serde_json::json!({
+                "kind": c.kind.as_str(),
+                "bundle": c.bundle,
+                "entry": c.entry,
+                "env": c.env,
+                "lock": c.lock,
+                "digest": c.digest,
+                "files": c.files,
+                "reviewed_by": self.code_reviews,
+                "privacy": match &self.spec.privacy {
+                    Some(p) if p.level == confide_core::PrivacyLevel::Client =>
+                        "client-level DP, enforced by each node (it clips the code's update and adds the distributed discrete Gaussian)",
+                    _ => "no differential privacy: the code's updates leave each node clipped by nothing",
+                },
+            });
+        }
+        out
+    }
+
+    /// What a policy is asked about this job, given what it spends on the dataset.
+    pub fn job_request(&self, privacy: Option<(f64, f64)>) -> crate::policy::JobRequest {
+        crate::policy::JobRequest {
+            job_id: self.manifest.job_id.clone(),
+            manifest_hash: self.hash_hex(),
+            model_owner: self.manifest.model_owner.id.clone(),
+            mode: self.manifest.mode,
+            scheme: self.spec.job.scheme.as_str().into(),
+            privacy,
+            recipients: self.manifest.recipients.clone(),
+            code: self
+                .spec
+                .code
+                .as_ref()
+                .map_or("builtin", |c| c.kind.as_str())
+                .into(),
+            code_reviews: self.code_reviews.clone(),
+        }
+    }
+
     /// The hash in hex.
     pub fn hash_hex(&self) -> String {
         hex::encode(self.hash)
@@ -394,11 +454,38 @@ impl SignedManifest {
             }
             approvals.push(s.signer.clone());
         }
+        let spec = self.manifest.job_spec()?;
+        let mut code_reviews = Vec::new();
+        for s in self
+            .signatures
+            .iter()
+            .filter(|s| s.role == SignatureRole::CodeReview)
+        {
+            let Some(code) = &spec.code else {
+                return Err(ManifestError::Signature(format!(
+                    "a code review by `{}` on a job without [code]",
+                    s.signer
+                )));
+            };
+            let digest =
+                confide_core::code::digest_bytes(&code.digest).map_err(ManifestError::Signature)?;
+            s.verify(&digest).map_err(|e| {
+                ManifestError::Signature(format!("{e} (it reviewed another bundle)"))
+            })?;
+            if code_reviews.contains(&s.signer) {
+                return Err(ManifestError::Signature(format!(
+                    "`{}` reviewed the code twice",
+                    s.signer
+                )));
+            }
+            code_reviews.push(s.signer.clone());
+        }
         Ok(VerifiedManifest {
-            spec: self.manifest.job_spec()?,
+            spec,
             manifest: self.manifest.clone(),
             hash,
             approvals,
+            code_reviews,
         })
     }
 
@@ -418,6 +505,34 @@ impl SignedManifest {
             SignatureRole::Approval,
             &verified.hash,
             approver,
+        ));
+        Ok(())
+    }
+
+    /// Adds `reviewer`'s co-signature of the job's code bundle digest, after verifying
+    /// everything already there.
+    ///
+    /// # Errors
+    /// The manifest does not verify, has no `[code]`, or `reviewer` already reviewed it.
+    pub fn review_code(&mut self, reviewer: &Identity) -> Result<(), ManifestError> {
+        let verified = self.verify()?;
+        let Some(code) = &verified.spec.code else {
+            return Err(ManifestError::Signature(
+                "the job has no [code] to review".into(),
+            ));
+        };
+        if verified.code_reviews.contains(&reviewer.id()) {
+            return Err(ManifestError::Signature(format!(
+                "`{}` already reviewed this bundle",
+                reviewer.id()
+            )));
+        }
+        let digest =
+            confide_core::code::digest_bytes(&code.digest).map_err(ManifestError::Signature)?;
+        self.signatures.push(ManifestSignature::make(
+            SignatureRole::CodeReview,
+            &digest,
+            reviewer,
         ));
         Ok(())
     }
@@ -487,6 +602,83 @@ pub(crate) mod tests {
             data = "b.csv"
         "#;
         confide_core::JobConfig::parse(text).expect("job").spec()
+    }
+
+    fn with_code(text: &str) -> JobSpec {
+        let mut spec = spec();
+        let files = vec![
+            confide_core::code::CodeFile {
+                path: "train.py".into(),
+                sha256: "aa".repeat(32),
+                size: text.len() as u64,
+            },
+            confide_core::code::CodeFile {
+                path: "requirements.lock".into(),
+                sha256: "bb".repeat(32),
+                size: 1,
+            },
+        ];
+        spec.code = Some(confide_core::code::CodeSection {
+            kind: confide_core::code::CodeKind::Python,
+            dir: None,
+            bundle: "loop".into(),
+            entry: "train:fit".into(),
+            lock: "requirements.lock".into(),
+            env: "numpy".into(),
+            digest: confide_core::code::digest(&files),
+            files,
+        });
+        spec.validate().expect("valid");
+        spec
+    }
+
+    #[test]
+    fn a_code_review_signs_the_bundle_digest_and_nothing_else() {
+        let owner = Identity::generate().expect("key");
+        let reviewer = Identity::generate().expect("key");
+        // A job without code cannot be reviewed.
+        let m = Manifest::new(&spec(), Mode::Federated, owner.public(), vec![]).expect("m");
+        let mut plain = SignedManifest::sign(m, &owner).expect("sign");
+        assert!(plain.review_code(&reviewer).is_err());
+
+        let code = with_code("a");
+        let m = Manifest::new(&code, Mode::Federated, owner.public(), vec![]).expect("m");
+        let mut signed = SignedManifest::sign(m, &owner).expect("sign");
+        assert!(signed.verify().expect("ok").code_reviews.is_empty());
+        signed.review_code(&reviewer).expect("review");
+        assert!(signed.review_code(&reviewer).is_err(), "reviewing twice");
+        let v = signed.verify().expect("ok");
+        assert_eq!(v.code_reviews, vec![reviewer.id()]);
+        assert!(v.approvals.is_empty(), "a review is not an approval");
+        assert_eq!(
+            v.job_request(None).code_reviews,
+            vec![reviewer.id()],
+            "the policy sees it"
+        );
+        assert_eq!(v.job_request(None).code, "python");
+        let review = signed
+            .signatures
+            .iter()
+            .find(|s| s.role == SignatureRole::CodeReview)
+            .cloned()
+            .expect("review");
+        // The same review on a job with another bundle (another digest) fails.
+        let other = with_code("bb");
+        let m = Manifest::new(&other, Mode::Federated, owner.public(), vec![]).expect("m");
+        let mut moved = SignedManifest::sign(m, &owner).expect("sign");
+        moved.signatures.push(review.clone());
+        let e = moved.verify().expect_err("another bundle");
+        assert!(e.to_string().contains("reviewed another bundle"), "{e}");
+        // A review cannot pass for an approval of the manifest.
+        let mut as_approval = signed.clone();
+        as_approval
+            .signatures
+            .retain(|s| s.role != SignatureRole::CodeReview);
+        as_approval.signatures.push(ManifestSignature {
+            role: SignatureRole::Approval,
+            ..review
+        });
+        assert!(as_approval.verify().is_err());
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //!                                   # rule's model owners)
 //! approval = "automatic"            # automatic: this rule approves matching jobs;
 //!                                   # co-signature: the owner must also `confide job approve`
+//! code = ["builtin"]                # optional: whose training code may run: builtin
+//!                                   # (Confide's trainer, layer lists and ONNX imports
+//!                                   # included; the default), python (the model owner's
+//!                                   # bundle, confined; an opt-in)
+//! code_reviewers = ["<party id>"]   # optional, with python: one of them must have co-signed
+//!                                   # the bundle's digest (`confide job review-code`)
 //!
 //! [revoked]                         # optional
 //! model_owners = []                 # party ids whose jobs are refused from now on
@@ -85,7 +91,15 @@ pub struct Rule {
     pub recipients: Vec<String>,
     /// How it approves.
     pub approval: Approval,
+    /// The kinds of training code it allows ([`CODE_KINDS`]; default `builtin` only).
+    pub code: Vec<String>,
+    /// Reviewers one of whom must have co-signed a user code bundle (empty: none needed).
+    pub code_reviewers: Vec<String>,
 }
+
+/// The kinds of training code a rule may allow: Confide's own trainer, or the model owner's
+/// Python bundle.
+pub const CODE_KINDS: &[&str] = &["builtin", "python"];
 
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +140,10 @@ pub struct JobRequest {
     pub privacy: Option<(f64, f64)>,
     /// The model's recipients.
     pub recipients: Vec<String>,
+    /// Whose training code runs: `builtin` or `python` ([`CODE_KINDS`]).
+    pub code: String,
+    /// The party ids whose co-signatures of the code bundle verified.
+    pub code_reviews: Vec<String>,
 }
 
 /// Why a job is refused.
@@ -203,6 +221,8 @@ struct RawRule {
     max_epsilon: Option<Spanned<f64>>,
     recipients: Option<Spanned<Vec<String>>>,
     approval: Approval,
+    code: Option<Spanned<Vec<String>>>,
+    code_reviewers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,6 +412,42 @@ impl Policy {
                 }
                 None => owners.clone(),
             };
+            let code = match &r.code {
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        return Err(err(list.span(), &f("code"), "lists no kind".into()));
+                    }
+                    if let Some(k) = list
+                        .get_ref()
+                        .iter()
+                        .find(|k| !CODE_KINDS.contains(&k.as_str()))
+                    {
+                        return Err(err(
+                            list.span(),
+                            &f("code"),
+                            format!(
+                                "unknown kind `{k}` (known: {}; an ONNX import is builtin)",
+                                CODE_KINDS.join(", ")
+                            ),
+                        ));
+                    }
+                    list.get_ref().clone()
+                }
+                None => vec!["builtin".to_string()],
+            };
+            let code_reviewers = match &r.code_reviewers {
+                Some(list) => {
+                    if !code.iter().any(|k| k == "python") {
+                        return Err(err(
+                            list.span(),
+                            &f("code_reviewers"),
+                            "applies to rules with code = [\"python\", …] only".into(),
+                        ));
+                    }
+                    ids(list, &f("code_reviewers"), &err)?
+                }
+                None => Vec::new(),
+            };
             rules.push(Rule {
                 name,
                 model_owners: owners,
@@ -400,6 +456,8 @@ impl Policy {
                 max_epsilon,
                 recipients,
                 approval: r.approval,
+                code,
+                code_reviewers,
             });
         }
         let revoked = raw.revoked.unwrap_or_default();
@@ -554,6 +612,30 @@ impl Rule {
         }
         if let Some(r) = job.recipients.iter().find(|r| !self.recipients.contains(r)) {
             return Err(format!("recipient `{r}` may not receive the model"));
+        }
+        if !self.code.contains(&job.code) {
+            return Err(format!(
+                "the job runs {} training code; this rule allows {} (add \"{}\" to its `code` to opt in)",
+                job.code,
+                self.code.join(", "),
+                job.code
+            ));
+        }
+        if job.code != "builtin"
+            && !self.code_reviewers.is_empty()
+            && !job
+                .code_reviews
+                .iter()
+                .any(|r| self.code_reviewers.contains(r))
+        {
+            return Err(format!(
+                "no reviewer this rule trusts has co-signed the code bundle (reviewed by: {}; `confide job review-code`)",
+                if job.code_reviews.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    job.code_reviews.join(", ")
+                }
+            ));
         }
         Ok(())
     }

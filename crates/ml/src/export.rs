@@ -70,6 +70,29 @@ fn tensor_names(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// Every tensor's name and shape in Confide's layout, in parameter order, and whether
+/// PyTorch stores it transposed (a dense layer's weight: Confide keeps `[d_in, d_out]`,
+/// `torch.nn.Linear` `[out, in]`).
+pub fn tensor_layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>, bool)> {
+    tensor_names(spec)
+        .into_iter()
+        .map(|(name, shape)| {
+            let dense = match name.split('.').collect::<Vec<_>>().as_slice() {
+                ["layers", i, "weight"] => match spec.kind {
+                    ModelKind::Layers => i
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| spec.layers.get(i))
+                        .is_some_and(|l| matches!(l, confide_core::Layer::Dense { .. })),
+                    _ => true,
+                },
+                _ => false,
+            };
+            (name, shape, dense)
+        })
+        .collect()
+}
+
 /// Serialises parameters to safetensors bytes.
 pub fn to_safetensors(spec: &ModelSpec, params: &[f32]) -> Result<Vec<u8>, ExportError> {
     if params.len() != spec.param_count() {

@@ -437,6 +437,86 @@ pub struct NodeOptions {
     /// The party id of the owner's approval key, when it is not the node's own identity
     /// (`confide node serve --approver`): only its co-signatures count as the owner's.
     pub approver: Option<String>,
+    /// Where this node keeps reviewed code bundles and which environments it runs them in;
+    /// `None`: jobs with `[code]` are refused.
+    pub code: Option<CodeHost>,
+}
+
+/// How a node runs model owners' code (`--code-dir`, `--code-env`).
+#[derive(Debug, Clone)]
+pub struct CodeHost {
+    /// The directory holding the bundles this owner has, each under its `[code] bundle` name.
+    pub bundles: PathBuf,
+    /// Environment names and their interpreters (`…/bin/python3`).
+    pub envs: BTreeMap<String, PathBuf>,
+    /// The launcher (the `confide` binary) and any arguments before `code-worker`.
+    pub launcher: Vec<PathBuf>,
+    /// Where the workers' scratch directories and logs go.
+    pub work: PathBuf,
+}
+
+/// Finds the job's bundle and environment at this node, and re-hashes the bundle: the
+/// launch, or (local message, public message).
+fn prepare_code(
+    opts: &NodeOptions,
+    code: &confide_core::code::CodeSection,
+    digest: &[u8; 32],
+) -> Result<confide_trainer::usercode::Launch, (String, String)> {
+    let Some(host) = &opts.code else {
+        let m = "CODE-002 this node runs no user code (start it with --code-dir and --code-env)";
+        return Err((m.to_string(), m.to_string()));
+    };
+    let dir = host.bundles.join(&code.bundle);
+    let files = confide_core::code::hash_dir(&dir).map_err(|e| {
+        (
+            format!("CODE-001 bundle `{}`: {e}", code.bundle),
+            format!(
+                "CODE-001 this node has no usable copy of bundle `{}`",
+                code.bundle
+            ),
+        )
+    })?;
+    let found = confide_core::code::digest(&files);
+    if found != code.digest {
+        return Err((
+            format!(
+                "CODE-001 the bundle `{}` in {} has digest {found}; the signed job names {} (the copy differs from what was signed and reviewed)",
+                code.bundle,
+                dir.display(),
+                code.digest
+            ),
+            format!(
+                "CODE-001 this node's copy of bundle `{}` does not match the signed digest",
+                code.bundle
+            ),
+        ));
+    }
+    let Some(python) = host.envs.get(&code.env) else {
+        let m = format!(
+            "CODE-002 this node has no environment `{}` for user code (--code-env {}=PYTHON)",
+            code.env, code.env
+        );
+        return Err((m.clone(), m));
+    };
+    tracing::info!(
+        "user code: bundle `{}` ({} files, {}) verified; environment `{}` ({})",
+        code.bundle,
+        files.len(),
+        code.digest,
+        code.env,
+        python.display()
+    );
+    let job = hex::encode(&digest[..8]);
+    Ok(confide_trainer::usercode::Launch {
+        launcher: host.launcher.clone(),
+        python: python.clone(),
+        bundle: dir,
+        scratch: host.work.join(format!("{}-{job}-scratch", opts.creds.name)),
+        log: host
+            .work
+            .join(format!("{}-{job}-code.log", opts.creds.name)),
+        entry: code.entry.clone(),
+    })
 }
 
 /// What a node did.
@@ -595,7 +675,7 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     // included), approve it, and only then debit the ledger. Refusals are reported to the
     // coordinator as a withdrawal, which it records in the audit log.
     let approved = plan_privacy(&spec, data.len()).and_then(|spend| {
-        let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
+        let request = gov.request(spend.as_ref().map(Spend::cost));
         let basis = gov
             .decide(&opts, &request)
             .map_err(Undecided::into_message)?;
@@ -608,6 +688,17 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             return Err(NodeError::Refused(problem));
         }
     };
+    // User code: the reviewed bundle must be here, byte for byte what was signed, before
+    // anything is approved or debited.
+    let launch = match spec.code.as_ref().map(|c| prepare_code(&opts, c, &digest)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err((local, public))) => {
+            refuse(&mut coord, &public, "refusal").await;
+            return Err(NodeError::Refused(local));
+        }
+    };
+    let mut worker: Option<confide_trainer::usercode::Worker> = None;
     // The owner's consent before anything is approved or debited: a job the owner revoked
     // (the dashboard) is left at once, with the owner's statement, and costs no ε.
     if let Err(w) = gov.still_allowed(&opts, &request) {
@@ -976,9 +1067,32 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             let mut dp_rngs = dp_state.take();
             let mut ddg_rng_round = ddg_rng.take();
             let ddg_seed = crate::coordinator::ClientDp::round_seed(&digest, round);
+            let mut user = worker.take();
+            let user_launch = launch.clone();
+            let (job_rounds, deadline) = (
+                spec.job.rounds,
+                Duration::from_secs_f64(spec.job.round_timeout_secs),
+            );
             // Training and encryption are CPU work: run them off the async executor.
             let trained = tokio::task::spawn_blocking(move || {
                 let params = match (&dp_cfg, &mut dp_rngs) {
+                    // User code: a confined process trains; the node keeps everything else.
+                    _ if user_launch.is_some() => {
+                        if let (None, Some(l)) = (&user, &user_launch) {
+                            user = Some(
+                                confide_trainer::usercode::Worker::start(
+                                    l, &model2, &data2, job_rounds,
+                                )
+                                .map_err(|e| code_failure(&e))?,
+                            );
+                        }
+                        match user.as_mut() {
+                            Some(w) => w
+                                .round(&model2, round, &global, deadline)
+                                .map_err(|e| code_failure(&e))?,
+                            None => return Err("user code: no worker".into()),
+                        }
+                    }
                     (Some(c), Some((sampler, noise))) => {
                         confide_ml::dpsgd::train_dp(
                             &model2,
@@ -1014,19 +1128,26 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                     _ => fixed.encode_all(&delta),
                 };
                 let payload = client.start(&encoded).map_err(|e| e.to_string())?;
-                Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round, encoded))
+                Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round, encoded, user))
             })
             .await
             .map_err(|e| NodeError::Job(e.to_string()))?;
-            let (payload, returned, dp_rngs, ddg_back, encoded) = match trained {
+            let (payload, returned, dp_rngs, ddg_back, encoded, user_back) = match trained {
                 Ok(t) => t,
                 Err(problem) => {
                     if problem.starts_with(DIVERGED) {
                         refuse(&mut coord, &problem, "refusal").await;
                     }
+                    // User code's failures: the coordinator gets the numbered reason only,
+                    // nothing the code wrote or chose.
+                    if let Some((local, public)) = problem.split_once(CODE_PUBLIC) {
+                        refuse(&mut coord, public, "refusal").await;
+                        return Err(NodeError::Job(local.to_string()));
+                    }
                     return Err(NodeError::Job(problem));
                 }
             };
+            worker = user_back;
             client = returned;
             dp_state = dp_rngs;
             ddg_rng = ddg_back;
@@ -1109,6 +1230,14 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
             std::process::exit(3);
         }
     }
+}
+
+/// Separates a user code failure's local message from its public one inside the training
+/// task's error string.
+const CODE_PUBLIC: &str = "\u{1f}public:";
+
+fn code_failure(e: &confide_trainer::usercode::CodeError) -> String {
+    format!("{e}{CODE_PUBLIC}{}", e.public())
 }
 
 /// Sends an update (`update` without its tree head), with the cosigned head of this task.
@@ -1917,7 +2046,7 @@ pub fn assess(
         Ok(s) => s,
         Err(problem) => return Assessment::refused(problem),
     };
-    let request = gov.request(&spec, spend.as_ref().map(Spend::cost));
+    let request = gov.request(spend.as_ref().map(Spend::cost));
     let cost = spend.as_ref().map(Spend::privacy_cost);
     let rules = match Governance::policy(opts) {
         Ok(Some(policy)) => policy.review(&request, time::OffsetDateTime::now_utc()).1,
@@ -1982,16 +2111,8 @@ impl Governance {
         })
     }
 
-    fn request(&self, spec: &JobSpec, privacy: Option<(f64, f64)>) -> JobRequest {
-        JobRequest {
-            job_id: spec.job.id.clone(),
-            manifest_hash: hex::encode(self.manifest_hash),
-            model_owner: self.manifest.manifest.model_owner.id.clone(),
-            mode: self.manifest.manifest.mode,
-            scheme: spec.job.scheme.as_str().into(),
-            privacy,
-            recipients: self.manifest.manifest.recipients.clone(),
-        }
+    fn request(&self, privacy: Option<(f64, f64)>) -> JobRequest {
+        self.manifest.job_request(privacy)
     }
 
     /// The owner's policy, re-read. A file that cannot be read is reported here, on the

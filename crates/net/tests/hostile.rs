@@ -538,6 +538,7 @@ async fn fetch_model_waits_for_the_report_once_the_rounds_have_ended() {
             witness_store: None,
             keyholder_attestation: None,
             approver: None,
+            code: None,
         },
     ));
     let host_creds = s.creds("host");

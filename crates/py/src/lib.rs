@@ -13,7 +13,7 @@ use confide_core::{JobConfig, JobSpec, PrivacyLevel};
 use confide_dp::plan::Accountant;
 use confide_governance::identity::{Identity, TlsKey, public_path, tls_key_path};
 use confide_governance::manifest::{Manifest, Mode, SignedManifest};
-use confide_governance::policy::{JobRequest, Policy};
+use confide_governance::policy::Policy;
 use confide_ml::export::{ModelCard, from_safetensors};
 use confide_ml::partition::Partitioner;
 use serde_json::{Value, json};
@@ -205,6 +205,40 @@ pub fn model_from_onnx(spec: &JobSpec, path: &Path) -> Result<(JobSpec, Value)> 
     Ok((next, summary))
 }
 
+/// The job with the model owner's training code attached: `dir` is hashed into the file list
+/// and digest the manifest binds (see [`confide_core::code`]). Returns the new job and the
+/// digest.
+///
+/// # Errors
+/// An unreadable directory, a link or special file in it, no file for the entry point's
+/// module or for `lock`, or a job that cannot run user code (record-level DP).
+pub fn attach_code(
+    spec: &JobSpec,
+    dir: &Path,
+    code: (&str, &str, &str, &str),
+) -> Result<(JobSpec, String)> {
+    let (bundle, entry, lock, env) = code;
+    let files = confide_core::code::hash_dir(dir).map_err(|e| Error::new(Kind::Manifest, e))?;
+    let mut next = spec.clone();
+    next.code = Some(confide_core::code::CodeSection {
+        kind: confide_core::code::CodeKind::Python,
+        dir: None,
+        bundle: bundle.into(),
+        entry: entry.into(),
+        lock: lock.into(),
+        env: env.into(),
+        digest: confide_core::code::digest(&files),
+        files,
+    });
+    next.validate().map_err(manifest_error)?;
+    let digest = next
+        .code
+        .as_ref()
+        .map(|c| c.digest.clone())
+        .unwrap_or_default();
+    Ok((next, digest))
+}
+
 /// Signs a federated job as its model owner: the same manifest, hash and signature as
 /// `confide job sign` for the same job, key and recipients.
 ///
@@ -239,18 +273,7 @@ pub fn save_manifest(signed: &SignedManifest, path: &Path, overwrite: bool) -> R
 /// # Errors
 /// A signature does not verify, or the manifest is malformed.
 pub fn verify_manifest(signed: &SignedManifest) -> Result<Value> {
-    let v = signed.verify().map_err(manifest_error)?;
-    Ok(json!({
-        "valid": true,
-        "hash": v.hash_hex(),
-        "job_id": v.manifest.job_id,
-        "mode": v.manifest.mode.as_str(),
-        "scheme": v.spec.job.scheme.as_str(),
-        "model_owner": v.manifest.model_owner.id,
-        "participants": v.manifest.participants,
-        "recipients": v.manifest.recipients,
-        "approvals": v.approvals,
-    }))
+    Ok(signed.verify().map_err(manifest_error)?.summary())
 }
 
 /// Whether a signed manifest describes `spec` (the job has not changed since signing).
@@ -313,15 +336,7 @@ pub fn review(signed: &SignedManifest, policy: &Path, records: Option<usize>) ->
             "the job fixes σ, so its ε depends on the dataset's size: give records=N",
         ));
     }
-    let request = JobRequest {
-        job_id: v.manifest.job_id.clone(),
-        manifest_hash: v.hash_hex(),
-        model_owner: v.manifest.model_owner.id.clone(),
-        mode: v.manifest.mode,
-        scheme: spec.job.scheme.as_str().into(),
-        privacy,
-        recipients: v.manifest.recipients.clone(),
-    };
+    let request = v.job_request(privacy);
     let (decision, rules) = policy.review(&request, time::OffsetDateTime::now_utc());
     let decision = match decision {
         Ok(a) => json!({ "allowed": true, "rule": a.rule, "approval": a.approval }),
@@ -336,6 +351,7 @@ pub fn review(signed: &SignedManifest, policy: &Path, records: Option<usize>) ->
         "cost": cost,
         "checked_epsilon": privacy.map(|p| p.0),
         "note": note,
+        "code": v.summary()["code"],
     }))
 }
 

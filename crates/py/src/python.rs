@@ -190,6 +190,24 @@ impl NativeJob {
         Ok((NativeJob { spec }, json_text(&summary)))
     }
 
+    /// Returns the job with the code bundle attached, and its digest.
+    fn attach_code(
+        &self,
+        dir: PathBuf,
+        bundle: &str,
+        entry: &str,
+        lock: &str,
+        env: &str,
+    ) -> PyResult<(NativeJob, String)> {
+        let (spec, digest) = crate::attach_code(&self.spec, &dir, (bundle, entry, lock, env))?;
+        Ok((NativeJob { spec }, digest))
+    }
+
+    #[getter]
+    fn code_json(&self) -> String {
+        serde_json::to_string(&self.spec.code).unwrap_or_default()
+    }
+
     #[getter]
     fn model_json(&self) -> String {
         serde_json::to_string(&self.spec.model).unwrap_or_default()
@@ -262,6 +280,15 @@ impl NativeSignedJob {
         Ok(())
     }
 
+    fn review_code(&self, reviewer: &NativeIdentity) -> PyResult<()> {
+        let mut signed = self.get()?;
+        let mut next = signed.clone();
+        next.review_code(&reviewer.id)
+            .map_err(crate::manifest_error)?;
+        *signed = next;
+        Ok(())
+    }
+
     fn describes(&self, job: &NativeJob) -> PyResult<bool> {
         Ok(crate::describes(&*self.get()?, &job.spec)?)
     }
@@ -282,6 +309,14 @@ fn epsilon(q: f64, sigma: f64, steps: u64, delta: f64, accountant: &str) -> PyRe
 #[pyo3(signature = (target_epsilon, q, steps, delta, accountant = "rdp"))]
 fn sigma(target_epsilon: f64, q: f64, steps: u64, delta: f64, accountant: &str) -> PyResult<f64> {
     Ok(crate::sigma(target_epsilon, q, steps, delta, accountant)?)
+}
+
+/// Forbids this process, its threads and its children to start programs (a seccomp filter
+/// that cannot be removed). `confide.worker` calls it before it reads anything.
+#[pyfunction]
+fn deny_exec() -> PyResult<()> {
+    confide_trainer::sandbox::deny_exec()
+        .map_err(|e| ConfideError::new_err(format!("cannot forbid exec: {e}")))
 }
 
 #[pyfunction]
@@ -532,6 +567,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sigma, m)?)?;
     m.add_function(wrap_pyfunction!(partition, m)?)?;
     m.add_function(wrap_pyfunction!(load_model, m)?)?;
+    m.add_function(wrap_pyfunction!(deny_exec, m)?)?;
     for (name, class) in [
         ("ConfideError", py.get_type::<ConfideError>()),
         ("IdentityError", py.get_type::<IdentityError>()),

@@ -40,6 +40,7 @@ pub fn run(dir: &Path) -> Result<(), String> {
         directory: dir.to_path_buf(),
         readable: Vec::new(),
         limits: Limits::for_training(),
+        allow_exec: false,
     })
     .map_err(|e| e.to_string())?;
     eprintln!(

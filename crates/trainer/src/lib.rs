@@ -14,6 +14,9 @@
 //!   and `confide trainer-core`).
 //! - [`sandbox`]: the confinement the trusted core applies to itself before it touches data:
 //!   resource limits, landlock (its own directory only) and seccomp (no sockets, no exec).
+//! - [`usercode`]: the node's side of a model owner's own training code: the confined worker
+//!   process (launched through the same confinement, then `deny_exec`), its frames, and the
+//!   checks on what it returns.
 //!
 //! It links chunked HPKE envelopes and sealed storage from `confide_crypto::{envelope, seal}`,
 //! attestation from `confide_attest`, DP-SGD from `confide_ml::dpsgd`, and no network crate.
@@ -27,6 +30,7 @@ pub mod host;
 pub mod owner;
 pub mod protocol;
 pub mod sandbox;
+pub mod usercode;
 
 #[cfg(test)]
 mod tests;

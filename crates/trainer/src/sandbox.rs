@@ -83,6 +83,11 @@ pub struct Confinement {
     pub readable: Vec<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
+    /// Leave `execve` and `execveat` allowed, for a launcher that confines itself and then
+    /// executes its one program (user code's interpreter, which must then call
+    /// [`deny_exec`] before it runs anything it did not start with). landlock still limits
+    /// what can be executed to the readable paths.
+    pub allow_exec: bool,
 }
 
 /// What [`confine`] enforced.
@@ -183,13 +188,13 @@ fn apply_landlock(directory: &Path, readable: &[PathBuf]) -> Result<(), SandboxE
     }
 }
 
-fn apply_seccomp() -> Result<(), SandboxError> {
+fn apply_seccomp(denied: &[(&str, libc::c_long)]) -> Result<(), SandboxError> {
     fn err(e: impl std::fmt::Display) -> SandboxError {
         SandboxError::Seccomp(e.to_string())
     }
     let arch: TargetArch = std::env::consts::ARCH.try_into().map_err(err)?;
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        DENIED.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
+        denied.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -225,12 +230,31 @@ pub fn confine(c: &Confinement) -> Result<Enforced, SandboxError> {
         .collect::<Result<Vec<_>, _>>()?;
     apply_limits(&c.limits)?;
     apply_landlock(&directory, &readable)?;
-    apply_seccomp()?;
+    let denied: Vec<(&str, libc::c_long)> = DENIED
+        .iter()
+        .copied()
+        .filter(|(_, nr)| !c.allow_exec || !EXEC.iter().any(|(_, e)| e == nr))
+        .collect();
+    apply_seccomp(&denied)?;
     Ok(Enforced {
         directory: directory.display().to_string(),
         readable: readable.iter().map(|p| p.display().to_string()).collect(),
         landlock: "fully enforced (ABI v3)".into(),
-        denied_syscalls: DENIED.iter().map(|(n, _)| (*n).to_string()).collect(),
+        denied_syscalls: denied.iter().map(|(n, _)| (*n).to_string()).collect(),
         limits: c.limits,
     })
+}
+
+/// The system calls that start a program.
+const EXEC: [(&str, libc::c_long); 2] = [
+    ("execve", libc::SYS_execve),
+    ("execveat", libc::SYS_execveat),
+];
+
+/// Adds a seccomp filter that refuses `execve` and `execveat` with `EPERM`, on every thread
+/// of the calling process. Filters stack and cannot be removed: after this, the process and
+/// its children can no longer start any program. User code's worker calls it first thing,
+/// after the launcher's [`confine`] with [`Confinement::allow_exec`] executed it.
+pub fn deny_exec() -> Result<(), SandboxError> {
+    apply_seccomp(&EXEC)
 }

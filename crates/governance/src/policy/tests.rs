@@ -36,6 +36,8 @@ fn job() -> JobRequest {
         scheme: "paillier".into(),
         privacy: Some((2.0, 1e-5)),
         recipients: vec![OWNER.into()],
+        code: "builtin".into(),
+        code_reviews: Vec::new(),
     }
 }
 
@@ -260,4 +262,56 @@ fn errors_name_line_and_field() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn user_code_is_an_opt_in_and_may_need_a_trusted_reviewer() {
+    let python = JobRequest {
+        code: "python".into(),
+        ..job()
+    };
+    // Default: builtin only.
+    let p = parse(&policy("", "")).expect("valid");
+    let e = p.evaluate(&python, now()).expect_err("denied");
+    assert!(e.to_string().contains("runs python training code"), "{e}");
+    assert!(allowed(&p, &job()));
+    // Opted in, no reviewer required.
+    let p = parse(&policy(r#"code = ["builtin", "python"]"#, "")).expect("valid");
+    assert!(allowed(&p, &python));
+    // Opted in with a reviewer: only that reviewer's co-signature counts.
+    let p = parse(&policy(
+        &format!("code = [\"python\"]\ncode_reviewers = [\"{OTHER}\"]"),
+        "",
+    ))
+    .expect("valid");
+    let e = p.evaluate(&python, now()).expect_err("denied");
+    assert!(e.to_string().contains("reviewed by: nobody"), "{e}");
+    let by_owner = JobRequest {
+        code_reviews: vec![OWNER.into()],
+        ..python.clone()
+    };
+    assert!(!allowed(&p, &by_owner));
+    let by_reviewer = JobRequest {
+        code_reviews: vec![OWNER.into(), OTHER.into()],
+        ..python
+    };
+    assert!(allowed(&p, &by_reviewer));
+    // This rule allows python only: a builtin job is refused by it.
+    assert!(!allowed(&p, &job()));
+}
+
+#[test]
+fn code_fields_are_checked() {
+    let e = parse(&policy(r#"code = ["onnx"]"#, "")).expect_err("unknown kind");
+    assert!(e.message.contains("an ONNX import is builtin"), "{e}");
+    assert_eq!(e.field, "rule[0].code");
+    let e = parse(&policy(&format!("code_reviewers = [\"{OTHER}\"]"), ""))
+        .expect_err("reviewers without python");
+    assert!(e.message.contains("applies to rules with code"), "{e}");
+    let e = parse(&policy(
+        "code = [\"python\"]\ncode_reviewers = [\"bob\"]",
+        "",
+    ))
+    .expect_err("not a party id");
+    assert!(e.message.contains("not a party id"), "{e}");
 }

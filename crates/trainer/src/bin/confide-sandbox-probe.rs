@@ -79,6 +79,7 @@ fn main() {
             directory: dir.clone(),
             readable: Vec::new(),
             limits: Limits::for_training(),
+            allow_exec: false,
         }) {
             Ok(e) => json!(e),
             Err(e) => {
