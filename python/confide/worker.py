@@ -18,7 +18,7 @@ import sys
 def main() -> int:
     from . import _native
 
-    _native.deny_exec()
+    _native.seal_worker()
     inp = os.fdopen(os.dup(0), "rb", buffering=0)
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.close(0)

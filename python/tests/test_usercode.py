@@ -95,7 +95,12 @@ def test_the_numpy_loop_trains_like_confides_trainer(tmp_path: Path) -> None:
 HOSTILE = {
     "socket": ("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_STREAM)", "PermissionError: [Errno 1]"),
     "write": ("open('/tmp/{escape}', 'w').write('x')", "PermissionError: [Errno 13]"),
-    "exec": ("import subprocess\nsubprocess.run(['/bin/true'])", "PermissionError: [Errno 1]"),
+    "exec": ("import os\nos.execv('/bin/true', ['true'])", "PermissionError: [Errno 1]"),
+    "subprocess": ("import subprocess\nsubprocess.run(['/bin/true'], check=True)", "PermissionError: [Errno 1]"),
+    # A child could outlive the worker's kill; the node's pid is the worker's parent.
+    "fork": ("import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)",
+             "PermissionError: [Errno 1]"),
+    "signal": ("import os\nos.kill(os.getppid(), 0)", "PermissionError: [Errno 1]"),
 }
 
 
@@ -116,12 +121,13 @@ def fit(ctx: cc.Context) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_the_sandbox_denies_sockets_writes_outside_and_programs(kind: str, tmp_path: Path) -> None:
+def test_the_sandbox_denies_sockets_writes_outside_programs_processes_and_signals(kind: str, tmp_path: Path) -> None:
     escape = f"confide-escape-{uuid.uuid4().hex}"
     action, expected = HOSTILE[kind]
     action = action.replace("{escape}", escape)
-    # Unconfined, each action succeeds: the refusals below are the sandbox's.
-    exec(action.replace("/tmp/", str(tmp_path) + "/"), {})
+    # Unconfined (in a child Python), each action succeeds: the refusals below are the sandbox's.
+    free = subprocess.run([sys.executable, "-c", action.replace("/tmp/", str(tmp_path) + "/")], capture_output=True)
+    assert free.returncode == 0, free.stderr
     assert (tmp_path / escape).exists() or kind != "write"
 
     code_dir = tmp_path / "bundles"
@@ -149,6 +155,18 @@ def test_a_wrong_shaped_state_dict_is_refused(tmp_path: Path) -> None:
     errors = node_errors(tmp_path / "work")
     assert "CODE-005" in errors and "layers.0.weight: expected F32 [30, 1], found F32 [1, 30]" in errors, errors
     assert report.get("rounds", 0) == 0, report
+
+
+def test_a_worker_that_does_not_answer_is_stopped_at_the_round_deadline(tmp_path: Path) -> None:
+    code_dir = tmp_path / "bundles"
+    d = bundle(code_dir, "sleeper", "import time\n\ndef fit(ctx):\n    time.sleep(3600)\n")
+    job = breast_job(tmp_path, d, d.name)
+    job.write_text(job.read_text().replace("round_timeout_secs = 60.0", "round_timeout_secs = 3.0"))
+    out, report = simulate(job, code_dir, tmp_path / "work")
+    assert out.returncode != 0
+    errors = node_errors(tmp_path / "work")
+    assert "CODE-006 user code did not submit round 1 within 3 s; it was stopped" in errors, errors
+    assert report.get("rounds", 0) == 0
 
 
 def test_a_bundle_that_differs_from_the_signed_one_is_refused(tmp_path: Path) -> None:

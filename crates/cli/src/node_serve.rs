@@ -92,7 +92,8 @@ impl CodeArgs {
             anyhow::bail!("--code-dir needs at least one --code-env NAME=PYTHON");
         }
         let work = std::path::absolute(fed.join(format!("{name}-code")))?;
-        std::fs::create_dir_all(&work)
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&work)
             .with_context(|| format!("cannot create {}", work.display()))?;
         Ok(Some(confide_net::node::CodeHost {
             bundles: std::path::absolute(bundles)?,

@@ -9,9 +9,9 @@
 //! ```
 //!
 //! Paths are relative, `/`-separated, UTF-8, without `.` or `..` components and without
-//! control characters. Every regular file counts (compiled `__pycache__` files too: Python
-//! would run them in place of their sources); a symbolic link or any other special file makes
-//! the directory unusable as a bundle. A reviewer compares the list file by file; the digest
+//! control characters. Every regular file counts. A symbolic link or any other special file,
+//! and compiled Python (`__pycache__`, `.pyc`, `.pyo`: Python would run it in place of the
+//! reviewed source), make the directory unusable as a bundle. A reviewer compares the list file by file; the digest
 //! is what the manifest and the reviewers' co-signatures bind.
 
 use std::path::{Path, PathBuf};
@@ -147,9 +147,35 @@ pub fn valid_path(path: &str) -> bool {
 /// Hashes every file beneath `dir` (see the module documentation).
 ///
 /// # Errors
-/// `dir` is unreadable or not a directory, or holds a link or special file, a name that is
-/// not UTF-8, more than [`MAX_FILES`] files or more than [`MAX_BUNDLE_BYTES`] bytes.
+/// `dir` is unreadable or not a directory, or holds a link or special file, compiled Python,
+/// a name that is not UTF-8, more than [`MAX_FILES`] files or more than [`MAX_BUNDLE_BYTES`]
+/// bytes.
 pub fn hash_dir(dir: &Path) -> Result<Vec<CodeFile>, String> {
+    walk(dir, None)
+}
+
+/// Copies the files beneath `dir` into `to` (which must not exist; made owner-only),
+/// hashing each file's bytes as they are copied, so that the copy is exactly what the
+/// returned list describes whatever happens to `dir` afterwards.
+///
+/// # Errors
+/// As [`hash_dir`], or `to` cannot be written.
+pub fn copy_dir(dir: &Path, to: &Path) -> Result<Vec<CodeFile>, String> {
+    walk(dir, Some(to))
+}
+
+fn make_private_dir(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn walk(dir: &Path, copy_to: Option<&Path>) -> Result<Vec<CodeFile>, String> {
+    if let Some(to) = copy_to {
+        make_private_dir(to)?;
+    }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !meta.is_dir() {
         return Err(format!("{}: not a directory", dir.display()));
@@ -177,17 +203,45 @@ pub fn hash_dir(dir: &Path) -> Result<Vec<CodeFile>, String> {
             let kind = entry
                 .file_type()
                 .map_err(|e| format!("{}: {e}", full.display()))?;
+            let compiled = relative.ends_with(".pyc")
+                || relative.ends_with(".pyo")
+                || relative.split('/').any(|c| c == "__pycache__");
+            if compiled {
+                return Err(format!(
+                    "{}: compiled Python (remove `__pycache__` directories and `.pyc` files: a bundle holds what reviewers can read)",
+                    full.display()
+                ));
+            }
             if kind.is_dir() {
+                if let Some(to) = copy_to {
+                    make_private_dir(&to.join(&relative))?;
+                }
                 stack.push((full, relative));
             } else if kind.is_file() {
-                let bytes = std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))?;
-                total += bytes.len() as u64;
-                if total > MAX_BUNDLE_BYTES || files.len() >= MAX_FILES {
+                let size = entry
+                    .metadata()
+                    .map_err(|e| format!("{}: {e}", full.display()))?
+                    .len();
+                if total + size > MAX_BUNDLE_BYTES || files.len() >= MAX_FILES {
                     return Err(format!(
                         "{}: a bundle holds at most {MAX_FILES} files and {} MiB",
                         dir.display(),
                         MAX_BUNDLE_BYTES >> 20
                     ));
+                }
+                let bytes = std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+                total += bytes.len() as u64;
+                if total > MAX_BUNDLE_BYTES {
+                    return Err(format!(
+                        "{}: a bundle holds at most {MAX_FILES} files and {} MiB",
+                        dir.display(),
+                        MAX_BUNDLE_BYTES >> 20
+                    ));
+                }
+                if let Some(to) = copy_to {
+                    let target = to.join(&relative);
+                    std::fs::write(&target, &bytes)
+                        .map_err(|e| format!("{}: {e}", target.display()))?;
                 }
                 files.push(CodeFile {
                     path: relative,
@@ -370,6 +424,15 @@ mod tests {
             ["a.py", "pkg/b.py"]
         );
         assert_eq!(files[0].size, 2);
+        let copy = dir.with_extension("copy");
+        let _ = std::fs::remove_dir_all(&copy);
+        assert_eq!(copy_dir(&dir, &copy).expect("copy"), files);
+        assert_eq!(hash_dir(&copy).expect("hash the copy"), files);
+        std::fs::remove_dir_all(&copy).expect("fs");
+        std::fs::create_dir_all(dir.join("__pycache__")).expect("fs");
+        let e = hash_dir(&dir).expect_err("compiled");
+        assert!(e.contains("compiled Python"), "{e}");
+        std::fs::remove_dir_all(dir.join("__pycache__")).expect("fs");
         std::os::unix::fs::symlink("/etc/hostname", dir.join("link")).expect("fs");
         let e = hash_dir(&dir).expect_err("a link");
         assert!(e.contains("a link or special file"), "{e}");
@@ -500,6 +563,15 @@ mod tests {
         );
         let client = record.replace("record", "client");
         crate::JobConfig::parse(&job(&client)).expect("client level");
+        // A spec that names a directory instead of agreeing files and digest is refused: the
+        // digest could then differ from the listed files.
+        let mut spec = crate::JobConfig::parse(&job("")).expect("job").spec();
+        if let Some(c) = &mut spec.code {
+            c.dir = Some("elsewhere".into());
+            c.files.clear();
+        }
+        let e = spec.validate().expect_err("dir in a spec").to_string();
+        assert!(e.contains("not a directory"), "{e}");
         let e = crate::JobConfig::parse(&job("[confidential]"))
             .expect_err("confidential")
             .to_string();

@@ -1088,6 +1088,7 @@ impl JobConfig {
         }
         if let Some(code) = &mut config.code {
             code.read(base)?;
+            config.spec().validate()?;
         }
         Ok(config)
     }
@@ -1105,7 +1106,7 @@ impl JobConfig {
             ));
         }
         match &config.simulate.partition {
-            None => config.spec().validate()?,
+            None => config.spec_before_load().validate()?,
             Some(part) => {
                 if !config.parties.is_empty() {
                     return Err(invalid(
@@ -1164,7 +1165,7 @@ impl JobConfig {
                         policy: None,
                     })
                     .collect();
-                probe.spec().validate()?;
+                probe.spec_before_load().validate()?;
             }
         }
         if config.confidential.is_some() {
@@ -1189,6 +1190,32 @@ impl JobConfig {
         Ok(config)
     }
 
+    /// The spec checked when the file is parsed: a `[code]` whose directory `load` has not
+    /// hashed yet is left out (`load` checks the whole spec again once it has), except that
+    /// record-level DP is refused at once.
+    fn spec_before_load(&self) -> JobSpec {
+        let mut spec = self.spec();
+        if self
+            .code
+            .as_ref()
+            .is_some_and(|c| c.dir.is_some() && c.files.is_empty())
+        {
+            spec.code = None;
+            if spec
+                .privacy
+                .as_ref()
+                .is_some_and(|p| p.level == PrivacyLevel::Record)
+            {
+                // Keep a code section the validation refuses for its privacy level.
+                spec.code = self
+                    .code
+                    .clone()
+                    .map(|c| crate::code::CodeSection { dir: None, ..c });
+            }
+        }
+        spec
+    }
+
     /// The shareable part of this configuration.
     pub fn spec(&self) -> JobSpec {
         JobSpec {
@@ -1202,7 +1229,10 @@ impl JobConfig {
             privacy: self.privacy.clone(),
             masking: self.masking,
             aggregators: self.aggregators,
-            code: self.code.clone(),
+            code: self
+                .code
+                .clone()
+                .map(|c| crate::code::CodeSection { dir: None, ..c }),
             owners: self.parties.iter().map(|p| p.name.clone()).collect(),
         }
     }
@@ -1464,11 +1494,8 @@ impl JobSpec {
             ));
         }
         if let Some(code) = &self.code {
-            // A section whose directory is not read yet (parsing, before `load`) is checked
-            // once `load` has hashed it.
-            if code.dir.is_none() || !code.files.is_empty() {
-                code.validate()?;
-            }
+            // The directory is the job file's, read by `load`: a spec carries the files and
+            // the digest only (`JobConfig::spec` drops it), and they always agree.
             if self
                 .privacy
                 .as_ref()
@@ -1479,6 +1506,13 @@ impl JobSpec {
                     "record-level DP cannot be enforced on user code (the node cannot see inside its training loop); use level = \"client\": the node clips each update and adds the distributed discrete Gaussian itself",
                 ));
             }
+            if code.dir.is_some() {
+                return Err(invalid(
+                    "code.dir",
+                    "a job's spec carries the bundle's files and digest, not a directory",
+                ));
+            }
+            code.validate()?;
         }
         if self.model.kind == ModelKind::Layers {
             let input = self

@@ -437,7 +437,7 @@ impl Policy {
             };
             let code_reviewers = match &r.code_reviewers {
                 Some(list) => {
-                    if !code.iter().any(|k| k == "python") {
+                    if !list.get_ref().is_empty() && !code.iter().any(|k| k == "python") {
                         return Err(err(
                             list.span(),
                             &f("code_reviewers"),

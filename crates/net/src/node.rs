@@ -467,7 +467,20 @@ fn prepare_code(
         return Err((m.to_string(), m.to_string()));
     };
     let dir = host.bundles.join(&code.bundle);
-    let files = confide_core::code::hash_dir(&dir).map_err(|e| {
+    // The node runs its own copy, taken and hashed in one pass: changes to the bundle
+    // directory after this check cannot reach the worker, which imports lazily.
+    let job = hex::encode(&digest[..8]);
+    let snapshot = host.work.join(format!("{}-{job}-bundle", opts.creds.name));
+    if snapshot.exists() {
+        std::fs::remove_dir_all(&snapshot).map_err(|e| {
+            let m = format!("CODE-003 {}: {e}", snapshot.display());
+            (
+                m,
+                "CODE-003 user code could not be started at this node".to_string(),
+            )
+        })?;
+    }
+    let files = confide_core::code::copy_dir(&dir, &snapshot).map_err(|e| {
         (
             format!("CODE-001 bundle `{}`: {e}", code.bundle),
             format!(
@@ -498,6 +511,28 @@ fn prepare_code(
         );
         return Err((m.clone(), m));
     };
+    // The worker reads its environment: it must not lead to this owner's keys, data, policy,
+    // ledger or store.
+    let mut secrets: Vec<&std::path::Path> = vec![&opts.data];
+    secrets.extend(host.work.parent());
+    secrets.extend(opts.policy.as_deref());
+    secrets.extend(opts.ledger.as_ref().map(|(l, _)| l.as_path()));
+    secrets.extend(opts.witness_store.as_deref());
+    let readable = confide_trainer::usercode::readable_paths(python);
+    if let Some((through, secret)) = confide_trainer::usercode::exposes(&readable, &secrets) {
+        return Err((
+            format!(
+                "CODE-002 environment `{}` would let user code read {} (through {}); install it outside the node's files",
+                code.env,
+                secret.display(),
+                through.display()
+            ),
+            format!(
+                "CODE-002 this node's environment `{}` for user code is unusable",
+                code.env
+            ),
+        ));
+    }
     tracing::info!(
         "user code: bundle `{}` ({} files, {}) verified; environment `{}` ({})",
         code.bundle,
@@ -506,11 +541,10 @@ fn prepare_code(
         code.env,
         python.display()
     );
-    let job = hex::encode(&digest[..8]);
     Ok(confide_trainer::usercode::Launch {
         launcher: host.launcher.clone(),
         python: python.clone(),
-        bundle: dir,
+        bundle: snapshot,
         scratch: host.work.join(format!("{}-{job}-scratch", opts.creds.name)),
         log: host
             .work
@@ -1081,16 +1115,16 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                         if let (None, Some(l)) = (&user, &user_launch) {
                             user = Some(
                                 confide_trainer::usercode::Worker::start(
-                                    l, &model2, &data2, job_rounds,
+                                    l, &model2, &data2, job_rounds, deadline,
                                 )
-                                .map_err(|e| code_failure(&e))?,
+                                .map_err(TrainFail::code)?,
                             );
                         }
                         match user.as_mut() {
                             Some(w) => w
                                 .round(&model2, round, &global, deadline)
-                                .map_err(|e| code_failure(&e))?,
-                            None => return Err("user code: no worker".into()),
+                                .map_err(TrainFail::code)?,
+                            None => return Err(TrainFail::from("user code: no worker".to_string())),
                         }
                     }
                     (Some(c), Some((sampler, noise))) => {
@@ -1116,9 +1150,9 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                 // A NaN or infinity would be encoded as some number and the model would stop
                 // moving without a word: say that training diverged instead.
                 if delta.iter().any(|v| !v.is_finite()) {
-                    return Err(format!(
+                    return Err(TrainFail::Local(format!(
                         "{DIVERGED} in round {round}: local training produced non-finite parameters (lower training.learning_rate)"
-                    ));
+                    )));
                 }
                 let encoded = match (&client_level, &mut ddg_rng_round) {
                     (Some(c), Some(rng)) => c
@@ -1128,21 +1162,21 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
                     _ => fixed.encode_all(&delta),
                 };
                 let payload = client.start(&encoded).map_err(|e| e.to_string())?;
-                Ok::<_, String>((payload, client, dp_rngs, ddg_rng_round, encoded, user))
+                Ok::<_, TrainFail>((payload, client, dp_rngs, ddg_rng_round, encoded, user))
             })
             .await
             .map_err(|e| NodeError::Job(e.to_string()))?;
             let (payload, returned, dp_rngs, ddg_back, encoded, user_back) = match trained {
                 Ok(t) => t,
-                Err(problem) => {
+                // User code's failures: the coordinator gets the numbered reason only,
+                // nothing the code wrote or chose.
+                Err(TrainFail::Code { local, public }) => {
+                    refuse(&mut coord, &public, "refusal").await;
+                    return Err(NodeError::Job(local));
+                }
+                Err(TrainFail::Local(problem)) => {
                     if problem.starts_with(DIVERGED) {
                         refuse(&mut coord, &problem, "refusal").await;
-                    }
-                    // User code's failures: the coordinator gets the numbered reason only,
-                    // nothing the code wrote or chose.
-                    if let Some((local, public)) = problem.split_once(CODE_PUBLIC) {
-                        refuse(&mut coord, public, "refusal").await;
-                        return Err(NodeError::Job(local.to_string()));
                     }
                     return Err(NodeError::Job(problem));
                 }
@@ -1232,12 +1266,26 @@ pub async fn run_node(opts: NodeOptions) -> Result<NodeSummary, NodeError> {
     }
 }
 
-/// Separates a user code failure's local message from its public one inside the training
-/// task's error string.
-const CODE_PUBLIC: &str = "\u{1f}public:";
+/// Why a round's training task failed: the node's own error, or user code's, which has a
+/// separate public reason (only that one reaches the coordinator).
+enum TrainFail {
+    Local(String),
+    Code { local: String, public: String },
+}
 
-fn code_failure(e: &confide_trainer::usercode::CodeError) -> String {
-    format!("{e}{CODE_PUBLIC}{}", e.public())
+impl From<String> for TrainFail {
+    fn from(s: String) -> Self {
+        TrainFail::Local(s)
+    }
+}
+
+impl TrainFail {
+    fn code(e: confide_trainer::usercode::CodeError) -> Self {
+        TrainFail::Code {
+            local: e.to_string(),
+            public: e.public(),
+        }
+    }
 }
 
 /// Sends an update (`update` without its tree head), with the cosigned head of this task.

@@ -311,12 +311,13 @@ fn sigma(target_epsilon: f64, q: f64, steps: u64, delta: f64, accountant: &str) 
     Ok(crate::sigma(target_epsilon, q, steps, delta, accountant)?)
 }
 
-/// Forbids this process, its threads and its children to start programs (a seccomp filter
-/// that cannot be removed). `confide.worker` calls it before it reads anything.
+/// Seals a user code worker: no program started, no new process, signals only to itself
+/// (seccomp filters that cannot be removed; `confide_trainer::sandbox::seal_worker`).
+/// `confide.worker` calls it before it reads anything from the node.
 #[pyfunction]
-fn deny_exec() -> PyResult<()> {
-    confide_trainer::sandbox::deny_exec()
-        .map_err(|e| ConfideError::new_err(format!("cannot forbid exec: {e}")))
+fn seal_worker() -> PyResult<()> {
+    confide_trainer::sandbox::seal_worker()
+        .map_err(|e| ConfideError::new_err(format!("cannot seal the worker: {e}")))
 }
 
 #[pyfunction]
@@ -567,7 +568,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sigma, m)?)?;
     m.add_function(wrap_pyfunction!(partition, m)?)?;
     m.add_function(wrap_pyfunction!(load_model, m)?)?;
-    m.add_function(wrap_pyfunction!(deny_exec, m)?)?;
+    m.add_function(wrap_pyfunction!(seal_worker, m)?)?;
     for (name, class) in [
         ("ConfideError", py.get_type::<ConfideError>()),
         ("IdentityError", py.get_type::<IdentityError>()),

@@ -15,7 +15,7 @@
 //! - [`sandbox`]: the confinement the trusted core applies to itself before it touches data:
 //!   resource limits, landlock (its own directory only) and seccomp (no sockets, no exec).
 //! - [`usercode`]: the node's side of a model owner's own training code: the confined worker
-//!   process (launched through the same confinement, then `deny_exec`), its frames, and the
+//!   process (launched through the same confinement, then `seal_worker`), its frames, and the
 //!   checks on what it returns.
 //!
 //! It links chunked HPKE envelopes and sealed storage from `confide_crypto::{envelope, seal}`,

@@ -12,8 +12,8 @@
 //!    `socketpair`, the three `io_uring` calls, `execve`, `execveat` and `ptrace` fail with
 //!    `EPERM`. The core therefore cannot create sockets or start other programs; it talks to
 //!    the host only through the descriptors it already holds (its pipes). The filter is a deny
-//!    list for the native ABI: it does not handle the x32 system-call numbers of kernels built
-//!    with x32 support (an allow list would).
+//!    list for the native ABI; a second filter refuses every x32 system-call number (bit 30
+//!    set), which kernels built with x32 support would otherwise route to the same calls.
 //!
 //! The confinement cannot be undone and is inherited by threads created afterwards. landlock
 //! applies to the calling thread only (Linux has no landlock `TSYNC`), so [`confine`] must run
@@ -85,7 +85,7 @@ pub struct Confinement {
     pub limits: Limits,
     /// Leave `execve` and `execveat` allowed, for a launcher that confines itself and then
     /// executes its one program (user code's interpreter, which must then call
-    /// [`deny_exec`] before it runs anything it did not start with). landlock still limits
+    /// [`seal_worker`] before it runs anything it did not start with). landlock still limits
     /// what can be executed to the readable paths.
     pub allow_exec: bool,
 }
@@ -188,22 +188,62 @@ fn apply_landlock(directory: &Path, readable: &[PathBuf]) -> Result<(), SandboxE
     }
 }
 
-fn apply_seccomp(denied: &[(&str, libc::c_long)]) -> Result<(), SandboxError> {
-    fn err(e: impl std::fmt::Display) -> SandboxError {
-        SandboxError::Seccomp(e.to_string())
-    }
-    let arch: TargetArch = std::env::consts::ARCH.try_into().map_err(err)?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        denied.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
+fn seccomp_err(e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Seccomp(e.to_string())
+}
+
+/// Installs a filter on every thread: each system call of `rules` fails with `errno` when
+/// one of its rules matches (an empty rule list: always).
+fn apply_rules(
+    rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>>,
+    errno: i32,
+) -> Result<(), SandboxError> {
+    let arch: TargetArch = std::env::consts::ARCH.try_into().map_err(seccomp_err)?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Errno(errno as u32),
         arch,
     )
-    .map_err(err)?;
-    let program: BpfProgram = filter.try_into().map_err(err)?;
-    seccompiler::apply_filter_all_threads(&program).map_err(err)
+    .map_err(seccomp_err)?;
+    let program: BpfProgram = filter.try_into().map_err(seccomp_err)?;
+    seccompiler::apply_filter_all_threads(&program).map_err(seccomp_err)
+}
+
+/// Refuses every x32 system call (numbers with bit 30 set) with `EPERM`: on kernels built
+/// with x32 support they would reach the same kernel code as the native calls the other
+/// filters deny. A hand-written classic BPF program (seccompiler matches exact numbers only):
+/// load the number, test bit 30, return `ERRNO(EPERM)` or `ALLOW`.
+#[cfg(target_arch = "x86_64")]
+fn deny_x32() -> Result<(), SandboxError> {
+    use seccompiler::sock_filter;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| sock_filter { code, jt, jf, k };
+    let program: BpfProgram = vec![
+        // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr (offset 0)
+        op(0x20, 0, 0, 0),
+        // BPF_JMP | BPF_JSET | BPF_K: bit 30 set → next instruction, else skip it
+        op(0x45, 0, 1, X32_SYSCALL_BIT),
+        // BPF_RET | BPF_K
+        op(0x06, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        op(0x06, 0, 0, SECCOMP_RET_ALLOW),
+    ];
+    seccompiler::apply_filter_all_threads(&program).map_err(seccomp_err)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn deny_x32() -> Result<(), SandboxError> {
+    Ok(())
+}
+
+fn apply_seccomp(denied: &[(&str, libc::c_long)]) -> Result<(), SandboxError> {
+    deny_x32()?;
+    apply_rules(
+        denied.iter().map(|&(_, nr)| (nr, Vec::new())).collect(),
+        libc::EPERM,
+    )
 }
 
 /// Confines the calling process: resource limits, then landlock, then seccomp (see the module
@@ -251,10 +291,53 @@ const EXEC: [(&str, libc::c_long); 2] = [
     ("execveat", libc::SYS_execveat),
 ];
 
-/// Adds a seccomp filter that refuses `execve` and `execveat` with `EPERM`, on every thread
-/// of the calling process. Filters stack and cannot be removed: after this, the process and
-/// its children can no longer start any program. User code's worker calls it first thing,
-/// after the launcher's [`confine`] with [`Confinement::allow_exec`] executed it.
-pub fn deny_exec() -> Result<(), SandboxError> {
-    apply_seccomp(&EXEC)
+/// Seals a user code worker, on every thread, with filters that stack on the launcher's
+/// and cannot be removed (it calls this first thing, after the launcher's [`confine`] with
+/// [`Confinement::allow_exec`] executed it):
+/// - `execve` and `execveat` fail with `EPERM`: no program can be started;
+/// - no new process: `fork` and `vfork` fail with `EPERM`, `clone` too unless it makes a
+///   thread (`CLONE_THREAD`), and `clone3` fails with `ENOSYS` (glibc then makes its threads
+///   with `clone`). A child could otherwise outlive the worker's kill and keep its pipes open;
+/// - signals only to itself: `kill`, `tgkill`, `rt_sigqueueinfo` and `rt_tgsigqueueinfo` fail
+///   with `EPERM` for any other process (the node, above all; landlock ABI v3 does not scope
+///   signals), `tkill` and `pidfd_send_signal` always.
+pub fn seal_worker() -> Result<(), SandboxError> {
+    use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition, SeccompRule};
+    let me = i64::from(std::process::id());
+    let rule =
+        |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(seccomp_err);
+    let cond = |arg: u8, len: Len, op: Op, value: u64| {
+        SeccompCondition::new(arg, len, op, value).map_err(seccomp_err)
+    };
+    let not_me = || -> Result<Vec<SeccompRule>, SandboxError> {
+        Ok(vec![rule(vec![cond(0, Len::Dword, Op::Ne, me as u64)?])?])
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        EXEC.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
+    rules.insert(libc::SYS_fork, Vec::new());
+    rules.insert(libc::SYS_vfork, Vec::new());
+    rules.insert(libc::SYS_tkill, Vec::new());
+    rules.insert(libc::SYS_pidfd_send_signal, Vec::new());
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            Len::Qword,
+            Op::MaskedEq(libc::CLONE_THREAD as u64),
+            0,
+        )?])?],
+    );
+    for nr in [
+        libc::SYS_kill,
+        libc::SYS_tgkill,
+        libc::SYS_rt_sigqueueinfo,
+        libc::SYS_rt_tgsigqueueinfo,
+    ] {
+        rules.insert(nr, not_me()?);
+    }
+    apply_rules(rules, libc::EPERM)?;
+    apply_rules(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        libc::ENOSYS,
+    )
 }

@@ -6,7 +6,7 @@
 //! the launcher confines itself with [`crate::sandbox::confine`] (resource limits; landlock:
 //! read the interpreter's environment, the system's libraries and the bundle, write only the
 //! scratch directory; seccomp: no sockets, `io_uring` or `ptrace`), then executes
-//! `python3 -I -B -m confide.worker`, whose first act is [`crate::sandbox::deny_exec`]. The
+//! `python3 -I -B -m confide.worker`, whose first act is [`crate::sandbox::seal_worker`]. The
 //! node's keys, store and network connections never enter that process.
 //!
 //! Frames on the worker's stdin and stdout: a 4-byte little-endian length and a JSON header,
@@ -123,10 +123,10 @@ pub fn readable_paths(python: &Path) -> Vec<PathBuf> {
         "/dev/urandom",
         "/dev/null",
     ]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .collect();
+    .iter()
+    .map(PathBuf::from)
+    .filter(|p| p.exists())
+    .collect();
     let real = python.canonicalize().ok();
     for prefix in [Some(python), real.as_deref()]
         .into_iter()
@@ -145,6 +145,18 @@ pub fn readable_paths(python: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The first of `secrets` that one of `readable` would let the worker read, with that path
+/// (both compared canonical where they exist).
+pub fn exposes(readable: &[PathBuf], secrets: &[&Path]) -> Option<(PathBuf, PathBuf)> {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    for secret in secrets.iter().map(|s| canon(s)) {
+        if let Some(r) = readable.iter().find(|r| secret.starts_with(canon(r))) {
+            return Some((r.clone(), secret));
+        }
+    }
+    None
 }
 
 /// The absolute, existing directories named by `.pth` files in `prefix/lib/python3*/site-packages`.
@@ -228,6 +240,28 @@ fn read_frame(
     Ok((header, payload))
 }
 
+/// Runs `f`, killing process `pid` if `f` has not returned within `deadline` (a blocked
+/// read or write on its pipes then ends). Returns `f`'s result and whether the deadline
+/// passed. The process is not reaped meanwhile, so its pid cannot be reused.
+fn within<T>(pid: u32, deadline: Duration, f: impl FnOnce() -> T) -> (T, bool) {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait.recv_timeout(deadline) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            return true;
+        }
+        false
+    });
+    let out = f();
+    let _ = done.send(());
+    (out, watchdog.join().unwrap_or(false))
+}
+
 /// The records as safetensors: `x` (f32, `[rows, …shape]`) and `y` (i64, `[rows]`).
 fn data_tensors(data: &confide_ml::Dataset, shape: &[usize]) -> Result<Vec<u8>, String> {
     use safetensors::tensor::{Dtype, TensorView};
@@ -265,16 +299,26 @@ impl Worker {
         model: &ModelSpec,
         data: &confide_ml::Dataset,
         rounds: u32,
+        deadline: Duration,
     ) -> Result<Self, CodeError> {
         let start = |e: String| CodeError::Start(e);
         if launch.scratch.exists() {
             std::fs::remove_dir_all(&launch.scratch)
                 .map_err(|e| start(format!("{}: {e}", launch.scratch.display())))?;
         }
-        std::fs::create_dir_all(&launch.scratch)
+        // Owner-only: what the code writes and prints is this owner's business alone.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&launch.scratch)
             .map_err(|e| start(format!("{}: {e}", launch.scratch.display())))?;
-        let log = std::fs::File::create(&launch.log)
-            .map_err(|e| start(format!("{}: {e}", launch.log.display())))?;
+        let log = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(&launch.log)
+        .map_err(|e| start(format!("{}: {e}", launch.log.display())))?;
         let (program, before) = launch
             .launcher
             .split_first()
@@ -341,13 +385,20 @@ impl Worker {
             "classes": model.classes,
             "layout": layout,
         });
-        write_frame(&mut worker.stdin, &hello, &payload).map_err(|e| {
-            let _ = worker.child.kill();
-            start(format!(
-                "the worker closed its channel before it read the data ({e}); see {}",
+        let (sent, timed_out) = within(worker.child.id(), deadline, || {
+            write_frame(&mut worker.stdin, &hello, &payload)
+        });
+        if let Err(e) = sent {
+            return Err(start(format!(
+                "the worker {} before it read the data ({e}); see {}",
+                if timed_out {
+                    "did not read within the round's deadline"
+                } else {
+                    "closed its channel"
+                },
                 launch.log.display()
-            ))
-        })?;
+            )));
+        }
         Ok(worker)
     }
 
@@ -373,31 +424,15 @@ impl Worker {
         };
         let weights =
             confide_ml::export::to_safetensors(model, global).map_err(|e| failed(e.to_string()))?;
-        if let Err(e) = write_frame(
-            &mut self.stdin,
-            &json!({"type": "round", "round": round}),
-            &weights,
-        ) {
-            return Err(failed(
-                self.ended(&format!("the worker's channel closed ({e})")),
-            ));
-        }
-        // A watchdog kills the worker when the deadline passes; the read below then ends.
-        let (done, wait) = std::sync::mpsc::channel::<()>();
-        let pid = self.child.id();
-        let watchdog = std::thread::spawn(move || {
-            if wait.recv_timeout(deadline) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-                return true;
-            }
-            false
-        });
+        // The deadline covers sending the model (a worker that stops reading would block the
+        // write) and waiting for its answer.
         let max = weights.len() + MAX_HEADER;
-        let frame = read_frame(&mut self.stdout, max);
-        let _ = done.send(());
-        let timed_out = watchdog.join().unwrap_or(false);
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        let (frame, timed_out) = within(self.child.id(), deadline, || {
+            write_frame(stdin, &json!({"type": "round", "round": round}), &weights)
+                .map_err(|e| format!("the worker's channel closed ({e})"))?;
+            read_frame(stdout, max)
+        });
         if timed_out {
             return Err(CodeError::Timeout {
                 round,
@@ -411,7 +446,13 @@ impl Worker {
         if header["type"] != "submit" || header["round"] != round {
             return Err(failed(format!(
                 "expected the submission of round {round}, got a `{}` frame",
-                header["type"].as_str().unwrap_or("?")
+                header["type"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .chars()
+                    .take(32)
+                    .collect::<String>()
+                    .escape_debug()
             )));
         }
         let params = confide_ml::export::from_safetensors(model, &payload).map_err(|e| {
@@ -457,7 +498,10 @@ impl Drop for Worker {
     /// Tells the worker the job ended, gives it up to 5 s to exit (then kills it), and
     /// removes the scratch directory.
     fn drop(&mut self) {
-        let _ = write_frame(&mut self.stdin, &json!({"type": "end"}), &[]);
+        let stdin = &mut self.stdin;
+        let _ = within(self.child.id(), Duration::from_secs(5), || {
+            write_frame(stdin, &json!({"type": "end"}), &[])
+        });
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             match self.child.try_wait() {
